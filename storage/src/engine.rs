@@ -249,7 +249,7 @@ pub trait ReadView {
 /// A storage engine.
 pub trait Engine: ReadView + Send + Sync + 'static {
     /// A consistent read-only view of the engine at one point in time.
-    type Snapshot<'a>: ReadView + Send
+    type Snapshot<'a>: ReadView
     where
         Self: 'a;
 
