@@ -1,0 +1,178 @@
+//! The messages nodes exchange. Plain values: the simulator passes them by clone, the server
+//! will encode them on its transport.
+//!
+//! ```text
+//!   coordinator                         replica
+//!   PreAccept(txn)              ──►     PreAcceptOk(witnessedAt, deps) | Nack
+//!   Accept(ballot, at, deps)    ──►     AcceptOk(deps < at) | Nack
+//!   AcceptInvalidate(ballot)    ──►     AcceptOk | Nack
+//!   Commit(at, deps) [+ read]   ──►     ReadOk(data) once executable | ReadNack
+//!   CommitInvalidate            ──►     (nothing)
+//!   Apply(at, deps, writes)     ──►     ApplyOk
+//!   BeginRecovery(ballot)       ──►     RecoverOk(...) | Nack
+//!   CheckStatus                 ──►     CheckStatusOk(what the replica knows)
+//! ```
+
+use crate::command::Status;
+use crate::timestamp::{Ballot, Timestamp, TxnId};
+use crate::txn::{Deps, ReadData, Txn, Writes};
+
+/// What a replica knows about a transaction, sent to a peer that is blocked on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Knowledge {
+    pub status: Status,
+    pub txn: Option<Txn>,
+    pub execute_at: Timestamp,
+    pub deps: Deps,
+    pub writes: Option<Writes>,
+}
+
+/// A replica's answer to BeginRecovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoverOk {
+    pub status: Status,
+    pub accepted: Ballot,
+    pub execute_at: Timestamp,
+    pub deps: Deps,
+    pub txn: Option<Txn>,
+    pub writes: Option<Writes>,
+    /// The replica's PreAccept vote was t0 (it accepted the fast path).
+    pub voted_fast_path: bool,
+    /// A conflicting transaction that will execute after t0 was decided (or accepted, with a
+    /// higher TxnId) without t0 in its deps: t0 cannot have taken the fast path.
+    pub superseding_rejects: bool,
+    /// Conflicting transactions with a lower TxnId, accepted to execute after t0 without
+    /// witnessing it: recovery must wait until they are decided.
+    pub earlier_accepted_no_witness: Vec<TxnId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    PreAccept {
+        txn_id: TxnId,
+        txn: Txn,
+    },
+    PreAcceptOk {
+        txn_id: TxnId,
+        witnessed_at: Timestamp,
+        deps: Deps,
+    },
+    Accept {
+        txn_id: TxnId,
+        txn: Txn,
+        ballot: Ballot,
+        execute_at: Timestamp,
+        deps: Deps,
+    },
+    AcceptInvalidate {
+        txn_id: TxnId,
+        ballot: Ballot,
+    },
+    AcceptOk {
+        txn_id: TxnId,
+        ballot: Ballot,
+        deps: Deps,
+    },
+    /// The replica promised `promised`, above the sender's ballot.
+    Nack {
+        txn_id: TxnId,
+        ballot: Ballot,
+        promised: Ballot,
+    },
+    /// The decision is stable: execute at `execute_at` after `deps`. With `read`, the replica
+    /// also answers with the values it reads at executeAt.
+    Commit {
+        txn_id: TxnId,
+        txn: Txn,
+        execute_at: Timestamp,
+        deps: Deps,
+        read: bool,
+        ballot: Ballot,
+    },
+    CommitInvalidate {
+        txn_id: TxnId,
+    },
+    ReadOk {
+        txn_id: TxnId,
+        ballot: Ballot,
+        data: ReadData,
+    },
+    /// The replica cannot read at executeAt any more (it already applied later writes).
+    ReadNack {
+        txn_id: TxnId,
+        ballot: Ballot,
+    },
+    Apply {
+        txn_id: TxnId,
+        txn: Txn,
+        execute_at: Timestamp,
+        deps: Deps,
+        writes: Writes,
+    },
+    ApplyOk {
+        txn_id: TxnId,
+    },
+    BeginRecovery {
+        txn_id: TxnId,
+        txn: Txn,
+        ballot: Ballot,
+    },
+    RecoverReply {
+        txn_id: TxnId,
+        ballot: Ballot,
+        reply: Box<RecoverOk>,
+    },
+    CheckStatus {
+        txn_id: TxnId,
+    },
+    CheckStatusOk {
+        txn_id: TxnId,
+        knowledge: Option<Box<Knowledge>>,
+    },
+}
+
+impl Message {
+    /// The transaction the message is about.
+    pub fn txn_id(&self) -> TxnId {
+        match self {
+            Message::PreAccept { txn_id, .. }
+            | Message::PreAcceptOk { txn_id, .. }
+            | Message::Accept { txn_id, .. }
+            | Message::AcceptInvalidate { txn_id, .. }
+            | Message::AcceptOk { txn_id, .. }
+            | Message::Nack { txn_id, .. }
+            | Message::Commit { txn_id, .. }
+            | Message::CommitInvalidate { txn_id }
+            | Message::ReadOk { txn_id, .. }
+            | Message::ReadNack { txn_id, .. }
+            | Message::Apply { txn_id, .. }
+            | Message::ApplyOk { txn_id }
+            | Message::BeginRecovery { txn_id, .. }
+            | Message::RecoverReply { txn_id, .. }
+            | Message::CheckStatus { txn_id }
+            | Message::CheckStatusOk { txn_id, .. } => *txn_id,
+        }
+    }
+
+    /// A short name for traces and message counts.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::PreAccept { .. } => "PreAccept",
+            Message::PreAcceptOk { .. } => "PreAcceptOk",
+            Message::Accept { .. } => "Accept",
+            Message::AcceptInvalidate { .. } => "AcceptInvalidate",
+            Message::AcceptOk { .. } => "AcceptOk",
+            Message::Nack { .. } => "Nack",
+            Message::Commit { .. } => "Commit",
+            Message::CommitInvalidate { .. } => "CommitInvalidate",
+            Message::ReadOk { .. } => "ReadOk",
+            Message::ReadNack { .. } => "ReadNack",
+            Message::Apply { .. } => "Apply",
+            Message::ApplyOk { .. } => "ApplyOk",
+            Message::BeginRecovery { .. } => "BeginRecovery",
+            Message::RecoverReply { .. } => "RecoverReply",
+            Message::CheckStatus { .. } => "CheckStatus",
+            Message::CheckStatusOk { .. } => "CheckStatusOk",
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! The sans-IO node: one replica (command store) and the coordinations it drives.
+//!
+//! ```text
+//!   (now, Input::Message | Input::Timer | Input::Client) ──► Node::handle ──► Effects
+//!                                                              messages to send
+//!                                                              timers to set
+//!                                                              client replies
+//! ```
+//!
+//! A message a node sends to itself is handled inside the same call, before `handle` returns,
+//! so the coordinator's own replica votes on its t0 before any other message is processed.
+//! Nothing here reads a clock, opens a socket or spawns a task.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use crate::command::Command;
+use crate::coordinator::Coordination;
+use crate::error::Result;
+use crate::messages::Message;
+use crate::storage::{DataStore, Journal};
+use crate::timestamp::{Hlc, LocalTime, NodeId, Timestamp, TxnId};
+use crate::topology::Topology;
+use crate::txn::{Key, ReadData, Txn};
+
+/// Identifies a client request at its coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientRequestId(pub u64);
+
+/// What the client learns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Executed at `execute_at`; the values of the requested reads at executeAt.
+    Committed {
+        execute_at: Timestamp,
+        reads: ReadData,
+        fast_path: bool,
+    },
+    /// The coordinator gave up (timeout, preemption); the transaction may or may not execute.
+    Unknown,
+    /// The node has too many transactions in flight; nothing was started.
+    Overloaded,
+}
+
+/// A timer the node asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Timer {
+    /// A coordination phase timed out (stale if `phase_seq` moved on).
+    Coordination { txn_id: TxnId, phase_seq: u64 },
+    /// The periodic progress-log scan.
+    ProgressLog,
+}
+
+/// One input to the node.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Message {
+        from: NodeId,
+        message: Message,
+    },
+    Timer(Timer),
+    Client {
+        request_id: ClientRequestId,
+        txn: Txn,
+    },
+}
+
+/// What the node wants done.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub messages: Vec<(NodeId, Message)>,
+    pub timers: Vec<(LocalTime, Timer)>,
+    pub replies: Vec<(ClientRequestId, Outcome)>,
+}
+
+/// Deliberate protocol bugs, for proving that the simulator's checks bite. Only the simulator
+/// and tests set one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProtocolBug {
+    /// Replicas report no deps.
+    DropDeps,
+    /// Replicas execute without waiting on deps.
+    SkipWaitOnDeps,
+    /// The coordinator takes the fast path with one vote too few.
+    FastQuorumTooSmall,
+    /// Recovery treats accepted proposals as if they were only pre-accepted.
+    RecoveryIgnoresAccepted,
+    /// The coordinator picks t0 as executeAt on the slow path instead of the max witnessed.
+    SlowPathUsesTxnId,
+}
+
+/// Timing and limits.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// How long the coordinator waits for fast-path votes before settling for the slow path.
+    pub preaccept_timeout_micros: u64,
+    /// Timeout of every other coordination round.
+    pub round_timeout_micros: u64,
+    /// Resends per round before the coordinator gives up.
+    pub round_retries_max: u32,
+    /// How often the progress log scans.
+    pub progress_interval_micros: u64,
+    /// How long a command may stay undecided or unapplied before the progress log acts.
+    pub stall_micros: u64,
+    /// Seed for the node's own jitter (recovery back-off).
+    pub seed: u64,
+    pub bug: Option<ProtocolBug>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        NodeConfig {
+            preaccept_timeout_micros: 20_000,
+            round_timeout_micros: 50_000,
+            round_retries_max: 3,
+            progress_interval_micros: 50_000,
+            stall_micros: 200_000,
+            seed: 0,
+            bug: None,
+        }
+    }
+}
+
+/// The most coordinations one node runs at once; more client requests are refused.
+pub const COORDINATIONS_MAX: usize = 4_096;
+/// The most messages one `handle` call may produce before it is a bug.
+pub const EFFECT_MESSAGES_MAX: usize = 1_000_000;
+
+/// Per-key conflict index: the transactions on the key and the highest timestamps they hold.
+#[derive(Debug, Default, Clone)]
+pub struct KeyState {
+    pub txns: BTreeSet<TxnId>,
+    /// The highest witnessedAt/executeAt of a write on this key.
+    pub max_write: Timestamp,
+    /// The highest of any transaction on this key.
+    pub max_any: Timestamp,
+}
+
+/// Counters for measurements.
+#[derive(Debug, Default, Clone)]
+pub struct NodeStats {
+    pub fast_path_commits: u64,
+    pub slow_path_commits: u64,
+    pub recoveries_started: u64,
+    pub invalidations: u64,
+}
+
+/// A node: replica state, coordinations, clock, storage.
+#[derive(Debug)]
+pub struct Node {
+    pub(crate) id: NodeId,
+    pub(crate) topology: Arc<Topology>,
+    pub(crate) config: NodeConfig,
+    pub(crate) hlc: Hlc,
+    pub(crate) commands: BTreeMap<TxnId, Command>,
+    pub(crate) keys: BTreeMap<Key, KeyState>,
+    /// dep → the commands waiting on it.
+    pub(crate) blocked_by: BTreeMap<TxnId, BTreeSet<TxnId>>,
+    pub(crate) coordinations: BTreeMap<TxnId, Coordination>,
+    /// Definitions of undecided transactions learned from peers, for recovery.
+    pub(crate) learned: BTreeMap<TxnId, Txn>,
+    pub(crate) journal: Box<dyn Journal>,
+    pub(crate) data: Box<dyn DataStore>,
+    pub(crate) stats: NodeStats,
+    pub(crate) rng_state: u64,
+    /// Outgoing effects of the current `handle` call.
+    pub(crate) effects: Effects,
+    /// Messages to self, handled before `handle` returns.
+    pub(crate) loopback: VecDeque<Message>,
+    /// Transactions whose status changed and whose dependents must be re-checked.
+    pub(crate) changed: VecDeque<TxnId>,
+    pub(crate) next_phase_seq: u64,
+    pub(crate) progress_timer_armed: bool,
+}
+
+impl Node {
+    /// Starts a node, rebuilding its state from `journal` (empty for a new node).
+    ///
+    /// # Errors
+    /// When the journal cannot be read.
+    pub fn open(
+        id: NodeId,
+        topology: Arc<Topology>,
+        config: NodeConfig,
+        journal: Box<dyn Journal>,
+        data: Box<dyn DataStore>,
+        now: LocalTime,
+    ) -> Result<(Node, Effects)> {
+        let epoch = topology.epoch;
+        let rng_state = config.seed ^ (u64::from(id.0) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+        let mut node = Node {
+            id,
+            topology,
+            config,
+            hlc: Hlc::new(id, epoch),
+            commands: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            blocked_by: BTreeMap::new(),
+            coordinations: BTreeMap::new(),
+            learned: BTreeMap::new(),
+            journal,
+            data,
+            stats: NodeStats::default(),
+            rng_state,
+            effects: Effects::default(),
+            loopback: VecDeque::new(),
+            changed: VecDeque::new(),
+            next_phase_seq: 0,
+            progress_timer_armed: false,
+        };
+        node.replay(now)?;
+        node.arm_progress_timer(now);
+        node.drain(now)?;
+        let effects = std::mem::take(&mut node.effects);
+        Ok((node, effects))
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// Commands held in memory (for bounded-state checks).
+    pub fn command_count(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// Journal records (for bounded-state checks).
+    ///
+    /// # Errors
+    /// When storage fails.
+    pub fn journal_record_count(&self) -> Result<u64> {
+        self.journal.record_count()
+    }
+
+    /// Commands that are not yet Applied or Invalidated.
+    pub fn unfinished_count(&self) -> usize {
+        self.commands
+            .values()
+            .filter(|command| !command.status.is_final())
+            .count()
+    }
+
+    /// Handles one input and returns what to do.
+    ///
+    /// # Errors
+    /// When storage fails; the node must then be stopped.
+    pub fn handle(&mut self, now: LocalTime, input: Input) -> Result<Effects> {
+        match input {
+            Input::Message { from, message } => self.on_message(now, from, message)?,
+            Input::Timer(Timer::ProgressLog) => {
+                self.progress_timer_armed = false;
+                self.on_progress_tick(now)?;
+                self.arm_progress_timer(now);
+            }
+            Input::Timer(Timer::Coordination { txn_id, phase_seq }) => {
+                self.on_coordination_timeout(now, txn_id, phase_seq)?;
+            }
+            Input::Client { request_id, txn } => self.on_client_request(now, request_id, txn)?,
+        }
+        self.drain(now)?;
+        Ok(std::mem::take(&mut self.effects))
+    }
+
+    /// Handles loopback messages and dependency notifications until none remain.
+    fn drain(&mut self, now: LocalTime) -> Result<()> {
+        loop {
+            if let Some(txn_id) = self.changed.pop_front() {
+                self.on_status_changed(now, txn_id)?;
+                continue;
+            }
+            if let Some(message) = self.loopback.pop_front() {
+                let from = self.id;
+                self.on_message(now, from, message)?;
+                continue;
+            }
+            break;
+        }
+        assert!(self.effects.messages.len() <= EFFECT_MESSAGES_MAX);
+        Ok(())
+    }
+
+    fn on_message(&mut self, now: LocalTime, from: NodeId, message: Message) -> Result<()> {
+        match message {
+            Message::PreAccept { txn_id, txn } => self.on_preaccept(now, from, txn_id, txn),
+            Message::Accept {
+                txn_id,
+                txn,
+                ballot,
+                execute_at,
+                deps,
+            } => self.on_accept(now, from, txn_id, txn, ballot, execute_at, deps),
+            Message::AcceptInvalidate { txn_id, ballot } => {
+                self.on_accept_invalidate(now, from, txn_id, ballot)
+            }
+            Message::Commit {
+                txn_id,
+                txn,
+                execute_at,
+                deps,
+                read,
+                ballot,
+            } => {
+                let read_by = read.then_some((from, ballot));
+                self.on_commit(now, txn_id, txn, execute_at, deps, read_by)
+            }
+            Message::CommitInvalidate { txn_id } => self.on_commit_invalidate(now, txn_id),
+            Message::Apply {
+                txn_id,
+                txn,
+                execute_at,
+                deps,
+                writes,
+            } => {
+                self.on_apply(now, txn_id, txn, execute_at, deps, writes)?;
+                self.send(from, Message::ApplyOk { txn_id });
+                Ok(())
+            }
+            Message::BeginRecovery {
+                txn_id,
+                txn,
+                ballot,
+            } => self.on_begin_recovery(now, from, txn_id, txn, ballot),
+            Message::CheckStatus { txn_id } => {
+                self.on_check_status(from, txn_id);
+                Ok(())
+            }
+            Message::CheckStatusOk { txn_id, knowledge } => {
+                self.on_check_status_ok(now, txn_id, knowledge)
+            }
+            Message::PreAcceptOk { .. }
+            | Message::AcceptOk { .. }
+            | Message::Nack { .. }
+            | Message::ReadOk { .. }
+            | Message::ReadNack { .. }
+            | Message::ApplyOk { .. }
+            | Message::RecoverReply { .. } => self.on_coordinator_reply(now, from, message),
+        }
+    }
+
+    /// Queues a message; messages to self are handled within this call.
+    pub(crate) fn send(&mut self, to: NodeId, message: Message) {
+        if to == self.id {
+            self.loopback.push_back(message);
+        } else {
+            self.effects.messages.push((to, message));
+        }
+    }
+
+    pub(crate) fn set_timer(&mut self, at: LocalTime, timer: Timer) {
+        self.effects.timers.push((at, timer));
+    }
+
+    pub(crate) fn reply_client(&mut self, request_id: ClientRequestId, outcome: Outcome) {
+        self.effects.replies.push((request_id, outcome));
+    }
+
+    fn arm_progress_timer(&mut self, now: LocalTime) {
+        if !self.progress_timer_armed {
+            self.progress_timer_armed = true;
+            let at = now.after_micros(self.config.progress_interval_micros);
+            self.set_timer(at, Timer::ProgressLog);
+        }
+    }
+
+    /// A deterministic pseudo-random number (splitmix64) for jitter.
+    pub(crate) fn next_random(&mut self) -> u64 {
+        self.rng_state = self.rng_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub(crate) fn bug(&self, bug: ProtocolBug) -> bool {
+        self.config.bug == Some(bug)
+    }
+
+    /// The keys of `txn` that this node replicates.
+    pub(crate) fn owned_keys(&self, txn: &Txn) -> Vec<Key> {
+        txn.keys()
+            .iter()
+            .filter(|key| self.topology.replicates(self.id, key))
+            .cloned()
+            .collect()
+    }
+}
