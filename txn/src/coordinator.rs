@@ -674,7 +674,13 @@ impl Node {
                 return Ok(());
             }
         }
-        if attempts > self.config.round_retries_max {
+        // Reads wait for deps to apply, which may legitimately take many rounds.
+        let retries_max = if phase == Phase::Execute {
+            self.config.round_retries_max * 10
+        } else {
+            self.config.round_retries_max
+        };
+        if attempts > retries_max {
             // Apply retries are best effort: replicas that missed it fetch it themselves.
             self.finish(txn_id, Outcome::Unknown);
             return Ok(());

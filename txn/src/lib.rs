@@ -32,3 +32,6 @@ pub mod topology;
 pub mod txn;
 
 pub use error::{Error, Result};
+
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;

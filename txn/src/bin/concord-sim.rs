@@ -1,0 +1,128 @@
+//! `concord-sim`: runs simulator campaigns and the fast-path measurement.
+//!
+//! ```text
+//!   concord-sim --seeds 10000 [--first-seed 0] [--txns 500] [--bug DropDeps]
+//!   concord-sim --seed 42 [--txns 500]            replay one seed, print its report
+//!   concord-sim --measure                         messages per txn and fast-path share
+//! ```
+
+use std::process::ExitCode;
+
+use concord_txn::node::ProtocolBug;
+use concord_txn::sim::{FaultPlan, SimConfig, Workload, run};
+use concord_txn::topology::FastPathMode;
+
+fn parse_bug(name: &str) -> Option<ProtocolBug> {
+    Some(match name {
+        "DropDeps" => ProtocolBug::DropDeps,
+        "SkipWaitOnDeps" => ProtocolBug::SkipWaitOnDeps,
+        "FastQuorumTooSmall" => ProtocolBug::FastQuorumTooSmall,
+        "RecoveryIgnoresAccepted" => ProtocolBug::RecoveryIgnoresAccepted,
+        "SlowPathUsesTxnId" => ProtocolBug::SlowPathUsesTxnId,
+        _ => return None,
+    })
+}
+
+#[allow(clippy::print_stderr)]
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str| -> Option<String> {
+        args.iter()
+            .position(|arg| arg == name)
+            .and_then(|idx| args.get(idx + 1).cloned())
+    };
+    let number = |name: &str, default: u64| -> u64 {
+        value(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+    };
+    let txns = number("--txns", 500) as usize;
+    let bug = value("--bug").and_then(|name| parse_bug(&name));
+    if args.iter().any(|arg| arg == "--measure") {
+        measure(number("--measure-txns", 2_000) as usize);
+        return ExitCode::SUCCESS;
+    }
+    if let Some(seed) = value("--seed").and_then(|v| v.parse().ok()) {
+        let mut config = SimConfig::swarm(seed, txns);
+        config.bug = bug;
+        let report = run(&config);
+        println!("{config:?}");
+        println!("{report:#?}");
+        return if report.violations.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let seeds = number("--seeds", 100);
+    let first = number("--first-seed", 0);
+    let (mut failures, mut committed, mut ops) = (0u64, 0usize, 0usize);
+    for seed in first..first + seeds {
+        let mut config = SimConfig::swarm(seed, txns);
+        config.bug = bug;
+        let report = run(&config);
+        committed += report.committed;
+        ops += report.ops;
+        if !report.violations.is_empty() {
+            failures += 1;
+            eprintln!("seed {seed} FAILED: {}", report.violations[0]);
+            eprintln!("  replay: {}", config.replay_command(txns));
+        }
+        if (seed - first + 1) % 100 == 0 {
+            println!(
+                "{} seeds, {ops} ops, {committed} committed, {failures} failed",
+                seed - first + 1
+            );
+        }
+    }
+    println!("done: {seeds} seeds, {ops} ops, {committed} committed, {failures} failed");
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Messages and latency per transaction, and the fast-path share by contention, replica count
+/// and fast-path mode. Calm network, 1 ms per message: latency / 1 ms = message delays.
+fn measure(txns: usize) {
+    println!("rf mode              contention keys  fast%  msgs/txn  fast_delays slow_delays");
+    for replication_factor in [3usize, 5] {
+        for mode in [FastPathMode::Standard, FastPathMode::CoordinatorVotes] {
+            for (contention, keys) in [("low", 10_000u64), ("medium", 100), ("high", 5)] {
+                let mut faults = FaultPlan::calm();
+                faults.delay_min_micros = 1_000;
+                faults.delay_max_micros = 1_000;
+                // One slow replica: jitter the others slightly so arrival order varies.
+                faults.delay_max_micros = 1_300;
+                let config = SimConfig {
+                    seed: 1,
+                    nodes: replication_factor as u32,
+                    shards: 1,
+                    replication_factor,
+                    fast_path: mode,
+                    workload: Workload::ListAppend,
+                    txns,
+                    clients: 8,
+                    keys,
+                    bug: None,
+                    faults: Some(faults),
+                    verbose: false,
+                };
+                let report = run(&config);
+                let commits = (report.fast_path_commits + report.slow_path_commits).max(1);
+                println!(
+                    "{replication_factor}  {:<17} {contention:<10} {keys:<5} {:>5.1}  {:>8.1}  {:>11.2} {:>11.2}{}",
+                    format!("{mode:?}"),
+                    100.0 * report.fast_path_commits as f64 / commits as f64,
+                    report.messages_total as f64 / report.ops.max(1) as f64,
+                    report.fast_latency_micros_mean as f64 / 1_000.0,
+                    report.slow_latency_micros_mean as f64 / 1_000.0,
+                    if report.violations.is_empty() {
+                        ""
+                    } else {
+                        "  VIOLATIONS"
+                    },
+                );
+            }
+        }
+    }
+}

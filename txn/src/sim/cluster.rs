@@ -1,0 +1,671 @@
+//! The simulated cluster and its event loop.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use concord_storage::engine::EngineOptions;
+use concord_storage::memory::MemoryEngine;
+
+use super::check::{self, AppliedTxn, OpRecord, Violation};
+use super::{FaultPlan, SimConfig, SimRng, Workload};
+use crate::command::Status;
+use crate::messages::Message;
+use crate::node::{ClientRequestId, Effects, Input, Node, NodeConfig, Outcome, Timer};
+use crate::storage::{DataStore, EngineJournal, KvDataStore};
+use crate::timestamp::{LocalTime, NodeId, TxnId};
+use crate::topology::Topology;
+use crate::txn::{Key, Txn, Update};
+
+/// How long a client waits before recording an unknown outcome.
+const CLIENT_TIMEOUT_MICROS: u64 = 3_000_000;
+/// The longest a run may take in simulated time after the last client finished.
+const QUIESCE_MICROS_MAX: u64 = 120_000_000;
+/// Simulated time without a completed transaction, while the cluster is healthy, that fails
+/// the run.
+const WATCHDOG_MICROS: u64 = 20_000_000;
+/// The most events one run may process before it is declared stuck.
+const EVENTS_MAX: u64 = 50_000_000;
+/// Initial balance of every bank account.
+pub const INITIAL_BALANCE: i64 = 100;
+
+#[derive(Debug)]
+enum Event {
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        message: Message,
+    },
+    Timer {
+        node: NodeId,
+        incarnation: u64,
+        timer: Timer,
+    },
+    ClientStart {
+        client: usize,
+    },
+    ClientTimeout {
+        op_idx: usize,
+    },
+    Crash {
+        node: NodeId,
+    },
+    Restart {
+        node: NodeId,
+    },
+    PartitionStart,
+    PartitionEnd,
+    QuiesceCheck,
+}
+
+#[derive(Debug)]
+struct NodeSlot {
+    node: Option<Node>,
+    engine: Arc<MemoryEngine>,
+    incarnation: u64,
+    skew_micros: u64,
+    last_local: u64,
+}
+
+/// What one run did.
+#[derive(Debug, Default, Clone)]
+pub struct RunReport {
+    pub seed: u64,
+    pub trace_hash: u64,
+    pub ops: usize,
+    pub committed: usize,
+    pub unknown: usize,
+    pub fast_path_commits: u64,
+    pub slow_path_commits: u64,
+    pub recoveries: u64,
+    pub invalidations: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    pub messages: BTreeMap<&'static str, u64>,
+    pub messages_total: u64,
+    pub sim_time_micros: u64,
+    /// Mean client latency of fast-path and slow-path commits.
+    pub fast_latency_micros_mean: u64,
+    pub slow_latency_micros_mean: u64,
+    /// The most commands any node held in memory at the end.
+    pub commands_per_node_max: usize,
+    pub violations: Vec<Violation>,
+}
+
+struct Sim {
+    config: SimConfig,
+    rng: SimRng,
+    faults: FaultPlan,
+    topology: Arc<Topology>,
+    nodes: BTreeMap<NodeId, NodeSlot>,
+    queue: BTreeMap<(u64, u64), Event>,
+    seq: u64,
+    now: u64,
+    partition: Option<BTreeSet<NodeId>>,
+    ops: Vec<OpRecord>,
+    clients_busy: Vec<bool>,
+    next_value: u64,
+    quiescing: bool,
+    done: bool,
+    last_progress: u64,
+    report: RunReport,
+}
+
+/// Runs one simulation. Panics inside the protocol (failed invariants) become violations.
+pub fn run(config: &SimConfig) -> RunReport {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let mut sim = Sim::new(config.clone());
+        sim.run();
+        sim.finish()
+    }));
+    match result {
+        Ok(report) => report,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_else(|| "non-string panic".into());
+            RunReport {
+                seed: config.seed,
+                violations: vec![Violation::new("invariant", message)],
+                ..RunReport::default()
+            }
+        }
+    }
+}
+
+impl Sim {
+    fn new(config: SimConfig) -> Sim {
+        let mut rng = SimRng::new(config.seed);
+        let faults = config
+            .faults
+            .clone()
+            .unwrap_or_else(|| FaultPlan::swarm(&mut rng));
+        let topology = Arc::new(Topology::ring(
+            config.nodes,
+            config.shards,
+            config.replication_factor,
+            config.fast_path,
+        ));
+        let mut sim = Sim {
+            report: RunReport {
+                seed: config.seed,
+                ..RunReport::default()
+            },
+            clients_busy: vec![false; config.clients],
+            config,
+            rng,
+            faults,
+            topology,
+            nodes: BTreeMap::new(),
+            queue: BTreeMap::new(),
+            seq: 0,
+            now: 0,
+            partition: None,
+            ops: Vec::new(),
+            next_value: 1,
+            quiescing: false,
+            done: false,
+            last_progress: 0,
+        };
+        for node_id in sim.topology.nodes() {
+            let skew_micros = sim.rng.range(0, sim.faults.skew_max_micros);
+            let engine = Arc::new(MemoryEngine::with_crash_simulation(EngineOptions::default()));
+            let slot = NodeSlot {
+                node: None,
+                engine,
+                incarnation: 0,
+                skew_micros,
+                last_local: 0,
+            };
+            sim.nodes.insert(node_id, slot);
+            sim.start_node(node_id);
+        }
+        for client in 0..sim.config.clients {
+            let at = sim.rng.range(0, 1_000);
+            sim.schedule(at, Event::ClientStart { client });
+        }
+        sim.schedule_fault_events();
+        sim
+    }
+
+    fn schedule(&mut self, delay_micros: u64, event: Event) {
+        self.seq += 1;
+        self.queue
+            .insert((self.now + delay_micros, self.seq), event);
+    }
+
+    fn node_config(&self, node_id: NodeId, incarnation: u64) -> NodeConfig {
+        NodeConfig {
+            seed: self.config.seed ^ (incarnation << 40) ^ u64::from(node_id.0),
+            bug: self.config.bug,
+            ..NodeConfig::default()
+        }
+    }
+
+    fn local_time(&mut self, node_id: NodeId) -> LocalTime {
+        let jitter = self.rng.range(0, self.faults.jitter_max_micros);
+        let slot = self.nodes.get_mut(&node_id).expect("known node");
+        let local = (self.now + slot.skew_micros + jitter).max(slot.last_local + 1);
+        slot.last_local = local;
+        LocalTime(local)
+    }
+
+    fn start_node(&mut self, node_id: NodeId) {
+        let now = self.local_time(node_id);
+        let slot = self.nodes.get_mut(&node_id).expect("known node");
+        slot.incarnation += 1;
+        let incarnation = slot.incarnation;
+        let engine = slot.engine.clone();
+        let config = self.node_config(node_id, incarnation);
+        let journal = Box::new(EngineJournal::new(engine.clone()));
+        let data = Box::new(KvDataStore::new(engine));
+        let (node, effects) =
+            Node::open(node_id, self.topology.clone(), config, journal, data, now)
+                .expect("the in-memory engine does not fail");
+        self.nodes.get_mut(&node_id).expect("known").node = Some(node);
+        self.apply_effects(node_id, effects);
+    }
+
+    fn schedule_fault_events(&mut self) {
+        let horizon = 1_000_000;
+        if self.faults.partitions_per_second > 0.0 {
+            let gap = (horizon as f64 / self.faults.partitions_per_second) as u64;
+            let at = self.rng.range(gap / 2, gap.max(1) * 3 / 2);
+            self.schedule(at, Event::PartitionStart);
+        }
+        if self.faults.crashes_per_node_second > 0.0 {
+            let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for node in nodes {
+                self.schedule_crash(node);
+            }
+        }
+    }
+
+    fn schedule_crash(&mut self, node: NodeId) {
+        let gap = (1_000_000.0 / self.faults.crashes_per_node_second) as u64;
+        let at = self.rng.range(gap / 2, gap.max(1) * 3 / 2);
+        self.schedule(at, Event::Crash { node });
+    }
+
+    fn run(&mut self) {
+        let mut events = 0u64;
+        while let Some(((time, _), event)) = self.queue.pop_first() {
+            events += 1;
+            assert!(events < EVENTS_MAX, "run exceeded EVENTS_MAX events");
+            self.now = time;
+            self.handle_event(event);
+            if self.done {
+                break;
+            }
+            if !self.quiescing && self.healthy() && self.clients_waiting() {
+                assert!(
+                    self.now.saturating_sub(self.last_progress) < WATCHDOG_MICROS,
+                    "watchdog: no transaction completed for {WATCHDOG_MICROS}us while healthy"
+                );
+            }
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        self.partition.is_none() && self.nodes.values().all(|slot| slot.node.is_some())
+    }
+
+    fn clients_waiting(&self) -> bool {
+        self.clients_busy.iter().any(|busy| *busy)
+    }
+
+    fn trace(&mut self, kind: u64, a: u64, b: u64) {
+        let mut hash = self.report.trace_hash ^ 0xcbf2_9ce4_8422_2325;
+        for word in [self.now, kind, a, b] {
+            hash ^= word;
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.report.trace_hash = hash;
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::Deliver { from, to, message } => {
+                self.trace(
+                    1,
+                    u64::from(from.0) << 32 | u64::from(to.0),
+                    txn_hash(&message),
+                );
+                self.deliver(from, to, message);
+            }
+            Event::Timer {
+                node,
+                incarnation,
+                timer,
+            } => {
+                let current = self.nodes.get(&node).map(|slot| slot.incarnation);
+                if current == Some(incarnation) {
+                    self.trace(2, u64::from(node.0), 0);
+                    self.input(node, Input::Timer(timer));
+                }
+            }
+            Event::ClientStart { client } => self.client_start(client),
+            Event::ClientTimeout { op_idx } => {
+                if self.ops[op_idx].complete.is_none() {
+                    self.complete_op(op_idx, Outcome::Unknown);
+                }
+            }
+            Event::Crash { node } => self.crash(node),
+            Event::Restart { node } => {
+                if self.nodes[&node].node.is_none() {
+                    self.trace(4, u64::from(node.0), 0);
+                    self.start_node(node);
+                }
+            }
+            Event::PartitionStart => self.partition_start(),
+            Event::PartitionEnd => {
+                self.partition = None;
+                if !self.quiescing {
+                    let gap = (1_000_000.0 / self.faults.partitions_per_second.max(0.01)) as u64;
+                    let at = self.rng.range(gap / 2, gap * 3 / 2);
+                    self.schedule(at, Event::PartitionStart);
+                }
+            }
+            Event::QuiesceCheck => self.quiesce_check(),
+        }
+    }
+
+    fn crash(&mut self, node: NodeId) {
+        if self.quiescing {
+            return;
+        }
+        let up = self
+            .nodes
+            .values()
+            .filter(|slot| slot.node.is_some())
+            .count();
+        // Keep a majority up so the run can make progress; a crashed majority is a partition
+        // case covered by majority partitions.
+        if self.nodes[&node].node.is_some() && up * 2 > self.nodes.len() + 1 {
+            self.trace(3, u64::from(node.0), 0);
+            let slot = self.nodes.get_mut(&node).expect("known");
+            slot.node = None;
+            slot.engine.simulate_crash();
+            self.report.crashes += 1;
+            let down = self.rng.range(20_000, 500_000);
+            self.schedule(down, Event::Restart { node });
+        }
+        self.schedule_crash(node);
+    }
+
+    fn partition_start(&mut self) {
+        if self.quiescing {
+            return;
+        }
+        let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+        // Minority or majority side, drawn; the other side is the rest.
+        let side_size = 1 + self.rng.index(nodes.len() - 1);
+        let mut side = BTreeSet::new();
+        while side.len() < side_size {
+            side.insert(nodes[self.rng.index(nodes.len())]);
+        }
+        self.partition = Some(side);
+        self.report.partitions += 1;
+        let length = self.rng.range(50_000, 1_000_000);
+        self.schedule(length, Event::PartitionEnd);
+    }
+
+    fn deliver(&mut self, from: NodeId, to: NodeId, message: Message) {
+        if self.nodes.get(&to).is_none_or(|slot| slot.node.is_none()) {
+            return;
+        }
+        self.input(to, Input::Message { from, message });
+    }
+
+    fn input(&mut self, node_id: NodeId, input: Input) {
+        let now = self.local_time(node_id);
+        let slot = self.nodes.get_mut(&node_id).expect("known node");
+        let Some(node) = slot.node.as_mut() else {
+            return;
+        };
+        let effects = node
+            .handle(now, input)
+            .expect("the in-memory engine does not fail");
+        self.apply_effects(node_id, effects);
+    }
+
+    fn apply_effects(&mut self, node_id: NodeId, effects: Effects) {
+        let slot = &self.nodes[&node_id];
+        let (incarnation, local_now) = (slot.incarnation, slot.last_local);
+        for (at, timer) in effects.timers {
+            let delay = at.0.saturating_sub(local_now).max(1);
+            self.schedule(
+                delay,
+                Event::Timer {
+                    node: node_id,
+                    incarnation,
+                    timer,
+                },
+            );
+        }
+        for (to, message) in effects.messages {
+            *self.report.messages.entry(message.name()).or_default() += 1;
+            self.report.messages_total += 1;
+            self.send(node_id, to, message);
+        }
+        for (request_id, outcome) in effects.replies {
+            let op_idx = request_id.0 as usize;
+            if self.ops[op_idx].complete.is_none() {
+                self.complete_op(op_idx, outcome);
+            }
+        }
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, message: Message) {
+        if let Some(side) = &self.partition
+            && side.contains(&from) != side.contains(&to)
+        {
+            return;
+        }
+        if self.rng.chance(self.faults.loss) {
+            return;
+        }
+        let copies = if self.rng.chance(self.faults.duplication) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = self
+                .rng
+                .range(self.faults.delay_min_micros, self.faults.delay_max_micros);
+            self.schedule(
+                delay,
+                Event::Deliver {
+                    from,
+                    to,
+                    message: message.clone(),
+                },
+            );
+        }
+    }
+
+    fn client_start(&mut self, client: usize) {
+        if self.ops.len() >= self.config.txns {
+            self.clients_busy[client] = false;
+            if !self.clients_waiting() && !self.quiescing {
+                self.begin_quiesce();
+            }
+            return;
+        }
+        let up: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, slot)| slot.node.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        if up.is_empty() {
+            self.schedule(10_000, Event::ClientStart { client });
+            return;
+        }
+        let coordinator = up[self.rng.index(up.len())];
+        let txn = self.generate_txn();
+        let op_idx = self.ops.len();
+        self.ops.push(OpRecord {
+            client,
+            invoke: self.now,
+            complete: None,
+            txn: txn.clone(),
+            outcome: None,
+        });
+        self.clients_busy[client] = true;
+        self.trace(5, op_idx as u64, u64::from(coordinator.0));
+        let request_id = ClientRequestId(op_idx as u64);
+        self.schedule(CLIENT_TIMEOUT_MICROS, Event::ClientTimeout { op_idx });
+        self.input(coordinator, Input::Client { request_id, txn });
+    }
+
+    fn generate_txn(&mut self) -> Txn {
+        let keys = self.config.keys;
+        match self.config.workload {
+            Workload::ListAppend => {
+                let n_ops = self.rng.range(1, 3);
+                let (mut reads, mut appends) = (Vec::new(), Vec::new());
+                for _ in 0..n_ops {
+                    let key = Key::numbered(self.rng.range(0, keys - 1));
+                    if self.rng.chance(0.5) {
+                        if !reads.contains(&key) {
+                            reads.push(key);
+                        }
+                    } else {
+                        appends.push((key, self.next_value));
+                        self.next_value += 1;
+                    }
+                }
+                let update = if appends.is_empty() {
+                    Update::None
+                } else {
+                    Update::Append(appends)
+                };
+                Txn::new(reads, update)
+            }
+            Workload::Bank => {
+                let accounts = keys.min(8);
+                if self.rng.chance(0.2) {
+                    Txn::new((0..accounts).map(Key::numbered).collect(), Update::None)
+                } else {
+                    let from = self.rng.range(0, accounts - 1);
+                    let to = (from + self.rng.range(1, accounts - 1)) % accounts;
+                    let amount = self.rng.range(1, 50) as i64;
+                    let update = Update::Transfer {
+                        from: Key::numbered(from),
+                        to: Key::numbered(to),
+                        amount,
+                        initial_balance: INITIAL_BALANCE,
+                    };
+                    Txn::new(vec![Key::numbered(from), Key::numbered(to)], update)
+                }
+            }
+        }
+    }
+
+    fn complete_op(&mut self, op_idx: usize, outcome: Outcome) {
+        let op = &mut self.ops[op_idx];
+        op.complete = Some(self.now);
+        if let Outcome::Committed { fast_path, .. } = &outcome {
+            self.last_progress = self.now;
+            let _ = fast_path;
+        }
+        op.outcome = Some(outcome);
+        let client = op.client;
+        self.trace(6, op_idx as u64, 0);
+        let think = self.rng.range(0, 2_000);
+        self.schedule(think, Event::ClientStart { client });
+    }
+
+    fn begin_quiesce(&mut self) {
+        self.quiescing = true;
+        self.partition = None;
+        self.faults.loss = 0.0;
+        self.faults.duplication = 0.0;
+        let down: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, slot)| slot.node.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for node in down {
+            self.start_node(node);
+        }
+        self.last_progress = self.now;
+        self.schedule(100_000, Event::QuiesceCheck);
+    }
+
+    fn quiesce_check(&mut self) {
+        let unfinished: usize = self
+            .nodes
+            .values()
+            .filter_map(|slot| slot.node.as_ref())
+            .map(|node| node.unfinished_count() + node.coordinations.len())
+            .sum();
+        if unfinished == 0 {
+            self.done = true;
+            return;
+        }
+        assert!(
+            self.now.saturating_sub(self.last_progress) < QUIESCE_MICROS_MAX,
+            "liveness: {unfinished} commands still unfinished {QUIESCE_MICROS_MAX}us after \
+             healing"
+        );
+        self.schedule(100_000, Event::QuiesceCheck);
+    }
+
+    fn finish(mut self) -> RunReport {
+        let mut violations = Vec::new();
+        if !self.done {
+            violations.push(Violation::new(
+                "liveness",
+                "the event queue ran dry before quiescence",
+            ));
+        }
+        let mut applied: BTreeMap<NodeId, BTreeMap<TxnId, AppliedTxn>> = BTreeMap::new();
+        let mut invalidated: BTreeSet<TxnId> = BTreeSet::new();
+        let mut finals = BTreeMap::new();
+        let all_keys: Vec<Key> = (0..self.config.keys).map(Key::numbered).collect();
+        for (node_id, slot) in &self.nodes {
+            let Some(node) = slot.node.as_ref() else {
+                continue;
+            };
+            let stats = node.stats();
+            self.report.fast_path_commits += stats.fast_path_commits;
+            self.report.slow_path_commits += stats.slow_path_commits;
+            self.report.recoveries += stats.recoveries_started;
+            self.report.invalidations += stats.invalidations;
+            self.report.commands_per_node_max =
+                self.report.commands_per_node_max.max(node.command_count());
+            let mut on_node = BTreeMap::new();
+            for command in node.commands.values() {
+                match command.status {
+                    Status::Applied => {
+                        if let Some(txn) = &command.txn {
+                            on_node.insert(
+                                command.txn_id,
+                                AppliedTxn {
+                                    execute_at: command.execute_at,
+                                    txn: txn.clone(),
+                                    writes: command.writes.clone().unwrap_or_default(),
+                                },
+                            );
+                        }
+                    }
+                    Status::Invalidated => {
+                        invalidated.insert(command.txn_id);
+                    }
+                    _ => {}
+                }
+            }
+            applied.insert(*node_id, on_node);
+            let owned: Vec<Key> = all_keys
+                .iter()
+                .filter(|key| self.topology.replicates(*node_id, key))
+                .cloned()
+                .collect();
+            let store = KvDataStore::new(slot.engine.clone());
+            if let Ok(data) = store.read(&owned) {
+                finals.insert(*node_id, data);
+            }
+        }
+        violations.extend(check::check_run(
+            &self.ops,
+            &applied,
+            &invalidated,
+            &finals,
+            self.config.workload,
+        ));
+        let (mut fast_sum, mut fast_n, mut slow_sum, mut slow_n) = (0, 0, 0, 0);
+        for op in &self.ops {
+            match &op.outcome {
+                Some(Outcome::Committed { fast_path, .. }) => {
+                    self.report.committed += 1;
+                    let latency = op.complete.unwrap_or(op.invoke) - op.invoke;
+                    if *fast_path {
+                        fast_sum += latency;
+                        fast_n += 1;
+                    } else {
+                        slow_sum += latency;
+                        slow_n += 1;
+                    }
+                }
+                _ => self.report.unknown += 1,
+            }
+        }
+        self.report.fast_latency_micros_mean = fast_sum / fast_n.max(1);
+        self.report.slow_latency_micros_mean = slow_sum / slow_n.max(1);
+        self.report.ops = self.ops.len();
+        self.report.sim_time_micros = self.now;
+        self.report.violations = violations;
+        self.report
+    }
+}
+
+fn txn_hash(message: &Message) -> u64 {
+    let txn_id = message.txn_id().timestamp();
+    txn_id.hlc ^ (u64::from(txn_id.node.0) << 48) ^ message.name().len() as u64
+}
