@@ -336,9 +336,18 @@ fn arb_decimal() -> impl Strategy<Value = Decimal> {
         1 => Just(i32::MIN),
         1 => Just(i32::MAX),
     ];
+    // Digit strings that are prefixes of each other (1, 1.05, 1.2, 1.23) at the same
+    // exponent: where a digit encoding's terminator decides the order.
+    let prefix_digits = proptest::sample::select(vec![1i64, 105, 12, 123, 1234, 2, 25, 9, 99, 999]);
+    let unscaled = prop_oneof![
+        2 => arb_bigint(),
+        1 => (prefix_digits, any::<bool>()).prop_map(|(digits, negative)| {
+            BigInt::from(if negative { -digits } else { digits })
+        }),
+    ];
     // Trailing zeros appended to the unscaled value (and the scale raised to match) give
     // values equal to others with a different scale: 1.0 and 1.00.
-    (arb_bigint(), scale, 0..3u32).prop_map(|(unscaled, scale, n_trailing_zeros)| {
+    (unscaled, scale, 0..3u32).prop_map(|(unscaled, scale, n_trailing_zeros)| {
         match scale.checked_add(n_trailing_zeros as i32) {
             Some(raised_scale) => Decimal {
                 unscaled: unscaled * BigInt::from(10).pow(n_trailing_zeros),

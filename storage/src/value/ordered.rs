@@ -34,6 +34,13 @@
 //! unscaled value (`1.00` decodes as `1`, `100` as `1E+2`, zero as `0` scale 0) and every
 //! NaN as the canonical quiet NaN (`0x7fc00000` / `0x7ff8000000000000`).
 //!
+//! **Exact variant.** [`encode_exact`] / [`decode_exact`] keep what the canonical form
+//! drops, for keys whose exact bytes matter (partition keys: Cassandra hashes the native
+//! bytes, so `1.0` and `1.00` are two partitions). A decimal is followed by its scale (i32,
+//! sign bit flipped) and a NaN by its raw bits, all in one suffix after the whole canonical
+//! encoding, so byte order still agrees with `compare` except among values that compare
+//! `Equal`, which the suffix orders (by scale, NaN bits) deterministically.
+//!
 //! Digit pairs: the decimal's significant digits `d1 d2 ... dn` (no leading or trailing
 //! zeros), taken two at a time (a lone last digit is padded with 0), each pair `p` in
 //! 0..=99 written as the byte `p + 1`, so the terminator `0x00` sorts below any pair and a
@@ -111,6 +118,43 @@ pub fn encode(
     order: ClusteringOrder,
     out: &mut Vec<u8>,
 ) -> Result<()> {
+    encode_with(value, ty, order, Exactness::Canonical, out)
+}
+
+/// Appends the *exact* order-preserving encoding of `value`: as [`encode`], except that
+/// values which compare `Equal` but are not identical (decimals of different scales, NaNs
+/// with different bits) encode differently, after the bytes that decide the order, so
+/// [`decode_exact`] returns the value bit for bit. Byte order still agrees with
+/// [`CqlValue::compare`] wherever it is not `Equal`. Partition keys need this: Cassandra
+/// hashes their exact bytes, so `1.0` and `1.00` are different partitions.
+///
+/// # Errors
+///
+/// As [`encode`].
+pub fn encode_exact(
+    value: &CqlValue,
+    ty: &CqlType,
+    order: ClusteringOrder,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    encode_with(value, ty, order, Exactness::Exact, out)
+}
+
+/// Whether values that compare `Equal` share one encoding (and decode canonically) or keep
+/// what distinguishes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exactness {
+    Canonical,
+    Exact,
+}
+
+fn encode_with(
+    value: &CqlValue,
+    ty: &CqlType,
+    order: ClusteringOrder,
+    exactness: Exactness,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     if !is_orderable(ty) {
         return Err(Error::InvalidType(format!(
             "{ty} has no order and cannot be part of a key"
@@ -122,6 +166,11 @@ pub fn encode(
         return Err(error);
     }
     assert!(out.len() > start_len, "every encoding is at least one byte");
+    if exactness == Exactness::Exact {
+        // After the whole canonical encoding, so these bytes only order values that compare
+        // Equal, even inside tuples and collections.
+        append_exact_suffix(value, out);
+    }
     if order == ClusteringOrder::Desc {
         for byte in &mut out[start_len..] {
             *byte = !*byte;
@@ -250,6 +299,40 @@ fn encode_bytes(bytes: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&[BYTES_ESCAPE, BYTES_TERMINATOR]);
 }
 
+/// Appends, in depth-first order, the scale of every decimal and the bits of every NaN in
+/// `value`: what the canonical encoding drops.
+fn append_exact_suffix(value: &CqlValue, out: &mut Vec<u8>) {
+    match value {
+        CqlValue::Decimal(decimal) => {
+            out.extend_from_slice(&((decimal.scale as u32) ^ (1 << 31)).to_be_bytes());
+        }
+        CqlValue::Float(number) if number.is_nan() => {
+            out.extend_from_slice(&number.to_bits().to_be_bytes());
+        }
+        CqlValue::Double(number) if number.is_nan() => {
+            out.extend_from_slice(&number.to_bits().to_be_bytes());
+        }
+        CqlValue::List(elements) | CqlValue::Set(elements) => {
+            elements
+                .iter()
+                .for_each(|element| append_exact_suffix(element, out));
+        }
+        CqlValue::Map(entries) => {
+            for (key, value) in entries {
+                append_exact_suffix(key, out);
+                append_exact_suffix(value, out);
+            }
+        }
+        CqlValue::Tuple(fields) | CqlValue::Udt(fields) => {
+            fields
+                .iter()
+                .flatten()
+                .for_each(|field| append_exact_suffix(field, out));
+        }
+        _ => {}
+    }
+}
+
 fn encode_varint(number: &BigInt, ty: &CqlType, out: &mut Vec<u8>) -> Result<()> {
     let (sign, magnitude) = number.to_bytes_be();
     let sign_byte = match sign {
@@ -326,6 +409,25 @@ fn encode_decimal(decimal: &Decimal, out: &mut Vec<u8>) {
 /// naming the type if the bytes are not a valid encoding or decode to a value that
 /// [`CqlValue::validate`] refuses. On error `input` is not advanced.
 pub fn decode(ty: &CqlType, order: ClusteringOrder, input: &mut &[u8]) -> Result<CqlValue> {
+    decode_with(ty, order, Exactness::Canonical, input)
+}
+
+/// Decodes one value encoded by [`encode_exact`] with the same type and order, exactly as
+/// it was encoded, and advances `input` past it.
+///
+/// # Errors
+///
+/// As [`decode`].
+pub fn decode_exact(ty: &CqlType, order: ClusteringOrder, input: &mut &[u8]) -> Result<CqlValue> {
+    decode_with(ty, order, Exactness::Exact, input)
+}
+
+fn decode_with(
+    ty: &CqlType,
+    order: ClusteringOrder,
+    exactness: Exactness,
+    input: &mut &[u8],
+) -> Result<CqlValue> {
     if !is_orderable(ty) {
         return Err(Error::InvalidType(format!(
             "{ty} has no order and cannot be part of a key"
@@ -339,7 +441,10 @@ pub fn decode(ty: &CqlType, order: ClusteringOrder, input: &mut &[u8]) -> Result
         remaining: input,
         inversion_mask,
     };
-    let value = reader.decode_value(ty)?;
+    let mut value = reader.decode_value(ty)?;
+    if exactness == Exactness::Exact {
+        reader.apply_exact_suffix(&mut value, ty)?;
+    }
     assert!(
         reader.remaining.len() < input.len(),
         "decoding consumes at least one byte"
@@ -498,6 +603,54 @@ impl OrderedReader<'_> {
         Ok(value)
     }
 
+    /// Reads what [`append_exact_suffix`] wrote, in the same order, into the canonical
+    /// value just decoded.
+    fn apply_exact_suffix(&mut self, value: &mut CqlValue, ty: &CqlType) -> Result<()> {
+        match value {
+            CqlValue::Decimal(decimal) => {
+                let scale = (u32::from_be_bytes(self.read_array(ty)?) ^ (1 << 31)) as i32;
+                let canonical = std::mem::replace(
+                    decimal,
+                    Decimal {
+                        unscaled: BigInt::from(0),
+                        scale: 0,
+                    },
+                );
+                *decimal = rescale_exactly(canonical, scale).map_err(|error| corrupt(ty, error))?;
+            }
+            CqlValue::Float(number) if number.is_nan() => {
+                *number = f32::from_bits(u32::from_be_bytes(self.read_array(ty)?));
+                if !number.is_nan() {
+                    return Err(corrupt(ty, "exact bits of a NaN are not a NaN"));
+                }
+            }
+            CqlValue::Double(number) if number.is_nan() => {
+                *number = f64::from_bits(u64::from_be_bytes(self.read_array(ty)?));
+                if !number.is_nan() {
+                    return Err(corrupt(ty, "exact bits of a NaN are not a NaN"));
+                }
+            }
+            CqlValue::List(elements) | CqlValue::Set(elements) => {
+                for element in elements {
+                    self.apply_exact_suffix(element, ty)?;
+                }
+            }
+            CqlValue::Map(entries) => {
+                for (key, value) in entries {
+                    self.apply_exact_suffix(key, ty)?;
+                    self.apply_exact_suffix(value, ty)?;
+                }
+            }
+            CqlValue::Tuple(fields) | CqlValue::Udt(fields) => {
+                for field in fields.iter_mut().flatten() {
+                    self.apply_exact_suffix(field, ty)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn decode_text(&mut self, ty: &CqlType) -> Result<String> {
         let bytes = self.read_escaped_bytes(ty)?;
         String::from_utf8(bytes).map_err(|error| {
@@ -634,6 +787,30 @@ impl OrderedReader<'_> {
         Decimal::from_normalized(&normalized).map_err(|error| corrupt(ty, error))
     }
 }
+
+/// Returns `decimal` with scale `scale` and the same value, multiplying the unscaled value by
+/// a power of ten.
+fn rescale_exactly(decimal: Decimal, scale: i32) -> Result<Decimal> {
+    if decimal.unscaled.sign() == Sign::NoSign {
+        return Ok(Decimal {
+            unscaled: decimal.unscaled,
+            scale,
+        });
+    }
+    let n_zeros = i64::from(scale) - i64::from(decimal.scale);
+    if !(0..=DECIMAL_EXACT_ZEROS_MAX).contains(&n_zeros) {
+        return Err(Error::invalid_value(
+            "decimal",
+            format!("scale {scale} cannot hold the value {decimal}"),
+        ));
+    }
+    let unscaled = decimal.unscaled * BigInt::from(10).pow(n_zeros as u32);
+    Ok(Decimal { unscaled, scale })
+}
+
+/// The most trailing zeros an exact decimal may carry beyond its canonical form; the
+/// zeros are real digits of the value, so this bounds the memory a corrupt key can claim.
+const DECIMAL_EXACT_ZEROS_MAX: i64 = 1 << 16;
 
 fn copy_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
     let mut array = [0u8; N];
@@ -850,6 +1027,42 @@ mod tests {
     }
 
     #[test]
+    fn exact_encoding_keeps_the_scale() {
+        let decimal = |unscaled: i64, scale: i32| {
+            CqlValue::Decimal(Decimal {
+                unscaled: BigInt::from(unscaled),
+                scale,
+            })
+        };
+        let exact = |value: &CqlValue| {
+            let mut encoded = Vec::new();
+            encode_exact(value, &CqlType::Decimal, ClusteringOrder::Asc, &mut encoded)
+                .expect("encodes");
+            encoded
+        };
+        let (one_point_zero, one_point_zero_zero) = (decimal(10, 1), decimal(100, 2));
+        assert_eq!(
+            hex(&exact(&one_point_zero)),
+            "0380000000000000010b0080000001"
+        );
+        assert_eq!(
+            hex(&exact(&one_point_zero_zero)),
+            "0380000000000000010b0080000002"
+        );
+        for value in [
+            one_point_zero,
+            one_point_zero_zero,
+            decimal(0, -4),
+            decimal(-1500, 3),
+        ] {
+            let encoded = exact(&value);
+            let decoded = decode_exact(&CqlType::Decimal, ClusteringOrder::Asc, &mut &encoded[..])
+                .expect("decodes");
+            assert_eq!(decoded, value);
+        }
+    }
+
+    #[test]
     fn orderability() {
         let int = || Box::new(CqlType::Int);
         assert!(is_orderable(&CqlType::Int));
@@ -1015,6 +1228,61 @@ mod tests {
         }
 
         #[test]
+        fn numbers_order_across_magnitudes_and_digit_prefixes(
+            decimals in proptest::collection::vec(arb_value(&CqlType::Decimal), 2..10),
+            varints in proptest::collection::vec(arb_value(&CqlType::Varint), 2..10),
+        ) {
+            for (ty, values) in [(CqlType::Decimal, decimals), (CqlType::Varint, varints)] {
+                for left in &values {
+                    let left_encoded = encode_and_check_decode(left, &ty, ClusteringOrder::Asc);
+                    for right in &values {
+                        let right_encoded =
+                            encode_and_check_decode(right, &ty, ClusteringOrder::Asc);
+                        prop_assert_eq!(
+                            left_encoded.cmp(&right_encoded),
+                            left.compare(right, &ty),
+                            "{:?} vs {:?}", left, right
+                        );
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn exact_encoding_keeps_values_bit_for_bit(
+            (ty, values) in arb_type_and_values(arb_orderable_type(), 2..6),
+            descending in any::<bool>(),
+        ) {
+            let order = if descending { ClusteringOrder::Desc } else { ClusteringOrder::Asc };
+            let mut encodings = Vec::new();
+            for value in &values {
+                let mut encoded = Vec::new();
+                encode_exact(value, &ty, order, &mut encoded).expect("encodes");
+                encoded.push(0x5a);
+                let mut input = &encoded[..];
+                let decoded = decode_exact(&ty, order, &mut input).expect("decodes");
+                prop_assert_eq!(input, &[0x5a]);
+                prop_assert!(values_identical(&decoded, value), "{:?} != {:?}", decoded, value);
+                encoded.pop();
+                encodings.push(encoded);
+            }
+            for (left_idx, left) in values.iter().enumerate() {
+                for (right_idx, right) in values.iter().enumerate() {
+                    let (left_encoded, right_encoded) = (&encodings[left_idx], &encodings[right_idx]);
+                    let byte_order = left_encoded.cmp(right_encoded);
+                    let expected = match left.compare(right, &ty) {
+                        Ordering::Equal => byte_order,
+                        unequal if descending => unequal.reverse(),
+                        unequal => unequal,
+                    };
+                    prop_assert_eq!(byte_order, expected);
+                    prop_assert_eq!(byte_order.is_eq(), values_identical(left, right));
+                    prop_assert!(!right_encoded.starts_with(left_encoded) || left_encoded == right_encoded);
+                }
+            }
+        }
+
+        #[test]
         fn composite_keys_order_component_by_component(
             components in proptest::collection::vec(
                 (arb_type_and_values(arb_orderable_type(), 2..3), any::<bool>()),
@@ -1054,6 +1322,10 @@ mod tests {
             descending in any::<bool>(),
         ) {
             let order = if descending { ClusteringOrder::Desc } else { ClusteringOrder::Asc };
+            let mut exact_input = &bytes[..];
+            if let Ok(value) = decode_exact(&ty, order, &mut exact_input) {
+                prop_assert!(value.validate(&ty).is_ok());
+            }
             let mut input = &bytes[..];
             if let Ok(value) = decode(&ty, order, &mut input) {
                 // Whatever decodes is a valid value that encodes back to the bytes consumed.
