@@ -939,7 +939,18 @@ pub fn scan_token_range(
         vec![(after_token(range.start), table_end.clone()), (token_key(Token(i64::MIN)), after_token(range.end))]
     };
     let mut resume = cursor.cloned();
-    for (range_start, range_end) in key_ranges {
+    // The second part of a wrapping range sorts first in key space, so the
+    // ranges before the cursor's are found by position in the list, not by
+    // comparing keys; otherwise a cursor in the second part rescans the first.
+    let resume_range_idx = resume.as_ref().and_then(|cursor| {
+        key_ranges.iter().position(|(range_start, range_end)| {
+            cursor.partition_prefix >= *range_start && cursor.partition_prefix < *range_end
+        })
+    });
+    for (range_idx, (range_start, range_end)) in key_ranges.into_iter().enumerate() {
+        if resume_range_idx.is_some_and(|resume_idx| range_idx < resume_idx) {
+            continue;
+        }
         let mut position = range_start.clone();
         if let Some(cursor) = &resume
             && cursor.partition_prefix >= range_start
