@@ -27,7 +27,11 @@ pub type Account = u64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BankOp {
     /// Moves `amount` from one account to another.
-    Transfer { from: Account, to: Account, amount: i64 },
+    Transfer {
+        from: Account,
+        to: Account,
+        amount: i64,
+    },
     /// Reads every balance: `None` until it completes `ok`.
     Read(Option<BTreeMap<Account, i64>>),
 }
@@ -79,8 +83,9 @@ pub fn check_bank(history: &History<BankOp>, options: &BankOptions) -> Report<Ba
                 .filter(|account| !options.accounts.contains(account))
                 .collect();
             if !missing.is_empty() || !unknown.is_empty() {
-                let explanation =
-                    format!("the read lacks accounts {missing:?} and has unknown accounts {unknown:?}");
+                let explanation = format!(
+                    "the read lacks accounts {missing:?} and has unknown accounts {unknown:?}"
+                );
                 found(AnomalyKind::UnexpectedAccounts, explanation);
             }
         }
@@ -96,7 +101,10 @@ pub fn check_bank(history: &History<BankOp>, options: &BankOptions) -> Report<Ba
                 .map(|(&account, &balance)| (account, balance))
                 .collect();
             if !negative.is_empty() {
-                found(AnomalyKind::NegativeBalance, format!("negative balances {negative:?}"));
+                found(
+                    AnomalyKind::NegativeBalance,
+                    format!("negative balances {negative:?}"),
+                );
             }
         }
     }
@@ -131,20 +139,32 @@ impl OperationBody for BankOp {
             "transfer" => {
                 let field = |name: &str| value.get(name).ok_or(format!("transfer lacks {name}"));
                 let account = |name: &str| {
-                    field(name)?.as_u64().ok_or(format!("transfer {name} is not an account"))
+                    field(name)?
+                        .as_u64()
+                        .ok_or(format!("transfer {name} is not an account"))
                 };
-                let amount = field("amount")?.as_i64().ok_or("transfer amount is not an i64")?;
-                Ok(BankOp::Transfer { from: account("from")?, to: account("to")?, amount })
+                let amount = field("amount")?
+                    .as_i64()
+                    .ok_or("transfer amount is not an i64")?;
+                Ok(BankOp::Transfer {
+                    from: account("from")?,
+                    to: account("to")?,
+                    amount,
+                })
             }
             "read" if value.is_null() => Ok(BankOp::Read(None)),
             "read" => {
-                let object = value.as_object().ok_or("a bank read must be an object or null")?;
+                let object = value
+                    .as_object()
+                    .ok_or("a bank read must be an object or null")?;
                 let mut balances = BTreeMap::new();
                 for (account, balance) in object {
-                    let account: Account =
-                        account.parse().map_err(|_| format!("account {account:?} is not a u64"))?;
-                    let balance =
-                        balance.as_i64().ok_or(format!("balance {balance} is not an i64"))?;
+                    let account: Account = account
+                        .parse()
+                        .map_err(|_| format!("account {account:?} is not a u64"))?;
+                    let balance = balance
+                        .as_i64()
+                        .ok_or(format!("balance {balance} is not an i64"))?;
                     balances.insert(account, balance);
                 }
                 Ok(BankOp::Read(Some(balances)))

@@ -14,19 +14,33 @@ pub enum CheckerError {
     #[error("operation {0} was already completed")]
     AlreadyCompleted(OpId),
     #[error("operation {op} completes at {complete_time}, before its invocation at {invoke_time}")]
-    CompletionBeforeInvocation { op: OpId, invoke_time: u64, complete_time: u64 },
+    CompletionBeforeInvocation {
+        op: OpId,
+        invoke_time: u64,
+        complete_time: u64,
+    },
     #[error("operation {op}: completion does not match invocation: {reason}")]
     CompletionMismatch { op: OpId, reason: String },
     #[error("line {line}: invalid json: {source}")]
-    Json { line: usize, source: serde_json::Error },
+    Json {
+        line: usize,
+        source: serde_json::Error,
+    },
     #[error("line {line}: invalid field `{field}`: {reason}")]
-    InvalidField { line: usize, field: &'static str, reason: String },
+    InvalidField {
+        line: usize,
+        field: &'static str,
+        reason: String,
+    },
     #[error("line {line}: completion for process {process} has no outstanding invocation")]
     UnmatchedCompletion { line: usize, process: u64 },
     #[error("line {line}: operation {op} is invoked twice")]
     DuplicateInvocation { line: usize, op: u64 },
     #[error("line {line}: {source}")]
-    Line { line: usize, source: Box<CheckerError> },
+    Line {
+        line: usize,
+        source: Box<CheckerError>,
+    },
     #[error("read or write history file: {0}")]
     Io(#[from] std::io::Error),
 }

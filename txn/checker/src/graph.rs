@@ -74,14 +74,23 @@ pub(crate) struct GraphBuilder {
 
 impl GraphBuilder {
     pub(crate) fn new(n_nodes: usize) -> Self {
-        assert!(n_nodes < u32::MAX as usize, "graph of {n_nodes} nodes does not fit u32 indices");
-        GraphBuilder { n_nodes, steps: Vec::new() }
+        assert!(
+            n_nodes < u32::MAX as usize,
+            "graph of {n_nodes} nodes does not fit u32 indices"
+        );
+        GraphBuilder {
+            n_nodes,
+            steps: Vec::new(),
+        }
     }
 
     pub(crate) fn add(&mut self, source: u32, target: u32, kind: GraphEdgeKind, key: u64) {
         debug_assert!((source as usize) < self.n_nodes && (target as usize) < self.n_nodes);
         debug_assert_ne!(source, target, "self edges carry no ordering information");
-        self.steps.push(PathStep { source, edge: Edge { target, kind, key } });
+        self.steps.push(PathStep {
+            source,
+            edge: Edge { target, kind, key },
+        });
     }
 
     pub(crate) fn build(self) -> Graph {
@@ -94,7 +103,11 @@ impl GraphBuilder {
             offsets[node + 1] += offsets[node];
         }
         let mut cursor = offsets.clone();
-        let placeholder = Edge { target: 0, kind: GraphEdgeKind::Continuation, key: 0 };
+        let placeholder = Edge {
+            target: 0,
+            kind: GraphEdgeKind::Continuation,
+            key: 0,
+        };
         let mut edges = vec![placeholder; self.steps.len()];
         for step in &self.steps {
             let slot = &mut cursor[step.source as usize];
@@ -210,7 +223,12 @@ impl Graph {
 
     /// A path from `from` to `to` over `mask` edges with the fewest read-write edges, then the
     /// fewest edges; `None` if there is none. A path from a node to itself is not searched for.
-    pub(crate) fn cheapest_path(&self, from: u32, to: u32, mask: EdgeMask) -> Option<Vec<PathStep>> {
+    pub(crate) fn cheapest_path(
+        &self,
+        from: u32,
+        to: u32,
+        mask: EdgeMask,
+    ) -> Option<Vec<PathStep>> {
         const READ_WRITE_COST: u64 = 1 << 32;
         let n_nodes = self.n_nodes();
         let mut cost = vec![u64::MAX; n_nodes];
@@ -237,7 +255,10 @@ impl Graph {
                 let target_cost = node_cost + step_cost;
                 if target_cost < cost[edge.target as usize] {
                     cost[edge.target as usize] = target_cost;
-                    parent[edge.target as usize] = Some(PathStep { source: node, edge: *edge });
+                    parent[edge.target as usize] = Some(PathStep {
+                        source: node,
+                        edge: *edge,
+                    });
                     frontier.push(Reverse((target_cost, edge.target)));
                 }
             }
@@ -272,19 +293,33 @@ mod tests {
     #[test]
     fn components_follow_the_mask() {
         use GraphEdgeKind::*;
-        let graph = graph(4, &[(0, 1, WriteWrite), (1, 0, ReadWrite), (2, 3, WriteRead)]);
+        let graph = graph(
+            4,
+            &[(0, 1, WriteWrite), (1, 0, ReadWrite), (2, 3, WriteRead)],
+        );
         let mut all = graph.strongly_connected_components(EdgeMask::ALL);
         all.iter_mut().for_each(|component| component.sort());
         assert_eq!(all, vec![vec![0, 1]]);
-        assert!(graph.strongly_connected_components(EdgeMask::of(&[WriteWrite])).is_empty());
+        assert!(
+            graph
+                .strongly_connected_components(EdgeMask::of(&[WriteWrite]))
+                .is_empty()
+        );
     }
 
     #[test]
     fn cheapest_path_avoids_read_write_edges() {
         use GraphEdgeKind::*;
         // 0 -rw-> 3 directly, or 0 -ww-> 1 -ww-> 2 -wr-> 3 without anti-dependencies.
-        let graph =
-            graph(4, &[(0, 3, ReadWrite), (0, 1, WriteWrite), (1, 2, WriteWrite), (2, 3, WriteRead)]);
+        let graph = graph(
+            4,
+            &[
+                (0, 3, ReadWrite),
+                (0, 1, WriteWrite),
+                (1, 2, WriteWrite),
+                (2, 3, WriteRead),
+            ],
+        );
         let path = graph.cheapest_path(0, 3, EdgeMask::ALL).unwrap();
         let nodes: Vec<u32> = path.iter().map(|step| step.edge.target).collect();
         assert_eq!(nodes, vec![1, 2, 3]);

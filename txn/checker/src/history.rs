@@ -48,7 +48,10 @@ impl OpId {
     }
 
     pub(crate) fn from_index(index: usize) -> OpId {
-        assert!(index < OPERATIONS_MAX, "operation index {index} over OPERATIONS_MAX");
+        assert!(
+            index < OPERATIONS_MAX,
+            "operation index {index} over OPERATIONS_MAX"
+        );
         OpId(index as u32)
     }
 }
@@ -174,7 +177,14 @@ impl<B> Operation<B> {
 
 impl<B: OperationBody> fmt::Display for Operation<B> {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "{} {} {} [{}, ", self.id, self.process, self.status(), self.invoke_time)?;
+        write!(
+            formatter,
+            "{} {} {} [{}, ",
+            self.id,
+            self.process,
+            self.status(),
+            self.invoke_time
+        )?;
         match self.complete_time {
             Some(time) => write!(formatter, "{time}]: ")?,
             None => write!(formatter, "never]: ")?,
@@ -197,7 +207,9 @@ impl<B: OperationBody> Default for History<B> {
 
 impl<B: OperationBody> History<B> {
     pub fn new() -> Self {
-        History { operations: Vec::new() }
+        History {
+            operations: Vec::new(),
+        }
     }
 
     /// Records that `process` invoked an operation at `time`. Reads in `invocation` carry no
@@ -217,9 +229,16 @@ impl<B: OperationBody> History<B> {
 
     /// Records the completion of `id` at `time`. An `Ok` outcome must have the invocation's
     /// shape with its results filled in.
-    pub fn complete(&mut self, id: OpId, time: u64, outcome: Outcome<B>) -> Result<(), CheckerError> {
-        let operation =
-            self.operations.get_mut(id.index()).ok_or(CheckerError::UnknownOperation(id))?;
+    pub fn complete(
+        &mut self,
+        id: OpId,
+        time: u64,
+        outcome: Outcome<B>,
+    ) -> Result<(), CheckerError> {
+        let operation = self
+            .operations
+            .get_mut(id.index())
+            .ok_or(CheckerError::UnknownOperation(id))?;
         if operation.complete_time.is_some() {
             return Err(CheckerError::AlreadyCompleted(id));
         }
@@ -414,7 +433,11 @@ impl<B: OperationBody> JsonlParser<B> {
         };
         let parse_body = || {
             B::from_json_value(&event.f, &event.value).map_err(|reason| {
-                CheckerError::InvalidField { line, field: "value", reason }
+                CheckerError::InvalidField {
+                    line,
+                    field: "value",
+                    reason,
+                }
             })
         };
         match event.event_type.as_str() {
@@ -460,17 +483,28 @@ impl<B: OperationBody> JsonlParser<B> {
     }
 
     fn finish(mut self) -> Result<History<B>, CheckerError> {
-        if self.operations.iter().all(|operation| operation.file_op.is_some()) {
+        if self
+            .operations
+            .iter()
+            .all(|operation| operation.file_op.is_some())
+        {
             // Keep the file's operation numbering, so that export then import keeps ids.
             self.operations.sort_by_key(|operation| operation.file_op);
         }
         let mut history = History::new();
         for parsed in self.operations {
-            let id = history.invoke(ProcessId(parsed.process), parsed.invoke_time, parsed.invocation);
+            let id = history.invoke(
+                ProcessId(parsed.process),
+                parsed.invoke_time,
+                parsed.invocation,
+            );
             if let Some((line, time, outcome)) = parsed.completion {
                 history
                     .complete(id, time, outcome)
-                    .map_err(|source| CheckerError::Line { line, source: Box::new(source) })?;
+                    .map_err(|source| CheckerError::Line {
+                        line,
+                        source: Box::new(source),
+                    })?;
             }
         }
         Ok(history)

@@ -96,7 +96,7 @@ pub fn check_list_append(
     let mut report = Report::new(checker_name);
     let mut analysis = inference::Analysis::new(history, &mut report);
     analysis.observe_reads(&mut report);
-    let orders = analysis.version_orders(&mut report);
+    let orders = analysis.version_orders();
     let strict = options.consistency_model == ConsistencyModel::StrictSerializable;
     if strict {
         analysis.report_lost_writes(&mut report);
@@ -139,7 +139,9 @@ impl OperationBody for Transaction {
     fn check_completion(&self, completion: &Self) -> Result<(), String> {
         if self.len() != completion.len() {
             let (invoked, completed) = (self.len(), completion.len());
-            return Err(format!("{invoked} micro-ops invoked but {completed} completed"));
+            return Err(format!(
+                "{invoked} micro-ops invoked but {completed} completed"
+            ));
         }
         for (position, (invoked, completed)) in self.iter().zip(completion).enumerate() {
             let matches = match (invoked, completed) {
@@ -166,7 +168,9 @@ impl OperationBody for Transaction {
             }
             match micro_op {
                 MicroOp::Append(key, element) => write!(formatter, "append({key}, {element})")?,
-                MicroOp::Read(key, Some(elements)) => write!(formatter, "read({key}, {elements:?})")?,
+                MicroOp::Read(key, Some(elements)) => {
+                    write!(formatter, "read({key}, {elements:?})")?
+                }
                 MicroOp::Read(key, None) => write!(formatter, "read({key}, ?)")?,
             }
         }
@@ -177,7 +181,9 @@ impl OperationBody for Transaction {
 fn parse_micro_op(value: &serde_json::Value) -> Result<MicroOp, String> {
     let parts = value.as_array().filter(|parts| parts.len() == 3);
     let parts = parts.ok_or_else(|| format!("micro-op {value} is not [f, key, value]"))?;
-    let key = parts[1].as_u64().ok_or_else(|| format!("key {} is not a u64", parts[1]))?;
+    let key = parts[1]
+        .as_u64()
+        .ok_or_else(|| format!("key {} is not a u64", parts[1]))?;
     match parts[0].as_str() {
         Some("append") => {
             let element = parts[2].as_u64();
@@ -188,7 +194,9 @@ fn parse_micro_op(value: &serde_json::Value) -> Result<MicroOp, String> {
             if parts[2].is_null() {
                 return Ok(MicroOp::Read(key, None));
             }
-            let elements = parts[2].as_array().ok_or_else(|| format!("read {value} has no list"))?;
+            let elements = parts[2]
+                .as_array()
+                .ok_or_else(|| format!("read {value} has no list"))?;
             let elements: Option<Vec<Element>> =
                 elements.iter().map(serde_json::Value::as_u64).collect();
             let elements = elements.ok_or_else(|| format!("read {value} has a non-u64 element"))?;

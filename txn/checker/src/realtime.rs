@@ -59,3 +59,51 @@ pub(crate) fn add_realtime_edges<B>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::EdgeMask;
+    use crate::history::{History, Outcome, ProcessId};
+    use crate::list_append::Transaction;
+    use crate::synthetic::SplitMix64;
+
+    /// Whether `target` is reachable from `source` in the built graph.
+    fn reachable(graph: &crate::graph::Graph, source: u32, target: u32) -> bool {
+        graph.cheapest_path(source, target, EdgeMask::ALL).is_some()
+    }
+
+    #[test]
+    fn reduction_preserves_every_real_time_pair() {
+        for seed in 0..200 {
+            let mut random = SplitMix64::new(seed);
+            let mut history: History<Transaction> = History::new();
+            let n_operations = 2 + random.below(30);
+            for process in 0..n_operations {
+                let invoke_time = random.below(100);
+                let id = history.invoke(ProcessId(process), invoke_time, Vec::new());
+                let complete_time = invoke_time + random.below(30);
+                let outcome = if random.percent(80) {
+                    Outcome::Ok(Vec::new())
+                } else {
+                    Outcome::Info
+                };
+                history.complete(id, complete_time, outcome).unwrap();
+            }
+            let in_graph: Vec<bool> = (0..n_operations).map(|_| random.percent(90)).collect();
+            let mut builder = GraphBuilder::new(n_operations as usize);
+            add_realtime_edges(history.operations(), &in_graph, &mut builder);
+            let graph = builder.build();
+            for (a, first) in history.operations().iter().enumerate() {
+                for (b, second) in history.operations().iter().enumerate() {
+                    let precedes = in_graph[a]
+                        && in_graph[b]
+                        && first.status() == Status::Ok
+                        && first.complete_time().unwrap() < second.invoke_time();
+                    let found = a != b && reachable(&graph, a as u32, b as u32);
+                    assert_eq!(precedes, found, "seed {seed}: {a} -> {b}");
+                }
+            }
+        }
+    }
+}

@@ -43,7 +43,10 @@ pub enum RegisterAction {
     Read(Option<u64>),
     Write(u64),
     /// Sets `new` if the value is `expected`; completes `fail` if it was not.
-    CompareAndSet { expected: u64, new: u64 },
+    CompareAndSet {
+        expected: u64,
+        new: u64,
+    },
 }
 
 /// One operation on the register named by `key`.
@@ -63,7 +66,10 @@ pub struct RegisterOptions {
 
 impl Default for RegisterOptions {
     fn default() -> Self {
-        RegisterOptions { initial_value: 0, search_steps_max: 10_000_000 }
+        RegisterOptions {
+            initial_value: 0,
+            search_steps_max: 10_000_000,
+        }
     }
 }
 
@@ -98,7 +104,10 @@ pub fn check_register(history: &History<RegisterOp>, options: &RegisterOptions) 
             (Status::Info, _) => true,
         };
         if relevant {
-            operations_by_key.entry(operation.body().key).or_default().push(operation);
+            operations_by_key
+                .entry(operation.body().key)
+                .or_default()
+                .push(operation);
         }
     }
     let mut report = Report::new("register (linearizable)");
@@ -109,7 +118,11 @@ pub fn check_register(history: &History<RegisterOp>, options: &RegisterOptions) 
                 key,
                 order: order.into_iter().map(|op| operations[op].id()).collect(),
             }),
-            SearchOutcome::Nonlinearizable { prefix, value, stuck } => {
+            SearchOutcome::Nonlinearizable {
+                prefix,
+                value,
+                stuck,
+            } => {
                 let describe = |op: usize| format!("{}", operations[op]);
                 let prefix_text: Vec<String> = prefix.iter().map(|&op| describe(op)).collect();
                 let explanation = format!(
@@ -118,7 +131,10 @@ pub fn check_register(history: &History<RegisterOp>, options: &RegisterOptions) 
                     describe(stuck),
                 );
                 let shown = prefix.len().saturating_sub(PREFIX_OPERATIONS_SHOWN_MAX);
-                let mut involved: Vec<_> = prefix[shown..].iter().map(|&op| operations[op].clone()).collect();
+                let mut involved: Vec<_> = prefix[shown..]
+                    .iter()
+                    .map(|&op| operations[op].clone())
+                    .collect();
                 involved.push(operations[stuck].clone());
                 report.push(Anomaly {
                     kind: AnomalyKind::Nonlinearizable,
@@ -139,7 +155,10 @@ pub fn check_register(history: &History<RegisterOp>, options: &RegisterOptions) 
             }),
         }
     }
-    RegisterReport { report, linearizations }
+    RegisterReport {
+        report,
+        linearizations,
+    }
 }
 
 /// Applies `action` to a register holding `value`: the new value, or `None` if the result
@@ -158,7 +177,11 @@ enum SearchOutcome {
     Linearizable(Vec<usize>),
     /// The longest linearized prefix, the value after it, and an operation that had to be
     /// linearized next but could not be.
-    Nonlinearizable { prefix: Vec<usize>, value: u64, stuck: usize },
+    Nonlinearizable {
+        prefix: Vec<usize>,
+        value: u64,
+        stuck: usize,
+    },
     StepLimitExceeded,
 }
 
@@ -193,12 +216,20 @@ impl<'o> Search<'o> {
             events.push((return_time, 1, op));
         }
         events.sort_unstable();
-        let sentinel = Entry { op: usize::MAX, is_call: false, partner: 0 };
+        let sentinel = Entry {
+            op: usize::MAX,
+            is_call: false,
+            partner: 0,
+        };
         let mut entries = vec![sentinel; events.len() + 2];
         let mut call_entry = vec![0usize; operations.len()];
         for (position, &(_, phase, op)) in events.iter().enumerate() {
             let entry_idx = position + 1;
-            entries[entry_idx] = Entry { op, is_call: phase == 0, partner: 0 };
+            entries[entry_idx] = Entry {
+                op,
+                is_call: phase == 0,
+                partner: 0,
+            };
             if phase == 0 {
                 call_entry[op] = entry_idx;
             } else {
@@ -208,8 +239,16 @@ impl<'o> Search<'o> {
         }
         let n_entries = entries.len();
         let previous = (0..n_entries).map(|idx| idx.saturating_sub(1)).collect();
-        let next = (0..n_entries).map(|idx| (idx + 1).min(n_entries - 1)).collect();
-        Search { operations, options, entries, previous, next }
+        let next = (0..n_entries)
+            .map(|idx| (idx + 1).min(n_entries - 1))
+            .collect();
+        Search {
+            operations,
+            options,
+            entries,
+            previous,
+            next,
+        }
     }
 
     fn unlink(&mut self, entry_idx: usize) {
@@ -236,7 +275,9 @@ impl<'o> Search<'o> {
         // (call entry, value before the operation)
         let mut stack: Vec<(usize, u64)> = Vec::new();
         let mut value = self.options.initial_value;
-        let mut n_ok_remaining = (0..self.operations.len()).filter(|&op| self.is_ok(op)).count();
+        let mut n_ok_remaining = (0..self.operations.len())
+            .filter(|&op| self.is_ok(op))
+            .count();
         let mut deepest: Option<(Vec<usize>, u64, usize)> = None;
         let mut entry_idx = self.next[0];
         let mut n_steps = 0u64;
@@ -265,15 +306,24 @@ impl<'o> Search<'o> {
                 continue;
             }
             // A return (or the end): its operation should have been linearized by now.
-            if entry_idx != tail && deepest.as_ref().is_none_or(|(prefix, ..)| stack.len() > prefix.len()) {
-                let prefix = stack.iter().map(|&(call, _)| self.entries[call].op).collect();
+            if entry_idx != tail
+                && deepest
+                    .as_ref()
+                    .is_none_or(|(prefix, ..)| stack.len() > prefix.len())
+            {
+                let prefix = stack
+                    .iter()
+                    .map(|&(call, _)| self.entries[call].op)
+                    .collect();
                 deepest = Some((prefix, value, entry.op));
             }
             let Some((call_idx, previous_value)) = stack.pop() else {
                 return match deepest {
-                    Some((prefix, value, stuck)) => {
-                        SearchOutcome::Nonlinearizable { prefix, value, stuck }
-                    }
+                    Some((prefix, value, stuck)) => SearchOutcome::Nonlinearizable {
+                        prefix,
+                        value,
+                        stuck,
+                    },
                     None => SearchOutcome::StepLimitExceeded, // Unreachable: see the loop guard.
                 };
             };
@@ -285,7 +335,12 @@ impl<'o> Search<'o> {
             self.relink(call_idx);
             entry_idx = self.next[call_idx];
         }
-        SearchOutcome::Linearizable(stack.iter().map(|&(call, _)| self.entries[call].op).collect())
+        SearchOutcome::Linearizable(
+            stack
+                .iter()
+                .map(|&(call, _)| self.entries[call].op)
+                .collect(),
+        )
     }
 }
 
@@ -310,9 +365,13 @@ impl OperationBody for RegisterOp {
     fn from_json_value(function_name: &str, value: &serde_json::Value) -> Result<Self, String> {
         let pair = value.as_array().filter(|pair| pair.len() == 2);
         let pair = pair.ok_or_else(|| format!("register value {value} is not [key, value]"))?;
-        let key = pair[0].as_u64().ok_or_else(|| format!("key {} is not a u64", pair[0]))?;
+        let key = pair[0]
+            .as_u64()
+            .ok_or_else(|| format!("key {} is not a u64", pair[0]))?;
         let number = |value: &serde_json::Value| {
-            value.as_u64().ok_or_else(|| format!("register value {value} is not a u64"))
+            value
+                .as_u64()
+                .ok_or_else(|| format!("register value {value} is not a u64"))
         };
         let action = match function_name {
             "read" if pair[1].is_null() => RegisterAction::Read(None),
@@ -320,8 +379,12 @@ impl OperationBody for RegisterOp {
             "write" => RegisterAction::Write(number(&pair[1])?),
             "cas" => {
                 let values = pair[1].as_array().filter(|values| values.len() == 2);
-                let values = values.ok_or_else(|| format!("cas {value} is not [key, [old, new]]"))?;
-                RegisterAction::CompareAndSet { expected: number(&values[0])?, new: number(&values[1])? }
+                let values =
+                    values.ok_or_else(|| format!("cas {value} is not [key, [old, new]]"))?;
+                RegisterAction::CompareAndSet {
+                    expected: number(&values[0])?,
+                    new: number(&values[1])?,
+                }
             }
             other => return Err(format!("unknown register function {other:?}")),
         };
@@ -330,7 +393,10 @@ impl OperationBody for RegisterOp {
 
     fn to_invocation(&self) -> Self {
         match self.action {
-            RegisterAction::Read(_) => RegisterOp { key: self.key, action: RegisterAction::Read(None) },
+            RegisterAction::Read(_) => RegisterOp {
+                key: self.key,
+                action: RegisterAction::Read(None),
+            },
             _ => *self,
         }
     }
@@ -342,7 +408,11 @@ impl OperationBody for RegisterOp {
                 (RegisterAction::Read(_), _) | (_, RegisterAction::Read(_)) => false,
                 (invoked, completed) => invoked == completed,
             };
-        if matches { Ok(()) } else { Err(format!("{self:?} completed as {completion:?}")) }
+        if matches {
+            Ok(())
+        } else {
+            Err(format!("{self:?} completed as {completion:?}"))
+        }
     }
 
     fn describe(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -147,8 +147,20 @@ pub struct CycleEdge {
 impl fmt::Display for CycleEdge {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.key {
-            Some(key) => write!(formatter, "{} -{}(key {key})-> {}", self.from, self.kind.name(), self.to),
-            None => write!(formatter, "{} -{}-> {}", self.from, self.kind.name(), self.to),
+            Some(key) => write!(
+                formatter,
+                "{} -{}(key {key})-> {}",
+                self.from,
+                self.kind.name(),
+                self.to
+            ),
+            None => write!(
+                formatter,
+                "{} -{}-> {}",
+                self.from,
+                self.kind.name(),
+                self.to
+            ),
         }
     }
 }
@@ -194,7 +206,11 @@ pub struct Report<B> {
 
 impl<B> Report<B> {
     pub(crate) fn new(checker: &'static str) -> Self {
-        Report { checker, anomalies: Vec::new(), counts: BTreeMap::new() }
+        Report {
+            checker,
+            anomalies: Vec::new(),
+            counts: BTreeMap::new(),
+        }
     }
 
     pub(crate) fn push(&mut self, anomaly: Anomaly<B>) {
@@ -235,7 +251,9 @@ impl<B> Report<B> {
     }
 
     pub fn anomalies_of(&self, kind: AnomalyKind) -> impl Iterator<Item = &Anomaly<B>> {
-        self.anomalies.iter().filter(move |anomaly| anomaly.kind == kind)
+        self.anomalies
+            .iter()
+            .filter(move |anomaly| anomaly.kind == kind)
     }
 }
 
@@ -250,7 +268,10 @@ impl<B: OperationBody> fmt::Display for Report<B> {
         }
         writeln!(formatter)?;
         for (kind, count) in &self.counts {
-            for anomaly in self.anomalies_of(*kind).take(ANOMALIES_DISPLAYED_PER_KIND_MAX) {
+            for anomaly in self
+                .anomalies_of(*kind)
+                .take(ANOMALIES_DISPLAYED_PER_KIND_MAX)
+            {
                 write!(formatter, "{anomaly}")?;
             }
             if *count > ANOMALIES_DISPLAYED_PER_KIND_MAX {

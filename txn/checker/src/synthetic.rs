@@ -103,7 +103,11 @@ fn fate(fail_percent: u64, info_percent: u64, random: &mut SplitMix64) -> Fate {
     if roll < fail_percent {
         Fate::Fail
     } else if roll < fail_percent + info_percent {
-        if random.percent(50) { Fate::InfoApplied } else { Fate::InfoNotApplied }
+        if random.percent(50) {
+            Fate::InfoApplied
+        } else {
+            Fate::InfoNotApplied
+        }
     } else {
         Fate::Ok
     }
@@ -120,7 +124,10 @@ fn record<B: crate::history::OperationBody>(
     let id = history.invoke(process, invoke_time, invocation);
     // Generated completions always match their invocations and follow them in time.
     let completed = history.complete(id, complete_time, outcome);
-    debug_assert!(completed.is_ok(), "generated completion rejected: {completed:?}");
+    debug_assert!(
+        completed.is_ok(),
+        "generated completion rejected: {completed:?}"
+    );
     id
 }
 

@@ -57,7 +57,10 @@ pub(super) fn report_cycles(
         }
     }
     let has_realtime_edges = (0..graph.n_nodes() as u32).any(|node| {
-        graph.out_edges(node).iter().any(|edge| edge.kind == GraphEdgeKind::Realtime)
+        graph
+            .out_edges(node)
+            .iter()
+            .any(|edge| edge.kind == GraphEdgeKind::Realtime)
     });
     if !has_realtime_edges {
         return;
@@ -81,7 +84,9 @@ pub(super) fn report_cycles(
 fn edges_of_kind(local: &Graph, kind: GraphEdgeKind) -> impl Iterator<Item = PathStep> + '_ {
     (0..local.n_nodes() as u32).flat_map(move |source| {
         let edges = local.out_edges(source).iter();
-        edges.filter(move |edge| edge.kind == kind).map(move |&edge| PathStep { source, edge })
+        edges
+            .filter(move |edge| edge.kind == kind)
+            .map(move |&edge| PathStep { source, edge })
     })
 }
 
@@ -115,32 +120,34 @@ fn dependency_cycle(local: &Graph, options: &ListAppendOptions) -> Option<Vec<Pa
     use GraphEdgeKind::*;
     // G0: any edge inside an SCC of the ww subgraph closes a ww cycle.
     let write_write_component_of = component_ids(local, write_write());
-    let write_write_steps = edges_of_kind(local, WriteWrite).chain(edges_of_kind(local, Continuation));
+    let write_write_steps =
+        edges_of_kind(local, WriteWrite).chain(edges_of_kind(local, Continuation));
     for step in write_write_steps {
-        if within_one_component(&write_write_component_of, &step) {
-            if let Some(cycle) = cycle_through(local, step, write_write()) {
-                return Some(cycle);
-            }
+        if within_one_component(&write_write_component_of, &step)
+            && let Some(cycle) = cycle_through(local, step, write_write())
+        {
+            return Some(cycle);
         }
     }
     // G1c: a wr edge inside an SCC of the ww+wr subgraph.
     let write_read_component_of = component_ids(local, write_write_read());
     for step in edges_of_kind(local, WriteRead) {
-        if within_one_component(&write_read_component_of, &step) {
-            if let Some(cycle) = cycle_through(local, step, write_write_read()) {
-                return Some(cycle);
-            }
+        if within_one_component(&write_read_component_of, &step)
+            && let Some(cycle) = cycle_through(local, step, write_write_read())
+        {
+            return Some(cycle);
         }
     }
     // G-single: one rw edge plus a ww+wr path back.
     for step in edges_of_kind(local, ReadWrite) {
-        if within_one_component(&write_read_component_of, &step) {
-            if let Some(cycle) = cycle_through(local, step, write_write_read()) {
-                return Some(cycle);
-            }
+        if within_one_component(&write_read_component_of, &step)
+            && let Some(cycle) = cycle_through(local, step, write_write_read())
+        {
+            return Some(cycle);
         }
     }
-    let attempts = edges_of_kind(local, ReadWrite).take(options.single_anti_dependency_searches_max);
+    let attempts =
+        edges_of_kind(local, ReadWrite).take(options.single_anti_dependency_searches_max);
     for step in attempts {
         if let Some(cycle) = cycle_through(local, step, write_write_read()) {
             return Some(cycle);
@@ -188,7 +195,12 @@ fn push_cycle(
                 continue;
             }
         };
-        edges.push(CycleEdge { from: operation_id(step.source), to: operation_id(target), kind, key });
+        edges.push(CycleEdge {
+            from: operation_id(step.source),
+            to: operation_id(target),
+            kind,
+            key,
+        });
     }
     let count = |kind: EdgeKind| edges.iter().filter(|edge| edge.kind == kind).count();
     let (n_ww, n_wr, n_rw, n_realtime) = (

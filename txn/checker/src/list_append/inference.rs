@@ -58,7 +58,24 @@ struct ReadRecord {
     op: u32,
     key: u32,
     micro_op: u32,
-    has_duplicates: bool,
+}
+
+/// What a key's reads say, found by `Analysis::observe_reads`.
+#[derive(Clone, Copy, Debug)]
+struct KeySummary {
+    /// The longest read (the first of equally long ones).
+    longest: ReadRecord,
+    /// Whether every read is a prefix of the longest.
+    compatible: bool,
+    longest_has_duplicates: bool,
+}
+
+/// Reads of elements that are not there to read, as (first reader, number of times read): per
+/// aborted writer, and per garbage `(key, element)`.
+#[derive(Debug, Default)]
+struct ElementTally {
+    aborted_reads: FastHashMap<u32, (u32, usize)>,
+    garbage_reads: FastHashMap<(u32, Element), (u32, usize)>,
 }
 
 /// The version order of one key: the writers along its longest read.
@@ -79,6 +96,10 @@ pub(super) struct Analysis<'h> {
     write_by_element: FastHashMap<(u32, Element), u32>,
     reads: Vec<ReadRecord>,
     reads_by_key: Vec<Vec<u32>>,
+    /// Each operation's status, apart from the bulky operations for cache locality.
+    statuses: Vec<Status>,
+    /// Per key; filled by `observe_reads`. `None` for keys nobody read.
+    key_summaries: Vec<Option<KeySummary>>,
     /// Whether each operation is a node of the dependency graph; set by `observe_reads`.
     in_graph: Vec<bool>,
 }
@@ -94,6 +115,8 @@ impl<'h> Analysis<'h> {
             write_by_element: FastHashMap::default(),
             reads: Vec::new(),
             reads_by_key: Vec::new(),
+            statuses: history.operations().iter().map(Operation::status).collect(),
+            key_summaries: Vec::new(),
             in_graph: vec![false; history.len()],
         };
         for (op, operation) in history.operations().iter().enumerate() {
@@ -142,7 +165,10 @@ impl<'h> Analysis<'h> {
                         continue;
                     }
                     self.write_by_element.insert((key, *element), write);
-                    match latest_write_of_key.iter_mut().find(|(write_key, _)| *write_key == key) {
+                    match latest_write_of_key
+                        .iter_mut()
+                        .find(|(write_key, _)| *write_key == key)
+                    {
                         Some((_, latest)) => {
                             self.writes[*latest as usize].final_in_transaction = false;
                             *latest = write;
@@ -164,7 +190,6 @@ impl<'h> Analysis<'h> {
                         op,
                         key,
                         micro_op: micro_op_idx as u32,
-                        has_duplicates: false,
                     });
                 }
                 MicroOp::Read(..) => {}
@@ -176,18 +201,31 @@ impl<'h> Analysis<'h> {
     /// a read of the same key equals it plus the appends since; a read after appends only ends
     /// with those appends.
     fn check_internal(&self, op: u32, body: &Transaction, report: &mut Report<Transaction>) {
-        // Per key: (the latest read of it, the appends since then).
-        let mut states: Vec<(Key, Option<&[Element]>, Vec<Element>)> = Vec::new();
+        /// One key as the transaction has seen it so far.
+        struct KeyState<'b> {
+            key: Key,
+            latest_read: Option<&'b [Element]>,
+            appends_since: Vec<Element>,
+        }
+        let mut states: Vec<KeyState<'_>> = Vec::new();
         for micro_op in body {
             let key = micro_op.key();
-            let state_idx = match states.iter().position(|(state_key, ..)| *state_key == key) {
+            let state_idx = match states.iter().position(|state| state.key == key) {
                 Some(state_idx) => state_idx,
                 None => {
-                    states.push((key, None, Vec::new()));
+                    states.push(KeyState {
+                        key,
+                        latest_read: None,
+                        appends_since: Vec::new(),
+                    });
                     states.len() - 1
                 }
             };
-            let (_, latest_read, appends_since) = &mut states[state_idx];
+            let KeyState {
+                latest_read,
+                appends_since,
+                ..
+            } = &mut states[state_idx];
             match micro_op {
                 MicroOp::Append(_, element) => appends_since.push(*element),
                 MicroOp::Read(_, Some(elements)) => {
@@ -226,7 +264,7 @@ impl<'h> Analysis<'h> {
     }
 
     fn status(&self, op: u32) -> Status {
-        self.history.operations()[op as usize].status()
+        self.statuses[op as usize]
     }
 
     pub(super) fn operation_id(&self, op: u32) -> OpId {
@@ -247,57 +285,149 @@ impl<'h> Analysis<'h> {
         Anomaly {
             kind,
             explanation,
-            operations: ops.iter().map(|&op| operations[op as usize].clone()).collect(),
+            operations: ops
+                .iter()
+                .map(|&op| operations[op as usize].clone())
+                .collect(),
             cycle: Vec::new(),
         }
     }
 
-    /// Looks up every element of every read: marks appends observed, and reports duplicate
-    /// elements, garbage reads, aborted reads (G1a) and intermediate reads (G1b). Then decides
-    /// which operations are graph nodes.
+    /// Looks at every read, key by key: marks appends observed, and reports duplicate
+    /// elements, garbage reads, aborted reads (G1a), intermediate reads (G1b) and incompatible
+    /// orders. Then decides which operations are graph nodes.
+    ///
+    /// Reads that are prefixes of their key's longest read (all of them, in a valid history)
+    /// hold only elements of that read, so each of its elements is looked up once for all of
+    /// them; a prefix test is a memory comparison, far cheaper than hashing every element of
+    /// every read when lists grow long.
     pub(super) fn observe_reads(&mut self, report: &mut Report<Transaction>) {
-        // Per aborted write and per garbage (key, element): (first reader, number of reads).
-        let mut aborted_reads: FastHashMap<u32, (u32, usize)> = FastHashMap::default();
-        let mut garbage_reads: FastHashMap<(u32, Element), (u32, usize)> = FastHashMap::default();
+        let mut tally = ElementTally::default();
         let mut seen: FastHashSet<Element> = FastHashSet::default();
-        for read_idx in 0..self.reads.len() {
-            let read = self.reads[read_idx];
-            let elements = self.read_elements(&read);
-            seen.clear();
-            let mut duplicate = None;
-            for &element in elements {
-                if !seen.insert(element) && duplicate.is_none() {
-                    duplicate = Some(element);
-                }
-                let Some(&write) = self.write_by_element.get(&(read.key, element)) else {
-                    garbage_reads.entry((read.key, element)).or_insert((read.op, 0)).1 += 1;
-                    continue;
-                };
-                let write = &mut self.writes[write as usize];
-                write.observed = true;
-                if self.history.operations()[write.op as usize].status() == Status::Fail {
-                    aborted_reads.entry(write.op).or_insert((read.op, 0)).1 += 1;
-                }
-            }
-            if let Some(element) = duplicate {
-                self.reads[read_idx].has_duplicates = true;
-                let key = self.keys[read.key as usize];
-                let explanation = format!("read of key {key} contains element {element} twice");
-                report.push(self.anomaly(AnomalyKind::DuplicateElements, explanation, &[read.op]));
-            }
-            self.check_intermediate_read(&read, elements, report);
+        for key in 0..self.keys.len() as u32 {
+            let summary = self.observe_key(key, &mut tally, &mut seen, report);
+            self.key_summaries.push(summary);
         }
-        self.report_aborted_and_garbage(aborted_reads, garbage_reads, report);
+        self.report_aborted_and_garbage(tally, report);
         for write in &self.writes {
-            if write.observed && self.status(write.op) == Status::Info {
+            if write.observed && self.statuses[write.op as usize] == Status::Info {
                 self.in_graph[write.op as usize] = true;
             }
         }
-        for (op, operation) in self.history.operations().iter().enumerate() {
-            if operation.status() == Status::Ok {
+        for (op, status) in self.statuses.iter().enumerate() {
+            if *status == Status::Ok {
                 self.in_graph[op] = true;
             }
         }
+    }
+
+    fn observe_key(
+        &mut self,
+        key: u32,
+        tally: &mut ElementTally,
+        seen: &mut FastHashSet<Element>,
+        report: &mut Report<Transaction>,
+    ) -> Option<KeySummary> {
+        let reads: Vec<ReadRecord> = self.reads_by_key[key as usize]
+            .iter()
+            .map(|&read| self.reads[read as usize])
+            .collect();
+        // The first of equally long reads, for determinism.
+        let longest = *reads
+            .iter()
+            .max_by_key(|read| (self.read_elements(read).len(), std::cmp::Reverse(read.op)))?;
+        let order = self.read_elements(&longest);
+        let (prefix_reads, conflicting): (Vec<ReadRecord>, Vec<ReadRecord>) = reads
+            .iter()
+            .partition(|read| order.starts_with(self.read_elements(read)));
+        let mut prefix_lengths: Vec<usize> = prefix_reads
+            .iter()
+            .map(|read| self.read_elements(read).len())
+            .collect();
+        prefix_lengths.sort_unstable();
+        for (position, &element) in order.iter().enumerate() {
+            let n_reads =
+                prefix_lengths.len() - prefix_lengths.partition_point(|&length| length <= position);
+            self.tally_element(key, element, longest.op, n_reads, tally);
+        }
+        for read in &conflicting {
+            for &element in self.read_elements(read) {
+                self.tally_element(key, element, read.op, 1, tally);
+            }
+        }
+        let longest_duplicate = first_duplicate(order, seen);
+        for read in &prefix_reads {
+            if let Some((position, element)) = longest_duplicate
+                && self.read_elements(read).len() > position
+            {
+                self.report_duplicate(read, element, report);
+            }
+        }
+        for read in &conflicting {
+            if let Some((_, element)) = first_duplicate(self.read_elements(read), seen) {
+                self.report_duplicate(read, element, report);
+            }
+        }
+        for read in &reads {
+            self.check_intermediate_read(read, self.read_elements(read), report);
+        }
+        if !conflicting.is_empty() {
+            let mut ops = vec![longest.op];
+            ops.extend(
+                conflicting
+                    .iter()
+                    .take(CONFLICTING_READS_SHOWN_MAX)
+                    .map(|read| read.op),
+            );
+            let explanation = format!(
+                "{} read(s) of key {} are not prefixes of the longest read, by {}, so the key \
+                 has no single order of appends",
+                conflicting.len(),
+                self.keys[key as usize],
+                self.operation_id(longest.op),
+            );
+            report.push(self.anomaly(AnomalyKind::IncompatibleOrder, explanation, &ops));
+        }
+        Some(KeySummary {
+            longest,
+            compatible: conflicting.is_empty(),
+            longest_has_duplicates: longest_duplicate.is_some(),
+        })
+    }
+
+    /// Notes that `n_reads` reads, the first by `reader`, contain `element` of `key`.
+    fn tally_element(
+        &mut self,
+        key: u32,
+        element: Element,
+        reader: u32,
+        n_reads: usize,
+        tally: &mut ElementTally,
+    ) {
+        let Some(&write) = self.write_by_element.get(&(key, element)) else {
+            tally
+                .garbage_reads
+                .entry((key, element))
+                .or_insert((reader, 0))
+                .1 += n_reads;
+            return;
+        };
+        let write = &mut self.writes[write as usize];
+        write.observed = true;
+        if self.statuses[write.op as usize] == Status::Fail {
+            tally.aborted_reads.entry(write.op).or_insert((reader, 0)).1 += n_reads;
+        }
+    }
+
+    fn report_duplicate(
+        &self,
+        read: &ReadRecord,
+        element: Element,
+        report: &mut Report<Transaction>,
+    ) {
+        let key = self.keys[read.key as usize];
+        let explanation = format!("read of key {key} contains element {element} twice");
+        report.push(self.anomaly(AnomalyKind::DuplicateElements, explanation, &[read.op]));
     }
 
     fn check_intermediate_read(
@@ -307,84 +437,63 @@ impl<'h> Analysis<'h> {
         report: &mut Report<Transaction>,
     ) {
         let Some(&last) = elements.last() else { return };
-        let Some(&write) = self.write_by_element.get(&(read.key, last)) else { return };
+        let Some(&write) = self.write_by_element.get(&(read.key, last)) else {
+            return;
+        };
         let write = self.writes[write as usize];
         if write.op != read.op && !write.final_in_transaction {
             let explanation = format!(
                 "read of key {} ends with element {last}, which {} appended but then followed \
                  with another append to the same key",
                 self.keys[read.key as usize],
-                self.history.operations()[write.op as usize].id(),
+                self.operation_id(write.op),
             );
             report.push(self.anomaly(AnomalyKind::G1b, explanation, &[write.op, read.op]));
         }
     }
 
-    fn report_aborted_and_garbage(
-        &self,
-        aborted_reads: FastHashMap<u32, (u32, usize)>,
-        garbage_reads: FastHashMap<(u32, Element), (u32, usize)>,
-        report: &mut Report<Transaction>,
-    ) {
-        let mut aborted_reads: Vec<_> = aborted_reads.into_iter().collect();
+    fn report_aborted_and_garbage(&self, tally: ElementTally, report: &mut Report<Transaction>) {
+        let mut aborted_reads: Vec<_> = tally.aborted_reads.into_iter().collect();
         aborted_reads.sort_unstable();
         for (writer, (first_reader, n_reads)) in aborted_reads {
             let explanation = format!(
-                "{n_reads} read(s) observed appends of failed transaction {}, first {}",
-                self.history.operations()[writer as usize].id(),
-                self.history.operations()[first_reader as usize].id(),
+                "reads observed appends of failed transaction {} {n_reads} time(s), among them {}",
+                self.operation_id(writer),
+                self.operation_id(first_reader),
             );
             report.push(self.anomaly(AnomalyKind::G1a, explanation, &[writer, first_reader]));
         }
-        let mut garbage_reads: Vec<_> = garbage_reads.into_iter().collect();
+        let mut garbage_reads: Vec<_> = tally.garbage_reads.into_iter().collect();
         garbage_reads.sort_unstable();
         for ((key, element), (first_reader, n_reads)) in garbage_reads {
             let explanation = format!(
-                "{n_reads} read(s) of key {} contain element {element}, which no transaction \
-                 appended",
+                "reads of key {} contain element {element} ({n_reads} time(s)), which no \
+                 transaction appended",
                 self.keys[key as usize],
             );
             report.push(self.anomaly(AnomalyKind::GarbageRead, explanation, &[first_reader]));
         }
     }
 
-    /// The version order of every key whose reads are all prefixes of its longest read (and
-    /// free of duplicates); reports incompatible orders for the others.
-    pub(super) fn version_orders(&self, report: &mut Report<Transaction>) -> Vec<Option<VersionOrder>> {
-        (0..self.keys.len()).map(|key| self.version_order(key as u32, report)).collect()
+    /// The version order of every key whose reads are all prefixes of its longest read, free
+    /// of duplicates. Needs `observe_reads` first.
+    pub(super) fn version_orders(&self) -> Vec<Option<VersionOrder>> {
+        assert_eq!(
+            self.key_summaries.len(),
+            self.keys.len(),
+            "observe_reads comes first"
+        );
+        (0..self.keys.len())
+            .map(|key| self.version_order(key as u32))
+            .collect()
     }
 
-    fn version_order(&self, key: u32, report: &mut Report<Transaction>) -> Option<VersionOrder> {
-        let reads = &self.reads_by_key[key as usize];
-        let longest = reads.iter().copied().max_by_key(|&read| {
-            // The first of equally long reads, for determinism.
-            let read = &self.reads[read as usize];
-            (self.read_elements(read).len(), std::cmp::Reverse(read.op))
-        })?;
-        let longest = self.reads[longest as usize];
-        let order = self.read_elements(&longest);
-        let conflicting: Vec<u32> = reads
-            .iter()
-            .map(|&read| self.reads[read as usize])
-            .filter(|read| !order.starts_with(self.read_elements(read)))
-            .map(|read| read.op)
-            .collect();
-        if !conflicting.is_empty() {
-            let mut ops = vec![longest.op];
-            ops.extend(conflicting.iter().take(CONFLICTING_READS_SHOWN_MAX));
-            let explanation = format!(
-                "{} read(s) of key {} are not prefixes of the longest read, by {}, so the key \
-                 has no single order of appends",
-                conflicting.len(),
-                self.keys[key as usize],
-                self.history.operations()[longest.op as usize].id(),
-            );
-            report.push(self.anomaly(AnomalyKind::IncompatibleOrder, explanation, &ops));
-            return None;
+    fn version_order(&self, key: u32) -> Option<VersionOrder> {
+        let summary = self.key_summaries[key as usize]?;
+        if !summary.compatible || summary.longest_has_duplicates {
+            return None; // Reported already; positions are ambiguous.
         }
-        if longest.has_duplicates {
-            return None; // Reported as duplicate elements; positions are ambiguous.
-        }
+        let order = self.read_elements(&summary.longest);
         let writer_at = |element: &Element| {
             let write = *self.write_by_element.get(&(key, *element))?;
             let op = self.writes[write as usize].op;
@@ -397,7 +506,10 @@ impl<'h> Analysis<'h> {
         for position in (0..order.len()).rev() {
             next_writer[position] = writer_at_position[position].or(next_writer[position + 1]);
         }
-        Some(VersionOrder { writers, next_writer })
+        Some(VersionOrder {
+            writers,
+            next_writer,
+        })
     }
 
     /// Reports `ok` appends that no read observed although a read of the key began after the
@@ -415,7 +527,9 @@ impl<'h> Analysis<'h> {
             if write.observed || self.status(write.op) != Status::Ok {
                 continue;
             }
-            let Some((read_time, reader)) = latest_read[write.key as usize] else { continue };
+            let Some((read_time, reader)) = latest_read[write.key as usize] else {
+                continue;
+            };
             let Some(complete_time) = operations[write.op as usize].complete_time() else {
                 continue;
             };
@@ -435,12 +549,25 @@ impl<'h> Analysis<'h> {
 
     /// Builds the dependency graph: operations are nodes `0..n_operations`, then one helper
     /// node per key. Real-time edges are added when `realtime` is set.
-    pub(super) fn dependency_graph(&self, orders: &[Option<VersionOrder>], realtime: bool) -> Graph {
+    pub(super) fn dependency_graph(
+        &self,
+        orders: &[Option<VersionOrder>],
+        realtime: bool,
+    ) -> Graph {
         let n_operations = self.n_operations();
         let mut builder = GraphBuilder::new(n_operations + self.keys.len());
-        for read in &self.reads {
-            let Some(&last) = self.read_elements(read).last() else { continue };
-            let Some(&write) = self.write_by_element.get(&(read.key, last)) else { continue };
+        for read in self
+            .reads_by_key
+            .iter()
+            .flatten()
+            .map(|&read| &self.reads[read as usize])
+        {
+            let Some(&last) = self.read_elements(read).last() else {
+                continue;
+            };
+            let Some(&write) = self.write_by_element.get(&(read.key, last)) else {
+                continue;
+            };
             let writer = self.writes[write as usize].op;
             if writer != read.op && self.in_graph[writer as usize] {
                 let key = self.keys[read.key as usize];
@@ -488,7 +615,9 @@ impl<'h> Analysis<'h> {
         }
         let is_unobserved_writer = |op: u32| unobserved_writers.binary_search(&op).is_ok();
         let direct_edges = |source: u32, kind, builder: &mut GraphBuilder| {
-            let targets = unobserved_writers.iter().filter(|&&target| target != source);
+            let targets = unobserved_writers
+                .iter()
+                .filter(|&&target| target != source);
             for &target in targets.take(DIRECT_ANTI_DEPENDENCIES_MAX) {
                 builder.add(source, target, kind, key);
             }
@@ -521,4 +650,19 @@ impl<'h> Analysis<'h> {
             }
         }
     }
+}
+
+/// The first repeat in `elements`, as (position, element); `seen` is scratch space.
+fn first_duplicate(
+    elements: &[Element],
+    seen: &mut FastHashSet<Element>,
+) -> Option<(usize, Element)> {
+    /// Up to this length, comparing all pairs beats hashing.
+    const PAIRWISE_LENGTH_MAX: usize = 16;
+    let mut positions = elements.iter().copied().enumerate();
+    if elements.len() <= PAIRWISE_LENGTH_MAX {
+        return positions.find(|&(position, element)| elements[..position].contains(&element));
+    }
+    seen.clear();
+    positions.find(|&(_, element)| !seen.insert(element))
 }

@@ -7,7 +7,11 @@ use concord_checker::{
 };
 
 fn options() -> BankOptions {
-    BankOptions { accounts: vec![0, 1, 2], total: 100, negative_balances: NegativeBalances::Forbidden }
+    BankOptions {
+        accounts: vec![0, 1, 2],
+        total: 100,
+        negative_balances: NegativeBalances::Forbidden,
+    }
 }
 
 fn read(balances: &[(u64, i64)]) -> BankOp {
@@ -16,11 +20,25 @@ fn read(balances: &[(u64, i64)]) -> BankOp {
 
 fn history(reads: &[(Status, BankOp)]) -> History<BankOp> {
     let mut history = History::new();
-    let transfer = BankOp::Transfer { from: 0, to: 1, amount: 10 };
-    history.record(ProcessId(9), 0, 5, transfer, Status::Ok).unwrap();
+    let transfer = BankOp::Transfer {
+        from: 0,
+        to: 1,
+        amount: 10,
+    };
+    history
+        .record(ProcessId(9), 0, 5, transfer, Status::Ok)
+        .unwrap();
     for (index, (status, body)) in reads.iter().enumerate() {
         let start = 10 * index as u64 + 10;
-        history.record(ProcessId(index as u64), start, start + 5, body.clone(), *status).unwrap();
+        history
+            .record(
+                ProcessId(index as u64),
+                start,
+                start + 5,
+                body.clone(),
+                *status,
+            )
+            .unwrap();
     }
     history
 }
@@ -47,14 +65,25 @@ fn a_wrong_total_is_reported() {
     let report = check_bank(&history, &options());
     assert_eq!(report.kind_names(), vec!["wrong-total"], "{report}");
     assert_eq!(report.count(AnomalyKind::WrongTotal), 1);
-    assert!(report.to_string().contains("balances add up to 90, not 100"), "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("balances add up to 90, not 100"),
+        "{report}"
+    );
 }
 
 #[test]
 fn negative_balances_are_reported_unless_allowed() {
     let history = history(&[(Status::Ok, read(&[(0, -10), (1, 90), (2, 20)]))]);
-    assert_eq!(check_bank(&history, &options()).kind_names(), vec!["negative-balance"]);
-    let allowed = BankOptions { negative_balances: NegativeBalances::Allowed, ..options() };
+    assert_eq!(
+        check_bank(&history, &options()).kind_names(),
+        vec!["negative-balance"]
+    );
+    let allowed = BankOptions {
+        negative_balances: NegativeBalances::Allowed,
+        ..options()
+    };
     assert!(check_bank(&history, &allowed).valid());
 }
 

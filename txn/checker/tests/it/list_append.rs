@@ -21,7 +21,9 @@ pub fn transaction(
     status: Status,
     micro_ops: Vec<MicroOp>,
 ) -> OpId {
-    history.record(ProcessId(process), start, end, micro_ops, status).unwrap()
+    history
+        .record(ProcessId(process), start, end, micro_ops, status)
+        .unwrap()
 }
 
 pub fn check(history: &History<Transaction>) -> Report<Transaction> {
@@ -44,16 +46,39 @@ fn assert_kinds(report: &Report<Transaction>, expected: &[&str]) {
 #[test]
 fn g0_write_cycle() {
     let mut history = History::new();
-    let t1 = transaction(&mut history, 0, (0, 10), Status::Ok, vec![append(1, 1), append(2, 1)]);
-    let t2 = transaction(&mut history, 1, (0, 10), Status::Ok, vec![append(1, 2), append(2, 2)]);
-    transaction(&mut history, 2, (20, 30), Status::Ok, vec![read(1, &[1, 2]), read(2, &[2, 1])]);
+    let t1 = transaction(
+        &mut history,
+        0,
+        (0, 10),
+        Status::Ok,
+        vec![append(1, 1), append(2, 1)],
+    );
+    let t2 = transaction(
+        &mut history,
+        1,
+        (0, 10),
+        Status::Ok,
+        vec![append(1, 2), append(2, 2)],
+    );
+    transaction(
+        &mut history,
+        2,
+        (20, 30),
+        Status::Ok,
+        vec![read(1, &[1, 2]), read(2, &[2, 1])],
+    );
     let report = check(&history);
     assert_kinds(&report, &["G0"]);
     let anomaly = &report.anomalies()[0];
     let mut ids = anomaly.operation_ids();
     ids.sort();
     assert_eq!(ids, vec![t1, t2]);
-    assert!(anomaly.cycle.iter().all(|edge| edge.kind == EdgeKind::WriteWrite));
+    assert!(
+        anomaly
+            .cycle
+            .iter()
+            .all(|edge| edge.kind == EdgeKind::WriteWrite)
+    );
     assert_eq!(anomaly.cycle.len(), 2);
 }
 
@@ -70,7 +95,13 @@ fn g1a_aborted_read() {
 #[test]
 fn g1b_intermediate_read() {
     let mut history = History::new();
-    transaction(&mut history, 0, (0, 10), Status::Ok, vec![append(1, 1), append(1, 2)]);
+    transaction(
+        &mut history,
+        0,
+        (0, 10),
+        Status::Ok,
+        vec![append(1, 1), append(1, 2)],
+    );
     transaction(&mut history, 1, (5, 8), Status::Ok, vec![read(1, &[1])]);
     let report = check(&history);
     assert!(report.has(AnomalyKind::G1b), "{report}");
@@ -79,21 +110,88 @@ fn g1b_intermediate_read() {
 #[test]
 fn g1c_circular_information_flow() {
     let mut history = History::new();
-    transaction(&mut history, 0, (0, 10), Status::Ok, vec![append(1, 1), read(2, &[1])]);
-    transaction(&mut history, 1, (0, 10), Status::Ok, vec![append(2, 1), read(1, &[1])]);
+    transaction(
+        &mut history,
+        0,
+        (0, 10),
+        Status::Ok,
+        vec![append(1, 1), read(2, &[1])],
+    );
+    transaction(
+        &mut history,
+        1,
+        (0, 10),
+        Status::Ok,
+        vec![append(2, 1), read(1, &[1])],
+    );
     let report = check(&history);
     assert_kinds(&report, &["G1c"]);
-    let kinds: Vec<EdgeKind> = report.anomalies()[0].cycle.iter().map(|edge| edge.kind).collect();
+    let kinds: Vec<EdgeKind> = report.anomalies()[0]
+        .cycle
+        .iter()
+        .map(|edge| edge.kind)
+        .collect();
     assert_eq!(kinds, vec![EdgeKind::WriteRead, EdgeKind::WriteRead]);
 }
 
 #[test]
 fn g_single_read_skew() {
     let mut history = History::new();
-    transaction(&mut history, 0, (0, 10), Status::Ok, vec![append(1, 1), append(2, 1)]);
-    transaction(&mut history, 1, (0, 10), Status::Ok, vec![read(1, &[]), read(2, &[1])]);
+    transaction(
+        &mut history,
+        0,
+        (0, 10),
+        Status::Ok,
+        vec![append(1, 1), append(2, 1)],
+    );
+    transaction(
+        &mut history,
+        1,
+        (0, 10),
+        Status::Ok,
+        vec![read(1, &[]), read(2, &[1])],
+    );
     let report = check(&history);
     assert_kinds(&report, &["G-single"]);
+}
+
+#[test]
+fn g_single_with_observed_versions() {
+    // T2 read key 1 before element 1, which a later read shows: rw to T1, the next writer.
+    let mut history = History::new();
+    transaction(
+        &mut history,
+        0,
+        (0, 10),
+        Status::Ok,
+        vec![append(1, 1), append(2, 1)],
+    );
+    transaction(
+        &mut history,
+        1,
+        (0, 10),
+        Status::Ok,
+        vec![read(1, &[]), read(2, &[1])],
+    );
+    transaction(
+        &mut history,
+        2,
+        (20, 30),
+        Status::Ok,
+        vec![read(1, &[1]), read(2, &[1])],
+    );
+    assert_kinds(&check(&history), &["G-single"]);
+}
+
+#[test]
+fn real_time_order_survives_overlapping_completions() {
+    // T1 completes while T2 runs, so T1 is not linked to T2; T1 must still precede T3.
+    let mut history = History::new();
+    transaction(&mut history, 0, (0, 10), Status::Ok, vec![append(1, 1)]);
+    transaction(&mut history, 1, (5, 20), Status::Ok, vec![read(2, &[])]);
+    transaction(&mut history, 2, (30, 40), Status::Ok, vec![read(1, &[])]);
+    transaction(&mut history, 3, (50, 60), Status::Ok, vec![read(1, &[1])]);
+    assert_kinds(&check(&history), &["G-single-realtime"]);
 }
 
 #[test]
@@ -110,7 +208,10 @@ fn g2_item_write_skew() {
     assert_kinds(&report, &["G2-item"]);
     let cycle = &report.anomalies()[0].cycle;
     assert_eq!(cycle.len(), 2);
-    assert!(cycle.iter().all(|edge| edge.kind == EdgeKind::ReadWrite), "{report}");
+    assert!(
+        cycle.iter().all(|edge| edge.kind == EdgeKind::ReadWrite),
+        "{report}"
+    );
     let mut keys: Vec<Option<u64>> = cycle.iter().map(|edge| edge.key).collect();
     keys.sort();
     assert_eq!(keys, vec![Some(1), Some(2)]);
@@ -124,7 +225,10 @@ fn stale_read_violates_real_time_order() {
     let report = check(&history);
     // The append is also never read although a later read looked: a lost write.
     assert_kinds(&report, &["G-single-realtime", "lost-write"]);
-    let anomaly = report.anomalies_of(AnomalyKind::GSingleRealtime).next().unwrap();
+    let anomaly = report
+        .anomalies_of(AnomalyKind::GSingleRealtime)
+        .next()
+        .unwrap();
     let kinds: Vec<EdgeKind> = anomaly.cycle.iter().map(|edge| edge.kind).collect();
     assert!(kinds.contains(&EdgeKind::Realtime) && kinds.contains(&EdgeKind::ReadWrite));
     // Serializable (not strict) allows it: T2 simply ran first.
@@ -145,7 +249,13 @@ fn write_order_against_real_time_is_g0_realtime() {
     let mut history = History::new();
     transaction(&mut history, 0, (0, 10), Status::Ok, vec![append(1, 1)]);
     transaction(&mut history, 1, (20, 30), Status::Ok, vec![append(1, 2)]);
-    transaction(&mut history, 2, (40, 50), Status::Ok, vec![read(1, &[2, 1])]);
+    transaction(
+        &mut history,
+        2,
+        (40, 50),
+        Status::Ok,
+        vec![read(1, &[2, 1])],
+    );
     assert_kinds(&check(&history), &["G0-realtime"]);
     assert_kinds(&check_serializable(&history), &[]);
 }
@@ -166,7 +276,13 @@ fn lost_write() {
 fn duplicate_elements() {
     let mut history = History::new();
     transaction(&mut history, 0, (0, 10), Status::Ok, vec![append(1, 1)]);
-    transaction(&mut history, 1, (20, 30), Status::Ok, vec![read(1, &[1, 1])]);
+    transaction(
+        &mut history,
+        1,
+        (20, 30),
+        Status::Ok,
+        vec![read(1, &[1, 1])],
+    );
     assert_kinds(&check(&history), &["duplicate-elements"]);
 }
 
@@ -175,8 +291,20 @@ fn incompatible_order() {
     let mut history = History::new();
     transaction(&mut history, 0, (0, 10), Status::Ok, vec![append(1, 1)]);
     transaction(&mut history, 1, (0, 10), Status::Ok, vec![append(1, 2)]);
-    transaction(&mut history, 2, (20, 30), Status::Ok, vec![read(1, &[1, 2])]);
-    transaction(&mut history, 3, (20, 30), Status::Ok, vec![read(1, &[2, 1])]);
+    transaction(
+        &mut history,
+        2,
+        (20, 30),
+        Status::Ok,
+        vec![read(1, &[1, 2])],
+    );
+    transaction(
+        &mut history,
+        3,
+        (20, 30),
+        Status::Ok,
+        vec![read(1, &[2, 1])],
+    );
     assert_kinds(&check(&history), &["incompatible-order"]);
 }
 
@@ -184,14 +312,26 @@ fn incompatible_order() {
 fn garbage_read() {
     let mut history = History::new();
     transaction(&mut history, 0, (0, 10), Status::Ok, vec![append(1, 1)]);
-    transaction(&mut history, 1, (20, 30), Status::Ok, vec![read(1, &[1, 99])]);
+    transaction(
+        &mut history,
+        1,
+        (20, 30),
+        Status::Ok,
+        vec![read(1, &[1, 99])],
+    );
     assert_kinds(&check(&history), &["garbage-read"]);
 }
 
 #[test]
 fn internal_inconsistency() {
     let mut history = History::new();
-    transaction(&mut history, 0, (0, 10), Status::Ok, vec![append(1, 1), read(1, &[])]);
+    transaction(
+        &mut history,
+        0,
+        (0, 10),
+        Status::Ok,
+        vec![append(1, 1), read(1, &[])],
+    );
     assert!(check(&history).has(AnomalyKind::Internal));
 }
 
@@ -206,10 +346,34 @@ fn duplicate_append() {
 #[test]
 fn serial_history_is_valid() {
     let mut history = History::new();
-    transaction(&mut history, 0, (0, 10), Status::Ok, vec![read(1, &[]), append(1, 1)]);
-    transaction(&mut history, 1, (11, 20), Status::Ok, vec![append(1, 2), read(1, &[1, 2])]);
-    transaction(&mut history, 0, (21, 30), Status::Ok, vec![append(2, 1), read(1, &[1, 2])]);
-    transaction(&mut history, 1, (31, 40), Status::Ok, vec![read(1, &[1, 2]), read(2, &[1])]);
+    transaction(
+        &mut history,
+        0,
+        (0, 10),
+        Status::Ok,
+        vec![read(1, &[]), append(1, 1)],
+    );
+    transaction(
+        &mut history,
+        1,
+        (11, 20),
+        Status::Ok,
+        vec![append(1, 2), read(1, &[1, 2])],
+    );
+    transaction(
+        &mut history,
+        0,
+        (21, 30),
+        Status::Ok,
+        vec![append(2, 1), read(1, &[1, 2])],
+    );
+    transaction(
+        &mut history,
+        1,
+        (31, 40),
+        Status::Ok,
+        vec![read(1, &[1, 2]), read(2, &[1])],
+    );
     assert_kinds(&check(&history), &[]);
 }
 
@@ -217,10 +381,34 @@ fn serial_history_is_valid() {
 fn concurrent_serializable_history_is_valid() {
     // Invoked in the order T1, T2, T3, but serialized as T3, T2, T1: all overlap in time.
     let mut history = History::new();
-    transaction(&mut history, 0, (0, 100), Status::Ok, vec![append(1, 3), read(2, &[2])]);
-    transaction(&mut history, 1, (10, 90), Status::Ok, vec![read(1, &[1]), append(1, 2)]);
-    transaction(&mut history, 2, (20, 80), Status::Ok, vec![append(1, 1), append(2, 2)]);
-    transaction(&mut history, 3, (110, 120), Status::Ok, vec![read(1, &[1, 2, 3])]);
+    transaction(
+        &mut history,
+        0,
+        (0, 100),
+        Status::Ok,
+        vec![append(1, 3), read(2, &[2])],
+    );
+    transaction(
+        &mut history,
+        1,
+        (10, 90),
+        Status::Ok,
+        vec![read(1, &[1]), append(1, 2)],
+    );
+    transaction(
+        &mut history,
+        2,
+        (20, 80),
+        Status::Ok,
+        vec![append(1, 1), append(2, 2)],
+    );
+    transaction(
+        &mut history,
+        3,
+        (110, 120),
+        Status::Ok,
+        vec![read(1, &[1, 2, 3])],
+    );
     assert_kinds(&check(&history), &[]);
 }
 
@@ -242,8 +430,20 @@ fn info_transactions_that_did_and_did_not_take_effect_are_valid() {
 fn info_transaction_observed_joins_cycles() {
     // The info append is seen, so it committed; T2 then read around it.
     let mut history = History::new();
-    transaction(&mut history, 0, (0, 10), Status::Info, vec![append(1, 1), append(2, 1)]);
-    transaction(&mut history, 1, (0, 10), Status::Ok, vec![read(1, &[]), read(2, &[1])]);
+    transaction(
+        &mut history,
+        0,
+        (0, 10),
+        Status::Info,
+        vec![append(1, 1), append(2, 1)],
+    );
+    transaction(
+        &mut history,
+        1,
+        (0, 10),
+        Status::Ok,
+        vec![read(1, &[]), read(2, &[1])],
+    );
     assert_kinds(&check(&history), &["G-single"]);
 }
 
@@ -254,7 +454,9 @@ fn builder_rejects_malformed_completions() {
     let missing_value = Outcome::Ok(vec![MicroOp::Read(1, None)]);
     assert!(history.complete(id, 20, missing_value).is_err());
     assert!(history.complete(id, 5, Outcome::Fail).is_err());
-    history.complete(id, 20, Outcome::Ok(vec![read(1, &[])])).unwrap();
+    history
+        .complete(id, 20, Outcome::Ok(vec![read(1, &[])]))
+        .unwrap();
     assert!(history.complete(id, 30, Outcome::Info).is_err());
 }
 
@@ -269,5 +471,8 @@ fn report_display_names_anomalies_edges_and_operations() {
     assert!(text.contains("T1 -rw(key 7)-> T0"), "{text}");
     assert!(text.contains("T0 -realtime-> T1"), "{text}");
     assert!(text.contains("T1 p1 ok [20, 30]: read(7, [])"), "{text}");
-    assert_eq!(check(&History::<Transaction>::new()).to_string().trim(), "list-append (strict-serializable): valid");
+    assert_eq!(
+        check(&History::<Transaction>::new()).to_string().trim(),
+        "list-append (strict-serializable): valid"
+    );
 }

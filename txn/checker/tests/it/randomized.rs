@@ -37,8 +37,16 @@ fn replace(
 ) -> History<Transaction> {
     let mut copy = History::new();
     for (index, operation) in history.operations().iter().enumerate() {
-        let id = copy.invoke(operation.process(), operation.invoke_time(), operation.invocation().clone());
-        let outcome = if index == target { outcome.clone() } else { operation.outcome().clone() };
+        let id = copy.invoke(
+            operation.process(),
+            operation.invoke_time(),
+            operation.invocation().clone(),
+        );
+        let outcome = if index == target {
+            outcome.clone()
+        } else {
+            operation.outcome().clone()
+        };
         if let Some(time) = operation.complete_time() {
             copy.complete(id, time, outcome).unwrap();
         }
@@ -77,7 +85,12 @@ fn mutate_read(
     replace(history, op, Outcome::Ok(body))
 }
 
-fn assert_detects(seed: u64, mutation: &str, history: &History<Transaction>, kinds: &[AnomalyKind]) {
+fn assert_detects(
+    seed: u64,
+    mutation: &str,
+    history: &History<Transaction>,
+    kinds: &[AnomalyKind],
+) {
     let report = check(history);
     assert!(
         kinds.iter().any(|&kind| report.has(kind)),
@@ -108,7 +121,12 @@ fn duplicating_an_element_is_detected() {
             continue;
         };
         let mutated = mutate_read(&history, op, micro, |elements| elements.push(elements[0]));
-        assert_detects(seed, "duplicate", &mutated, &[AnomalyKind::DuplicateElements]);
+        assert_detects(
+            seed,
+            "duplicate",
+            &mutated,
+            &[AnomalyKind::DuplicateElements],
+        );
     }
 }
 
@@ -135,7 +153,11 @@ fn two_reads(
     let reads = reads(history);
     for first in &reads {
         for second in &reads {
-            if first.0 != second.0 && first.2 == second.2 && first.3.len() >= length && second.3.len() >= length {
+            if first.0 != second.0
+                && first.2 == second.2
+                && first.3.len() >= length
+                && second.3.len() >= length
+            {
                 return Some(((first.0, first.1), (second.0, second.1)));
             }
         }
@@ -148,12 +170,17 @@ fn reordering_a_read_is_detected() {
     let mut n_mutated = 0;
     for seed in SEEDS {
         let history = list_append_history(&workload(seed), seed);
-        let Some(((op, micro), _)) = two_reads(&history, 2) else { continue };
+        let Some(((op, micro), _)) = two_reads(&history, 2) else {
+            continue;
+        };
         let mutated = mutate_read(&history, op, micro, |elements| elements.swap(0, 1));
         assert_detects(seed, "swap", &mutated, &[AnomalyKind::IncompatibleOrder]);
         n_mutated += 1;
     }
-    assert!(n_mutated > SEEDS.count() / 2, "only {n_mutated} histories had two long reads");
+    assert!(
+        n_mutated > SEEDS.count() / 2,
+        "only {n_mutated} histories had two long reads"
+    );
 }
 
 #[test]
@@ -163,7 +190,9 @@ fn dropping_an_element_from_a_read_is_detected() {
         let history = list_append_history(&workload(seed), seed);
         // Both reads have a first and a second element; without its first, one read starts
         // with the other's second element, so neither is a prefix of the other.
-        let Some(((op, micro), _)) = two_reads(&history, 2) else { continue };
+        let Some(((op, micro), _)) = two_reads(&history, 2) else {
+            continue;
+        };
         let mutated = mutate_read(&history, op, micro, |elements| {
             elements.remove(0);
         });
@@ -181,14 +210,20 @@ fn failing_an_observed_writer_is_detected_as_g1a() {
         let operations = history.operations();
         // An ok writer whose element another ok transaction read.
         let writer_of = |key: u64, element: u64| {
-            operations.iter().position(|operation: &Operation<Transaction>| {
-                operation.invocation().contains(&MicroOp::Append(key, element))
-            })
+            operations
+                .iter()
+                .position(|operation: &Operation<Transaction>| {
+                    operation
+                        .invocation()
+                        .contains(&MicroOp::Append(key, element))
+                })
         };
-        let target = reads(&history).into_iter().find_map(|(reader, _, key, elements)| {
-            let writer = writer_of(key, *elements.first()?)?;
-            (writer != reader && operations[writer].status() == Status::Ok).then_some(writer)
-        });
+        let target = reads(&history)
+            .into_iter()
+            .find_map(|(reader, _, key, elements)| {
+                let writer = writer_of(key, *elements.first()?)?;
+                (writer != reader && operations[writer].status() == Status::Ok).then_some(writer)
+            });
         let Some(writer) = target else { continue };
         let mutated = replace(&history, writer, Outcome::Fail);
         assert_detects(seed, "fail writer", &mutated, &[AnomalyKind::G1a]);
@@ -205,32 +240,58 @@ fn stale_reads_after_completed_appends_are_detected() {
         let operations = history.operations();
         // A read that includes an element appended by an ok transaction that completed before
         // the reader was invoked; the reader does not append to that key itself.
-        let candidate = reads(&history).into_iter().find_map(|(reader, micro, key, elements)| {
-            let reader_op = &operations[reader];
-            if reader_op.invocation().iter().any(|m| matches!(m, MicroOp::Append(k, _) if *k == key)) {
-                return None;
-            }
-            elements.iter().enumerate().find_map(|(position, &element)| {
-                let writer = operations.iter().find(|operation| {
-                    operation.status() == Status::Ok
-                        && operation.invocation().contains(&MicroOp::Append(key, element))
-                })?;
-                (writer.complete_time()? < reader_op.invoke_time()).then_some((reader, micro, position))
-            })
+        let candidate = reads(&history)
+            .into_iter()
+            .find_map(|(reader, micro, key, elements)| {
+                let reader_op = &operations[reader];
+                if reader_op
+                    .invocation()
+                    .iter()
+                    .any(|m| matches!(m, MicroOp::Append(k, _) if *k == key))
+                {
+                    return None;
+                }
+                elements
+                    .iter()
+                    .enumerate()
+                    .find_map(|(position, &element)| {
+                        let writer = operations.iter().find(|operation| {
+                            operation.status() == Status::Ok
+                                && operation
+                                    .invocation()
+                                    .contains(&MicroOp::Append(key, element))
+                        })?;
+                        (writer.complete_time()? < reader_op.invoke_time())
+                            .then_some((reader, micro, position))
+                    })
+            });
+        let Some((reader, micro, position)) = candidate else {
+            continue;
+        };
+        let mutated = mutate_read(&history, reader, micro, |elements| {
+            elements.truncate(position)
         });
-        let Some((reader, micro, position)) = candidate else { continue };
-        let mutated = mutate_read(&history, reader, micro, |elements| elements.truncate(position));
         // Usually a real-time cycle; a dependency cycle when the reader also saw the writer's
         // other appends.
         use AnomalyKind::*;
         let kinds = [
-            GSingleRealtime, G2ItemRealtime, G0Realtime, G1cRealtime, LostWrite, GSingle,
-            G2Item, G1c, G0,
+            GSingleRealtime,
+            G2ItemRealtime,
+            G0Realtime,
+            G1cRealtime,
+            LostWrite,
+            GSingle,
+            G2Item,
+            G1c,
+            G0,
         ];
         assert_detects(seed, "stale read", &mutated, &kinds);
         n_mutated += 1;
     }
-    assert!(n_mutated > SEEDS.count() / 2, "only {n_mutated} stale-read candidates");
+    assert!(
+        n_mutated > SEEDS.count() / 2,
+        "only {n_mutated} stale-read candidates"
+    );
 }
 
 #[test]
@@ -241,7 +302,10 @@ fn making_an_ok_transaction_indeterminate_keeps_the_history_valid() {
         let target = random.below(history.len() as u64) as usize;
         let mutated = replace(&history, target, Outcome::Info);
         let report = check(&mutated);
-        assert!(report.valid(), "seed {seed}, op {target} made info: {report}");
+        assert!(
+            report.valid(),
+            "seed {seed}, op {target} made info: {report}"
+        );
     }
 }
 
@@ -255,8 +319,14 @@ fn a_twenty_thousand_transaction_history_is_checked() {
     let history = list_append_history(&workload, 7);
     assert!(check(&history).valid());
     // Dropping the only element of a late read of a busy key makes it stale.
-    let late_read = reads(&history).into_iter().rev().find(|read| read.3.len() >= 3).unwrap();
-    let mutated = mutate_read(&history, late_read.0, late_read.1, |elements| elements.clear());
+    let late_read = reads(&history)
+        .into_iter()
+        .rev()
+        .find(|read| read.3.len() >= 3)
+        .unwrap();
+    let mutated = mutate_read(&history, late_read.0, late_read.1, |elements| {
+        elements.clear()
+    });
     assert!(!check(&mutated).valid());
 }
 
@@ -274,9 +344,16 @@ fn generated_register_histories_are_linearizable() {
         let history = register_history(&workload, seed);
         let result = check_register(&history, &RegisterOptions::default());
         assert!(result.report.valid(), "seed {seed}: {result}");
-        let n_ok = history.operations().iter().filter(|op| op.status() == Status::Ok).count();
+        let n_ok = history
+            .operations()
+            .iter()
+            .filter(|op| op.status() == Status::Ok)
+            .count();
         let n_linearized: usize = result.linearizations.iter().map(|l| l.order.len()).sum();
-        assert!(n_linearized >= n_ok, "seed {seed}: witness misses ok operations");
+        assert!(
+            n_linearized >= n_ok,
+            "seed {seed}: witness misses ok operations"
+        );
         // A read of a value nobody wrote has no linearization.
         let Some(target) = history.operations().iter().position(|op| {
             op.status() == Status::Ok && matches!(op.body().action, RegisterAction::Read(_))
@@ -285,14 +362,25 @@ fn generated_register_histories_are_linearizable() {
         };
         let mutated = replace_register_read(&history, target, 1_000_000);
         let result = check_register(&mutated, &RegisterOptions::default());
-        assert!(result.report.has(AnomalyKind::Nonlinearizable), "seed {seed}: {result}");
+        assert!(
+            result.report.has(AnomalyKind::Nonlinearizable),
+            "seed {seed}: {result}"
+        );
     }
 }
 
-fn replace_register_read(history: &History<RegisterOp>, target: usize, value: u64) -> History<RegisterOp> {
+fn replace_register_read(
+    history: &History<RegisterOp>,
+    target: usize,
+    value: u64,
+) -> History<RegisterOp> {
     let mut copy = History::new();
     for (index, operation) in history.operations().iter().enumerate() {
-        let id = copy.invoke(operation.process(), operation.invoke_time(), *operation.invocation());
+        let id = copy.invoke(
+            operation.process(),
+            operation.invoke_time(),
+            *operation.invocation(),
+        );
         let mut outcome = operation.outcome().clone();
         if let (true, Outcome::Ok(body)) = (index == target, &mut outcome) {
             body.action = RegisterAction::Read(Some(value));

@@ -27,5 +27,8 @@ fn every_file_opens_with_module_documentation() {
         .iter()
         .filter(|path| !std::fs::read_to_string(path).unwrap().starts_with("//!"))
         .collect();
-    assert!(undocumented.is_empty(), "files without a //! header: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "files without a //! header: {undocumented:?}"
+    );
 }
