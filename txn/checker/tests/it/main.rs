@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bank;
+mod cross_check;
 mod jsonl;
 mod list_append;
 mod randomized;

@@ -55,7 +55,7 @@ fn replace(
 }
 
 /// The ok reads of a history: (operation index, micro-op index, key, elements).
-fn reads(history: &History<Transaction>) -> Vec<(usize, usize, u64, Vec<u64>)> {
+pub fn reads(history: &History<Transaction>) -> Vec<(usize, usize, u64, Vec<u64>)> {
     let mut reads = Vec::new();
     for (op, operation) in history.operations().iter().enumerate() {
         if let Outcome::Ok(body) = operation.outcome() {
@@ -70,7 +70,7 @@ fn reads(history: &History<Transaction>) -> Vec<(usize, usize, u64, Vec<u64>)> {
 }
 
 /// `history` with the read at (`op`, `micro`) changed by `change`.
-fn mutate_read(
+pub fn mutate_read(
     history: &History<Transaction>,
     op: usize,
     micro: usize,
