@@ -82,10 +82,14 @@ pub fn table(options: TableOptions) -> Arc<TableDef> {
     let mut schema = Schema::new();
     let keyspace = KeyspaceDef {
         name: "ks".into(),
-        replication: ReplicationStrategy::Simple { replication_factor: 1 },
+        replication: ReplicationStrategy::Simple {
+            replication_factor: 1,
+        },
         durable_writes: true,
     };
-    schema.create_keyspace(keyspace, IfExists::Strict).expect("create keyspace ks");
+    schema
+        .create_keyspace(keyspace, IfExists::Strict)
+        .expect("create keyspace ks");
     let column = |name: &str, ty: CqlType, kind: ColumnKind| ColumnSpec {
         name: name.into(),
         ty,
@@ -93,21 +97,45 @@ pub fn table(options: TableOptions) -> Arc<TableDef> {
     };
     let columns = vec![
         column("pk", CqlType::Int, ColumnKind::PartitionKey),
-        column("ck1", CqlType::Int, ColumnKind::Clustering(ClusteringOrder::Asc)),
-        column("ck2", CqlType::Text, ColumnKind::Clustering(ClusteringOrder::Desc)),
+        column(
+            "ck1",
+            CqlType::Int,
+            ColumnKind::Clustering(ClusteringOrder::Asc),
+        ),
+        column(
+            "ck2",
+            CqlType::Text,
+            ColumnKind::Clustering(ClusteringOrder::Desc),
+        ),
         column("s", CqlType::Int, ColumnKind::Static),
         column("v1", CqlType::Text, ColumnKind::Regular),
         column("v2", CqlType::Bigint, ColumnKind::Regular),
-        column("l", CqlType::List(Box::new(CqlType::Int)), ColumnKind::Regular),
-        column("st", CqlType::Set(Box::new(CqlType::Text)), ColumnKind::Regular),
+        column(
+            "l",
+            CqlType::List(Box::new(CqlType::Int)),
+            ColumnKind::Regular,
+        ),
+        column(
+            "st",
+            CqlType::Set(Box::new(CqlType::Text)),
+            ColumnKind::Regular,
+        ),
         column(
             "m",
             CqlType::Map(Box::new(CqlType::Int), Box::new(CqlType::Text)),
             ColumnKind::Regular,
         ),
     ];
-    let spec = TableSpec { keyspace: "ks".into(), name: "t".into(), columns, options };
-    schema.create_table(spec, IfExists::Strict).expect("create table ks.t").expect("table is new")
+    let spec = TableSpec {
+        keyspace: "ks".into(),
+        name: "t".into(),
+        columns,
+        options,
+    };
+    schema
+        .create_table(spec, IfExists::Strict)
+        .expect("create table ks.t")
+        .expect("table is new")
 }
 
 /// The id of a column of [`table`].
@@ -115,7 +143,10 @@ pub fn table(options: TableOptions) -> Arc<TableDef> {
 /// # Panics
 /// If the table has no such column.
 pub fn column_id(table: &TableDef, name: &str) -> ColumnId {
-    table.column(name).unwrap_or_else(|| panic!("table has no column {name}")).id
+    table
+        .column(name)
+        .unwrap_or_else(|| panic!("table has no column {name}"))
+        .id
 }
 
 /// The columns of [`table`] that operations write, in declaration order.
@@ -142,9 +173,16 @@ impl Column {
     }
 
     fn from_name(name: &str) -> Option<Column> {
-        [Column::S, Column::V1, Column::V2, Column::L, Column::St, Column::M]
-            .into_iter()
-            .find(|column| column.name() == name)
+        [
+            Column::S,
+            Column::V1,
+            Column::V2,
+            Column::L,
+            Column::St,
+            Column::M,
+        ]
+        .into_iter()
+        .find(|column| column.name() == name)
     }
 }
 
@@ -173,12 +211,22 @@ pub enum RangeChoice {
 /// One step of a model run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelOp {
-    Write { partition_key: i32, op: RowOp, time: WriteTimeChoice },
-    AdvanceClock { seconds: u32 },
+    Write {
+        partition_key: i32,
+        op: RowOp,
+        time: WriteTimeChoice,
+    },
+    AdvanceClock {
+        seconds: u32,
+    },
     Flush,
     /// Flushes, then compacts the row family.
     Compact,
-    ReadRow { partition_key: i32, clustering: Vec<CqlValue>, seconds_back: u32 },
+    ReadRow {
+        partition_key: i32,
+        clustering: Vec<CqlValue>,
+        seconds_back: u32,
+    },
     ReadPartition {
         partition_key: i32,
         slice: Slice,
@@ -186,7 +234,11 @@ pub enum ModelOp {
         limit_rows: Option<usize>,
         seconds_back: u32,
     },
-    Scan { range: RangeChoice, page_rows: Vec<usize>, seconds_back: u32 },
+    Scan {
+        range: RangeChoice,
+        page_rows: Vec<usize>,
+        seconds_back: u32,
+    },
 }
 
 fn int_value() -> impl Strategy<Value = CqlValue> {
@@ -219,21 +271,29 @@ fn slice() -> impl Strategy<Value = Slice> {
 }
 
 fn text_set() -> impl Strategy<Value = Vec<CqlValue>> {
-    prop::collection::btree_set(prop::sample::select(&SET_VALUES[..]), 0..3)
-        .prop_map(|set| set.into_iter().map(|text| CqlValue::Text(text.into())).collect())
+    prop::collection::btree_set(prop::sample::select(&SET_VALUES[..]), 0..3).prop_map(|set| {
+        set.into_iter()
+            .map(|text| CqlValue::Text(text.into()))
+            .collect()
+    })
 }
 
 fn int_text_map() -> impl Strategy<Value = Vec<(CqlValue, CqlValue)>> {
     prop::collection::btree_map(0i32..3, prop::sample::select(&MAP_VALUES[..]), 0..3).prop_map(
-        |map| map.into_iter().map(|(k, v)| (CqlValue::Int(k), CqlValue::Text(v.into()))).collect(),
+        |map| {
+            map.into_iter()
+                .map(|(k, v)| (CqlValue::Int(k), CqlValue::Text(v.into())))
+                .collect()
+        },
     )
 }
 
 fn cell_op(column: Column) -> BoxedStrategy<CellOp> {
     let delete = Just(CellOp::Set(None));
     match column {
-        Column::S => prop_oneof![3 => int_value().prop_map(|v| CellOp::Set(Some(v))), 1 => delete]
-            .boxed(),
+        Column::S => {
+            prop_oneof![3 => int_value().prop_map(|v| CellOp::Set(Some(v))), 1 => delete].boxed()
+        }
         Column::V1 => prop_oneof![
             3 => prop::sample::select(&V1_VALUES[..])
                 .prop_map(|text| CellOp::Set(Some(CqlValue::Text(text.into())))),
@@ -277,11 +337,21 @@ fn cell_op(column: Column) -> BoxedStrategy<CellOp> {
 fn upsert(ids: &ColumnIds) -> impl Strategy<Value = RowOp> + use<> {
     let ids = ids.clone();
     let columns = prop::sample::subsequence(
-        vec![Column::S, Column::V1, Column::V2, Column::L, Column::St, Column::M],
+        vec![
+            Column::S,
+            Column::V1,
+            Column::V2,
+            Column::L,
+            Column::St,
+            Column::M,
+        ],
         0..=3,
     );
     let cells = columns.prop_flat_map(|columns| {
-        columns.into_iter().map(|column| cell_op(column).prop_map(move |op| (column, op))).collect::<Vec<_>>()
+        columns
+            .into_iter()
+            .map(|column| cell_op(column).prop_map(move |op| (column, op)))
+            .collect::<Vec<_>>()
     });
     let ttl = prop_oneof![
         4 => Just(Ttl::TableDefault),
@@ -289,8 +359,13 @@ fn upsert(ids: &ColumnIds) -> impl Strategy<Value = RowOp> + use<> {
         3 => (1u32..=20).prop_map(Ttl::Seconds),
     ];
     let liveness = prop_oneof![Just(Liveness::RowMarker), Just(Liveness::CellsOnly)];
-    (prop::option::weighted(0.85, clustering()), liveness, ttl, cells).prop_map(
-        move |(clustering, liveness, ttl, cells)| {
+    (
+        prop::option::weighted(0.85, clustering()),
+        liveness,
+        ttl,
+        cells,
+    )
+        .prop_map(move |(clustering, liveness, ttl, cells)| {
             let static_only = clustering.is_none();
             let mut cells: Vec<(ColumnId, CellOp)> = cells
                 .into_iter()
@@ -303,12 +378,15 @@ fn upsert(ids: &ColumnIds) -> impl Strategy<Value = RowOp> + use<> {
             RowOp::Upsert {
                 clustering: clustering.unwrap_or_default(),
                 // A static-only write cannot carry a row marker.
-                liveness: if static_only { Liveness::CellsOnly } else { liveness },
+                liveness: if static_only {
+                    Liveness::CellsOnly
+                } else {
+                    liveness
+                },
                 ttl,
                 cells,
             }
-        },
-    )
+        })
 }
 
 fn row_op(ids: &ColumnIds) -> impl Strategy<Value = RowOp> + use<> {
@@ -379,12 +457,18 @@ pub fn config(default_cases: u32) -> Config {
         .ok()
         .and_then(|cases| cases.parse().ok())
         .unwrap_or(default_cases);
-    Config { cases, ..Config::default() }
+    Config {
+        cases,
+        ..Config::default()
+    }
 }
 
 /// The options of the model table: no default TTL, a short grace period.
 pub fn model_table_options() -> TableOptions {
-    TableOptions { gc_grace_seconds: MODEL_GC_GRACE_SECONDS, ..TableOptions::default() }
+    TableOptions {
+        gc_grace_seconds: MODEL_GC_GRACE_SECONDS,
+        ..TableOptions::default()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -420,15 +504,18 @@ fn candidate_token_count() -> usize {
 /// Tokens scans start and end at: every partition's token (to hit the
 /// boundaries exactly), the ring's ends and zero.
 pub fn candidate_tokens(table: &TableDef) -> Vec<Token> {
-    let mut tokens: Vec<Token> =
-        (0..PARTITION_KEYS_MAX).map(|partition_key| token_of(table, partition_key)).collect();
+    let mut tokens: Vec<Token> = (0..PARTITION_KEYS_MAX)
+        .map(|partition_key| token_of(table, partition_key))
+        .collect();
     tokens.extend([MIN_TOKEN, MAX_TOKEN, Token(0)]);
     assert_eq!(tokens.len(), candidate_token_count());
     tokens
 }
 
 fn token_of(table: &TableDef, partition_key: i32) -> Token {
-    keys::encode_partition(table, &[CqlValue::Int(partition_key)]).expect("int key encodes").token
+    keys::encode_partition(table, &[CqlValue::Int(partition_key)])
+        .expect("int key encodes")
+        .token
 }
 
 // ---------------------------------------------------------------------------
@@ -470,7 +557,9 @@ impl Version {
     fn visible(&self, deleted_at: Option<WriteTime>, now_seconds: i64) -> bool {
         self.value.is_some()
             && deleted_at.is_none_or(|at| self.write_time > at)
-            && self.expiry.is_none_or(|expiry| expiry.expiry_seconds > now_seconds)
+            && self
+                .expiry
+                .is_none_or(|expiry| expiry.expiry_seconds > now_seconds)
     }
 }
 
@@ -578,13 +667,21 @@ fn max_time(a: Option<WriteTime>, b: Option<WriteTime>) -> Option<WriteTime> {
 fn list_position(write_time: WriteTime, element_idx: usize, prepend: bool) -> i128 {
     let stride = rows::COLLECTION_OP_ELEMENTS_MAX as i128;
     let time = i128::from(write_time.0);
-    if prepend { -time * stride - stride + element_idx as i128 } else { time * stride + element_idx as i128 }
+    if prepend {
+        -time * stride - stride + element_idx as i128
+    } else {
+        time * stride + element_idx as i128
+    }
 }
 
 impl Model {
     pub fn new(table: Arc<TableDef>) -> Model {
         let ids = ColumnIds::new(&table);
-        Model { table, ids, partitions: BTreeMap::new() }
+        Model {
+            table,
+            ids,
+            partitions: BTreeMap::new(),
+        }
     }
 
     /// Applies one operation on partition `partition_key` at `write_time`.
@@ -593,7 +690,12 @@ impl Model {
         let default_ttl = self.table.options.default_time_to_live_seconds;
         let partition = self.partitions.entry(partition_key).or_default();
         match op {
-            RowOp::Upsert { clustering, liveness, ttl, cells } => {
+            RowOp::Upsert {
+                clustering,
+                liveness,
+                ttl,
+                cells,
+            } => {
                 let ttl_seconds = match ttl {
                     Ttl::TableDefault => default_ttl,
                     Ttl::Unlimited => 0,
@@ -603,9 +705,16 @@ impl Model {
                     expiry_seconds: write_time.seconds() + i64::from(ttl_seconds),
                     ttl_seconds,
                 });
-                let live = |value: CqlValue| Version { write_time, value: Some(value), expiry };
+                let live = |value: CqlValue| Version {
+                    write_time,
+                    value: Some(value),
+                    expiry,
+                };
                 if !clustering.is_empty() && *liveness == Liveness::RowMarker {
-                    let row = partition.rows.entry(Clustering(clustering.clone())).or_default();
+                    let row = partition
+                        .rows
+                        .entry(Clustering(clustering.clone()))
+                        .or_default();
                     Version::reconcile(&mut row.marker, live(CqlValue::Boolean(true)));
                 }
                 for (id, cell_op) in cells {
@@ -613,16 +722,25 @@ impl Model {
                     let target = if column == Column::S {
                         &mut partition.static_cells
                     } else {
-                        &mut partition.rows.entry(Clustering(clustering.clone())).or_default().cells
+                        &mut partition
+                            .rows
+                            .entry(Clustering(clustering.clone()))
+                            .or_default()
+                            .cells
                     };
                     apply_cell_op(target, column, cell_op, write_time, expiry);
                 }
             }
             RowOp::DeleteRow { clustering } => {
-                let row = partition.rows.entry(Clustering(clustering.clone())).or_default();
+                let row = partition
+                    .rows
+                    .entry(Clustering(clustering.clone()))
+                    .or_default();
                 row.deleted_at = max_time(row.deleted_at, Some(write_time));
             }
-            RowOp::DeleteRange(slice) => partition.range_deletions.push((slice.clone(), write_time)),
+            RowOp::DeleteRange(slice) => {
+                partition.range_deletions.push((slice.clone(), write_time))
+            }
             RowOp::DeletePartition => {
                 partition.deleted_at = max_time(partition.deleted_at, Some(write_time));
             }
@@ -674,7 +792,14 @@ impl Model {
                 ),
                 other => panic!("{other:?} is not a collection"),
             };
-            columns.insert(self.ids.get(*column), ColumnValue { value, write_time, expiry: None });
+            columns.insert(
+                self.ids.get(*column),
+                ColumnValue {
+                    value,
+                    write_time,
+                    expiry: None,
+                },
+            );
         }
         columns
     }
@@ -692,15 +817,24 @@ impl Model {
                 deleted_at = max_time(deleted_at, Some(*at));
             }
         }
-        let marker_live = row.marker.as_ref().is_some_and(|m| m.visible(deleted_at, now_seconds));
+        let marker_live = row
+            .marker
+            .as_ref()
+            .is_some_and(|m| m.visible(deleted_at, now_seconds));
         let columns = self.resolve_cells(&row.cells, deleted_at, now_seconds);
-        (marker_live || !columns.is_empty())
-            .then(|| Row { clustering: clustering.0.clone(), columns })
+        (marker_live || !columns.is_empty()).then(|| Row {
+            clustering: clustering.0.clone(),
+            columns,
+        })
     }
 
     fn static_row(&self, partition: &ModelPartition, now_seconds: i64) -> Option<Row> {
-        let columns = self.resolve_cells(&partition.static_cells, partition.deleted_at, now_seconds);
-        (!columns.is_empty()).then(|| Row { clustering: Vec::new(), columns })
+        let columns =
+            self.resolve_cells(&partition.static_cells, partition.deleted_at, now_seconds);
+        (!columns.is_empty()).then(|| Row {
+            clustering: Vec::new(),
+            columns,
+        })
     }
 
     /// The live rows of a slice, in stored order.
@@ -709,12 +843,19 @@ impl Model {
             .rows
             .iter()
             .filter(|(clustering, _)| slice_contains(slice, &clustering.0))
-            .filter_map(|(clustering, row)| self.resolve_row(partition, clustering, row, now_seconds))
+            .filter_map(|(clustering, row)| {
+                self.resolve_row(partition, clustering, row, now_seconds)
+            })
             .collect()
     }
 
     /// What [`rows::read_row`] must return.
-    pub fn read_row(&self, partition_key: i32, clustering: &[CqlValue], now_seconds: i64) -> Option<Row> {
+    pub fn read_row(
+        &self,
+        partition_key: i32,
+        clustering: &[CqlValue],
+        now_seconds: i64,
+    ) -> Option<Row> {
         let partition = self.partitions.get(&partition_key)?;
         let clustering = Clustering(clustering.to_vec());
         let row = partition.rows.get(&clustering)?;
@@ -722,7 +863,12 @@ impl Model {
     }
 
     /// What [`rows::read_partition`] must return.
-    pub fn read_partition(&self, partition_key: i32, slice: &Slice, options: ReadOptions) -> Option<Partition> {
+    pub fn read_partition(
+        &self,
+        partition_key: i32,
+        slice: &Slice,
+        options: ReadOptions,
+    ) -> Option<Partition> {
         let partition = self.partitions.get(&partition_key)?;
         let mut rows = self.live_rows(partition, slice, options.now_seconds);
         if options.direction == Direction::Reverse {
@@ -775,10 +921,20 @@ fn apply_cell_op(
     write_time: WriteTime,
     expiry: Option<Expiry>,
 ) {
-    let live = |value: CqlValue| Version { write_time, value: Some(value), expiry };
-    let dead = Version { write_time, value: None, expiry: None };
+    let live = |value: CqlValue| Version {
+        write_time,
+        value: Some(value),
+        expiry,
+    };
+    let dead = Version {
+        write_time,
+        value: None,
+        expiry: None,
+    };
     if matches!(column, Column::S | Column::V1 | Column::V2) {
-        let CellOp::Set(value) = op else { panic!("{op:?} on simple column {column:?}") };
+        let CellOp::Set(value) = op else {
+            panic!("{op:?} on simple column {column:?}")
+        };
         let version = value.clone().map_or(dead, live);
         Version::reconcile(cells.simple.entry(column).or_default(), version);
         return;
@@ -798,7 +954,10 @@ fn apply_cell_op(
             match value {
                 CqlValue::List(elements) => {
                     for (idx, element) in elements.iter().enumerate() {
-                        put(ElementKey::Position(list_position(write_time, idx, false)), live(element.clone()));
+                        put(
+                            ElementKey::Position(list_position(write_time, idx, false)),
+                            live(element.clone()),
+                        );
                     }
                 }
                 CqlValue::Set(elements) => {
@@ -817,7 +976,10 @@ fn apply_cell_op(
         CellOp::ListAppend(elements) | CellOp::ListPrepend(elements) => {
             let prepend = matches!(op, CellOp::ListPrepend(_));
             for (idx, element) in elements.iter().enumerate() {
-                put(ElementKey::Position(list_position(write_time, idx, prepend)), live(element.clone()));
+                put(
+                    ElementKey::Position(list_position(write_time, idx, prepend)),
+                    live(element.clone()),
+                );
             }
         }
         CellOp::SetAdd(elements) => {
@@ -875,7 +1037,10 @@ fn reassemble(pages: Vec<Partition>) -> Vec<Partition> {
     for piece in pages {
         match whole.last_mut() {
             Some(last) if last.key == piece.key => {
-                assert!(piece.static_row.is_none(), "a continued partition repeats its static row");
+                assert!(
+                    piece.static_row.is_none(),
+                    "a continued partition repeats its static row"
+                );
                 last.rows.extend(piece.rows);
             }
             _ => whole.push(piece),
@@ -901,14 +1066,29 @@ pub fn scan_in_pages<E: Engine>(
     for page_idx in 0.. {
         assert!(page_idx < 10_000, "the scan does not end");
         let page_size = page_rows[page_idx % page_rows.len()];
-        let page = rows::scan_token_range(engine, table, range, cursor.as_ref(), page_size, now_seconds)
-            .expect("scan a page");
+        let page = rows::scan_token_range(
+            engine,
+            table,
+            range,
+            cursor.as_ref(),
+            page_size,
+            now_seconds,
+        )
+        .expect("scan a page");
         let counted: usize = page
             .partitions
             .iter()
-            .map(|partition| partition.rows.len().max(usize::from(partition.static_row.is_some())))
+            .map(|partition| {
+                partition
+                    .rows
+                    .len()
+                    .max(usize::from(partition.static_row.is_some()))
+            })
             .sum();
-        assert!(counted <= page_size, "page {page_idx} holds {counted} rows, asked for {page_size}");
+        assert!(
+            counted <= page_size,
+            "page {page_idx} holds {counted} rows, asked for {page_size}"
+        );
         pieces.extend(page.partitions);
         match page.next {
             None => break,
@@ -933,16 +1113,25 @@ pub fn check<E: Engine>(open: &dyn Fn(EngineOptions) -> Opened<E>, ops: &[ModelO
     let clock = ManualClock::new(CLOCK_START_SECONDS * 1_000_000);
     let registry = TableRegistry::new();
     registry.insert(table.clone());
-    let options = EngineOptions { rows: rows::row_family_options(Arc::new(clock.clone()), registry) };
+    let options = EngineOptions {
+        rows: rows::row_family_options(Arc::new(clock.clone()), registry),
+    };
     let opened = open(options);
     let engine = &opened.engine;
     let tokens = candidate_tokens(&table);
     let mut model = Model::new(table.clone());
-    let mut write_times = WriteTimes { used: HashSet::new(), latest: 0 };
+    let mut write_times = WriteTimes {
+        used: HashSet::new(),
+        latest: 0,
+    };
     let read_now = |seconds_back: u32| clock.now_seconds() - i64::from(seconds_back);
     for (op_idx, op) in ops.iter().enumerate() {
         match op {
-            ModelOp::Write { partition_key, op, time } => {
+            ModelOp::Write {
+                partition_key,
+                op,
+                time,
+            } => {
                 let write_time = write_times.next(&clock, *time);
                 let mutation = Mutation {
                     table: table.id,
@@ -952,50 +1141,79 @@ pub fn check<E: Engine>(open: &dyn Fn(EngineOptions) -> Opened<E>, ops: &[ModelO
                 let mut batch = WriteBatch::new();
                 rows::write_mutation(&table, &mutation, write_time, &mut batch)
                     .unwrap_or_else(|error| panic!("op {op_idx}: write {op:?}: {error}"));
-                engine.write(batch, Durability::Buffered).expect("write batch");
+                engine
+                    .write(batch, Durability::Buffered)
+                    .expect("write batch");
                 model.apply(*partition_key, op, write_time);
             }
-            ModelOp::AdvanceClock { seconds } => clock.advance_micros(i64::from(*seconds) * 1_000_000),
+            ModelOp::AdvanceClock { seconds } => {
+                clock.advance_micros(i64::from(*seconds) * 1_000_000)
+            }
             ModelOp::Flush => engine.flush().expect("flush"),
             ModelOp::Compact => {
                 engine.flush().expect("flush");
-                engine.compact(crate::engine::Family::Rows).expect("compact");
+                engine
+                    .compact(crate::engine::Family::Rows)
+                    .expect("compact");
             }
-            ModelOp::ReadRow { partition_key, clustering, seconds_back } => {
+            ModelOp::ReadRow {
+                partition_key,
+                clustering,
+                seconds_back,
+            } => {
                 let now = read_now(*seconds_back);
                 let key = [CqlValue::Int(*partition_key)];
-                let actual = rows::read_row(engine, &table, &key, clustering, now).expect("read row");
+                let actual =
+                    rows::read_row(engine, &table, &key, clustering, now).expect("read row");
                 let expected = model.read_row(*partition_key, clustering, now);
                 assert_eq!(actual, expected, "op {op_idx}: {op:?} at now {now}");
             }
-            ModelOp::ReadPartition { partition_key, slice, direction, limit_rows, seconds_back } => {
+            ModelOp::ReadPartition {
+                partition_key,
+                slice,
+                direction,
+                limit_rows,
+                seconds_back,
+            } => {
                 let options = ReadOptions {
                     direction: *direction,
                     limit_rows: *limit_rows,
                     now_seconds: read_now(*seconds_back),
                 };
                 let key = [CqlValue::Int(*partition_key)];
-                let actual =
-                    rows::read_partition(engine, &table, &key, slice, options).expect("read partition");
+                let actual = rows::read_partition(engine, &table, &key, slice, options)
+                    .expect("read partition");
                 let expected = model.read_partition(*partition_key, slice, options);
                 assert_eq!(actual, expected, "op {op_idx}: {op:?} with {options:?}");
             }
-            ModelOp::Scan { range, page_rows, seconds_back } => {
+            ModelOp::Scan {
+                range,
+                page_rows,
+                seconds_back,
+            } => {
                 let now = read_now(*seconds_back);
                 let range = match range {
                     RangeChoice::FullRing => TokenRange::full_ring(),
-                    RangeChoice::Between(start, end) => {
-                        TokenRange { start: tokens[*start], end: tokens[*end] }
-                    }
+                    RangeChoice::Between(start, end) => TokenRange {
+                        start: tokens[*start],
+                        end: tokens[*end],
+                    },
                 };
                 let actual = scan_in_pages(engine, &table, &range, page_rows, now);
                 let expected = model.scan(&range, now);
-                assert_eq!(actual, expected, "op {op_idx}: {op:?} over {range:?} at now {now}");
+                assert_eq!(
+                    actual, expected,
+                    "op {op_idx}: {op:?} over {range:?} at now {now}"
+                );
             }
         }
     }
     // Every run ends with a full scan, so nothing written goes unchecked.
     let now = clock.now_seconds();
     let actual = scan_in_pages(engine, &table, &TokenRange::full_ring(), &[3], now);
-    assert_eq!(actual, model.scan(&TokenRange::full_ring(), now), "final full scan");
+    assert_eq!(
+        actual,
+        model.scan(&TokenRange::full_ring(), now),
+        "final full scan"
+    );
 }
