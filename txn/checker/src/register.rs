@@ -23,7 +23,8 @@
 //! search managed to linearize and the operation that could not be placed after it.
 //!
 //! JSON lines, Jepsen's independent-key form: `{"f":"write","value":[key, 3]}`,
-//! `{"f":"read","value":[key, 3]}` (`[key, null]` when invoked), `{"f":"cas","value":[key, [1, 2]]}`.
+//! `{"f":"read","value":[key, 3]}` (`[key, null]` when invoked),
+//! `{"f":"cas","value":[key, [1, 2]]}`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -33,7 +34,7 @@ use crate::history::{History, OpId, Operation, OperationBody, Status};
 use crate::list_append::Key;
 use crate::report::{Anomaly, AnomalyKind, Report};
 
-/// Most operations of the linearized prefix copied into a failure report.
+/// Most operations of the linearized prefix shown in a failure report.
 const PREFIX_OPERATIONS_SHOWN_MAX: usize = 16;
 
 /// What an operation does to its register.
@@ -123,25 +124,7 @@ pub fn check_register(history: &History<RegisterOp>, options: &RegisterOptions) 
                 value,
                 stuck,
             } => {
-                let describe = |op: usize| format!("{}", operations[op]);
-                let prefix_text: Vec<String> = prefix.iter().map(|&op| describe(op)).collect();
-                let explanation = format!(
-                    "key {key}: after linearizing [{}] (value {value}), {} cannot be linearized",
-                    prefix_text.join("; "),
-                    describe(stuck),
-                );
-                let shown = prefix.len().saturating_sub(PREFIX_OPERATIONS_SHOWN_MAX);
-                let mut involved: Vec<_> = prefix[shown..]
-                    .iter()
-                    .map(|&op| operations[op].clone())
-                    .collect();
-                involved.push(operations[stuck].clone());
-                report.push(Anomaly {
-                    kind: AnomalyKind::Nonlinearizable,
-                    explanation,
-                    operations: involved,
-                    cycle: Vec::new(),
-                });
+                report.push(nonlinearizable(key, &operations, &prefix, value, stuck));
             }
             SearchOutcome::StepLimitExceeded => report.push(Anomaly {
                 kind: AnomalyKind::SearchLimitExceeded,
@@ -158,6 +141,36 @@ pub fn check_register(history: &History<RegisterOp>, options: &RegisterOptions) 
     RegisterReport {
         report,
         linearizations,
+    }
+}
+
+/// The anomaly for a key whose search failed: the deepest linearized prefix (its last
+/// operations), the value after it, and the operation that could not come next.
+fn nonlinearizable(
+    key: Key,
+    operations: &[&Operation<RegisterOp>],
+    prefix: &[usize],
+    value: u64,
+    stuck: usize,
+) -> Anomaly<RegisterOp> {
+    let n_hidden = prefix.len().saturating_sub(PREFIX_OPERATIONS_SHOWN_MAX);
+    let shown = &prefix[n_hidden..];
+    let mut prefix_text: Vec<String> = shown.iter().map(|&op| operations[op].to_string()).collect();
+    if n_hidden > 0 {
+        prefix_text.insert(0, format!("{n_hidden} earlier operations"));
+    }
+    let explanation = format!(
+        "key {key}: after linearizing [{}] (value {value}), {} cannot be linearized",
+        prefix_text.join("; "),
+        operations[stuck],
+    );
+    let mut involved: Vec<_> = shown.iter().map(|&op| operations[op].clone()).collect();
+    involved.push(operations[stuck].clone());
+    Anomaly {
+        kind: AnomalyKind::Nonlinearizable,
+        explanation,
+        operations: involved,
+        cycle: Vec::new(),
     }
 }
 
