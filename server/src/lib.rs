@@ -1,1 +1,19 @@
-//! placeholder
+//! The Concord node: the embedded database, configuration, and (as their
+//! issues land) the endpoints, the router and cluster metadata.
+//!
+//! **Owns**: [`db::Db`], the in-process database that every endpoint and the
+//! embedded mode use; [`config::Config`]; the `concord` binary.
+//!
+//! **Must never**: reach into RocksDB directly (it uses
+//! `concord_storage::engine`), or order writes any other way than through
+//! [`db::Db::execute`], the single door the transaction layer will take over.
+//!
+//! Key types: [`db::Db`], [`db::Transaction`], [`db::TransactionResult`],
+//! [`config::Config`].
+
+pub mod config;
+pub mod db;
+pub mod error;
+
+pub use db::Db;
+pub use error::{Error, Result};

@@ -57,11 +57,19 @@ pub struct Cell {
 
 impl Cell {
     pub fn live(write_time: WriteTime, value: Vec<u8>, expiry: Option<Expiry>) -> Cell {
-        Cell { write_time, value: Some(value), expiry }
+        Cell {
+            write_time,
+            value: Some(value),
+            expiry,
+        }
     }
 
     pub fn tombstone(write_time: WriteTime) -> Cell {
-        Cell { write_time, value: None, expiry: None }
+        Cell {
+            write_time,
+            value: None,
+            expiry: None,
+        }
     }
 
     pub fn is_tombstone(&self) -> bool {
@@ -71,7 +79,9 @@ impl Cell {
     /// Returns true if the cell holds a value that has not expired at `now_seconds`.
     pub fn is_live(&self, now_seconds: i64) -> bool {
         self.value.is_some()
-            && self.expiry.is_none_or(|expiry| expiry.expiry_seconds > now_seconds)
+            && self
+                .expiry
+                .is_none_or(|expiry| expiry.expiry_seconds > now_seconds)
     }
 
     /// Encodes the cell into its on-disk form.
@@ -109,7 +119,11 @@ impl Cell {
             TAG_TOMBSTONE => None,
             _ => Some(bytes[header.value_offset..].to_vec()),
         };
-        Ok(Cell { write_time: header.write_time, value, expiry: header.expiry })
+        Ok(Cell {
+            write_time: header.write_time,
+            value,
+            expiry: header.expiry,
+        })
     }
 }
 
@@ -128,25 +142,39 @@ impl CellHeader {
     /// # Errors
     /// `Corruption` when the bytes are too short or the tag is unknown.
     pub fn decode(bytes: &[u8]) -> Result<CellHeader> {
-        let corrupt = |what: &str| Error::corruption(format!("cell {what} ({} bytes)", bytes.len()));
+        let corrupt =
+            |what: &str| Error::corruption(format!("cell {what} ({} bytes)", bytes.len()));
         let (&tag, rest) = bytes.split_first().ok_or_else(|| corrupt("is empty"))?;
         let write_time = read_i64(rest, 0).ok_or_else(|| corrupt("write time is truncated"))?;
         match tag {
-            TAG_LIVE => Ok(CellHeader { tag, write_time: WriteTime(write_time), expiry: None, value_offset: 9 }),
-            TAG_TOMBSTONE if bytes.len() == 9 => {
-                Ok(CellHeader { tag, write_time: WriteTime(write_time), expiry: None, value_offset: 9 })
-            }
+            TAG_LIVE => Ok(CellHeader {
+                tag,
+                write_time: WriteTime(write_time),
+                expiry: None,
+                value_offset: 9,
+            }),
+            TAG_TOMBSTONE if bytes.len() == 9 => Ok(CellHeader {
+                tag,
+                write_time: WriteTime(write_time),
+                expiry: None,
+                value_offset: 9,
+            }),
             TAG_TOMBSTONE => Err(corrupt("tombstone has trailing bytes")),
             TAG_EXPIRING => {
                 let expiry_seconds =
                     read_i64(rest, 8).ok_or_else(|| corrupt("expiry is truncated"))?;
-                let ttl_bytes = rest.get(16..20).ok_or_else(|| corrupt("ttl is truncated"))?;
+                let ttl_bytes = rest
+                    .get(16..20)
+                    .ok_or_else(|| corrupt("ttl is truncated"))?;
                 let mut ttl = [0u8; 4];
                 ttl.copy_from_slice(ttl_bytes);
                 Ok(CellHeader {
                     tag,
                     write_time: WriteTime(write_time),
-                    expiry: Some(Expiry { expiry_seconds, ttl_seconds: u32::from_be_bytes(ttl) }),
+                    expiry: Some(Expiry {
+                        expiry_seconds,
+                        ttl_seconds: u32::from_be_bytes(ttl),
+                    }),
                     value_offset: 21,
                 })
             }
@@ -161,7 +189,9 @@ impl CellHeader {
     /// Returns true if the cell is a value not expired at `now_seconds`.
     pub fn is_live(&self, now_seconds: i64) -> bool {
         !self.is_tombstone()
-            && self.expiry.is_none_or(|expiry| expiry.expiry_seconds > now_seconds)
+            && self
+                .expiry
+                .is_none_or(|expiry| expiry.expiry_seconds > now_seconds)
     }
 
     /// The value bytes of `encoded`, the cell this header was decoded from.
@@ -228,7 +258,14 @@ mod tests {
     fn cells_round_trip() {
         let cells = [
             Cell::live(WriteTime(5), b"abc".to_vec(), None),
-            Cell::live(WriteTime(-7), Vec::new(), Some(Expiry { expiry_seconds: 99, ttl_seconds: 3 })),
+            Cell::live(
+                WriteTime(-7),
+                Vec::new(),
+                Some(Expiry {
+                    expiry_seconds: 99,
+                    ttl_seconds: 3,
+                }),
+            ),
             Cell::tombstone(WriteTime(i64::MAX)),
         ];
         for cell in cells {
@@ -238,7 +275,12 @@ mod tests {
 
     #[test]
     fn corrupt_cells_are_errors() {
-        for bytes in [&[][..], &[0, 1, 2], &[9, 0, 0, 0, 0, 0, 0, 0, 0], &[1, 0, 0, 0, 0, 0, 0, 0, 1, 5]] {
+        for bytes in [
+            &[][..],
+            &[0, 1, 2],
+            &[9, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 1, 5],
+        ] {
             let error = Cell::decode(bytes).unwrap_err();
             assert!(matches!(error, Error::Corruption(_)), "{error}");
         }
@@ -254,7 +296,12 @@ mod tests {
         ];
         let expected = versions[1].clone();
         let operator = LastWriteWins;
-        let mut orders = vec![vec![0, 1, 2, 3], vec![3, 2, 1, 0], vec![2, 0, 3, 1], vec![1, 3, 0, 2]];
+        let mut orders = vec![
+            vec![0, 1, 2, 3],
+            vec![3, 2, 1, 0],
+            vec![2, 0, 3, 1],
+            vec![1, 3, 0, 2],
+        ];
         for order in orders.drain(..) {
             let operands: Vec<&[u8]> = order.iter().map(|&idx| versions[idx].as_slice()).collect();
             assert_eq!(operator.merge(b"k", None, &operands).unwrap(), expected);
@@ -263,6 +310,11 @@ mod tests {
         }
         // At equal write times a tombstone wins.
         let tombstone = Cell::tombstone(WriteTime(10)).encode();
-        assert_eq!(operator.merge(b"k", Some(&versions[1]), &[&tombstone]).unwrap(), tombstone);
+        assert_eq!(
+            operator
+                .merge(b"k", Some(&versions[1]), &[&tombstone])
+                .unwrap(),
+            tombstone
+        );
     }
 }

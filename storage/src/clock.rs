@@ -39,7 +39,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(micros: i64) -> ManualClock {
-        ManualClock { micros: Arc::new(AtomicI64::new(micros)) }
+        ManualClock {
+            micros: Arc::new(AtomicI64::new(micros)),
+        }
     }
 
     pub fn set_micros(&self, micros: i64) {

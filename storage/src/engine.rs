@@ -65,12 +65,27 @@ pub const KEY_BYTES_MAX: usize = 64 * 1024;
 /// One operation of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchOp {
-    Put { family: Family, key: Vec<u8>, value: Vec<u8> },
+    Put {
+        family: Family,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
     /// Combined with the existing value by the family's merge operator.
-    Merge { family: Family, key: Vec<u8>, operand: Vec<u8> },
-    Delete { family: Family, key: Vec<u8> },
+    Merge {
+        family: Family,
+        key: Vec<u8>,
+        operand: Vec<u8>,
+    },
+    Delete {
+        family: Family,
+        key: Vec<u8>,
+    },
     /// Deletes every key in `[start, end)`.
-    DeleteRange { family: Family, start: Vec<u8>, end: Vec<u8> },
+    DeleteRange {
+        family: Family,
+        start: Vec<u8>,
+        end: Vec<u8>,
+    },
 }
 
 /// An atomic group of writes across families.
@@ -92,7 +107,11 @@ impl WriteBatch {
 
     pub fn merge(&mut self, family: Family, key: Vec<u8>, operand: Vec<u8>) {
         self.size_bytes += key.len() + operand.len();
-        self.ops.push(BatchOp::Merge { family, key, operand });
+        self.ops.push(BatchOp::Merge {
+            family,
+            key,
+            operand,
+        });
     }
 
     pub fn delete(&mut self, family: Family, key: Vec<u8>) {
@@ -143,9 +162,9 @@ impl WriteBatch {
         }
         for op in &self.ops {
             let key_len = match op {
-                BatchOp::Put { key, .. } | BatchOp::Merge { key, .. } | BatchOp::Delete { key, .. } => {
-                    key.len()
-                }
+                BatchOp::Put { key, .. }
+                | BatchOp::Merge { key, .. }
+                | BatchOp::Delete { key, .. } => key.len(),
                 BatchOp::DeleteRange { start, end, .. } => start.len().max(end.len()),
             };
             if key_len > KEY_BYTES_MAX {
@@ -178,7 +197,10 @@ pub struct KeyRange {
 impl KeyRange {
     /// Every key of the family.
     pub fn all() -> KeyRange {
-        KeyRange { start: Bound::Unbounded, end: Bound::Unbounded }
+        KeyRange {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        }
     }
 
     /// Every key starting with `prefix`.
@@ -187,12 +209,18 @@ impl KeyRange {
             Some(successor) => Bound::Excluded(successor),
             None => Bound::Unbounded,
         };
-        KeyRange { start: Bound::Included(prefix.to_vec()), end }
+        KeyRange {
+            start: Bound::Included(prefix.to_vec()),
+            end,
+        }
     }
 
     /// `[start, end)`.
     pub fn half_open(start: Vec<u8>, end: Vec<u8>) -> KeyRange {
-        KeyRange { start: Bound::Included(start), end: Bound::Excluded(end) }
+        KeyRange {
+            start: Bound::Included(start),
+            end: Bound::Excluded(end),
+        }
     }
 
     /// Returns true if `key` lies in the range.
@@ -341,8 +369,14 @@ pub struct FamilyOptions {
 impl fmt::Debug for FamilyOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FamilyOptions")
-            .field("merge_operator", &self.merge_operator.as_ref().map(|m| m.name()))
-            .field("compaction_filter", &self.compaction_filter.as_ref().map(|c| c.name()))
+            .field(
+                "merge_operator",
+                &self.merge_operator.as_ref().map(|m| m.name()),
+            )
+            .field(
+                "compaction_filter",
+                &self.compaction_filter.as_ref().map(|c| c.name()),
+            )
             .finish()
     }
 }

@@ -29,10 +29,18 @@ pub enum Error {
     #[error("type {keyspace}.{name} does not exist")]
     UnknownType { keyspace: String, name: String },
     #[error("{kind} {name} already exists")]
-    AlreadyExists { kind: SchemaObjectKind, name: String },
+    AlreadyExists {
+        kind: SchemaObjectKind,
+        name: String,
+    },
     /// A named limit was exceeded; `limit` is the constant's name.
     #[error("{what} is {actual} bytes, over the limit {limit} = {max}")]
-    LimitExceeded { what: String, limit: &'static str, actual: usize, max: usize },
+    LimitExceeded {
+        what: String,
+        limit: &'static str,
+        actual: usize,
+        max: usize,
+    },
     /// A feature that is recognised but not built yet.
     #[error("{0} is not supported yet")]
     Unsupported(String),
@@ -71,7 +79,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Builds an `InvalidValue` error.
     pub fn invalid_value(target: impl Into<String>, reason: impl Into<String>) -> Error {
-        Error::InvalidValue { target: target.into(), reason: reason.into() }
+        Error::InvalidValue {
+            target: target.into(),
+            reason: reason.into(),
+        }
     }
 
     /// Builds a `Corruption` error.

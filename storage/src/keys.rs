@@ -49,6 +49,10 @@ pub const ROW_DELETION_COLUMN: ColumnId = ColumnId(0);
 /// The pseudo-column holding the row marker written by `INSERT`.
 pub const ROW_MARKER_COLUMN: ColumnId = ColumnId(1);
 
+/// The largest serialized partition key component (Cassandra's composite
+/// key format stores its length in 16 bits).
+pub const PARTITION_KEY_COMPONENT_BYTES_MAX: usize = 65_535;
+
 /// The 4-byte prefix of every key of `table`.
 pub fn table_prefix(table: TableId) -> Vec<u8> {
     table.0.to_be_bytes().to_vec()
@@ -104,18 +108,34 @@ pub fn encode_partition(table: &TableDef, values: &[CqlValue]) -> Result<Encoded
     let mut prefix = table_prefix(table.id);
     prefix.extend_from_slice(&[0; 8]);
     for (column, value) in key_columns.zip(values) {
-        value.validate(&column.ty).map_err(|error| in_column(error, &column.name))?;
+        value
+            .validate(&column.ty)
+            .map_err(|error| in_column(error, &column.name))?;
         let mut serialized = Vec::new();
         native::serialize(value, &column.ty, &mut serialized)?;
+        if serialized.len() > PARTITION_KEY_COMPONENT_BYTES_MAX {
+            return Err(Error::LimitExceeded {
+                what: format!("partition key column {}", column.name),
+                limit: "PARTITION_KEY_COMPONENT_BYTES_MAX",
+                actual: serialized.len(),
+                max: PARTITION_KEY_COMPONENT_BYTES_MAX,
+            });
+        }
         serialized_components.push(serialized);
         prefix.push(COMPONENT);
-        ordered::encode(value, &column.ty, ClusteringOrder::Asc, &mut prefix)?;
+        // Exact: 1.0 and 1.00 (or two NaNs) are different partitions in
+        // Cassandra, which hashes the bytes the client sent.
+        ordered::encode_exact(value, &column.ty, ClusteringOrder::Asc, &mut prefix)?;
     }
     let component_slices: Vec<&[u8]> = serialized_components.iter().map(Vec::as_slice).collect();
     let serialized_key = partitioner::serialize_partition_key(&component_slices);
     let token = partitioner::token(&serialized_key);
     prefix[4..12].copy_from_slice(&token_bytes(token));
-    Ok(EncodedPartition { token, prefix, serialized_key })
+    Ok(EncodedPartition {
+        token,
+        prefix,
+        serialized_key,
+    })
 }
 
 /// Decodes the partition a row-family key belongs to.
@@ -124,7 +144,10 @@ pub fn encode_partition(table: &TableDef, values: &[CqlValue]) -> Result<Encoded
 /// `Corruption` when the key does not decode for `table`.
 pub fn decode_partition(table: &TableDef, key: &[u8]) -> Result<(EncodedPartition, Vec<CqlValue>)> {
     let corrupt = |what: &str| {
-        Error::corruption(format!("row key of table {} {what}", table.qualified_name()))
+        Error::corruption(format!(
+            "row key of table {} {what}",
+            table.qualified_name()
+        ))
     };
     if key.len() < 12 || key[..4] != table.id.0.to_be_bytes() {
         return Err(corrupt("is shorter than its partition prefix"));
@@ -140,7 +163,7 @@ pub fn decode_partition(table: &TableDef, key: &[u8]) -> Result<(EncodedPartitio
             return Err(corrupt("lacks a partition key component"));
         };
         rest = after_header;
-        let value = ordered::decode(&column.ty, ClusteringOrder::Asc, &mut rest)?;
+        let value = ordered::decode_exact(&column.ty, ClusteringOrder::Asc, &mut rest)?;
         let mut serialized = Vec::new();
         native::serialize(&value, &column.ty, &mut serialized)?;
         serialized_components.push(serialized);
@@ -149,7 +172,14 @@ pub fn decode_partition(table: &TableDef, key: &[u8]) -> Result<(EncodedPartitio
     let prefix_len = key.len() - rest.len();
     let component_slices: Vec<&[u8]> = serialized_components.iter().map(Vec::as_slice).collect();
     let serialized_key = partitioner::serialize_partition_key(&component_slices);
-    Ok((EncodedPartition { token, prefix: key[..prefix_len].to_vec(), serialized_key }, values))
+    Ok((
+        EncodedPartition {
+            token,
+            prefix: key[..prefix_len].to_vec(),
+            serialized_key,
+        },
+        values,
+    ))
 }
 
 /// Encodes a clustering prefix (all or the first few clustering values).
@@ -167,7 +197,9 @@ pub fn encode_clustering(table: &TableDef, values: &[CqlValue], out: &mut Vec<u8
         )));
     }
     for (column, value) in clustering.zip(values) {
-        value.validate(&column.ty).map_err(|error| in_column(error, &column.name))?;
+        value
+            .validate(&column.ty)
+            .map_err(|error| in_column(error, &column.name))?;
         let order = match column.kind {
             crate::schema::ColumnKind::Clustering(order) => order,
             _ => ClusteringOrder::Asc,
@@ -211,9 +243,10 @@ pub fn push_column(out: &mut Vec<u8>, column: ColumnId) {
 /// Adds the column name to a value error.
 fn in_column(error: Error, column: &str) -> Error {
     match error {
-        Error::InvalidValue { target, reason } => {
-            Error::InvalidValue { target: format!("column {column} ({target})"), reason }
-        }
+        Error::InvalidValue { target, reason } => Error::InvalidValue {
+            target: format!("column {column} ({target})"),
+            reason,
+        },
         other => other,
     }
 }
@@ -225,6 +258,8 @@ fn in_column(error: Error, column: &str) -> Error {
 pub fn decode_column(part: &[u8]) -> Result<(ColumnId, &[u8])> {
     match part {
         [CELLS, high, low, rest @ ..] => Ok((ColumnId(u16::from_be_bytes([*high, *low])), rest)),
-        _ => Err(Error::corruption(format!("cell key column part {part:02x?} does not decode"))),
+        _ => Err(Error::corruption(format!(
+            "cell key column part {part:02x?} does not decode"
+        ))),
     }
 }

@@ -64,7 +64,9 @@ pub struct MemoryEngine {
 
 impl std::fmt::Debug for MemoryEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryEngine").field("options", &self.options).finish()
+        f.debug_struct("MemoryEngine")
+            .field("options", &self.options)
+            .finish()
     }
 }
 
@@ -104,7 +106,11 @@ impl MemoryEngine {
                 BatchOp::Put { family, key, value } => {
                     families.map_mut(*family).insert(key.clone(), value.clone());
                 }
-                BatchOp::Merge { family, key, operand } => {
+                BatchOp::Merge {
+                    family,
+                    key,
+                    operand,
+                } => {
                     let Some(merge_operator) = self.options.family(*family).merge_operator else {
                         return Err(Error::Internal(format!(
                             "merge into family {} which has no merge operator",
@@ -180,8 +186,10 @@ impl Iterator for MapScan {
     type Item = Result<KeyValue>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if let (Bound::Included(start) | Bound::Excluded(start), Bound::Included(end) | Bound::Excluded(end)) =
-            (&self.start, &self.end)
+        if let (
+            Bound::Included(start) | Bound::Excluded(start),
+            Bound::Included(end) | Bound::Excluded(end),
+        ) = (&self.start, &self.end)
         {
             // BTreeMap::range panics on an inverted or empty-exclusive range.
             let empty = start > end
@@ -192,7 +200,10 @@ impl Iterator for MapScan {
                 return None;
             }
         }
-        let bounds = (self.start.as_ref().map(Vec::as_slice), self.end.as_ref().map(Vec::as_slice));
+        let bounds = (
+            self.start.as_ref().map(Vec::as_slice),
+            self.end.as_ref().map(Vec::as_slice),
+        );
         let mut range = self.map.range::<[u8], _>(bounds);
         let (key, value) = match self.direction {
             Direction::Forward => range.next()?,
@@ -214,7 +225,12 @@ impl ReadView for MemoryEngine {
 
     fn scan(&self, family: Family, range: &KeyRange, direction: Direction) -> Result<ScanIter<'_>> {
         let map = self.state.lock().current.map(family).clone();
-        Ok(Box::new(MapScan { map, start: range.start.clone(), end: range.end.clone(), direction }))
+        Ok(Box::new(MapScan {
+            map,
+            start: range.start.clone(),
+            end: range.end.clone(),
+            direction,
+        }))
     }
 }
 
@@ -222,7 +238,9 @@ impl Engine for MemoryEngine {
     type Snapshot<'a> = MemorySnapshot;
 
     fn snapshot(&self) -> MemorySnapshot {
-        MemorySnapshot { families: self.state.lock().current.clone() }
+        MemorySnapshot {
+            families: self.state.lock().current.clone(),
+        }
     }
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
@@ -262,7 +280,9 @@ impl Engine for MemoryEngine {
         let Some(factory) = self.options.family(family).compaction_filter else {
             return Ok(());
         };
-        let mut filter = factory.create(CompactionContext { is_full_compaction: true });
+        let mut filter = factory.create(CompactionContext {
+            is_full_compaction: true,
+        });
         let mut state = self.state.lock();
         let map = state.current.map_mut(family);
         let doomed: Vec<Vec<u8>> = map

@@ -23,8 +23,8 @@ use parking_lot::RwLock;
 use crate::cell::{CELL_VALUE_BYTES_MAX, Cell, CellHeader, Expiry, WriteTime};
 use crate::clock::Clock;
 use crate::engine::{
-    CompactionContext, CompactionFilter, CompactionFilterFactory, Direction, Family,
-    FamilyOptions, FilterDecision, KeyRange, ReadView, WriteBatch, prefix_successor,
+    CompactionContext, CompactionFilter, CompactionFilterFactory, Direction, Family, FamilyOptions,
+    FilterDecision, KeyRange, ReadView, WriteBatch, prefix_successor,
 };
 use crate::keys::{self, EncodedPartition};
 use crate::partitioner::{Token, TokenRange};
@@ -92,7 +92,10 @@ pub struct Slice {
 
 impl Slice {
     pub fn all() -> Slice {
-        Slice { start: SliceBound::Unbounded, end: SliceBound::Unbounded }
+        Slice {
+            start: SliceBound::Unbounded,
+            end: SliceBound::Unbounded,
+        }
     }
 }
 
@@ -101,8 +104,15 @@ impl Slice {
 pub enum RowOp {
     /// Writes cells of one row; static columns go to the partition's static
     /// row. `clustering` may be empty when only static columns are written.
-    Upsert { clustering: Vec<CqlValue>, liveness: Liveness, ttl: Ttl, cells: Vec<(ColumnId, CellOp)> },
-    DeleteRow { clustering: Vec<CqlValue> },
+    Upsert {
+        clustering: Vec<CqlValue>,
+        liveness: Liveness,
+        ttl: Ttl,
+        cells: Vec<(ColumnId, CellOp)>,
+    },
+    DeleteRow {
+        clustering: Vec<CqlValue>,
+    },
     DeleteRange(Slice),
     DeletePartition,
 }
@@ -153,7 +163,11 @@ pub struct ReadOptions {
 
 impl ReadOptions {
     pub fn at(now_seconds: i64) -> ReadOptions {
-        ReadOptions { direction: Direction::Forward, limit_rows: None, now_seconds }
+        ReadOptions {
+            direction: Direction::Forward,
+            limit_rows: None,
+            now_seconds,
+        }
     }
 }
 
@@ -184,8 +198,22 @@ pub fn write_mutation(
     let mut staged = WriteBatch::new();
     for op in &mutation.ops {
         match op {
-            RowOp::Upsert { clustering, liveness, ttl, cells } => {
-                write_upsert(table, &partition, clustering, *liveness, *ttl, cells, write_time, &mut staged)?;
+            RowOp::Upsert {
+                clustering,
+                liveness,
+                ttl,
+                cells,
+            } => {
+                write_upsert(
+                    table,
+                    &partition,
+                    clustering,
+                    *liveness,
+                    *ttl,
+                    cells,
+                    write_time,
+                    &mut staged,
+                )?;
             }
             RowOp::DeleteRow { clustering } => {
                 let row_prefix = row_prefix(table, &partition, clustering, ClusteringArity::Full)?;
@@ -228,13 +256,20 @@ fn row_prefix(
 ) -> Result<Vec<u8>> {
     let expected = table.clustering().len();
     if clustering.len() != expected {
-        let missing: Vec<&str> =
-            table.clustering().skip(clustering.len()).map(|c| c.name.as_str()).collect();
+        let missing: Vec<&str> = table
+            .clustering()
+            .skip(clustering.len())
+            .map(|c| c.name.as_str())
+            .collect();
         return Err(Error::InvalidRequest(format!(
             "a row of {} needs all {expected} clustering columns, {} given{}",
             table.qualified_name(),
             clustering.len(),
-            if missing.is_empty() { String::new() } else { format!(" (missing {})", missing.join(", ")) }
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(" (missing {})", missing.join(", "))
+            }
         )));
     }
     let mut key = partition.section(keys::SECTION_ROWS);
@@ -254,7 +289,9 @@ fn write_upsert(
     batch: &mut WriteBatch,
 ) -> Result<()> {
     let writes_regular = cells.iter().any(|(column, _)| {
-        table.column_by_id(*column).is_some_and(|c| c.kind == ColumnKind::Regular)
+        table
+            .column_by_id(*column)
+            .is_some_and(|c| c.kind == ColumnKind::Regular)
     });
     let static_only = clustering.is_empty() && table.clustering().len() > 0 && !writes_regular;
     let row = if static_only {
@@ -266,7 +303,12 @@ fn write_upsert(
         }
         None
     } else {
-        Some(row_prefix(table, partition, clustering, ClusteringArity::Full)?)
+        Some(row_prefix(
+            table,
+            partition,
+            clustering,
+            ClusteringArity::Full,
+        )?)
     };
     let ttl_seconds = match ttl {
         Ttl::TableDefault => table.options.default_time_to_live_seconds,
@@ -280,18 +322,26 @@ fn write_upsert(
     if let (Some(row), Liveness::RowMarker) = (&row, liveness) {
         let mut key = row.clone();
         keys::push_column(&mut key, keys::ROW_MARKER_COLUMN);
-        batch.merge(Family::Rows, key, Cell::live(write_time, Vec::new(), expiry).encode());
+        batch.merge(
+            Family::Rows,
+            key,
+            Cell::live(write_time, Vec::new(), expiry).encode(),
+        );
     }
     let static_prefix = partition.section(keys::SECTION_STATIC);
     for (column_id, op) in cells {
         let column = table.column_by_id(*column_id).ok_or_else(|| {
-            Error::InvalidRequest(format!("table {} has no column with id {}", table.qualified_name(), column_id.0))
+            Error::InvalidRequest(format!(
+                "table {} has no column with id {}",
+                table.qualified_name(),
+                column_id.0
+            ))
         })?;
         let prefix = match column.kind {
             ColumnKind::Static => &static_prefix,
-            ColumnKind::Regular => row.as_ref().ok_or_else(|| {
-                Error::Internal("regular column without a row".into())
-            })?,
+            ColumnKind::Regular => row
+                .as_ref()
+                .ok_or_else(|| Error::Internal("regular column without a row".into()))?,
             ColumnKind::PartitionKey | ColumnKind::Clustering(_) => {
                 return Err(Error::InvalidRequest(format!(
                     "primary key column {} cannot be updated",
@@ -330,7 +380,10 @@ fn check_value(column: &ColumnDef, ty: &CqlType, value: &CqlValue) -> Result<Vec
 fn check_elements(column: &ColumnDef, count: usize) -> Result<()> {
     if count > COLLECTION_OP_ELEMENTS_MAX {
         return Err(Error::LimitExceeded {
-            what: format!("collection operation on column {} ({count} elements)", column.name),
+            what: format!(
+                "collection operation on column {} ({count} elements)",
+                column.name
+            ),
             limit: "COLLECTION_OP_ELEMENTS_MAX",
             actual: count,
             max: COLLECTION_OP_ELEMENTS_MAX,
@@ -340,7 +393,10 @@ fn check_elements(column: &ColumnDef, count: usize) -> Result<()> {
 }
 
 fn wrong_op(column: &ColumnDef, op: &str) -> Error {
-    Error::InvalidRequest(format!("{op} is not valid for column {} of type {}", column.name, column.ty))
+    Error::InvalidRequest(format!(
+        "{op} is not valid for column {} of type {}",
+        column.name, column.ty
+    ))
 }
 
 fn element_key(column_key: &[u8], element: &[u8]) -> Vec<u8> {
@@ -360,9 +416,13 @@ fn ordered_element(value: &CqlValue, ty: &CqlType) -> Result<Vec<u8>> {
 /// List element positions: appends sort after everything written earlier,
 /// prepends before. Positions are `write_time × 1024 + index`.
 fn list_position(write_time: WriteTime, element_idx: usize, prepend: bool) -> Vec<u8> {
-    let base = write_time.0.saturating_mul(COLLECTION_OP_ELEMENTS_MAX as i64);
+    let base = write_time
+        .0
+        .saturating_mul(COLLECTION_OP_ELEMENTS_MAX as i64);
     let position = if prepend {
-        base.saturating_neg().saturating_sub(COLLECTION_OP_ELEMENTS_MAX as i64) + element_idx as i64
+        base.saturating_neg()
+            .saturating_sub(COLLECTION_OP_ELEMENTS_MAX as i64)
+            + element_idx as i64
     } else {
         base + element_idx as i64
     };
@@ -410,8 +470,15 @@ fn write_cell_op(
                 (CqlType::List(element_ty), CqlValue::List(elements)) => {
                     check_elements(column, elements.len())?;
                     for (element_idx, element) in elements.iter().enumerate() {
-                        let key = element_key(&column_key, &list_position(write_time, element_idx, false));
-                        batch.merge(Family::Rows, key, live(check_value(column, element_ty, element)?));
+                        let key = element_key(
+                            &column_key,
+                            &list_position(write_time, element_idx, false),
+                        );
+                        batch.merge(
+                            Family::Rows,
+                            key,
+                            live(check_value(column, element_ty, element)?),
+                        );
                     }
                 }
                 (CqlType::Set(element_ty), CqlValue::Set(elements)) => {
@@ -425,7 +492,11 @@ fn write_cell_op(
                     check_elements(column, entries.len())?;
                     for (entry_key, entry_value) in entries {
                         let key = element_key(&column_key, &ordered_element(entry_key, key_ty)?);
-                        batch.merge(Family::Rows, key, live(check_value(column, value_ty, entry_value)?));
+                        batch.merge(
+                            Family::Rows,
+                            key,
+                            live(check_value(column, value_ty, entry_value)?),
+                        );
                     }
                 }
                 (CqlType::Udt(udt), CqlValue::Udt(fields)) => {
@@ -433,18 +504,32 @@ fn write_cell_op(
                         let Some(field) = field else { continue };
                         let (_, field_ty) = &udt.fields[field_idx];
                         let key = element_key(&column_key, &(field_idx as u16).to_be_bytes());
-                        batch.merge(Family::Rows, key, live(check_value(column, field_ty, field)?));
+                        batch.merge(
+                            Family::Rows,
+                            key,
+                            live(check_value(column, field_ty, field)?),
+                        );
                     }
                 }
                 _ => return Err(wrong_op(column, "this value")),
             }
         }
-        (CqlType::List(element_ty), CellOp::ListAppend(elements) | CellOp::ListPrepend(elements)) => {
+        (
+            CqlType::List(element_ty),
+            CellOp::ListAppend(elements) | CellOp::ListPrepend(elements),
+        ) => {
             check_elements(column, elements.len())?;
             let prepend = matches!(op, CellOp::ListPrepend(_));
             for (element_idx, element) in elements.iter().enumerate() {
-                let key = element_key(&column_key, &list_position(write_time, element_idx, prepend));
-                batch.merge(Family::Rows, key, live(check_value(column, element_ty, element)?));
+                let key = element_key(
+                    &column_key,
+                    &list_position(write_time, element_idx, prepend),
+                );
+                batch.merge(
+                    Family::Rows,
+                    key,
+                    live(check_value(column, element_ty, element)?),
+                );
             }
         }
         (CqlType::Set(element_ty), CellOp::SetAdd(elements) | CellOp::SetRemove(elements)) => {
@@ -452,7 +537,11 @@ fn write_cell_op(
             for element in elements {
                 element.validate(element_ty)?;
                 let key = element_key(&column_key, &ordered_element(element, element_ty)?);
-                let cell = if matches!(op, CellOp::SetAdd(_)) { live(Vec::new()) } else { dead() };
+                let cell = if matches!(op, CellOp::SetAdd(_)) {
+                    live(Vec::new())
+                } else {
+                    dead()
+                };
                 batch.merge(Family::Rows, key, cell);
             }
         }
@@ -461,7 +550,11 @@ fn write_cell_op(
             for (entry_key, entry_value) in entries {
                 entry_key.validate(key_ty)?;
                 let key = element_key(&column_key, &ordered_element(entry_key, key_ty)?);
-                batch.merge(Family::Rows, key, live(check_value(column, value_ty, entry_value)?));
+                batch.merge(
+                    Family::Rows,
+                    key,
+                    live(check_value(column, value_ty, entry_value)?),
+                );
             }
         }
         (CqlType::Map(key_ty, _), CellOp::MapRemove(entry_keys)) => {
@@ -486,9 +579,15 @@ fn write_cell_op(
             };
             batch.merge(Family::Rows, key, cell);
         }
-        (_, CellOp::ListAppend(_) | CellOp::ListPrepend(_)) => return Err(wrong_op(column, "a list append")),
-        (_, CellOp::SetAdd(_) | CellOp::SetRemove(_)) => return Err(wrong_op(column, "a set add or remove")),
-        (_, CellOp::MapPut(_) | CellOp::MapRemove(_)) => return Err(wrong_op(column, "a map put or remove")),
+        (_, CellOp::ListAppend(_) | CellOp::ListPrepend(_)) => {
+            return Err(wrong_op(column, "a list append"));
+        }
+        (_, CellOp::SetAdd(_) | CellOp::SetRemove(_)) => {
+            return Err(wrong_op(column, "a set add or remove"));
+        }
+        (_, CellOp::MapPut(_) | CellOp::MapRemove(_)) => {
+            return Err(wrong_op(column, "a map put or remove"));
+        }
         (_, CellOp::UdtSetField(..)) => return Err(wrong_op(column, "a field update")),
     }
     Ok(())
@@ -531,14 +630,22 @@ impl RangeTombstone {
     }
 }
 
-fn decode_range_tombstone(section_key_len: usize, key: &[u8], value: &[u8]) -> Result<RangeTombstone> {
+fn decode_range_tombstone(
+    section_key_len: usize,
+    key: &[u8],
+    value: &[u8],
+) -> Result<RangeTombstone> {
     let rest = &key[section_key_len..];
     let corrupt = || Error::corruption(format!("range tombstone key {key:02x?} does not decode"));
     let (length, bounds) = rest.split_at_checked(2).ok_or_else(corrupt)?;
     let start_len = usize::from(u16::from_be_bytes([length[0], length[1]]));
     let (start, end) = bounds.split_at_checked(start_len).ok_or_else(corrupt)?;
     let header = CellHeader::decode(value)?;
-    Ok(RangeTombstone { start: start.to_vec(), end: end.to_vec(), deleted_at: header.write_time })
+    Ok(RangeTombstone {
+        start: start.to_vec(),
+        end: end.to_vec(),
+        deleted_at: header.write_time,
+    })
 }
 
 /// Deletions that apply to a whole partition's reads.
@@ -550,16 +657,26 @@ struct PartitionDeletions {
 
 fn load_deletions(view: &dyn ReadView, partition: &EncodedPartition) -> Result<PartitionDeletions> {
     let partition_deletion = view
-        .get(Family::Rows, &partition.section(keys::SECTION_PARTITION_DELETION))?
+        .get(
+            Family::Rows,
+            &partition.section(keys::SECTION_PARTITION_DELETION),
+        )?
         .map(|bytes| CellHeader::decode(&bytes).map(|header| header.write_time))
         .transpose()?;
     let section = partition.section(keys::SECTION_RANGE_TOMBSTONES);
     let mut ranges = Vec::new();
-    for item in view.scan(Family::Rows, &KeyRange::prefix(&section), Direction::Forward)? {
+    for item in view.scan(
+        Family::Rows,
+        &KeyRange::prefix(&section),
+        Direction::Forward,
+    )? {
         let (key, value) = item?;
         ranges.push(decode_range_tombstone(section.len(), &key, &value)?);
     }
-    Ok(PartitionDeletions { partition: partition_deletion, ranges })
+    Ok(PartitionDeletions {
+        partition: partition_deletion,
+        ranges,
+    })
 }
 
 /// Reads one partition's slice.
@@ -584,7 +701,12 @@ pub fn read_partition(
     if rows.is_empty() && static_row.is_none() {
         return Ok(None);
     }
-    Ok(Some(Partition { token: partition.token, key: partition_key.to_vec(), static_row, rows }))
+    Ok(Some(Partition {
+        token: partition.token,
+        key: partition_key.to_vec(),
+        static_row,
+        rows,
+    }))
 }
 
 /// Reads one row (with the partition's static columns merged in when `with_static`).
@@ -612,7 +734,11 @@ pub fn read_row(
     }
     let partition = keys::encode_partition(table, partition_key)?;
     let (start, end) = slice_bytes(table, &slice)?;
-    let options = ReadOptions { direction: Direction::Forward, limit_rows: Some(1), now_seconds };
+    let options = ReadOptions {
+        direction: Direction::Forward,
+        limit_rows: Some(1),
+        now_seconds,
+    };
     let (mut rows, _) = read_encoded_partition(view, table, &partition, &start, &end, options)?;
     Ok(rows.pop())
 }
@@ -628,18 +754,33 @@ fn read_static_row(
     }
     let deletions = PartitionDeletions {
         partition: view
-            .get(Family::Rows, &partition.section(keys::SECTION_PARTITION_DELETION))?
+            .get(
+                Family::Rows,
+                &partition.section(keys::SECTION_PARTITION_DELETION),
+            )?
             .map(|bytes| CellHeader::decode(&bytes).map(|header| header.write_time))
             .transpose()?,
         ranges: Vec::new(),
     };
     let section = partition.section(keys::SECTION_STATIC);
     let mut cells = Vec::new();
-    for item in view.scan(Family::Rows, &KeyRange::prefix(&section), Direction::Forward)? {
+    for item in view.scan(
+        Family::Rows,
+        &KeyRange::prefix(&section),
+        Direction::Forward,
+    )? {
         let (key, value) = item?;
         cells.push((key[section.len()..].to_vec(), value));
     }
-    resolve_row(table, Vec::new(), &[], &cells, &deletions, now_seconds, RowKind::Static)
+    resolve_row(
+        table,
+        Vec::new(),
+        &[],
+        &cells,
+        &deletions,
+        now_seconds,
+        RowKind::Static,
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -681,7 +822,15 @@ fn read_encoded_partition(
             if options.direction == Direction::Reverse {
                 cells.reverse();
             }
-            let row = resolve_row(table, clustering, &clustering_bytes, cells, &deletions, options.now_seconds, RowKind::Clustered)?;
+            let row = resolve_row(
+                table,
+                clustering,
+                &clustering_bytes,
+                cells,
+                &deletions,
+                options.now_seconds,
+                RowKind::Clustered,
+            )?;
             if let Some(row) = row {
                 rows.push(row);
                 last_returned = Some(clustering_bytes);
@@ -694,7 +843,8 @@ fn read_encoded_partition(
         let (key, value) = item?;
         let suffix = &key[rows_prefix.len()..];
         let same_row = current.as_ref().is_some_and(|(clustering_bytes, _)| {
-            suffix.starts_with(clustering_bytes) && suffix.get(clustering_bytes.len()) == Some(&keys::CELLS)
+            suffix.starts_with(clustering_bytes)
+                && suffix.get(clustering_bytes.len()) == Some(&keys::CELLS)
         });
         if !same_row {
             flush(&mut current, &mut cells, &mut rows)?;
@@ -742,7 +892,8 @@ fn resolve_row(
             cell_idx = 1;
         }
     }
-    let shadowed = |write_time: WriteTime, bound: Option<WriteTime>| bound.is_some_and(|at| write_time <= at);
+    let shadowed =
+        |write_time: WriteTime, bound: Option<WriteTime>| bound.is_some_and(|at| write_time <= at);
     let mut row_marker_live = false;
     let mut columns = BTreeMap::new();
     while cell_idx < cells.len() {
@@ -750,7 +901,8 @@ fn resolve_row(
         let (column_id, rest) = keys::decode_column(part)?;
         if column_id == keys::ROW_MARKER_COLUMN {
             let header = CellHeader::decode(value)?;
-            row_marker_live |= header.is_live(now_seconds) && !shadowed(header.write_time, deleted_at);
+            row_marker_live |=
+                header.is_live(now_seconds) && !shadowed(header.write_time, deleted_at);
             cell_idx += 1;
             continue;
         }
@@ -765,25 +917,45 @@ fn resolve_row(
             continue;
         };
         if column.ty.is_multi_cell() {
-            if let Some(column_value) = resolve_complex(column, &cells[cell_idx..column_end], deleted_at, now_seconds)? {
+            if let Some(column_value) = resolve_complex(
+                column,
+                &cells[cell_idx..column_end],
+                deleted_at,
+                now_seconds,
+            )? {
                 columns.insert(column_id, column_value);
             }
         } else if rest.is_empty() {
             let header = CellHeader::decode(value)?;
             if header.is_live(now_seconds) && !shadowed(header.write_time, deleted_at) {
                 let value = native::deserialize(&column.ty, header.value(value))?;
-                columns.insert(column_id, ColumnValue { value, write_time: header.write_time, expiry: header.expiry });
+                columns.insert(
+                    column_id,
+                    ColumnValue {
+                        value,
+                        write_time: header.write_time,
+                        expiry: header.expiry,
+                    },
+                );
             }
         }
         cell_idx = column_end;
     }
     let live = match kind {
         RowKind::Static => !columns.is_empty(),
-        RowKind::Clustered => row_marker_live || columns.keys().any(|id| {
-            table.column_by_id(*id).is_some_and(|c| c.kind == ColumnKind::Regular)
-        }),
+        RowKind::Clustered => {
+            row_marker_live
+                || columns.keys().any(|id| {
+                    table
+                        .column_by_id(*id)
+                        .is_some_and(|c| c.kind == ColumnKind::Regular)
+                })
+        }
     };
-    Ok(live.then_some(Row { clustering, columns }))
+    Ok(live.then_some(Row {
+        clustering,
+        columns,
+    }))
 }
 
 fn resolve_complex(
@@ -798,19 +970,33 @@ fn resolve_complex(
         let (_, rest) = keys::decode_column(part)?;
         let header = CellHeader::decode(value)?;
         match rest.split_first() {
-            Some((&keys::COMPLEX_DELETION, [])) => deleted_at = deleted_at.max(Some(header.write_time)),
-            Some((&keys::COMPLEX_ELEMENT, element_key)) => elements.push((element_key, header, value)),
-            _ => return Err(Error::corruption(format!("collection cell key {part:02x?} does not decode"))),
+            Some((&keys::COMPLEX_DELETION, [])) => {
+                deleted_at = deleted_at.max(Some(header.write_time))
+            }
+            Some((&keys::COMPLEX_ELEMENT, element_key)) => {
+                elements.push((element_key, header, value))
+            }
+            _ => {
+                return Err(Error::corruption(format!(
+                    "collection cell key {part:02x?} does not decode"
+                )));
+            }
         }
     }
     let live: Vec<_> = elements
         .into_iter()
-        .filter(|(_, header, _)| header.is_live(now_seconds) && deleted_at.is_none_or(|at| header.write_time > at))
+        .filter(|(_, header, _)| {
+            header.is_live(now_seconds) && deleted_at.is_none_or(|at| header.write_time > at)
+        })
         .collect();
     if live.is_empty() {
         return Ok(None);
     }
-    let write_time = live.iter().map(|(_, header, _)| header.write_time).max().unwrap_or(WriteTime(0));
+    let write_time = live
+        .iter()
+        .map(|(_, header, _)| header.write_time)
+        .max()
+        .unwrap_or(WriteTime(0));
     let value = match &column.ty {
         CqlType::List(element_ty) => CqlValue::List(
             live.iter()
@@ -819,7 +1005,9 @@ fn resolve_complex(
         ),
         CqlType::Set(element_ty) => CqlValue::Set(
             live.iter()
-                .map(|(element_key, _, _)| ordered::decode(element_ty, ClusteringOrder::Asc, &mut &element_key[..]))
+                .map(|(element_key, _, _)| {
+                    ordered::decode(element_ty, ClusteringOrder::Asc, &mut &element_key[..])
+                })
                 .collect::<Result<_>>()?,
         ),
         CqlType::Map(key_ty, value_ty) => CqlValue::Map(
@@ -847,7 +1035,11 @@ fn resolve_complex(
         }
         other => return Err(Error::Internal(format!("{other} is not a multi-cell type"))),
     };
-    Ok(Some(ColumnValue { value, write_time, expiry: None }))
+    Ok(Some(ColumnValue {
+        value,
+        write_time,
+        expiry: None,
+    }))
 }
 
 /// Where a token-range scan resumes: after a partition, or inside one after
@@ -918,7 +1110,9 @@ pub fn scan_token_range(
     if let Some(cursor) = cursor
         && !cursor.partition_prefix.starts_with(&table_prefix)
     {
-        return Err(Error::InvalidRequest("paging state belongs to another table".into()));
+        return Err(Error::InvalidRequest(
+            "paging state belongs to another table".into(),
+        ));
     }
     let mut partitions = Vec::new();
     let mut rows_left = page_rows;
@@ -936,7 +1130,10 @@ pub fn scan_token_range(
     let key_ranges: Vec<(Vec<u8>, Vec<u8>)> = if range.start < range.end {
         vec![(after_token(range.start), after_token(range.end))]
     } else {
-        vec![(after_token(range.start), table_end.clone()), (token_key(Token(i64::MIN)), after_token(range.end))]
+        vec![
+            (after_token(range.start), table_end.clone()),
+            (token_key(Token(i64::MIN)), after_token(range.end)),
+        ]
     };
     let mut resume = cursor.cloned();
     // The second part of a wrapping range sorts first in key space, so the
@@ -961,49 +1158,98 @@ pub fn scan_token_range(
                 let (partition, values) = keys::decode_partition(table, &cursor.partition_prefix)?;
                 let mut start = after_row.clone();
                 start.push(keys::AFTER_PREFIX);
-                let options = ReadOptions { direction: Direction::Forward, limit_rows: Some(rows_left), now_seconds };
-                let (rows, cut) = read_encoded_partition(view, table, &partition, &start, &[0xFF], options)?;
+                let options = ReadOptions {
+                    direction: Direction::Forward,
+                    limit_rows: Some(rows_left),
+                    now_seconds,
+                };
+                let (rows, cut) =
+                    read_encoded_partition(view, table, &partition, &start, &[0xFF], options)?;
                 rows_left -= rows.len();
                 if !rows.is_empty() {
-                    partitions.push(Partition { token: partition.token, key: values, static_row: None, rows });
+                    partitions.push(Partition {
+                        token: partition.token,
+                        key: values,
+                        static_row: None,
+                        rows,
+                    });
                 }
                 if let Some(after_row) = cut {
-                    let next = ScanCursor { partition_prefix: partition.prefix, after_row: Some(after_row) };
-                    return Ok(ScanPage { partitions, next: Some(next) });
+                    let next = ScanCursor {
+                        partition_prefix: partition.prefix,
+                        after_row: Some(after_row),
+                    };
+                    return Ok(ScanPage {
+                        partitions,
+                        next: Some(next),
+                    });
                 }
             }
-            position = prefix_successor(&cursor.partition_prefix).unwrap_or_else(|| range_end.clone());
+            position =
+                prefix_successor(&cursor.partition_prefix).unwrap_or_else(|| range_end.clone());
             resume = None;
-        } else if resume.as_ref().is_some_and(|cursor| cursor.partition_prefix >= range_end) {
+        } else if resume
+            .as_ref()
+            .is_some_and(|cursor| cursor.partition_prefix >= range_end)
+        {
             continue;
         }
         while position < range_end {
             let next_key = view
-                .scan(Family::Rows, &KeyRange::half_open(position.clone(), range_end.clone()), Direction::Forward)?
+                .scan(
+                    Family::Rows,
+                    &KeyRange::half_open(position.clone(), range_end.clone()),
+                    Direction::Forward,
+                )?
                 .next()
                 .transpose()?;
             let Some((key, _)) = next_key else { break };
             let (partition, values) = keys::decode_partition(table, &key)?;
-            let options = ReadOptions { direction: Direction::Forward, limit_rows: Some(rows_left), now_seconds };
-            let (rows, cut) = read_encoded_partition(view, table, &partition, &[], &[0xFF], options)?;
+            let options = ReadOptions {
+                direction: Direction::Forward,
+                limit_rows: Some(rows_left),
+                now_seconds,
+            };
+            let (rows, cut) =
+                read_encoded_partition(view, table, &partition, &[], &[0xFF], options)?;
             let static_row = read_static_row(view, table, &partition, now_seconds)?;
             let counted = rows.len().max(usize::from(static_row.is_some()));
             if counted > 0 {
                 rows_left = rows_left.saturating_sub(counted);
-                partitions.push(Partition { token: partition.token, key: values, static_row, rows });
+                partitions.push(Partition {
+                    token: partition.token,
+                    key: values,
+                    static_row,
+                    rows,
+                });
             }
             if let Some(after_row) = cut {
-                let next = ScanCursor { partition_prefix: partition.prefix, after_row: Some(after_row) };
-                return Ok(ScanPage { partitions, next: Some(next) });
+                let next = ScanCursor {
+                    partition_prefix: partition.prefix,
+                    after_row: Some(after_row),
+                };
+                return Ok(ScanPage {
+                    partitions,
+                    next: Some(next),
+                });
             }
             if rows_left == 0 {
-                let next = ScanCursor { partition_prefix: partition.prefix, after_row: None };
-                return Ok(ScanPage { partitions, next: Some(next) });
+                let next = ScanCursor {
+                    partition_prefix: partition.prefix,
+                    after_row: None,
+                };
+                return Ok(ScanPage {
+                    partitions,
+                    next: Some(next),
+                });
             }
             position = prefix_successor(&partition.prefix).unwrap_or_else(|| range_end.clone());
         }
     }
-    Ok(ScanPage { partitions, next: None })
+    Ok(ScanPage {
+        partitions,
+        next: None,
+    })
 }
 
 /// Deletes every row of a table (`TRUNCATE`, `DROP TABLE`).
@@ -1102,7 +1348,10 @@ pub struct RowCompactionFilter {
 
 impl RowCompactionFilter {
     fn enter_partition(&mut self, key: &[u8]) -> Option<&mut PartitionState> {
-        let inside = self.partition.as_ref().is_some_and(|state| key.starts_with(&state.prefix));
+        let inside = self
+            .partition
+            .as_ref()
+            .is_some_and(|state| key.starts_with(&state.prefix));
         if !inside {
             self.partition = None;
             let table_id = TableId(u32::from_be_bytes(key.get(..4)?.try_into().ok()?));
@@ -1121,8 +1370,15 @@ impl RowCompactionFilter {
 
     fn tombstone_decision(&self, write_time: WriteTime, gc_grace_seconds: u32) -> FilterDecision {
         let purgeable = self.context.is_full_compaction
-            && write_time.seconds().saturating_add(i64::from(gc_grace_seconds)) < self.now_seconds;
-        if purgeable { FilterDecision::Remove } else { FilterDecision::Keep }
+            && write_time
+                .seconds()
+                .saturating_add(i64::from(gc_grace_seconds))
+                < self.now_seconds;
+        if purgeable {
+            FilterDecision::Remove
+        } else {
+            FilterDecision::Keep
+        }
     }
 
     fn decide(&mut self, key: &[u8], value: &[u8]) -> Option<FilterDecision> {
@@ -1130,11 +1386,19 @@ impl RowCompactionFilter {
         let table_known = key
             .get(..4)
             .and_then(|bytes| bytes.try_into().ok())
-            .is_some_and(|bytes| self.tables.get(TableId(u32::from_be_bytes(bytes))).is_some());
+            .is_some_and(|bytes| {
+                self.tables
+                    .get(TableId(u32::from_be_bytes(bytes)))
+                    .is_some()
+            });
         if !table_known {
             // Cells of a dropped table are deleted by a range delete; a full
             // compaction removes whatever is left.
-            return Some(if is_full_compaction { FilterDecision::Remove } else { FilterDecision::Keep });
+            return Some(if is_full_compaction {
+                FilterDecision::Remove
+            } else {
+                FilterDecision::Keep
+            });
         }
         let now_seconds = self.now_seconds;
         let header = CellHeader::decode(value).ok()?;
@@ -1143,7 +1407,8 @@ impl RowCompactionFilter {
         let section = *key.get(state.prefix.len())?;
         let suffix = &key[state.prefix.len() + 1..];
         let partition_deleted_at = state.deletions.partition;
-        let shadowed_by = |bound: Option<WriteTime>| bound.is_some_and(|at| header.write_time <= at);
+        let shadowed_by =
+            |bound: Option<WriteTime>| bound.is_some_and(|at| header.write_time <= at);
         match section {
             keys::SECTION_PARTITION_DELETION => {
                 state.deletions.partition = Some(header.write_time);
@@ -1162,7 +1427,10 @@ impl RowCompactionFilter {
                 let mut input = suffix;
                 if section == keys::SECTION_ROWS {
                     // Find the row: reuse the last one if the key extends it.
-                    let same_row = state.row.as_ref().is_some_and(|(row, _)| suffix.starts_with(row));
+                    let same_row = state
+                        .row
+                        .as_ref()
+                        .is_some_and(|(row, _)| suffix.starts_with(row));
                     if !same_row {
                         keys::decode_clustering(&state.table, &mut input).ok()?;
                         let clustering_len = suffix.len() - input.len();
@@ -1183,7 +1451,8 @@ impl RowCompactionFilter {
                         }
                     }
                 }
-                let (column, rest) = keys::decode_column(suffix.get(row_prefix.len() - 1..)?).ok()?;
+                let (column, rest) =
+                    keys::decode_column(suffix.get(row_prefix.len() - 1..)?).ok()?;
                 if column == keys::ROW_DELETION_COLUMN && section == keys::SECTION_ROWS {
                     if shadowed_by(deleted_at) {
                         return Some(FilterDecision::Remove);
@@ -1214,9 +1483,16 @@ impl RowCompactionFilter {
                     return Some(self.tombstone_decision(header.write_time, gc_grace_seconds));
                 }
                 let expired = header.expiry.is_some_and(|expiry| {
-                    expiry.expiry_seconds.saturating_add(EXPIRED_PURGE_DELAY_SECONDS) <= now_seconds
+                    expiry
+                        .expiry_seconds
+                        .saturating_add(EXPIRED_PURGE_DELAY_SECONDS)
+                        <= now_seconds
                 });
-                Some(if expired { FilterDecision::Remove } else { FilterDecision::Keep })
+                Some(if expired {
+                    FilterDecision::Remove
+                } else {
+                    FilterDecision::Keep
+                })
             }
             _ => Some(FilterDecision::Keep),
         }

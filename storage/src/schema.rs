@@ -132,7 +132,9 @@ impl TableDef {
     }
 
     pub fn has_static_columns(&self) -> bool {
-        self.columns.iter().any(|column| column.kind == ColumnKind::Static)
+        self.columns
+            .iter()
+            .any(|column| column.kind == ColumnKind::Static)
     }
 
     /// Regular and static columns: those stored as cells.
@@ -195,7 +197,9 @@ pub enum IfExists {
 fn check_schema_name(kind: &str, name: &str) -> Result<()> {
     let valid = !name.is_empty()
         && name.len() <= SCHEMA_NAME_BYTES_MAX
-        && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_');
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_');
     if valid {
         Ok(())
     } else {
@@ -245,7 +249,9 @@ fn check_column_type(column: &str, ty: &CqlType, in_collection: bool) -> Result<
             }
             Ok(())
         }
-        CqlType::Tuple(fields) => fields.iter().try_for_each(|field| check_frozen_type(column, field)),
+        CqlType::Tuple(fields) => fields
+            .iter()
+            .try_for_each(|field| check_frozen_type(column, field)),
         CqlType::Frozen(inner) => check_frozen_type(column, inner),
         _ => Ok(()),
     }
@@ -264,7 +270,9 @@ fn check_frozen_type(column: &str, ty: &CqlType) -> Result<()> {
             check_frozen_type(column, key)?;
             check_frozen_type(column, value)
         }
-        CqlType::Tuple(fields) => fields.iter().try_for_each(|field| check_frozen_type(column, field)),
+        CqlType::Tuple(fields) => fields
+            .iter()
+            .try_for_each(|field| check_frozen_type(column, field)),
         _ => Ok(()),
     }
 }
@@ -281,20 +289,28 @@ impl Schema {
     /// # Errors
     /// `UnknownKeyspace`.
     pub fn keyspace(&self, name: &str) -> Result<&KeyspaceSchema> {
-        self.keyspaces.get(name).ok_or_else(|| Error::UnknownKeyspace(name.to_owned()))
+        self.keyspaces
+            .get(name)
+            .ok_or_else(|| Error::UnknownKeyspace(name.to_owned()))
     }
 
     /// # Errors
     /// `UnknownKeyspace`, `UnknownTable`.
     pub fn table(&self, keyspace: &str, name: &str) -> Result<&Arc<TableDef>> {
-        self.keyspace(keyspace)?.tables.get(name).ok_or_else(|| Error::UnknownTable {
-            keyspace: keyspace.to_owned(),
-            table: name.to_owned(),
-        })
+        self.keyspace(keyspace)?
+            .tables
+            .get(name)
+            .ok_or_else(|| Error::UnknownTable {
+                keyspace: keyspace.to_owned(),
+                table: name.to_owned(),
+            })
     }
 
     pub fn table_by_id(&self, id: TableId) -> Option<&Arc<TableDef>> {
-        self.keyspaces.values().flat_map(|keyspace| keyspace.tables.values()).find(|t| t.id == id)
+        self.keyspaces
+            .values()
+            .flat_map(|keyspace| keyspace.tables.values())
+            .find(|t| t.id == id)
     }
 
     /// Looks a user-defined type up by name within a keyspace.
@@ -309,8 +325,13 @@ impl Schema {
     /// `AlreadyExists`, `InvalidRequest` for a bad name or replication factor.
     pub fn create_keyspace(&mut self, def: KeyspaceDef, if_exists: IfExists) -> Result<bool> {
         check_schema_name("keyspace", &def.name)?;
-        if let ReplicationStrategy::Simple { replication_factor: 0 } = def.replication {
-            return Err(Error::InvalidRequest("replication_factor must be at least 1".into()));
+        if let ReplicationStrategy::Simple {
+            replication_factor: 0,
+        } = def.replication
+        {
+            return Err(Error::InvalidRequest(
+                "replication_factor must be at least 1".into(),
+            ));
         }
         if self.keyspaces.contains_key(&def.name) {
             return match if_exists {
@@ -323,7 +344,11 @@ impl Schema {
         }
         self.keyspaces.insert(
             def.name.clone(),
-            KeyspaceSchema { def, types: Vec::new(), tables: BTreeMap::new() },
+            KeyspaceSchema {
+                def,
+                types: Vec::new(),
+                tables: BTreeMap::new(),
+            },
         );
         self.version += 1;
         Ok(true)
@@ -356,9 +381,10 @@ impl Schema {
         if_exists: IfExists,
     ) -> Result<bool> {
         check_schema_name("type", name)?;
-        let keyspace = self.keyspaces.get_mut(keyspace_name).ok_or_else(|| {
-            Error::UnknownKeyspace(keyspace_name.to_owned())
-        })?;
+        let keyspace = self
+            .keyspaces
+            .get_mut(keyspace_name)
+            .ok_or_else(|| Error::UnknownKeyspace(keyspace_name.to_owned()))?;
         if keyspace.types.iter().any(|udt| udt.name == name) {
             return match if_exists {
                 IfExists::Lenient => Ok(false),
@@ -369,11 +395,16 @@ impl Schema {
             };
         }
         if fields.is_empty() {
-            return Err(Error::InvalidRequest(format!("type {name} must have at least one field")));
+            return Err(Error::InvalidRequest(format!(
+                "type {name} must have at least one field"
+            )));
         }
         for (field_idx, (field_name, field_type)) in fields.iter().enumerate() {
             check_column_name(field_name)?;
-            if fields[..field_idx].iter().any(|(other, _)| other == field_name) {
+            if fields[..field_idx]
+                .iter()
+                .any(|(other, _)| other == field_name)
+            {
                 return Err(Error::InvalidRequest(format!(
                     "type {name} declares field {field_name} twice"
                 )));
@@ -398,10 +429,16 @@ impl Schema {
     ///
     /// # Errors
     /// `UnknownType` unless lenient; `InvalidRequest` when a table uses it.
-    pub fn drop_type(&mut self, keyspace_name: &str, name: &str, if_exists: IfExists) -> Result<()> {
-        let keyspace = self.keyspaces.get_mut(keyspace_name).ok_or_else(|| {
-            Error::UnknownKeyspace(keyspace_name.to_owned())
-        })?;
+    pub fn drop_type(
+        &mut self,
+        keyspace_name: &str,
+        name: &str,
+        if_exists: IfExists,
+    ) -> Result<()> {
+        let keyspace = self
+            .keyspaces
+            .get_mut(keyspace_name)
+            .ok_or_else(|| Error::UnknownKeyspace(keyspace_name.to_owned()))?;
         let Some(position) = keyspace.types.iter().position(|udt| udt.name == name) else {
             return match if_exists {
                 IfExists::Lenient => Ok(()),
@@ -412,7 +449,10 @@ impl Schema {
             };
         };
         let used_by = keyspace.tables.values().find(|table| {
-            table.columns.iter().any(|column| type_mentions(&column.ty, name))
+            table
+                .columns
+                .iter()
+                .any(|column| type_mentions(&column.ty, name))
         });
         if let Some(table) = used_by {
             return Err(Error::InvalidRequest(format!(
@@ -431,7 +471,11 @@ impl Schema {
     /// `UnknownKeyspace`, `AlreadyExists`, `InvalidRequest` (no partition key,
     /// duplicate column, static without clustering, ...), `InvalidType`,
     /// `Unsupported` (counters).
-    pub fn create_table(&mut self, spec: TableSpec, if_exists: IfExists) -> Result<Option<Arc<TableDef>>> {
+    pub fn create_table(
+        &mut self,
+        spec: TableSpec,
+        if_exists: IfExists,
+    ) -> Result<Option<Arc<TableDef>>> {
         check_schema_name("table", &spec.name)?;
         let keyspace = self.keyspace(&spec.keyspace)?;
         if keyspace.tables.contains_key(&spec.name) {
@@ -453,25 +497,42 @@ impl Schema {
         let mut columns = Vec::with_capacity(spec.columns.len());
         for (column_idx, column) in spec.columns.into_iter().enumerate() {
             check_column_name(&column.name)?;
-            if columns.iter().any(|existing: &ColumnDef| existing.name == column.name) {
-                return Err(Error::InvalidRequest(format!("column {} is declared twice", column.name)));
+            if columns
+                .iter()
+                .any(|existing: &ColumnDef| existing.name == column.name)
+            {
+                return Err(Error::InvalidRequest(format!(
+                    "column {} is declared twice",
+                    column.name
+                )));
             }
             check_column_type(&column.name, &column.ty, false)?;
-            let in_primary_key =
-                matches!(column.kind, ColumnKind::PartitionKey | ColumnKind::Clustering(_));
+            let in_primary_key = matches!(
+                column.kind,
+                ColumnKind::PartitionKey | ColumnKind::Clustering(_)
+            );
             if in_primary_key && !ordered::is_orderable(&column.ty) {
                 return Err(Error::InvalidType(format!(
                     "column {} of type {} cannot be part of the primary key{}",
                     column.name,
                     column.ty,
-                    if column.ty.is_multi_cell() { ", use a frozen type" } else { "" }
+                    if column.ty.is_multi_cell() {
+                        ", use a frozen type"
+                    } else {
+                        ""
+                    }
                 )));
             }
             let id = u16::try_from(column_idx)
                 .ok()
                 .and_then(|idx| idx.checked_add(FIRST_USER_COLUMN_ID))
                 .ok_or_else(|| Error::Internal("column id overflow".into()))?;
-            columns.push(ColumnDef { id: ColumnId(id), name: column.name, ty: column.ty, kind: column.kind });
+            columns.push(ColumnDef {
+                id: ColumnId(id),
+                name: column.name,
+                ty: column.ty,
+                kind: column.kind,
+            });
         }
         let partition_key: Vec<usize> = (0..columns.len())
             .filter(|&idx| columns[idx].kind == ColumnKind::PartitionKey)
@@ -480,9 +541,16 @@ impl Schema {
             .filter(|&idx| matches!(columns[idx].kind, ColumnKind::Clustering(_)))
             .collect();
         if partition_key.is_empty() {
-            return Err(Error::InvalidRequest(format!("table {} has no partition key", spec.name)));
+            return Err(Error::InvalidRequest(format!(
+                "table {} has no partition key",
+                spec.name
+            )));
         }
-        if clustering.is_empty() && columns.iter().any(|column| column.kind == ColumnKind::Static) {
+        if clustering.is_empty()
+            && columns
+                .iter()
+                .any(|column| column.kind == ColumnKind::Static)
+        {
             return Err(Error::InvalidRequest(format!(
                 "table {} has static columns but no clustering columns",
                 spec.name
@@ -499,9 +567,10 @@ impl Schema {
             clustering,
             options: spec.options,
         });
-        let keyspace = self.keyspaces.get_mut(&spec.keyspace).ok_or_else(|| {
-            Error::Internal("keyspace vanished while creating a table".into())
-        })?;
+        let keyspace = self
+            .keyspaces
+            .get_mut(&spec.keyspace)
+            .ok_or_else(|| Error::Internal("keyspace vanished while creating a table".into()))?;
         keyspace.tables.insert(spec.name, table.clone());
         self.version += 1;
         Ok(Some(table))
@@ -511,17 +580,26 @@ impl Schema {
     ///
     /// # Errors
     /// `UnknownKeyspace`, or `UnknownTable` unless lenient.
-    pub fn drop_table(&mut self, keyspace: &str, name: &str, if_exists: IfExists) -> Result<Option<Arc<TableDef>>> {
-        let keyspace_schema = self.keyspaces.get_mut(keyspace).ok_or_else(|| {
-            Error::UnknownKeyspace(keyspace.to_owned())
-        })?;
+    pub fn drop_table(
+        &mut self,
+        keyspace: &str,
+        name: &str,
+        if_exists: IfExists,
+    ) -> Result<Option<Arc<TableDef>>> {
+        let keyspace_schema = self
+            .keyspaces
+            .get_mut(keyspace)
+            .ok_or_else(|| Error::UnknownKeyspace(keyspace.to_owned()))?;
         match keyspace_schema.tables.remove(name) {
             Some(table) => {
                 self.version += 1;
                 Ok(Some(table))
             }
             None if if_exists == IfExists::Lenient => Ok(None),
-            None => Err(Error::UnknownTable { keyspace: keyspace.to_owned(), table: name.to_owned() }),
+            None => Err(Error::UnknownTable {
+                keyspace: keyspace.to_owned(),
+                table: name.to_owned(),
+            }),
         }
     }
 
@@ -529,7 +607,12 @@ impl Schema {
     ///
     /// # Errors
     /// As `create_table` for the new column.
-    pub fn add_column(&mut self, keyspace: &str, table: &str, column: ColumnSpec) -> Result<Arc<TableDef>> {
+    pub fn add_column(
+        &mut self,
+        keyspace: &str,
+        table: &str,
+        column: ColumnSpec,
+    ) -> Result<Arc<TableDef>> {
         let existing = self.table(keyspace, table)?.clone();
         check_column_name(&column.name)?;
         if existing.column(&column.name).is_some() {
@@ -540,7 +623,9 @@ impl Schema {
             )));
         }
         if !matches!(column.kind, ColumnKind::Regular | ColumnKind::Static) {
-            return Err(Error::InvalidRequest("cannot add a primary key column".into()));
+            return Err(Error::InvalidRequest(
+                "cannot add a primary key column".into(),
+            ));
         }
         if column.kind == ColumnKind::Static && existing.clustering.is_empty() {
             return Err(Error::InvalidRequest(format!(
@@ -557,12 +642,22 @@ impl Schema {
             )));
         }
         // Ids are never reused, so a dropped column's cells never reappear.
-        let next_id = existing.columns.iter().map(|c| c.id.0).max().unwrap_or(FIRST_USER_COLUMN_ID);
+        let next_id = existing
+            .columns
+            .iter()
+            .map(|c| c.id.0)
+            .max()
+            .unwrap_or(FIRST_USER_COLUMN_ID);
         let id = next_id
             .checked_add(1)
             .ok_or_else(|| Error::InvalidRequest("table has run out of column ids".into()))?;
         let mut table_def = (*existing).clone();
-        table_def.columns.push(ColumnDef { id: ColumnId(id), name: column.name, ty: column.ty, kind: column.kind });
+        table_def.columns.push(ColumnDef {
+            id: ColumnId(id),
+            name: column.name,
+            ty: column.ty,
+            kind: column.kind,
+        });
         self.replace_table(table_def)
     }
 
@@ -570,7 +665,12 @@ impl Schema {
     ///
     /// # Errors
     /// `InvalidRequest` for a missing or primary key column.
-    pub fn drop_column(&mut self, keyspace: &str, table: &str, column: &str) -> Result<Arc<TableDef>> {
+    pub fn drop_column(
+        &mut self,
+        keyspace: &str,
+        table: &str,
+        column: &str,
+    ) -> Result<Arc<TableDef>> {
         let existing = self.table(keyspace, table)?.clone();
         let Some(position) = existing.columns.iter().position(|c| c.name == column) else {
             return Err(Error::InvalidRequest(format!(
@@ -578,14 +678,27 @@ impl Schema {
                 existing.qualified_name()
             )));
         };
-        if !matches!(existing.columns[position].kind, ColumnKind::Regular | ColumnKind::Static) {
-            return Err(Error::InvalidRequest(format!("cannot drop primary key column {column}")));
+        if !matches!(
+            existing.columns[position].kind,
+            ColumnKind::Regular | ColumnKind::Static
+        ) {
+            return Err(Error::InvalidRequest(format!(
+                "cannot drop primary key column {column}"
+            )));
         }
         let mut table_def = (*existing).clone();
         table_def.columns.remove(position);
         let reindex = |idx: usize| if idx > position { idx - 1 } else { idx };
-        table_def.partition_key = table_def.partition_key.iter().map(|&idx| reindex(idx)).collect();
-        table_def.clustering = table_def.clustering.iter().map(|&idx| reindex(idx)).collect();
+        table_def.partition_key = table_def
+            .partition_key
+            .iter()
+            .map(|&idx| reindex(idx))
+            .collect();
+        table_def.clustering = table_def
+            .clustering
+            .iter()
+            .map(|&idx| reindex(idx))
+            .collect();
         self.replace_table(table_def)
     }
 
@@ -593,16 +706,22 @@ impl Schema {
     ///
     /// # Errors
     /// `UnknownKeyspace`, `UnknownTable`.
-    pub fn alter_table_options(&mut self, keyspace: &str, table: &str, options: TableOptions) -> Result<Arc<TableDef>> {
+    pub fn alter_table_options(
+        &mut self,
+        keyspace: &str,
+        table: &str,
+        options: TableOptions,
+    ) -> Result<Arc<TableDef>> {
         let mut table_def = (**self.table(keyspace, table)?).clone();
         table_def.options = options;
         self.replace_table(table_def)
     }
 
     fn replace_table(&mut self, table_def: TableDef) -> Result<Arc<TableDef>> {
-        let keyspace = self.keyspaces.get_mut(&table_def.keyspace).ok_or_else(|| {
-            Error::UnknownKeyspace(table_def.keyspace.clone())
-        })?;
+        let keyspace = self
+            .keyspaces
+            .get_mut(&table_def.keyspace)
+            .ok_or_else(|| Error::UnknownKeyspace(table_def.keyspace.clone()))?;
         let table = Arc::new(table_def);
         keyspace.tables.insert(table.name.clone(), table.clone());
         self.version += 1;
@@ -628,7 +747,11 @@ impl Schema {
                         .iter()
                         .map(|udt| PersistedType {
                             name: udt.name.clone(),
-                            fields: udt.fields.iter().map(|(n, t)| (n.clone(), t.to_string())).collect(),
+                            fields: udt
+                                .fields
+                                .iter()
+                                .map(|(n, t)| (n.clone(), t.to_string()))
+                                .collect(),
                         })
                         .collect(),
                     tables: keyspace
@@ -655,7 +778,8 @@ impl Schema {
                 })
                 .collect(),
         };
-        serde_json::to_vec(&persisted).map_err(|error| Error::Internal(format!("serialize schema: {error}")))
+        serde_json::to_vec(&persisted)
+            .map_err(|error| Error::Internal(format!("serialize schema: {error}")))
     }
 
     /// Reads a schema written by [`Schema::to_bytes`].
@@ -666,7 +790,10 @@ impl Schema {
         let persisted: PersistedSchema = serde_json::from_slice(bytes)
             .map_err(|error| Error::corruption(format!("schema does not decode: {error}")))?;
         if persisted.format != PERSISTED_SCHEMA_FORMAT {
-            return Err(Error::corruption(format!("schema format {} is unknown", persisted.format)));
+            return Err(Error::corruption(format!(
+                "schema format {} is unknown",
+                persisted.format
+            )));
         }
         let mut schema = Schema {
             keyspaces: BTreeMap::new(),
@@ -700,7 +827,10 @@ impl Schema {
                 }
                 let in_range = |indices: &[usize]| indices.iter().all(|&idx| idx < columns.len());
                 if !in_range(&table.partition_key) || !in_range(&table.clustering) {
-                    return Err(Error::corruption(format!("table {} has a key column index out of range", table.name)));
+                    return Err(Error::corruption(format!(
+                        "table {} has a key column index out of range",
+                        table.name
+                    )));
                 }
                 let table_def = TableDef {
                     id: table.id,
@@ -713,7 +843,14 @@ impl Schema {
                 };
                 tables.insert(table.name, Arc::new(table_def));
             }
-            schema.keyspaces.insert(keyspace_name, KeyspaceSchema { def: keyspace.def, types, tables });
+            schema.keyspaces.insert(
+                keyspace_name,
+                KeyspaceSchema {
+                    def: keyspace.def,
+                    types,
+                    tables,
+                },
+            );
         }
         Ok(schema)
     }
@@ -721,8 +858,12 @@ impl Schema {
 
 fn type_mentions(ty: &CqlType, udt_name: &str) -> bool {
     match ty {
-        CqlType::Udt(udt) => udt.name == udt_name || udt.fields.iter().any(|(_, t)| type_mentions(t, udt_name)),
-        CqlType::List(inner) | CqlType::Set(inner) | CqlType::Frozen(inner) => type_mentions(inner, udt_name),
+        CqlType::Udt(udt) => {
+            udt.name == udt_name || udt.fields.iter().any(|(_, t)| type_mentions(t, udt_name))
+        }
+        CqlType::List(inner) | CqlType::Set(inner) | CqlType::Frozen(inner) => {
+            type_mentions(inner, udt_name)
+        }
         CqlType::Map(key, value) => type_mentions(key, udt_name) || type_mentions(value, udt_name),
         CqlType::Tuple(fields) => fields.iter().any(|field| type_mentions(field, udt_name)),
         _ => false,
@@ -731,8 +872,9 @@ fn type_mentions(ty: &CqlType, udt_name: &str) -> bool {
 
 fn parse_persisted_type(text: &str, types: &[Arc<UdtDefinition>]) -> Result<CqlType> {
     let resolve = |name: &str| types.iter().find(|udt| udt.name == name).cloned();
-    CqlType::parse(text, &resolve)
-        .map_err(|error| Error::corruption(format!("persisted type {text:?} does not parse: {error}")))
+    CqlType::parse(text, &resolve).map_err(|error| {
+        Error::corruption(format!("persisted type {text:?} does not parse: {error}"))
+    })
 }
 
 const PERSISTED_SCHEMA_FORMAT: u32 = 1;

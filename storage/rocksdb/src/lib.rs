@@ -25,8 +25,8 @@ use concord_storage::engine::{
 };
 use concord_storage::{Error, Result};
 use rocksdb::{
-    BlockBasedOptions, BottommostLevelCompaction, ColumnFamilyDescriptor, CompactOptions,
-    DBRawIteratorWithThreadMode, DB, FlushOptions, Options, ReadOptions, WriteOptions,
+    BlockBasedOptions, BottommostLevelCompaction, ColumnFamilyDescriptor, CompactOptions, DB,
+    DBRawIteratorWithThreadMode, FlushOptions, Options, ReadOptions, WriteOptions,
 };
 
 /// Tuning knobs of the RocksDB engine.
@@ -58,7 +58,9 @@ pub struct RocksEngine {
 
 impl std::fmt::Debug for RocksEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocksEngine").field("path", &self.path).finish()
+        f.debug_struct("RocksEngine")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -101,7 +103,10 @@ impl RocksEngine {
         });
         let db = DB::open_cf_descriptors(&db_options, path, descriptors)
             .map_err(|error| engine_error(&format!("open rocksdb at {}", path.display()), error))?;
-        Ok(RocksEngine { db, path: path.to_path_buf() })
+        Ok(RocksEngine {
+            db,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -117,8 +122,11 @@ impl RocksEngine {
 
 fn merge_function(
     merge_operator: Arc<dyn MergeOperator>,
-) -> impl Fn(&[u8], Option<&[u8]>, &rocksdb::MergeOperands) -> Option<Vec<u8>> + Clone + Send + Sync + 'static
-{
+) -> impl Fn(&[u8], Option<&[u8]>, &rocksdb::MergeOperands) -> Option<Vec<u8>>
++ Clone
++ Send
++ Sync
++ 'static {
     move |key, existing, operands| {
         let operands: Vec<&[u8]> = operands.iter().collect();
         merge_operator.merge(key, existing, &operands)
@@ -158,9 +166,17 @@ impl rocksdb::compaction_filter::CompactionFilter for FilterAdapter {
 impl rocksdb::compaction_filter_factory::CompactionFilterFactory for FilterFactoryAdapter {
     type Filter = FilterAdapter;
 
-    fn create(&mut self, context: rocksdb::compaction_filter_factory::CompactionFilterContext) -> FilterAdapter {
-        let context = CompactionContext { is_full_compaction: context.is_full_compaction };
-        FilterAdapter { filter: self.factory.create(context), name: self.name.clone() }
+    fn create(
+        &mut self,
+        context: rocksdb::compaction_filter_factory::CompactionFilterContext,
+    ) -> FilterAdapter {
+        let context = CompactionContext {
+            is_full_compaction: context.is_full_compaction,
+        };
+        FilterAdapter {
+            filter: self.factory.create(context),
+            name: self.name.clone(),
+        }
     }
 
     fn name(&self) -> &std::ffi::CStr {
@@ -204,7 +220,11 @@ impl<'a> RawScan<'a> {
             Direction::Forward => iterator.seek_to_first(),
             Direction::Reverse => iterator.seek_to_last(),
         }
-        RawScan { iterator, direction, done: false }
+        RawScan {
+            iterator,
+            direction,
+            done: false,
+        }
     }
 }
 
@@ -217,13 +237,19 @@ impl Iterator for RawScan<'_> {
         }
         if !self.iterator.valid() {
             self.done = true;
-            return self.iterator.status().err().map(|error| Err(engine_error("scan", error)));
+            return self
+                .iterator
+                .status()
+                .err()
+                .map(|error| Err(engine_error("scan", error)));
         }
         let item = match (self.iterator.key(), self.iterator.value()) {
             (Some(key), Some(value)) => (key.to_vec(), value.to_vec()),
             _ => {
                 self.done = true;
-                return Some(Err(Error::Internal("valid rocksdb iterator without a key".into())));
+                return Some(Err(Error::Internal(
+                    "valid rocksdb iterator without a key".into(),
+                )));
             }
         };
         match self.direction {
@@ -236,11 +262,15 @@ impl Iterator for RawScan<'_> {
 
 impl ReadView for RocksEngine {
     fn get(&self, family: Family, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db.get_cf(self.cf(family)?, key).map_err(|error| engine_error("get", error))
+        self.db
+            .get_cf(self.cf(family)?, key)
+            .map_err(|error| engine_error("get", error))
     }
 
     fn scan(&self, family: Family, range: &KeyRange, direction: Direction) -> Result<ScanIter<'_>> {
-        let iterator = self.db.raw_iterator_cf_opt(self.cf(family)?, read_options(range));
+        let iterator = self
+            .db
+            .raw_iterator_cf_opt(self.cf(family)?, read_options(range));
         Ok(Box::new(RawScan::new(iterator, direction)))
     }
 }
@@ -259,11 +289,15 @@ impl std::fmt::Debug for RocksSnapshot<'_> {
 
 impl ReadView for RocksSnapshot<'_> {
     fn get(&self, family: Family, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.snapshot.get_cf(self.engine.cf(family)?, key).map_err(|error| engine_error("get", error))
+        self.snapshot
+            .get_cf(self.engine.cf(family)?, key)
+            .map_err(|error| engine_error("get", error))
     }
 
     fn scan(&self, family: Family, range: &KeyRange, direction: Direction) -> Result<ScanIter<'_>> {
-        let iterator = self.snapshot.raw_iterator_cf_opt(self.engine.cf(family)?, read_options(range));
+        let iterator = self
+            .snapshot
+            .raw_iterator_cf_opt(self.engine.cf(family)?, read_options(range));
         Ok(Box::new(RawScan::new(iterator, direction)))
     }
 }
@@ -272,7 +306,10 @@ impl Engine for RocksEngine {
     type Snapshot<'a> = RocksSnapshot<'a>;
 
     fn snapshot(&self) -> RocksSnapshot<'_> {
-        RocksSnapshot { engine: self, snapshot: self.db.snapshot() }
+        RocksSnapshot {
+            engine: self,
+            snapshot: self.db.snapshot(),
+        }
     }
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
@@ -280,8 +317,14 @@ impl Engine for RocksEngine {
         let mut rocks_batch = rocksdb::WriteBatch::default();
         for op in batch.ops() {
             match op {
-                BatchOp::Put { family, key, value } => rocks_batch.put_cf(self.cf(*family)?, key, value),
-                BatchOp::Merge { family, key, operand } => rocks_batch.merge_cf(self.cf(*family)?, key, operand),
+                BatchOp::Put { family, key, value } => {
+                    rocks_batch.put_cf(self.cf(*family)?, key, value)
+                }
+                BatchOp::Merge {
+                    family,
+                    key,
+                    operand,
+                } => rocks_batch.merge_cf(self.cf(*family)?, key, operand),
                 BatchOp::Delete { family, key } => rocks_batch.delete_cf(self.cf(*family)?, key),
                 BatchOp::DeleteRange { family, start, end } => {
                     rocks_batch.delete_range_cf(self.cf(*family)?, start, end);
@@ -290,11 +333,15 @@ impl Engine for RocksEngine {
         }
         let mut write_options = WriteOptions::default();
         write_options.set_sync(durability == Durability::Sync);
-        self.db.write_opt(rocks_batch, &write_options).map_err(|error| engine_error("write batch", error))
+        self.db
+            .write_opt(rocks_batch, &write_options)
+            .map_err(|error| engine_error("write batch", error))
     }
 
     fn sync_wal(&self) -> Result<()> {
-        self.db.flush_wal(true).map_err(|error| engine_error("sync wal", error))
+        self.db
+            .flush_wal(true)
+            .map_err(|error| engine_error("sync wal", error))
     }
 
     fn flush(&self) -> Result<()> {
@@ -315,18 +362,30 @@ impl Engine for RocksEngine {
         // Twice: the first pass merges operands into values, the second
         // shows those values to the compaction filter.
         for _ in 0..2 {
-            self.db.compact_range_cf_opt(self.cf(family)?, None::<&[u8]>, None::<&[u8]>, &compact_options);
+            self.db.compact_range_cf_opt(
+                self.cf(family)?,
+                None::<&[u8]>,
+                None::<&[u8]>,
+                &compact_options,
+            );
         }
         Ok(())
     }
 
     fn raw_entry_count(&self, family: Family) -> Result<u64> {
         let cf = self.cf(family)?;
-        let memtable_entries = ["rocksdb.num-entries-active-mem-table", "rocksdb.num-entries-imm-mem-tables"]
-            .iter()
-            .map(|property| self.db.property_int_value_cf(cf, *property).map(|value| value.unwrap_or(0)))
-            .sum::<std::result::Result<u64, _>>()
-            .map_err(|error| engine_error("read memtable entry count", error))?;
+        let memtable_entries = [
+            "rocksdb.num-entries-active-mem-table",
+            "rocksdb.num-entries-imm-mem-tables",
+        ]
+        .iter()
+        .map(|property| {
+            self.db
+                .property_int_value_cf(cf, *property)
+                .map(|value| value.unwrap_or(0))
+        })
+        .sum::<std::result::Result<u64, _>>()
+        .map_err(|error| engine_error("read memtable entry count", error))?;
         let file_entries: u64 = self
             .db
             .live_files()

@@ -2,7 +2,7 @@
 //! (operations with invocation and completion times, outcomes and results) and says whether a
 //! correct database could have produced it, naming every anomaly it finds.
 //!
-//! **Architecture Invariant:** this crate knows nothing about Concord. It never depends on
+//! **Architecture Invariant:** this crate knows nothing about Concord. It must never depend on
 //! another Concord crate, never sees replicas, timestamps or logs of the system under test, and
 //! judges only what a client could observe. That is what lets one checker serve the
 //! deterministic Accord simulator (`txn/`) and the Jepsen harness on real clusters alike, and

@@ -1,0 +1,119 @@
+//! Node configuration: defaults, an optional TOML file, then command-line
+//! flags, each overriding the one before.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The data directory used when none is configured.
+pub const DATA_DIR_DEFAULT: &str = "concord-data";
+
+/// How writes reach disk before they are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitSync {
+    /// fsync (with group commit) before acknowledging: no acknowledged write
+    /// is lost by a crash. The default.
+    Batch,
+    /// Acknowledge from the OS buffer; the log is synced every
+    /// `periodic_sync_ms`. A machine crash may lose that window of
+    /// acknowledged writes (Cassandra's `commitlog_sync: periodic`).
+    Periodic,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A node's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub commit_sync: CommitSync,
+    pub periodic_sync_ms: u64,
+    /// A `tracing` filter, e.g. `info` or `concord_server=debug,info`.
+    pub log_filter: String,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            data_dir: PathBuf::from(DATA_DIR_DEFAULT),
+            commit_sync: CommitSync::Batch,
+            periodic_sync_ms: 100,
+            log_filter: "info".to_owned(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML configuration file; missing keys keep their defaults.
+    ///
+    /// # Errors
+    /// `Io` when unreadable, `Config` when it does not parse or names an
+    /// unknown key.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            context: format!("read config file {}", path.display()),
+            source,
+        })?;
+        Config::from_toml(&text)
+            .map_err(|error| Error::Config(format!("{}: {error}", path.display())))
+    }
+
+    /// Parses a TOML configuration.
+    ///
+    /// # Errors
+    /// `Config` with the parser's message.
+    pub fn from_toml(text: &str) -> Result<Config> {
+        let config: Config =
+            toml::from_str(text).map_err(|error| Error::Config(error.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    ///
+    /// # Errors
+    /// `Config` naming the bad value.
+    pub fn validate(&self) -> Result<()> {
+        if self.commit_sync == CommitSync::Periodic && self.periodic_sync_ms == 0 {
+            return Err(Error::Config("periodic_sync_ms must be at least 1".into()));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(Error::Config("data_dir must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let config =
+            Config::from_toml("data_dir = \"/tmp/x\"\ncommit_sync = \"periodic\"").unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.commit_sync, CommitSync::Periodic);
+        assert_eq!(config.periodic_sync_ms, 100);
+        let error = Config::from_toml("dat_dir = \"/tmp/x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `dat_dir`"), "{error}");
+        let error = Config::from_toml("commit_sync = \"periodic\"\nperiodic_sync_ms = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("periodic_sync_ms"), "{error}");
+    }
+}

@@ -1,0 +1,630 @@
+//! The embedded database: schema operations, transactions and reads over one
+//! storage engine.
+//!
+//! Every write goes through [`Db::execute`] as a [`Transaction`] (keys,
+//! reads, writes) executed at one timestamp. Today a local sequencer assigns
+//! that timestamp from a hybrid logical clock; the Accord transaction layer
+//! will take its place without callers changing.
+//!
+//! Isolation today (single node): transactions that only write run
+//! concurrently (RocksDB commits them as one group), holding the sequencer
+//! in shared mode while they take a timestamp and apply. A transaction that
+//! reads and writes holds it exclusively, so every write with a lower
+//! timestamp has been applied before it reads, and none with a lower one can
+//! follow: reads see exactly the state at the transaction's timestamp.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use concord_storage::cell::WriteTime;
+use concord_storage::clock::{Clock, SystemClock};
+use concord_storage::engine::{Durability, Engine, EngineOptions, Family, WriteBatch};
+use concord_storage::memory::MemoryEngine;
+use concord_storage::partitioner::TokenRange;
+use concord_storage::rows::{
+    self, Mutation, Partition, ReadOptions, Row, ScanCursor, ScanPage, Slice, TableRegistry,
+};
+use concord_storage::schema::{
+    ColumnSpec, IfExists, KeyspaceDef, Schema, TableDef, TableOptions, TableSpec,
+};
+use concord_storage::types::CqlType;
+use concord_storage::value::CqlValue;
+use concord_storage_rocksdb::{RocksEngine, RocksTuning};
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::{CommitSync, Config};
+use crate::{Error, Result};
+
+/// The meta-family key holding the schema.
+const SCHEMA_KEY: &[u8] = b"schema";
+/// The most reads and mutations one transaction may carry.
+pub const TRANSACTION_OPERATIONS_MAX: usize = 10_000;
+
+/// A read inside a transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Read {
+    Row {
+        table: Arc<TableDef>,
+        partition_key: Vec<CqlValue>,
+        clustering: Vec<CqlValue>,
+    },
+    Partition {
+        table: Arc<TableDef>,
+        partition_key: Vec<CqlValue>,
+        slice: Slice,
+        limit_rows: Option<usize>,
+    },
+}
+
+/// A unit of work executed at one timestamp: its reads see the state just
+/// before it, its writes all carry that timestamp as their write time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Transaction {
+    pub reads: Vec<Read>,
+    pub writes: Vec<Mutation>,
+}
+
+/// What a read returned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadResult {
+    Row(Option<Row>),
+    Partition(Option<Partition>),
+}
+
+/// The outcome of a transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransactionResult {
+    /// The timestamp it executed at (the write time of its writes).
+    pub execute_at: WriteTime,
+    /// One result per read, in order.
+    pub reads: Vec<ReadResult>,
+}
+
+/// Assigns strictly increasing timestamps that follow the wall clock.
+#[derive(Debug)]
+struct LocalSequencer {
+    last_micros: AtomicI64,
+}
+
+impl LocalSequencer {
+    fn next(&self, clock: &dyn Clock) -> WriteTime {
+        let now = clock.now_micros();
+        let mut last = self.last_micros.load(Ordering::SeqCst);
+        loop {
+            let next = now.max(last + 1);
+            match self
+                .last_micros
+                .compare_exchange(last, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return WriteTime(next),
+                Err(actual) => last = actual,
+            }
+        }
+    }
+}
+
+/// Syncs the write-ahead log every period in `CommitSync::Periodic` mode.
+#[derive(Debug)]
+struct PeriodicSync {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for PeriodicSync {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// An embedded Concord database.
+pub struct Db<E: Engine = RocksEngine> {
+    engine: Arc<E>,
+    schema: RwLock<Arc<Schema>>,
+    ddl_lock: Mutex<()>,
+    registry: TableRegistry,
+    clock: Arc<dyn Clock>,
+    sequencer: LocalSequencer,
+    isolation: RwLock<()>,
+    durability: Durability,
+    periodic_sync: Option<PeriodicSync>,
+}
+
+impl<E: Engine> std::fmt::Debug for Db<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Db<RocksEngine> {
+    /// Opens (creating if needed) a database in `data_dir` with the default
+    /// configuration.
+    ///
+    /// # Errors
+    /// `Io` when the directory cannot be created, `Storage` when RocksDB
+    /// cannot open it or the stored schema does not decode.
+    pub fn open(data_dir: &Path) -> Result<Db<RocksEngine>> {
+        let config = Config {
+            data_dir: data_dir.to_path_buf(),
+            ..Config::default()
+        };
+        Db::open_with_config(&config)
+    }
+
+    /// Opens a database as `config` describes.
+    ///
+    /// # Errors
+    /// As [`Db::open`].
+    pub fn open_with_config(config: &Config) -> Result<Db<RocksEngine>> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
+            context: format!("create data directory {}", config.data_dir.display()),
+            source,
+        })?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let registry = TableRegistry::new();
+        let options = EngineOptions {
+            rows: rows::row_family_options(clock.clone(), registry.clone()),
+        };
+        let engine = RocksEngine::open(
+            &config.data_dir.join("rocksdb"),
+            options,
+            &RocksTuning::default(),
+        )?;
+        let durability = match config.commit_sync {
+            CommitSync::Batch => Durability::Sync,
+            CommitSync::Periodic => Durability::Buffered,
+        };
+        let mut db = Db::from_engine(Arc::new(engine), clock, registry, durability)?;
+        if config.commit_sync == CommitSync::Periodic {
+            db.periodic_sync = Some(spawn_periodic_sync(
+                db.engine.clone(),
+                config.periodic_sync_ms,
+            ));
+        }
+        Ok(db)
+    }
+}
+
+fn spawn_periodic_sync<E: Engine>(engine: Arc<E>, period_ms: u64) -> PeriodicSync {
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("concord-wal-sync".into())
+        .spawn(move || {
+            while !thread_stop.load(Ordering::SeqCst) {
+                std::thread::park_timeout(Duration::from_millis(period_ms));
+                if let Err(error) = engine.sync_wal() {
+                    tracing::error!(%error, "periodic wal sync failed");
+                }
+            }
+        })
+        .ok();
+    PeriodicSync { stop, thread }
+}
+
+impl Db<MemoryEngine> {
+    /// Opens an empty in-memory database (for tests and simulation).
+    pub fn open_in_memory(clock: Arc<dyn Clock>) -> Db<MemoryEngine> {
+        let registry = TableRegistry::new();
+        let options = EngineOptions {
+            rows: rows::row_family_options(clock.clone(), registry.clone()),
+        };
+        let engine = Arc::new(MemoryEngine::new(options));
+        match Db::from_engine(engine, clock, registry, Durability::Sync) {
+            Ok(db) => db,
+            // An empty memory engine holds no schema that could fail to load.
+            Err(error) => unreachable!("opening an empty memory engine failed: {error}"),
+        }
+    }
+}
+
+impl<E: Engine> Db<E> {
+    /// Wraps an opened engine, loading its schema.
+    ///
+    /// # Errors
+    /// `Storage(Corruption)` when the stored schema does not decode.
+    pub fn from_engine(
+        engine: Arc<E>,
+        clock: Arc<dyn Clock>,
+        registry: TableRegistry,
+        durability: Durability,
+    ) -> Result<Db<E>> {
+        let schema = match engine.get(Family::Meta, SCHEMA_KEY)? {
+            Some(bytes) => Schema::from_bytes(&bytes)?,
+            None => Schema::new(),
+        };
+        for keyspace in schema.keyspaces() {
+            for table in keyspace.tables.values() {
+                registry.insert(table.clone());
+            }
+        }
+        Ok(Db {
+            engine,
+            schema: RwLock::new(Arc::new(schema)),
+            ddl_lock: Mutex::new(()),
+            registry,
+            clock,
+            sequencer: LocalSequencer {
+                last_micros: AtomicI64::new(i64::MIN),
+            },
+            isolation: RwLock::new(()),
+            durability,
+            periodic_sync: None,
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<E> {
+        &self.engine
+    }
+
+    /// The current schema.
+    pub fn schema(&self) -> Arc<Schema> {
+        self.schema.read().clone()
+    }
+
+    /// Looks a table up.
+    ///
+    /// # Errors
+    /// `UnknownKeyspace`, `UnknownTable`.
+    pub fn table(&self, keyspace: &str, name: &str) -> Result<Arc<TableDef>> {
+        Ok(self.schema.read().table(keyspace, name)?.clone())
+    }
+
+    /// Applies a schema change and persists it, with `extra` (data
+    /// deletions) in the same batch.
+    fn change_schema<T>(
+        &self,
+        change: impl FnOnce(&mut Schema) -> concord_storage::Result<T>,
+        extra: impl FnOnce(&T, &mut WriteBatch),
+    ) -> Result<T> {
+        let _ddl = self.ddl_lock.lock();
+        let mut schema = (**self.schema.read()).clone();
+        let version_before = schema.version;
+        let outcome = change(&mut schema)?;
+        if schema.version == version_before {
+            return Ok(outcome);
+        }
+        let mut batch = WriteBatch::new();
+        batch.put(Family::Meta, SCHEMA_KEY.to_vec(), schema.to_bytes()?);
+        extra(&outcome, &mut batch);
+        self.engine.write(batch, Durability::Sync)?;
+        for keyspace in schema.keyspaces() {
+            for table in keyspace.tables.values() {
+                self.registry.insert(table.clone());
+            }
+        }
+        *self.schema.write() = Arc::new(schema);
+        Ok(outcome)
+    }
+
+    /// `CREATE KEYSPACE`. Returns false if it existed (lenient).
+    ///
+    /// # Errors
+    /// `AlreadyExists`, `InvalidRequest`.
+    pub fn create_keyspace(&self, def: KeyspaceDef, if_exists: IfExists) -> Result<bool> {
+        self.change_schema(|schema| schema.create_keyspace(def, if_exists), |_, _| {})
+    }
+
+    /// `DROP KEYSPACE`, deleting its tables' data.
+    ///
+    /// # Errors
+    /// `UnknownKeyspace` unless lenient.
+    pub fn drop_keyspace(&self, name: &str, if_exists: IfExists) -> Result<()> {
+        let dropped = self.change_schema(
+            |schema| schema.drop_keyspace(name, if_exists),
+            |tables, batch| {
+                tables
+                    .iter()
+                    .for_each(|table| rows::delete_table(table.id, batch))
+            },
+        )?;
+        dropped
+            .iter()
+            .for_each(|table| self.registry.remove(table.id));
+        Ok(())
+    }
+
+    /// `CREATE TYPE`.
+    ///
+    /// # Errors
+    /// As [`Schema::create_type`].
+    pub fn create_type(
+        &self,
+        keyspace: &str,
+        name: &str,
+        fields: Vec<(String, CqlType)>,
+        if_exists: IfExists,
+    ) -> Result<bool> {
+        self.change_schema(
+            |schema| schema.create_type(keyspace, name, fields, if_exists),
+            |_, _| {},
+        )
+    }
+
+    /// `CREATE TABLE`. Returns `None` if it existed (lenient).
+    ///
+    /// # Errors
+    /// As [`Schema::create_table`].
+    pub fn create_table(
+        &self,
+        spec: TableSpec,
+        if_exists: IfExists,
+    ) -> Result<Option<Arc<TableDef>>> {
+        self.change_schema(|schema| schema.create_table(spec, if_exists), |_, _| {})
+    }
+
+    /// `DROP TABLE`, deleting its data.
+    ///
+    /// # Errors
+    /// `UnknownKeyspace`, `UnknownTable` unless lenient.
+    pub fn drop_table(&self, keyspace: &str, name: &str, if_exists: IfExists) -> Result<()> {
+        let dropped = self.change_schema(
+            |schema| schema.drop_table(keyspace, name, if_exists),
+            |table, batch| {
+                if let Some(table) = table {
+                    rows::delete_table(table.id, batch);
+                }
+            },
+        )?;
+        if let Some(table) = dropped {
+            self.registry.remove(table.id);
+        }
+        Ok(())
+    }
+
+    /// `ALTER TABLE ... ADD`.
+    ///
+    /// # Errors
+    /// As [`Schema::add_column`].
+    pub fn add_column(
+        &self,
+        keyspace: &str,
+        table: &str,
+        column: ColumnSpec,
+    ) -> Result<Arc<TableDef>> {
+        self.change_schema(
+            |schema| schema.add_column(keyspace, table, column),
+            |_, _| {},
+        )
+    }
+
+    /// `ALTER TABLE ... DROP`.
+    ///
+    /// # Errors
+    /// As [`Schema::drop_column`].
+    pub fn drop_column(&self, keyspace: &str, table: &str, column: &str) -> Result<Arc<TableDef>> {
+        self.change_schema(
+            |schema| schema.drop_column(keyspace, table, column),
+            |_, _| {},
+        )
+    }
+
+    /// `ALTER TABLE ... WITH`.
+    ///
+    /// # Errors
+    /// As [`Schema::alter_table_options`].
+    pub fn alter_table_options(
+        &self,
+        keyspace: &str,
+        table: &str,
+        options: TableOptions,
+    ) -> Result<Arc<TableDef>> {
+        self.change_schema(
+            |schema| schema.alter_table_options(keyspace, table, options),
+            |_, _| {},
+        )
+    }
+
+    /// `TRUNCATE`: deletes every row of a table.
+    ///
+    /// # Errors
+    /// `UnknownKeyspace`, `UnknownTable`, `Storage` on engine failure.
+    pub fn truncate(&self, keyspace: &str, table: &str) -> Result<()> {
+        let table = self.table(keyspace, table)?;
+        let _exclusive = self.isolation.write();
+        let mut batch = WriteBatch::new();
+        rows::delete_table(table.id, &mut batch);
+        self.engine.write(batch, self.durability)?;
+        Ok(())
+    }
+
+    /// Executes a transaction at one timestamp.
+    ///
+    /// # Errors
+    /// `Storage(InvalidRequest | InvalidValue | LimitExceeded)` for a
+    /// transaction that does not fit the schema (nothing is applied),
+    /// `Storage(Engine)` when the engine fails (nothing is applied).
+    pub fn execute(&self, transaction: Transaction) -> Result<TransactionResult> {
+        let operations = transaction.reads.len() + transaction.writes.len();
+        if operations > TRANSACTION_OPERATIONS_MAX {
+            return Err(concord_storage::Error::LimitExceeded {
+                what: format!("transaction with {operations} operations"),
+                limit: "TRANSACTION_OPERATIONS_MAX",
+                actual: operations,
+                max: TRANSACTION_OPERATIONS_MAX,
+            }
+            .into());
+        }
+        let schema = self.schema();
+        let tables: Vec<Arc<TableDef>> = transaction
+            .writes
+            .iter()
+            .map(|mutation| {
+                schema.table_by_id(mutation.table).cloned().ok_or_else(|| {
+                    concord_storage::Error::InvalidRequest(format!(
+                        "mutation names table id {} which does not exist",
+                        mutation.table.0
+                    ))
+                })
+            })
+            .collect::<concord_storage::Result<_>>()?;
+        // Reads need every lower timestamp applied first; blind writes can
+        // go side by side and share an fsync.
+        let _shared;
+        let _exclusive;
+        if transaction.reads.is_empty() {
+            _shared = self.isolation.read();
+        } else {
+            _exclusive = self.isolation.write();
+        }
+        let execute_at = self.sequencer.next(self.clock.as_ref());
+        let now_seconds = execute_at.seconds();
+        let mut reads = Vec::with_capacity(transaction.reads.len());
+        for read in &transaction.reads {
+            reads.push(self.read_at(read, now_seconds)?);
+        }
+        if !transaction.writes.is_empty() {
+            let mut batch = WriteBatch::new();
+            for (mutation, table) in transaction.writes.iter().zip(&tables) {
+                rows::write_mutation(table, mutation, execute_at, &mut batch)?;
+            }
+            self.engine.write(batch, self.durability)?;
+        }
+        Ok(TransactionResult { execute_at, reads })
+    }
+
+    /// Applies mutations as one transaction and returns their write time.
+    ///
+    /// # Errors
+    /// As [`Db::execute`].
+    pub fn write(&self, mutations: Vec<Mutation>) -> Result<WriteTime> {
+        Ok(self
+            .execute(Transaction {
+                reads: Vec::new(),
+                writes: mutations,
+            })?
+            .execute_at)
+    }
+
+    fn read_at(&self, read: &Read, now_seconds: i64) -> Result<ReadResult> {
+        let view = self.engine.as_ref();
+        Ok(match read {
+            Read::Row {
+                table,
+                partition_key,
+                clustering,
+            } => ReadResult::Row(rows::read_row(
+                view,
+                table,
+                partition_key,
+                clustering,
+                now_seconds,
+            )?),
+            Read::Partition {
+                table,
+                partition_key,
+                slice,
+                limit_rows,
+            } => {
+                let options = ReadOptions {
+                    limit_rows: *limit_rows,
+                    ..ReadOptions::at(now_seconds)
+                };
+                ReadResult::Partition(rows::read_partition(
+                    view,
+                    table,
+                    partition_key,
+                    slice,
+                    options,
+                )?)
+            }
+        })
+    }
+
+    /// Reads one row at the latest applied state (consistency level ONE).
+    ///
+    /// # Errors
+    /// Bad keys, corruption, engine failure.
+    pub fn read_row(
+        &self,
+        table: &TableDef,
+        partition_key: &[CqlValue],
+        clustering: &[CqlValue],
+    ) -> Result<Option<Row>> {
+        let now_seconds = self.clock.now_seconds();
+        Ok(rows::read_row(
+            self.engine.as_ref(),
+            table,
+            partition_key,
+            clustering,
+            now_seconds,
+        )?)
+    }
+
+    /// Reads a partition slice at the latest applied state.
+    ///
+    /// # Errors
+    /// Bad keys, corruption, engine failure.
+    pub fn read_partition(
+        &self,
+        table: &TableDef,
+        partition_key: &[CqlValue],
+        slice: &Slice,
+        options: ReadOptions,
+    ) -> Result<Option<Partition>> {
+        Ok(rows::read_partition(
+            self.engine.as_ref(),
+            table,
+            partition_key,
+            slice,
+            options,
+        )?)
+    }
+
+    /// Scans a token range page by page at the latest applied state.
+    ///
+    /// # Errors
+    /// Bad cursor or page size, corruption, engine failure.
+    pub fn scan(
+        &self,
+        table: &TableDef,
+        range: &TokenRange,
+        cursor: Option<&ScanCursor>,
+        page_rows: usize,
+    ) -> Result<ScanPage> {
+        let now_seconds = self.clock.now_seconds();
+        let snapshot = self.engine.snapshot();
+        Ok(rows::scan_token_range(
+            &snapshot,
+            table,
+            range,
+            cursor,
+            page_rows,
+            now_seconds,
+        )?)
+    }
+
+    /// The clock the database judges expiry by.
+    pub fn now_seconds(&self) -> i64 {
+        self.clock.now_seconds()
+    }
+
+    /// Makes every acknowledged write durable and flushes memtables; called
+    /// on shutdown.
+    ///
+    /// # Errors
+    /// `Storage(Engine)` on I/O failure.
+    pub fn flush(&self) -> Result<()> {
+        self.engine.sync_wal()?;
+        self.engine.flush()?;
+        Ok(())
+    }
+}
+
+impl<E: Engine> Drop for Db<E> {
+    fn drop(&mut self) {
+        self.periodic_sync.take();
+        if let Err(error) = self.engine.sync_wal() {
+            tracing::error!(%error, "syncing the write-ahead log on close failed");
+        }
+    }
+}
