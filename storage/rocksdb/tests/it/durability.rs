@@ -153,7 +153,8 @@ fn corrupt_sst_files(path: &Path) -> usize {
             let mut bytes = std::fs::read(entry.path()).expect("read sst");
             // Data blocks come first in a block-based table; the index and
             // footer sit at the end, so the first third is data.
-            for byte in &mut bytes[64..bytes.len() / 3] {
+            let data_end = bytes.len() / 3;
+            for byte in &mut bytes[64..data_end] {
                 *byte ^= 0x5A;
             }
             std::fs::write(entry.path(), bytes).expect("write sst");
@@ -200,7 +201,7 @@ fn corrupted_files_are_errors_not_wrong_data() {
     assert!(n_errors > 0, "corruption went unnoticed by gets");
     let scan_failed = engine
         .scan(Family::Meta, &KeyRange::all(), Direction::Forward)
-        .map(|scan| scan.into_iter().any(|item| item.is_err()))
+        .map(|mut scan| scan.any(|item| item.is_err()))
         .unwrap_or(true);
     assert!(scan_failed, "corruption went unnoticed by a scan");
 }
