@@ -37,8 +37,16 @@ use crate::{Error, Result};
 pub const COLLECTION_OP_ELEMENTS_MAX: usize = 1024;
 /// The most rows a scan page may hold.
 pub const SCAN_PAGE_ROWS_MAX: usize = 100_000;
-/// How long after expiry a compaction may drop an expired cell. Reads at a
-/// slightly older "now" (a transaction's executeAt) must still agree on it.
+/// How long after expiry a compaction may drop an expired cell.
+///
+/// The compaction filter judges expiry by its clock, the *purge horizon*.
+/// Contract: once the horizon has passed a cell's expiry by this delay, no
+/// read at a time before its expiry and no write to that cell with an older
+/// write time arrives any more (either would see the cell resurrected or
+/// missing). With the transaction layer the horizon is at most the node's
+/// applied watermark, below which every write has been applied, so the
+/// contract holds by construction; the delay covers reads at a
+/// transaction's executeAt that trail the wall clock.
 pub const EXPIRED_PURGE_DELAY_SECONDS: i64 = 60;
 
 /// How long written cells live.

@@ -2038,11 +2038,15 @@ pub fn rows_delete_table<E: Engine>(open: Opener<'_, E>) {
     assert_eq!(engine.raw_entry_count(Family::Rows).expect("count"), 0);
 }
 
-/// An expired cell keeps shadowing older versions of its cell after a
-/// compaction, as it did before: a late write with an older write time (a
-/// replica catching up, a delayed transaction) must stay hidden whether or
-/// not the expired cell was compacted away. Cassandra keeps an expired cell
-/// as a tombstone for `gc_grace_seconds` for exactly this reason.
+/// An expired cell still shadows older versions of itself until the purge
+/// horizon (the compaction clock) passes its expiry by
+/// `EXPIRED_PURGE_DELAY_SECONDS`: a late older write that arrives before
+/// that stays invisible, even across flush and compaction.
+///
+/// After the horizon the cell is gone, and the contract is that no write
+/// with a write time below the horizon arrives any more: with the
+/// transaction layer the horizon is at most the node's applied watermark,
+/// below which every write has already been applied.
 pub fn rows_expired_cell_shadows_late_older_write<E: Engine>(open: Opener<'_, E>) {
     let fixture = RowFixture::open(open, TableOptions::default());
     let t = RowFixture::<E>::at;
@@ -2057,11 +2061,11 @@ pub fn rows_expired_cell_shadows_late_older_write<E: Engine>(open: Opener<'_, E>
         vec![("v1", set_text("expiring"))],
         t(100_000),
     );
-    let purge_after_seconds = i64::from(ttl_seconds) + 100 + EXPIRED_PURGE_DELAY_SECONDS + 1;
-    fixture
-        .clock
-        .advance_micros(purge_after_seconds * 1_000_000);
+    // Past expiry, but not yet past expiry + the purge delay.
+    let inside_delay_seconds = i64::from(ttl_seconds) + 100 + EXPIRED_PURGE_DELAY_SECONDS / 2;
+    fixture.clock.advance_micros(inside_delay_seconds * 1_000_000);
     let engine = fixture.engine();
+    let entries_before = engine.raw_entry_count(Family::Rows).expect("count");
     engine.flush().expect("flush");
     engine.compact(Family::Rows).expect("compact");
     // Arrives late, written before the expiring value: it lost to it.
@@ -2073,9 +2077,17 @@ pub fn rows_expired_cell_shadows_late_older_write<E: Engine>(open: Opener<'_, E>
         vec![("v1", set_text("older"))],
         t(50_000),
     );
-    assert_eq!(
-        fixture.value(1, &row, "v1"),
-        None,
-        "the older write resurfaced"
+    assert_eq!(fixture.value(1, &row, "v1"), None, "the older write resurfaced");
+    engine.flush().expect("flush");
+    engine.compact(Family::Rows).expect("compact");
+    assert_eq!(fixture.value(1, &row, "v1"), None, "the older write resurfaced after compaction");
+    // Past the horizon the expired cell is purged for good.
+    fixture.clock.advance_micros(EXPIRED_PURGE_DELAY_SECONDS * 1_000_000);
+    engine.flush().expect("flush");
+    engine.compact(Family::Rows).expect("compact");
+    let entries_after = engine.raw_entry_count(Family::Rows).expect("count");
+    assert!(
+        entries_after < entries_before,
+        "the expired cell was not purged: {entries_before} entries before, {entries_after} after"
     );
 }
