@@ -1,6 +1,8 @@
 //! The server crate's integration tests, one binary: the embedded database,
 //! the `concord` binary, and the workspace's tidy and layering rules.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod binary;
 mod embedded;
 mod tidy;

@@ -11,12 +11,16 @@
 //! Merge operands are never shown to RocksDB compaction filters (the C API
 //! filters only full values), so an entry is filtered once a compaction has
 //! merged its operands into a value. [`RocksEngine::compact`] therefore runs
-//! a full compaction twice.
+//! a full compaction twice, and only the second pass, which sees every
+//! entry as a value, is reported to the filter as a full compaction: a
+//! tombstone may be purged only when everything it shadows is in view,
+//! otherwise an unmerged older write would outlive it and reappear.
 
 use std::ffi::CString;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use concord_storage::engine::{
     BatchOp, CompactionContext, CompactionFilter, CompactionFilterFactory, Direction, Durability,
@@ -54,6 +58,9 @@ impl Default for RocksTuning {
 pub struct RocksEngine {
     db: DB,
     path: PathBuf,
+    /// Set only during the second pass of [`RocksEngine::compact`], when
+    /// every entry is a merged value the filter can see.
+    full_compaction_in_view: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RocksEngine {
@@ -81,6 +88,7 @@ impl RocksEngine {
         db_options.set_max_background_jobs(tuning.background_jobs);
         db_options.set_bytes_per_sync(1024 * 1024);
         let cache = rocksdb::Cache::new_lru_cache(tuning.block_cache_bytes);
+        let full_compaction_in_view = Arc::new(AtomicBool::new(false));
         let descriptors = Family::ALL.iter().map(|&family| {
             let mut cf_options = Options::default();
             cf_options.set_write_buffer_size(tuning.write_buffer_bytes);
@@ -97,7 +105,10 @@ impl RocksEngine {
                 cf_options.set_merge_operator_associative(name, merge_function(merge_operator));
             }
             if let Some(factory) = hooks.compaction_filter {
-                cf_options.set_compaction_filter_factory(FilterFactoryAdapter::new(factory));
+                cf_options.set_compaction_filter_factory(FilterFactoryAdapter::new(
+                    factory,
+                    full_compaction_in_view.clone(),
+                ));
             }
             ColumnFamilyDescriptor::new(family.name(), cf_options)
         });
@@ -106,6 +117,7 @@ impl RocksEngine {
         Ok(RocksEngine {
             db,
             path: path.to_path_buf(),
+            full_compaction_in_view,
         })
     }
 
@@ -136,12 +148,20 @@ fn merge_function(
 struct FilterFactoryAdapter {
     factory: Arc<dyn CompactionFilterFactory>,
     name: CString,
+    full_compaction_in_view: Arc<AtomicBool>,
 }
 
 impl FilterFactoryAdapter {
-    fn new(factory: Arc<dyn CompactionFilterFactory>) -> FilterFactoryAdapter {
+    fn new(
+        factory: Arc<dyn CompactionFilterFactory>,
+        full_compaction_in_view: Arc<AtomicBool>,
+    ) -> FilterFactoryAdapter {
         let name = CString::new(factory.name()).unwrap_or_default();
-        FilterFactoryAdapter { factory, name }
+        FilterFactoryAdapter {
+            factory,
+            name,
+            full_compaction_in_view,
+        }
     }
 }
 
@@ -170,9 +190,12 @@ impl rocksdb::compaction_filter_factory::CompactionFilterFactory for FilterFacto
         &mut self,
         context: rocksdb::compaction_filter_factory::CompactionFilterContext,
     ) -> FilterAdapter {
-        let context = CompactionContext {
-            is_full_compaction: context.is_full_compaction,
-        };
+        // RocksDB's own flag is not enough: merge operands stay hidden from
+        // the filter even in a full compaction.
+        let is_full_compaction = context.is_full_compaction
+            && context.is_manual_compaction
+            && self.full_compaction_in_view.load(Ordering::SeqCst);
+        let context = CompactionContext { is_full_compaction };
         FilterAdapter {
             filter: self.factory.create(context),
             name: self.name.clone(),
@@ -360,15 +383,14 @@ impl Engine for RocksEngine {
         compact_options.set_exclusive_manual_compaction(true);
         compact_options.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         // Twice: the first pass merges operands into values, the second
-        // shows those values to the compaction filter.
-        for _ in 0..2 {
-            self.db.compact_range_cf_opt(
-                self.cf(family)?,
-                None::<&[u8]>,
-                None::<&[u8]>,
-                &compact_options,
-            );
-        }
+        // shows those values to the compaction filter as a full compaction.
+        let cf = self.cf(family)?;
+        self.db
+            .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &compact_options);
+        self.full_compaction_in_view.store(true, Ordering::SeqCst);
+        self.db
+            .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &compact_options);
+        self.full_compaction_in_view.store(false, Ordering::SeqCst);
         Ok(())
     }
 
