@@ -2063,7 +2063,9 @@ pub fn rows_expired_cell_shadows_late_older_write<E: Engine>(open: Opener<'_, E>
     );
     // Past expiry, but not yet past expiry + the purge delay.
     let inside_delay_seconds = i64::from(ttl_seconds) + 100 + EXPIRED_PURGE_DELAY_SECONDS / 2;
-    fixture.clock.advance_micros(inside_delay_seconds * 1_000_000);
+    fixture
+        .clock
+        .advance_micros(inside_delay_seconds * 1_000_000);
     let engine = fixture.engine();
     let entries_before = engine.raw_entry_count(Family::Rows).expect("count");
     engine.flush().expect("flush");
@@ -2077,12 +2079,22 @@ pub fn rows_expired_cell_shadows_late_older_write<E: Engine>(open: Opener<'_, E>
         vec![("v1", set_text("older"))],
         t(50_000),
     );
-    assert_eq!(fixture.value(1, &row, "v1"), None, "the older write resurfaced");
+    assert_eq!(
+        fixture.value(1, &row, "v1"),
+        None,
+        "the older write resurfaced"
+    );
     engine.flush().expect("flush");
     engine.compact(Family::Rows).expect("compact");
-    assert_eq!(fixture.value(1, &row, "v1"), None, "the older write resurfaced after compaction");
+    assert_eq!(
+        fixture.value(1, &row, "v1"),
+        None,
+        "the older write resurfaced after compaction"
+    );
     // Past the horizon the expired cell is purged for good.
-    fixture.clock.advance_micros(EXPIRED_PURGE_DELAY_SECONDS * 1_000_000);
+    fixture
+        .clock
+        .advance_micros(EXPIRED_PURGE_DELAY_SECONDS * 1_000_000);
     engine.flush().expect("flush");
     engine.compact(Family::Rows).expect("compact");
     let entries_after = engine.raw_entry_count(Family::Rows).expect("count");
