@@ -18,6 +18,7 @@ fn layers() -> BTreeMap<&'static str, u32> {
     BTreeMap::from([
         ("concord-storage", 0),
         ("concord-checker", 0),
+        ("concord-cql-parser", 0),
         ("concord-storage-rocksdb", 1),
         ("concord-txn", 1),
         ("concord-columnar", 1),
@@ -28,7 +29,8 @@ fn layers() -> BTreeMap<&'static str, u32> {
 }
 
 /// Crates that must not pull in RocksDB (or anything that links it).
-const ROCKSDB_FREE: [&str; 4] = [
+const ROCKSDB_FREE: [&str; 5] = [
+    "concord-cql-parser",
     "concord-storage",
     "concord-txn",
     "concord-columnar",
