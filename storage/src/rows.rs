@@ -1183,14 +1183,11 @@ pub fn scan_token_range(
                     });
                 }
                 if let Some(after_row) = cut {
-                    let next = ScanCursor {
-                        partition_prefix: partition.prefix,
-                        after_row: Some(after_row),
-                    };
-                    return Ok(ScanPage {
+                    return Ok(page_ending_in(
                         partitions,
-                        next: Some(next),
-                    });
+                        partition.prefix,
+                        Some(after_row),
+                    ));
                 }
             }
             position =
@@ -1232,24 +1229,14 @@ pub fn scan_token_range(
                 });
             }
             if let Some(after_row) = cut {
-                let next = ScanCursor {
-                    partition_prefix: partition.prefix,
-                    after_row: Some(after_row),
-                };
-                return Ok(ScanPage {
+                return Ok(page_ending_in(
                     partitions,
-                    next: Some(next),
-                });
+                    partition.prefix,
+                    Some(after_row),
+                ));
             }
             if rows_left == 0 {
-                let next = ScanCursor {
-                    partition_prefix: partition.prefix,
-                    after_row: None,
-                };
-                return Ok(ScanPage {
-                    partitions,
-                    next: Some(next),
-                });
+                return Ok(page_ending_in(partitions, partition.prefix, None));
             }
             position = prefix_successor(&partition.prefix).unwrap_or_else(|| range_end.clone());
         }
@@ -1258,6 +1245,23 @@ pub fn scan_token_range(
         partitions,
         next: None,
     })
+}
+
+/// A page that stops inside the range: the next one resumes after
+/// `after_row` of the partition at `partition_prefix`, or after the whole
+/// partition.
+fn page_ending_in(
+    partitions: Vec<Partition>,
+    partition_prefix: Vec<u8>,
+    after_row: Option<Vec<u8>>,
+) -> ScanPage {
+    ScanPage {
+        partitions,
+        next: Some(ScanCursor {
+            partition_prefix,
+            after_row,
+        }),
+    }
 }
 
 /// Deletes every row of a table (`TRUNCATE`, `DROP TABLE`).
