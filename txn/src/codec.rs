@@ -60,7 +60,7 @@ impl Encoder {
         }
     }
     pub fn deps(&mut self, deps: &Deps) {
-        self.u32(deps.len() as u32);
+        self.u32(deps.pair_count() as u32);
         for (txn_id, key) in deps.iter() {
             self.txn_id(txn_id);
             self.key(key);

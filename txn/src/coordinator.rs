@@ -297,6 +297,9 @@ impl Node {
                     .all(|replica| self.coordinations[&txn_id].oks.contains(replica))
                 {
                     self.coordinations.remove(&txn_id);
+                    for replica in replicas {
+                        self.send(replica, Message::Durable { txn_id });
+                    }
                 }
             }
             _ => {}

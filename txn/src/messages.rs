@@ -11,6 +11,7 @@
 //!   Apply(at, deps, writes)     ──►     ApplyOk
 //!   BeginRecovery(ballot)       ──►     RecoverOk(...) | Nack
 //!   CheckStatus                 ──►     CheckStatusOk(what the replica knows)
+//!   Durable (all applied)       ──►     (nothing; the command may be garbage collected)
 //! ```
 
 use crate::command::Status;
@@ -125,6 +126,10 @@ pub enum Message {
     CheckStatus {
         txn_id: TxnId,
     },
+    /// Every replica applied the transaction: it may be garbage collected.
+    Durable {
+        txn_id: TxnId,
+    },
     CheckStatusOk {
         txn_id: TxnId,
         knowledge: Option<Box<Knowledge>>,
@@ -150,6 +155,7 @@ impl Message {
             | Message::BeginRecovery { txn_id, .. }
             | Message::RecoverReply { txn_id, .. }
             | Message::CheckStatus { txn_id }
+            | Message::Durable { txn_id }
             | Message::CheckStatusOk { txn_id, .. } => *txn_id,
         }
     }
@@ -172,6 +178,7 @@ impl Message {
             Message::BeginRecovery { .. } => "BeginRecovery",
             Message::RecoverReply { .. } => "RecoverReply",
             Message::CheckStatus { .. } => "CheckStatus",
+            Message::Durable { .. } => "Durable",
             Message::CheckStatusOk { .. } => "CheckStatusOk",
         }
     }

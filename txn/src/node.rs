@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use crate::command::Command;
+use crate::command::{Command, Status};
 use crate::coordinator::Coordination;
 use crate::error::Result;
 use crate::messages::Message;
@@ -105,6 +105,9 @@ pub struct NodeConfig {
     /// Seed for the node's own jitter (recovery back-off).
     pub seed: u64,
     pub bug: Option<ProtocolBug>,
+    /// Garbage-collect applied commands. Off by default: the simulator finds safety
+    /// violations with it under faults (see design/accord.md, "Bounded state").
+    pub gc_enabled: bool,
 }
 
 impl Default for NodeConfig {
@@ -117,6 +120,7 @@ impl Default for NodeConfig {
             stall_micros: 200_000,
             seed: 0,
             bug: None,
+            gc_enabled: false,
         }
     }
 }
@@ -134,6 +138,16 @@ pub struct KeyState {
     pub max_write: Timestamp,
     /// The highest of any transaction on this key.
     pub max_any: Timestamp,
+}
+
+/// One applied transaction, as the simulator's oracle sees it.
+#[cfg(any(test, feature = "sim"))]
+#[derive(Debug, Clone)]
+pub struct AppliedRecord {
+    pub txn_id: TxnId,
+    pub execute_at: Timestamp,
+    pub txn: Txn,
+    pub writes: crate::txn::Writes,
 }
 
 /// Counters for measurements.
@@ -159,6 +173,14 @@ pub struct Node {
     pub(crate) coordinations: BTreeMap<TxnId, Coordination>,
     /// Definitions of undecided transactions learned from peers, for recovery.
     pub(crate) learned: BTreeMap<TxnId, Txn>,
+    /// Applied commands every replica has applied: garbage-collection candidates.
+    pub(crate) durable: BTreeSet<TxnId>,
+    /// Tombstones of erased commands (durable): satisfied deps, ignored messages.
+    pub(crate) erased: BTreeSet<TxnId>,
+    /// Every apply since the simulator last drained it: the oracle's view of execution,
+    /// which survives garbage collection.
+    #[cfg(any(test, feature = "sim"))]
+    pub(crate) applied_log: Vec<AppliedRecord>,
     pub(crate) journal: Box<dyn Journal>,
     pub(crate) data: Box<dyn DataStore>,
     pub(crate) stats: NodeStats,
@@ -198,6 +220,10 @@ impl Node {
             blocked_by: BTreeMap::new(),
             coordinations: BTreeMap::new(),
             learned: BTreeMap::new(),
+            durable: BTreeSet::new(),
+            erased: BTreeSet::new(),
+            #[cfg(any(test, feature = "sim"))]
+            applied_log: Vec::new(),
             journal,
             data,
             stats: NodeStats::default(),
@@ -234,6 +260,41 @@ impl Node {
     /// When storage fails.
     pub fn journal_record_count(&self) -> Result<u64> {
         self.journal.record_count()
+    }
+
+    /// Drains the applies since the last call (simulator oracle).
+    #[cfg(any(test, feature = "sim"))]
+    pub fn take_applied(&mut self) -> Vec<AppliedRecord> {
+        std::mem::take(&mut self.applied_log)
+    }
+
+    /// A short description of up to `n` unfinished commands, for liveness failures.
+    pub fn describe_unfinished(&self, n: usize) -> Vec<String> {
+        self.commands
+            .values()
+            .filter(|command| !command.status.is_final())
+            .take(n)
+            .map(|command| {
+                let waiting: Vec<String> = command
+                    .waiting_on
+                    .iter()
+                    .take(3)
+                    .map(|dep| {
+                        let status = self.commands.get(dep).map(|c| c.status);
+                        format!("{dep}={status:?}")
+                    })
+                    .collect();
+                format!(
+                    "{} {:?} waiting {:?}",
+                    command.txn_id, command.status, waiting
+                )
+            })
+            .collect()
+    }
+
+    /// Tombstones of collected commands.
+    pub fn tombstone_count(&self) -> usize {
+        self.erased.len()
     }
 
     /// Commands that are not yet Applied or Invalidated.
@@ -284,6 +345,27 @@ impl Node {
     }
 
     fn on_message(&mut self, now: LocalTime, from: NodeId, message: Message) -> Result<()> {
+        if self.erased.contains(&message.txn_id()) {
+            // Applied everywhere and collected: late and duplicate messages change nothing,
+            // but a peer blocked on it learns that it is applied everywhere.
+            if let Message::CheckStatus { txn_id } = message {
+                let knowledge = Box::new(crate::messages::Knowledge {
+                    status: Status::Applied,
+                    txn: None,
+                    execute_at: crate::timestamp::Timestamp::ZERO,
+                    deps: crate::txn::Deps::new(),
+                    writes: None,
+                });
+                self.send(
+                    from,
+                    Message::CheckStatusOk {
+                        txn_id,
+                        knowledge: Some(knowledge),
+                    },
+                );
+            }
+            return Ok(());
+        }
         match message {
             Message::PreAccept { txn_id, txn } => self.on_preaccept(now, from, txn_id, txn),
             Message::Accept {
@@ -324,6 +406,16 @@ impl Node {
                 txn,
                 ballot,
             } => self.on_begin_recovery(now, from, txn_id, txn, ballot),
+            Message::Durable { txn_id } => {
+                if self
+                    .commands
+                    .get(&txn_id)
+                    .is_some_and(|c| c.status == Status::Applied)
+                {
+                    self.durable.insert(txn_id);
+                }
+                Ok(())
+            }
             Message::CheckStatus { txn_id } => {
                 self.on_check_status(from, txn_id);
                 Ok(())

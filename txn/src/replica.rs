@@ -342,7 +342,7 @@ impl Node {
             return;
         };
         let execute_at = command.execute_at;
-        let deps: Vec<TxnId> = command.deps.iter().map(|(dep, _)| dep).collect();
+        let deps: Vec<TxnId> = command.deps.txn_ids().collect();
         let skip_wait = self.bug(ProtocolBug::SkipWaitOnDeps);
         let mut waiting_on = std::collections::BTreeSet::new();
         for dep in deps {
@@ -358,7 +358,7 @@ impl Node {
 
     /// Returns true if `dep` no longer holds back a command executing at `execute_at`.
     fn dep_satisfied(&self, dep: TxnId, execute_at: Timestamp) -> bool {
-        if dep.timestamp() > execute_at {
+        if dep.timestamp() > execute_at || self.erased.contains(&dep) {
             return true;
         }
         match self.commands.get(&dep) {
@@ -444,6 +444,13 @@ impl Node {
         let command = self.commands.get_mut(&txn_id).expect("exists");
         self.data.write(&owned, command.execute_at, &mut batch);
         command.status = Status::Applied;
+        #[cfg(any(test, feature = "sim"))]
+        self.applied_log.push(crate::node::AppliedRecord {
+            txn_id,
+            execute_at: command.execute_at,
+            txn: txn.clone(),
+            writes: command.writes.clone().unwrap_or_default(),
+        });
         command.last_change = now;
         // Buffered: a crash may lose the batch, and replay of the synced PreApplied record
         // applies it again.
@@ -573,6 +580,11 @@ impl Node {
         }
         match (knowledge.status, knowledge.txn) {
             (Status::Invalidated, _) => self.on_commit_invalidate(now, txn_id)?,
+            (Status::Applied, None) if local.is_none() => {
+                // Collected by the peer, so applied on every replica: nothing to wait for.
+                self.erased.insert(txn_id);
+                self.changed.push_back(txn_id);
+            }
             (Status::Applied | Status::PreApplied, Some(txn)) if knowledge.writes.is_some() => {
                 let writes = knowledge.writes.unwrap_or_default();
                 self.on_apply(
@@ -599,6 +611,7 @@ impl Node {
 
     /// Rebuilds commands, the conflict index and execution state from the journal.
     pub(crate) fn replay(&mut self, now: LocalTime) -> Result<()> {
+        self.erased = self.journal.tombstones()?.into_iter().collect();
         let commands = self.journal.replay(now)?;
         for command in commands {
             self.hlc.witness(command.txn_id.timestamp());

@@ -33,11 +33,18 @@ pub trait Journal: Debug {
     fn record(&mut self, command: &Command, data: WriteBatch, durability: Durability)
     -> Result<()>;
 
-    /// Forgets a command (garbage collection).
+    /// Forgets a command (garbage collection), leaving a durable tombstone so late messages
+    /// cannot resurrect it.
     ///
     /// # Errors
     /// When storage fails.
     fn erase(&mut self, txn_id: TxnId) -> Result<()>;
+
+    /// Every tombstone left by [`Journal::erase`].
+    ///
+    /// # Errors
+    /// When storage fails or a record is corrupt.
+    fn tombstones(&self) -> Result<Vec<TxnId>>;
 
     /// Every recorded command, in TxnId order.
     ///
@@ -67,6 +74,14 @@ pub trait DataStore: Debug {
 
 const COMMAND_PREFIX: &[u8] = b"c/";
 const DATA_PREFIX: &[u8] = b"d/";
+const TOMBSTONE_PREFIX: &[u8] = b"e/";
+
+fn tombstone_key(txn_id: TxnId) -> Vec<u8> {
+    let mut encoder = Encoder::default();
+    encoder.buf.extend_from_slice(TOMBSTONE_PREFIX);
+    encoder.txn_id(txn_id);
+    encoder.buf
+}
 
 fn command_key(txn_id: TxnId) -> Vec<u8> {
     let mut encoder = Encoder::default();
@@ -102,8 +117,20 @@ impl<E: Engine + Debug> Journal for EngineJournal<E> {
     fn erase(&mut self, txn_id: TxnId) -> Result<()> {
         let mut batch = WriteBatch::new();
         batch.delete(Family::Txn, command_key(txn_id));
-        self.engine.write(batch, Durability::Buffered)?;
+        batch.put(Family::Txn, tombstone_key(txn_id), Vec::new());
+        self.engine.write(batch, Durability::Sync)?;
         Ok(())
+    }
+
+    fn tombstones(&self) -> Result<Vec<TxnId>> {
+        let mut tombstones = Vec::new();
+        let range = KeyRange::prefix(TOMBSTONE_PREFIX);
+        for entry in self.engine.scan(Family::Txn, &range, Direction::Forward)? {
+            let (key, _) = entry?;
+            let mut decoder = crate::codec::Decoder::new(&key[TOMBSTONE_PREFIX.len()..]);
+            tombstones.push(decoder.txn_id()?);
+        }
+        Ok(tombstones)
     }
 
     fn replay(&self, now: LocalTime) -> Result<Vec<Command>> {

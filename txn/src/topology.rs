@@ -57,7 +57,9 @@ pub fn quorums(replica_count: usize, electorate_count: usize, privileged: bool) 
         "the electorate must hold a slow quorum"
     );
     let fast = if privileged {
-        ((electorate_count + replica_count - slow + 1) / 2).max(replica_count / 2 + 1)
+        (electorate_count + replica_count - slow)
+            .div_ceil(2)
+            .max(replica_count / 2 + 1)
     } else {
         (f + electorate_count) / 2 + 1
     };

@@ -5,7 +5,7 @@
 //! recovery coordinator) that reads at executeAt computes the same writes. That determinism
 //! is what lets the coordinator answer the client before Apply reaches the replicas.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use concord_storage::partitioner::{Token, token};
 
@@ -130,7 +130,7 @@ impl Update {
 
 /// Decodes a list written by [`Update::Append`].
 pub fn decode_list(bytes: &[u8]) -> Option<Vec<u64>> {
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return None;
     }
     Some(
@@ -208,10 +208,10 @@ impl Txn {
     }
 }
 
-/// A dependency set: each dependency with one key it conflicts on (enough to route a status
-/// query to a shard that knows it).
+/// A dependency set: each dependency with the keys it conflicts on. A replica waits only on
+/// deps that conflict on keys it replicates; the keys also route status queries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct Deps(BTreeMap<TxnId, Key>);
+pub struct Deps(BTreeMap<TxnId, BTreeSet<Key>>);
 
 impl Deps {
     pub fn new() -> Deps {
@@ -219,7 +219,7 @@ impl Deps {
     }
 
     pub fn insert(&mut self, txn_id: TxnId, key: Key) {
-        self.0.entry(txn_id).or_insert(key);
+        self.0.entry(txn_id).or_default().insert(key);
     }
 
     pub fn remove(&mut self, txn_id: TxnId) {
@@ -227,8 +227,8 @@ impl Deps {
     }
 
     pub fn union(&mut self, other: &Deps) {
-        for (txn_id, key) in &other.0 {
-            self.insert(*txn_id, key.clone());
+        for (txn_id, key) in other.iter() {
+            self.insert(txn_id, key.clone());
         }
     }
 
@@ -236,6 +236,7 @@ impl Deps {
         self.0.contains_key(&txn_id)
     }
 
+    /// The number of dependencies (not keys).
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -244,13 +245,26 @@ impl Deps {
         self.0.is_empty()
     }
 
+    /// Every (dependency, key) pair, ascending.
     pub fn iter(&self) -> impl Iterator<Item = (TxnId, &Key)> {
-        self.0.iter().map(|(txn_id, key)| (*txn_id, key))
+        self.0
+            .iter()
+            .flat_map(|(txn_id, keys)| keys.iter().map(move |key| (*txn_id, key)))
     }
 
-    /// Drops every dependency below `bound`: they are known applied everywhere.
-    pub fn retain_at_or_above(&mut self, bound: TxnId) {
-        self.0.retain(|txn_id, _| *txn_id >= bound);
+    /// The dependencies, ascending.
+    pub fn txn_ids(&self) -> impl Iterator<Item = TxnId> + '_ {
+        self.0.keys().copied()
+    }
+
+    /// The keys `txn_id` conflicts on.
+    pub fn keys_of(&self, txn_id: TxnId) -> impl Iterator<Item = &Key> {
+        self.0.get(&txn_id).into_iter().flatten()
+    }
+
+    /// The number of (dependency, key) pairs.
+    pub fn pair_count(&self) -> usize {
+        self.0.values().map(BTreeSet::len).sum()
     }
 }
 

@@ -4,6 +4,7 @@
 //!   concord-sim --seeds 10000 [--first-seed 0] [--txns 500] [--bug DropDeps]
 //!   concord-sim --seed 42 [--txns 500]            replay one seed, print its report
 //!   concord-sim --measure                         messages per txn and fast-path share
+//!   concord-sim --long 1000000                    bounded state: command/journal curve
 //! ```
 
 use std::process::ExitCode;
@@ -38,6 +39,10 @@ fn main() -> ExitCode {
     let bug = value("--bug").and_then(|name| parse_bug(&name));
     if args.iter().any(|arg| arg == "--measure") {
         measure(number("--measure-txns", 2_000) as usize);
+        return ExitCode::SUCCESS;
+    }
+    if let Some(long) = value("--long").and_then(|v| v.parse::<usize>().ok()) {
+        long_run(long);
         return ExitCode::SUCCESS;
     }
     if let Some(seed) = value("--seed").and_then(|v| v.parse().ok()) {
@@ -105,7 +110,8 @@ fn measure(txns: usize) {
                     keys,
                     bug: None,
                     faults: Some(faults),
-                    verbose: false,
+                    check: true,
+                    gc: false,
                 };
                 let report = run(&config);
                 let commits = (report.fast_path_commits + report.slow_path_commits).max(1);
@@ -125,4 +131,27 @@ fn measure(txns: usize) {
             }
         }
     }
+}
+
+/// A long calm run without the oracles (they keep every transaction), printing how many
+/// commands, journal records and tombstones all nodes hold as transactions complete.
+fn long_run(txns: usize) {
+    let mut config = SimConfig::swarm(11, txns);
+    config.faults = Some(FaultPlan::calm());
+    config.check = false;
+    config.gc = true;
+    config.nodes = 3;
+    config.replication_factor = 3;
+    config.shards = 2;
+    config.keys = 100;
+    config.workload = Workload::ListAppend;
+    let report = run(&config);
+    println!("ops_done commands journal_records tombstones");
+    for (ops_done, commands, records, tombstones) in &report.state_curve {
+        println!("{ops_done:>8} {commands:>8} {records:>15} {tombstones:>10}");
+    }
+    println!(
+        "committed {} of {}, violations {:?}",
+        report.committed, report.ops, report.violations
+    );
 }

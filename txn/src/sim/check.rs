@@ -198,11 +198,14 @@ fn check_bank_total(op_idx: usize, seen: &ReadData, violations: &mut Vec<Violati
     }
 }
 
+/// (invoke, complete, executeAt, op index, writes the key).
+type RealTimeEntry = (u64, u64, Timestamp, usize, bool);
+
 /// An acknowledged op that completed before a conflicting one was invoked has a lower
 /// executeAt. Non-conflicting transactions commute, so their executeAt order is free.
 fn check_real_time(ops: &[OpRecord], violations: &mut Vec<Violation>) {
     // Per key: (invoke, complete, executeAt, op, writes the key).
-    let mut per_key: BTreeMap<Key, Vec<(u64, u64, Timestamp, usize, bool)>> = BTreeMap::new();
+    let mut per_key: BTreeMap<Key, Vec<RealTimeEntry>> = BTreeMap::new();
     for (op_idx, op) in ops.iter().enumerate() {
         if let (Some(Outcome::Committed { execute_at, .. }), Some(complete)) =
             (&op.outcome, op.complete)
@@ -225,8 +228,8 @@ fn check_real_time(ops: &[OpRecord], violations: &mut Vec<Violation>) {
         by_complete.sort_by_key(|entry| entry.1);
         by_invoke.sort_by_key(|entry| entry.0);
         let mut completed_idx = 0;
-        let (mut max_any, mut max_write): (Option<(Timestamp, usize)>, Option<(Timestamp, usize)>) =
-            (None, None);
+        let mut max_any: Option<(Timestamp, usize)> = None;
+        let mut max_write: Option<(Timestamp, usize)> = None;
         for (invoke, _, execute_at, op_idx, writes) in by_invoke {
             while completed_idx < by_complete.len() && by_complete[completed_idx].1 < invoke {
                 let (_, _, at, idx, wrote) = by_complete[completed_idx];

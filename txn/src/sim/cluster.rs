@@ -90,6 +90,11 @@ pub struct RunReport {
     /// The most commands any node held in memory at the end.
     pub commands_per_node_max: usize,
     pub violations: Vec<Violation>,
+    /// Samples of (completed ops, commands in memory, journal records, tombstones), summed
+    /// over nodes, every `txns / 20` completed ops.
+    pub state_curve: Vec<(usize, usize, u64, usize)>,
+    /// The most commands in memory on all nodes together at any sample.
+    pub commands_peak: usize,
 }
 
 struct Sim {
@@ -109,6 +114,8 @@ struct Sim {
     done: bool,
     last_progress: u64,
     report: RunReport,
+    applied: BTreeMap<NodeId, BTreeMap<TxnId, AppliedTxn>>,
+    applied_conflicts: Vec<Violation>,
 }
 
 /// Runs one simulation. Panics inside the protocol (failed invariants) become violations.
@@ -168,6 +175,8 @@ impl Sim {
             quiescing: false,
             done: false,
             last_progress: 0,
+            applied: BTreeMap::new(),
+            applied_conflicts: Vec::new(),
         };
         for node_id in sim.topology.nodes() {
             let skew_micros = sim.rng.range(0, sim.faults.skew_max_micros);
@@ -200,6 +209,7 @@ impl Sim {
         NodeConfig {
             seed: self.config.seed ^ (incarnation << 40) ^ u64::from(node_id.0),
             bug: self.config.bug,
+            gc_enabled: self.config.gc,
             ..NodeConfig::default()
         }
     }
@@ -224,7 +234,10 @@ impl Sim {
         let (node, effects) =
             Node::open(node_id, self.topology.clone(), config, journal, data, now)
                 .expect("the in-memory engine does not fail");
+        let mut node = node;
+        let applied = node.take_applied();
         self.nodes.get_mut(&node_id).expect("known").node = Some(node);
+        self.record_applied(node_id, applied);
         self.apply_effects(node_id, effects);
     }
 
@@ -388,7 +401,31 @@ impl Sim {
         let effects = node
             .handle(now, input)
             .expect("the in-memory engine does not fail");
+        let applied = node.take_applied();
+        self.record_applied(node_id, applied);
         self.apply_effects(node_id, effects);
+    }
+
+    fn record_applied(&mut self, node_id: NodeId, applied: Vec<crate::node::AppliedRecord>) {
+        for record in applied {
+            let entry = AppliedTxn {
+                execute_at: record.execute_at,
+                txn: record.txn,
+                writes: record.writes,
+            };
+            let on_node = self.applied.entry(node_id).or_default();
+            if let Some(previous) = on_node.get(&record.txn_id)
+                && *previous != entry
+            {
+                self.applied_conflicts.push(Violation::new(
+                    "agreement",
+                    format!("{} applied twice on {node_id} differently", record.txn_id),
+                ));
+            }
+            if self.config.check {
+                on_node.insert(record.txn_id, entry);
+            }
+        }
     }
 
     fn apply_effects(&mut self, node_id: NodeId, effects: Effects) {
@@ -536,8 +573,27 @@ impl Sim {
         op.outcome = Some(outcome);
         let client = op.client;
         self.trace(6, op_idx as u64, 0);
+        let sample_every = (self.config.txns / 20).max(1);
+        if (op_idx + 1).is_multiple_of(sample_every) {
+            self.sample_state(op_idx + 1);
+        }
         let think = self.rng.range(0, 2_000);
         self.schedule(think, Event::ClientStart { client });
+    }
+
+    fn sample_state(&mut self, ops_done: usize) {
+        let (mut commands, mut records, mut tombstones) = (0, 0, 0);
+        for slot in self.nodes.values() {
+            if let Some(node) = &slot.node {
+                commands += node.command_count();
+                records += node.journal_record_count().unwrap_or(0);
+                tombstones += node.tombstone_count();
+            }
+        }
+        self.report.commands_peak = self.report.commands_peak.max(commands);
+        self.report
+            .state_curve
+            .push((ops_done, commands, records, tombstones));
     }
 
     fn begin_quiesce(&mut self) {
@@ -569,11 +625,19 @@ impl Sim {
             self.done = true;
             return;
         }
-        assert!(
-            self.now.saturating_sub(self.last_progress) < QUIESCE_MICROS_MAX,
-            "liveness: {unfinished} commands still unfinished {QUIESCE_MICROS_MAX}us after \
-             healing"
-        );
+        if self.now.saturating_sub(self.last_progress) >= QUIESCE_MICROS_MAX {
+            let stuck: Vec<String> = self
+                .nodes
+                .iter()
+                .filter_map(|(id, slot)| slot.node.as_ref().map(|node| (id, node)))
+                .flat_map(|(id, node)| {
+                    node.describe_unfinished(2)
+                        .into_iter()
+                        .map(move |line| format!("{id}: {line}"))
+                })
+                .collect();
+            panic!("liveness: {unfinished} commands unfinished after healing: {stuck:?}");
+        }
         self.schedule(100_000, Event::QuiesceCheck);
     }
 
@@ -585,7 +649,8 @@ impl Sim {
                 "the event queue ran dry before quiescence",
             ));
         }
-        let mut applied: BTreeMap<NodeId, BTreeMap<TxnId, AppliedTxn>> = BTreeMap::new();
+        let applied = std::mem::take(&mut self.applied);
+        violations.append(&mut self.applied_conflicts);
         let mut invalidated: BTreeSet<TxnId> = BTreeSet::new();
         let mut finals = BTreeMap::new();
         let all_keys: Vec<Key> = (0..self.config.keys).map(Key::numbered).collect();
@@ -600,28 +665,11 @@ impl Sim {
             self.report.invalidations += stats.invalidations;
             self.report.commands_per_node_max =
                 self.report.commands_per_node_max.max(node.command_count());
-            let mut on_node = BTreeMap::new();
             for command in node.commands.values() {
-                match command.status {
-                    Status::Applied => {
-                        if let Some(txn) = &command.txn {
-                            on_node.insert(
-                                command.txn_id,
-                                AppliedTxn {
-                                    execute_at: command.execute_at,
-                                    txn: txn.clone(),
-                                    writes: command.writes.clone().unwrap_or_default(),
-                                },
-                            );
-                        }
-                    }
-                    Status::Invalidated => {
-                        invalidated.insert(command.txn_id);
-                    }
-                    _ => {}
+                if command.status == Status::Invalidated {
+                    invalidated.insert(command.txn_id);
                 }
             }
-            applied.insert(*node_id, on_node);
             let owned: Vec<Key> = all_keys
                 .iter()
                 .filter(|key| self.topology.replicates(*node_id, key))
@@ -632,13 +680,15 @@ impl Sim {
                 finals.insert(*node_id, data);
             }
         }
-        violations.extend(check::check_run(
-            &self.ops,
-            &applied,
-            &invalidated,
-            &finals,
-            self.config.workload,
-        ));
+        if self.config.check {
+            violations.extend(check::check_run(
+                &self.ops,
+                &applied,
+                &invalidated,
+                &finals,
+                self.config.workload,
+            ));
+        }
         let (mut fast_sum, mut fast_n, mut slow_sum, mut slow_n) = (0, 0, 0, 0);
         for op in &self.ops {
             match &op.outcome {

@@ -102,8 +102,10 @@ pub struct SimConfig {
     pub bug: Option<ProtocolBug>,
     /// `None`: swarm-drawn from the seed.
     pub faults: Option<FaultPlan>,
-    /// Record a trace hash and message counts (always on; cheap).
-    pub verbose: bool,
+    /// Run the oracles (keeps every applied transaction in memory; off for very long runs).
+    pub check: bool,
+    /// Garbage-collect command state (see `NodeConfig::gc_enabled`).
+    pub gc: bool,
 }
 
 impl SimConfig {
@@ -132,7 +134,8 @@ impl SimConfig {
             keys: rng.range(3, 30),
             bug: None,
             faults: None,
-            verbose: false,
+            check: true,
+            gc: false,
         }
     }
 

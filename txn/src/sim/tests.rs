@@ -99,3 +99,30 @@ fn bug_slow_path_uses_txn_id_is_caught() {
     let seed = first_failing_seed(crate::node::ProtocolBug::SlowPathUsesTxnId, 20, 150);
     assert!(seed.is_some(), "a slow path at t0 went unnoticed");
 }
+
+/// Garbage collection keeps command state bounded: on a calm run of 2,000 transactions the
+/// commands held in memory (all nodes together) never exceed a small multiple of the
+/// transactions in flight, and the journal shrinks with them.
+#[test]
+fn command_state_stays_bounded() {
+    let mut config = calm(3, 2_000);
+    config.clients = 4;
+    config.keys = 20;
+    config.gc = true;
+    let report = run(&config);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(report.committed, 2_000);
+    let nodes = config.nodes as usize;
+    let bound = 150 * nodes;
+    assert!(
+        report.commands_peak <= bound,
+        "peak {} commands > {bound}; curve {:?}",
+        report.commands_peak,
+        report.state_curve
+    );
+    let (_, _, last_records, _) = report.state_curve.last().copied().unwrap_or_default();
+    assert!(
+        last_records <= bound as u64,
+        "journal kept {last_records} records"
+    );
+}
