@@ -100,11 +100,31 @@ impl MemoryEngine {
         }
     }
 
-    fn apply(&self, families: &mut Families, batch: &WriteBatch) -> Result<()> {
+    /// Resolves a batch against `families` into operations that cannot
+    /// fail (merges become puts), without changing anything: a merge that
+    /// fails leaves nothing half-applied, and applying in place afterwards
+    /// copies no map (unless a snapshot shares it).
+    fn resolve(&self, families: &Families, batch: &WriteBatch) -> Result<Vec<BatchOp>> {
+        // What this batch has written so far, newest state per key.
+        let mut overlay: BTreeMap<(Family, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
+        let mut deleted_ranges: Vec<(Family, Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut resolved = Vec::with_capacity(batch.len());
         for op in batch.ops() {
             match op {
                 BatchOp::Put { family, key, value } => {
-                    families.map_mut(*family).insert(key.clone(), value.clone());
+                    overlay.insert((*family, key.clone()), Some(value.clone()));
+                    resolved.push(op.clone());
+                }
+                BatchOp::Delete { family, key } => {
+                    overlay.insert((*family, key.clone()), None);
+                    resolved.push(op.clone());
+                }
+                BatchOp::DeleteRange { family, start, end } => {
+                    overlay.retain(|(overlay_family, key), _| {
+                        overlay_family != family || key < start || key >= end
+                    });
+                    deleted_ranges.push((*family, start.clone(), end.clone()));
+                    resolved.push(op.clone());
                 }
                 BatchOp::Merge {
                     family,
@@ -117,16 +137,42 @@ impl MemoryEngine {
                             family.name()
                         )));
                     };
-                    let map = families.map_mut(*family);
+                    let existing: Option<&[u8]> = match overlay.get(&(*family, key.clone())) {
+                        Some(written) => written.as_deref(),
+                        None if deleted_ranges.iter().any(|(range_family, start, end)| {
+                            range_family == family && key >= start && key < end
+                        }) =>
+                        {
+                            None
+                        }
+                        None => families.map(*family).get(key).map(Vec::as_slice),
+                    };
                     let merged = merge_operator
-                        .merge(key, map.get(key).map(Vec::as_slice), &[operand.as_slice()])
+                        .merge(key, existing, &[operand.as_slice()])
                         .ok_or_else(|| {
                             Error::corruption(format!(
                                 "merge operator {} rejected its input",
                                 merge_operator.name()
                             ))
                         })?;
-                    map.insert(key.clone(), merged);
+                    overlay.insert((*family, key.clone()), Some(merged.clone()));
+                    resolved.push(BatchOp::Put {
+                        family: *family,
+                        key: key.clone(),
+                        value: merged,
+                    });
+                }
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// Applies resolved operations (no merges) in place.
+    fn apply_resolved(families: &mut Families, resolved: &[BatchOp]) {
+        for op in resolved {
+            match op {
+                BatchOp::Put { family, key, value } => {
+                    families.map_mut(*family).insert(key.clone(), value.clone());
                 }
                 BatchOp::Delete { family, key } => {
                     families.map_mut(*family).remove(key);
@@ -141,9 +187,11 @@ impl MemoryEngine {
                         map.remove(&key);
                     }
                 }
+                BatchOp::Merge { .. } => {
+                    unreachable!("resolve turns every merge into a put")
+                }
             }
         }
-        Ok(())
     }
 }
 
@@ -246,10 +294,8 @@ impl Engine for MemoryEngine {
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
         batch.check_limits()?;
         let mut state = self.state.lock();
-        // Apply to a copy first so a failing merge leaves nothing half-applied.
-        let mut next = state.current.clone();
-        self.apply(&mut next, &batch)?;
-        state.current = next;
+        let resolved = self.resolve(&state.current, &batch)?;
+        Self::apply_resolved(&mut state.current, &resolved);
         if state.durable.is_some() {
             state.unsynced.push(batch);
             if durability == Durability::Sync {
@@ -262,12 +308,16 @@ impl Engine for MemoryEngine {
 
     fn sync_wal(&self) -> Result<()> {
         let mut state = self.state.lock();
-        let unsynced = std::mem::take(&mut state.unsynced);
-        if let Some(mut durable) = state.durable.take() {
-            for batch in &unsynced {
-                self.apply(&mut durable, batch)?;
-            }
-            state.durable = Some(durable);
+        let state = &mut *state;
+        let Some(durable) = state.durable.as_mut() else {
+            return Ok(());
+        };
+        // Each batch was resolved once already against the current state; it
+        // resolves the same way against the durable one, which has every
+        // earlier batch applied.
+        for batch in std::mem::take(&mut state.unsynced) {
+            let resolved = self.resolve(durable, &batch)?;
+            Self::apply_resolved(durable, &resolved);
         }
         Ok(())
     }
