@@ -9,6 +9,8 @@ use crate::{Error, Result};
 
 /// The data directory used when none is configured.
 pub const DATA_DIR_DEFAULT: &str = "concord-data";
+/// Where the CQL endpoint listens when not configured (Cassandra's port).
+pub const CQL_LISTEN_ADDRESS_DEFAULT: &str = "127.0.0.1:9042";
 
 /// How writes reach disk before they are acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -41,6 +43,15 @@ pub struct Config {
     /// A `tracing` filter, e.g. `info` or `concord_server=debug,info`.
     pub log_filter: String,
     pub log_format: LogFormat,
+    /// `host:port` of the CQL native protocol endpoint (port 0: any free).
+    pub cql_listen_address: String,
+    /// The largest CQL frame accepted, in bytes.
+    pub cql_frame_bytes_max: usize,
+    /// The most concurrent CQL connections.
+    pub cql_connections_max: usize,
+    /// The most requests one CQL connection may have in flight; past it the
+    /// node stops reading from that connection (backpressure).
+    pub cql_in_flight_requests_max: usize,
 }
 
 impl Default for Config {
@@ -51,6 +62,10 @@ impl Default for Config {
             periodic_sync_ms: 100,
             log_filter: "info".to_owned(),
             log_format: LogFormat::Text,
+            cql_listen_address: CQL_LISTEN_ADDRESS_DEFAULT.to_owned(),
+            cql_frame_bytes_max: crate::cql::FRAME_BYTES_MAX_DEFAULT,
+            cql_connections_max: crate::cql::CONNECTIONS_MAX_DEFAULT,
+            cql_in_flight_requests_max: crate::cql::IN_FLIGHT_REQUESTS_MAX_DEFAULT,
         }
     }
 }
@@ -89,6 +104,24 @@ impl Config {
         if self.commit_sync == CommitSync::Periodic && self.periodic_sync_ms == 0 {
             return Err(Error::Config("periodic_sync_ms must be at least 1".into()));
         }
+        if self
+            .cql_listen_address
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return Err(Error::Config(format!(
+                "cql_listen_address {:?} is not host:port (e.g. 127.0.0.1:9042)",
+                self.cql_listen_address
+            )));
+        }
+        if self.cql_frame_bytes_max == 0
+            || self.cql_connections_max == 0
+            || self.cql_in_flight_requests_max == 0
+        {
+            return Err(Error::Config(
+                "cql_frame_bytes_max, cql_connections_max and cql_in_flight_requests_max must be at least 1".into(),
+            ));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(Error::Config("data_dir must not be empty".into()));
         }
@@ -115,5 +148,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("periodic_sync_ms"), "{error}");
+        let error = Config::from_toml("cql_listen_address = \"localhost\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cql_listen_address"), "{error}");
+        let config = Config::from_toml("cql_listen_address = \"0.0.0.0:19042\"").unwrap();
+        assert_eq!(config.cql_listen_address, "0.0.0.0:19042");
     }
 }

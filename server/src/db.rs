@@ -28,7 +28,7 @@ use concord_storage::rows::{
     self, Mutation, Partition, ReadOptions, Row, ScanCursor, ScanPage, Slice, TableRegistry,
 };
 use concord_storage::schema::{
-    ColumnSpec, IfExists, KeyspaceDef, Schema, TableDef, TableOptions, TableSpec,
+    ColumnId, ColumnSpec, IfExists, KeyspaceDef, Schema, TableDef, TableOptions, TableSpec,
 };
 use concord_storage::types::CqlType;
 use concord_storage::value::CqlValue;
@@ -61,11 +61,60 @@ pub enum Read {
 
 /// A unit of work executed at one timestamp: its reads see the state just
 /// before it, its writes all carry that timestamp as their write time.
+///
+/// `condition` makes it conditional (CQL `IF`, lightweight transactions,
+/// `BEGIN TRANSACTION ... IF ... THEN`): every check is evaluated by the
+/// executor on this transaction's own reads, and the writes apply only when
+/// all hold. Checks are data, not closures, so a replica of the transaction
+/// layer evaluates them deterministically from the same reads.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Transaction {
     pub reads: Vec<Read>,
     pub writes: Vec<Mutation>,
+    pub condition: Vec<Check>,
 }
+
+/// A comparison in a [`Check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Less,
+    LessOrEqual,
+    Greater,
+    GreaterOrEqual,
+}
+
+/// One check of a transaction's condition, over the result of one of its
+/// reads (by index into `reads`; a `Read::Partition` read is judged by its
+/// first row, or its static row when the column is static).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    /// The read found a live row.
+    RowExists { read: usize },
+    /// The read found no live row.
+    RowAbsent { read: usize },
+    /// `column [element] operator value`, where a missing row or cell reads
+    /// as null. As in Cassandra, `= null` holds for a null and `!= null` for
+    /// a non-null; any other comparison with a null is false.
+    Column {
+        read: usize,
+        column: ColumnId,
+        /// A map key or list index inside a collection column.
+        element: Option<CqlValue>,
+        operator: CompareOp,
+        value: Option<CqlValue>,
+    },
+    /// Compares a column of one read with a column of another.
+    Columns {
+        left: (usize, ColumnId),
+        operator: CompareOp,
+        right: (usize, ColumnId),
+    },
+}
+
+/// The most checks one condition may carry.
+pub const CONDITION_CHECKS_MAX: usize = 100;
 
 /// What a read returned.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +130,9 @@ pub struct TransactionResult {
     pub execute_at: WriteTime,
     /// One result per read, in order.
     pub reads: Vec<ReadResult>,
+    /// Whether the writes were applied: false only when the condition
+    /// failed.
+    pub applied: bool,
 }
 
 /// Assigns strictly increasing timestamps that follow the wall clock.
@@ -350,6 +402,17 @@ impl<E: Engine> Db<E> {
         )
     }
 
+    /// `DROP TYPE`.
+    ///
+    /// # Errors
+    /// As [`Schema::drop_type`].
+    pub fn drop_type(&self, keyspace: &str, name: &str, if_exists: IfExists) -> Result<()> {
+        self.change_schema(
+            |schema| schema.drop_type(keyspace, name, if_exists),
+            |_, _| {},
+        )
+    }
+
     /// `CREATE TABLE`. Returns `None` if it existed (lenient).
     ///
     /// # Errors
@@ -444,6 +507,15 @@ impl<E: Engine> Db<E> {
     /// transaction that does not fit the schema (nothing is applied),
     /// `Storage(Engine)` when the engine fails (nothing is applied).
     pub fn execute(&self, transaction: Transaction) -> Result<TransactionResult> {
+        if transaction.condition.len() > CONDITION_CHECKS_MAX {
+            return Err(concord_storage::Error::LimitExceeded {
+                what: format!("condition with {} checks", transaction.condition.len()),
+                limit: "CONDITION_CHECKS_MAX",
+                actual: transaction.condition.len(),
+                max: CONDITION_CHECKS_MAX,
+            }
+            .into());
+        }
         let operations = transaction.reads.len() + transaction.writes.len();
         if operations > TRANSACTION_OPERATIONS_MAX {
             return Err(concord_storage::Error::LimitExceeded {
@@ -482,14 +554,19 @@ impl<E: Engine> Db<E> {
         for read in &transaction.reads {
             reads.push(self.read_at(read, now_seconds)?);
         }
-        if !transaction.writes.is_empty() {
+        let applied = evaluate_condition(&transaction.condition, &transaction.reads, &reads)?;
+        if applied && !transaction.writes.is_empty() {
             let mut batch = WriteBatch::new();
             for (mutation, table) in transaction.writes.iter().zip(&tables) {
                 rows::write_mutation(table, mutation, execute_at, &mut batch)?;
             }
             self.engine.write(batch, self.durability)?;
         }
-        Ok(TransactionResult { execute_at, reads })
+        Ok(TransactionResult {
+            execute_at,
+            reads,
+            applied,
+        })
     }
 
     /// Applies mutations as one transaction and returns their write time.
@@ -499,8 +576,8 @@ impl<E: Engine> Db<E> {
     pub fn write(&self, mutations: Vec<Mutation>) -> Result<WriteTime> {
         Ok(self
             .execute(Transaction {
-                reads: Vec::new(),
                 writes: mutations,
+                ..Transaction::default()
             })?
             .execute_at)
     }
@@ -617,6 +694,139 @@ impl<E: Engine> Db<E> {
         self.engine.sync_wal()?;
         self.engine.flush()?;
         Ok(())
+    }
+}
+
+/// Evaluates a transaction's condition on its reads; an empty condition
+/// holds.
+fn evaluate_condition(checks: &[Check], reads: &[Read], results: &[ReadResult]) -> Result<bool> {
+    let out_of_range = |read: usize| {
+        concord_storage::Error::InvalidRequest(format!(
+            "condition names read {read} but the transaction has {} reads",
+            results.len()
+        ))
+    };
+    let first_row = |read: usize| -> Result<Option<(&Row, Option<&Row>)>> {
+        let result = results.get(read).ok_or_else(|| out_of_range(read))?;
+        Ok(match result {
+            ReadResult::Row(row) => row.as_ref().map(|row| (row, None)),
+            ReadResult::Partition(partition) => partition.as_ref().and_then(|partition| {
+                partition
+                    .rows
+                    .first()
+                    .map(|row| (row, partition.static_row.as_ref()))
+            }),
+        })
+    };
+    let column_value = |read: usize, column: ColumnId| -> Result<Option<(CqlValue, CqlType)>> {
+        let table = match reads.get(read).ok_or_else(|| out_of_range(read))? {
+            Read::Row { table, .. } | Read::Partition { table, .. } => table,
+        };
+        let Some(def) = table.column_by_id(column) else {
+            return Err(concord_storage::Error::InvalidRequest(format!(
+                "condition names column id {} not in {}",
+                column.0,
+                table.qualified_name()
+            ))
+            .into());
+        };
+        let static_row = match results.get(read) {
+            Some(ReadResult::Partition(Some(partition))) => partition.static_row.as_ref(),
+            _ => None,
+        };
+        let row = first_row(read)?.map(|(row, _)| row);
+        let cell = row
+            .and_then(|row| row.columns.get(&column))
+            .or_else(|| static_row.and_then(|row| row.columns.get(&column)));
+        Ok(cell.map(|cell| (cell.value.clone(), def.ty.clone())))
+    };
+    for check in checks {
+        let holds = match check {
+            Check::RowExists { read } => first_row(*read)?.is_some(),
+            Check::RowAbsent { read } => first_row(*read)?.is_none(),
+            Check::Column {
+                read,
+                column,
+                element,
+                operator,
+                value,
+            } => {
+                let current = column_value(*read, *column)?;
+                let current = match (current, element) {
+                    (Some((collection, ty)), Some(element)) => {
+                        collection_element(&collection, &ty, element)
+                    }
+                    (current, None) => current,
+                    (None, Some(_)) => None,
+                };
+                compare(
+                    current.as_ref().map(|(v, t)| (v, t)),
+                    *operator,
+                    value.as_ref(),
+                )
+            }
+            Check::Columns {
+                left,
+                operator,
+                right,
+            } => {
+                let left = column_value(left.0, left.1)?;
+                let right = column_value(right.0, right.1)?;
+                compare(
+                    left.as_ref().map(|(v, t)| (v, t)),
+                    *operator,
+                    right.as_ref().map(|(v, _)| v),
+                )
+            }
+        };
+        if !holds {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn collection_element(
+    collection: &CqlValue,
+    ty: &CqlType,
+    element: &CqlValue,
+) -> Option<(CqlValue, CqlType)> {
+    match (collection, ty.unfrozen()) {
+        (CqlValue::Map(entries), CqlType::Map(key_type, value_type)) => entries
+            .iter()
+            .find(|(key, _)| key.compare(element, key_type).is_eq())
+            .map(|(_, value)| (value.clone(), (**value_type).clone())),
+        (CqlValue::List(elements), CqlType::List(element_type)) => match element {
+            CqlValue::Int(index) => usize::try_from(*index)
+                .ok()
+                .and_then(|index| elements.get(index))
+                .map(|value| (value.clone(), (**element_type).clone())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn compare(
+    current: Option<(&CqlValue, &CqlType)>,
+    operator: CompareOp,
+    expected: Option<&CqlValue>,
+) -> bool {
+    use std::cmp::Ordering;
+    match (current, expected) {
+        (None, None) => operator == CompareOp::Equal,
+        (Some(_), None) | (None, Some(_)) => operator == CompareOp::NotEqual,
+        (Some((current, ty)), Some(expected)) => {
+            let ordering = current.compare(expected, ty);
+            match operator {
+                CompareOp::Equal => ordering == Ordering::Equal,
+                CompareOp::NotEqual => ordering != Ordering::Equal,
+                CompareOp::Less => ordering == Ordering::Less,
+                CompareOp::LessOrEqual => ordering != Ordering::Greater,
+                CompareOp::Greater => ordering == Ordering::Greater,
+                CompareOp::GreaterOrEqual => ordering != Ordering::Less,
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 //! [`config::Config`].
 
 pub mod config;
+pub mod cql;
 pub mod db;
 pub mod error;
 

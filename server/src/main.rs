@@ -44,6 +44,9 @@ struct StartArgs {
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormatArg>,
+    /// `host:port` for the CQL endpoint (default 127.0.0.1:9042; port 0 picks a free one).
+    #[arg(long)]
+    cql_listen_address: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -93,6 +96,9 @@ fn load_config(args: &StartArgs) -> anyhow::Result<Config> {
     if let Some(log_filter) = &args.log_filter {
         config.log_filter = log_filter.clone();
     }
+    if let Some(address) = &args.cql_listen_address {
+        config.cql_listen_address = address.clone();
+    }
     if let Some(log_format) = args.log_format {
         config.log_format = match log_format {
             LogFormatArg::Text => LogFormat::Text,
@@ -130,7 +136,7 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
 async fn run(config: Config) -> anyhow::Result<()> {
     let data_dir =
         std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
-    let db = Db::open_with_config(&config).context("open the database")?;
+    let db = std::sync::Arc::new(Db::open_with_config(&config).context("open the database")?);
     // Install the handlers before announcing readiness, so a supervisor that
     // signals right after "ready" gets a clean stop.
     let shutdown = ShutdownSignals::install()?;
@@ -145,10 +151,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The machine-readable lines a supervisor or test waits for.
     println!("concord {} started", env!("CARGO_PKG_VERSION"));
     println!("data dir: {}", data_dir.display());
-    println!("listening: no network endpoints yet (CQL on 9042 arrives with the CQL issue)");
+    let cql_address: std::net::SocketAddr = config
+        .cql_listen_address
+        .parse()
+        .context("parse cql_listen_address")?;
+    let limits = concord_server::cql::Limits {
+        frame_bytes_max: config.cql_frame_bytes_max,
+        connections_max: config.cql_connections_max,
+        in_flight_requests_max: config.cql_in_flight_requests_max,
+    };
+    let cql = concord_server::cql::CqlServer::start(db.clone(), cql_address, limits)
+        .await
+        .with_context(|| format!("listen for CQL on {cql_address}"))?;
+    tracing::info!(address = %cql.local_address(), "cql endpoint listening");
+    println!("cql: listening on {}", cql.local_address());
     println!("ready");
     shutdown.wait().await?;
     tracing::info!("shutting down: flushing");
+    cql.stop();
     db.flush().context("flush on shutdown")?;
     drop(db);
     tracing::info!("stopped cleanly");

@@ -23,7 +23,7 @@ fn start_serves_until_sigterm_then_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let mut child = Command::new(BINARY)
-        .args(["start", "--data-dir"])
+        .args(["start", "--cql-listen-address", "127.0.0.1:0", "--data-dir"])
         .arg(&data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -230,6 +230,7 @@ fn transactions_read_the_state_before_their_own_writes() {
         .execute(Transaction {
             reads: vec![read.clone()],
             writes: vec![insert(&table, 1, 10, "b")],
+            ..Transaction::default()
         })
         .unwrap();
     assert!(
@@ -246,7 +247,7 @@ fn transactions_read_the_state_before_their_own_writes() {
     let after = db
         .execute(Transaction {
             reads: vec![read],
-            writes: vec![],
+            ..Transaction::default()
         })
         .unwrap();
     match &after.reads[0] {

@@ -4,5 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod binary;
+mod cql_clients;
+mod cql_node;
+mod cql_protocol;
 mod embedded;
 mod tidy;

@@ -1,0 +1,146 @@
+//! The CQL native protocol endpoint (v4 and v5): cqlsh and the Cassandra
+//! drivers talk to `concord start` through it unchanged. See `design/cql.md`.
+//!
+//! ```text
+//! accept ──► connection task (one per client, connections_max)
+//!              reader: frames ► requests; a permit per request
+//!                      (in_flight_requests_max: when all are taken the
+//!                      reader stops reading, so TCP pushes back)
+//!              request task: parse / bind / execute on the blocking pool
+//!              writer: responses (and pushed events) ► frames
+//! ```
+//!
+//! Every write reaches the database through `Db::execute` (in
+//! [`execute`]); a malformed frame ends only its own connection.
+
+pub mod connection;
+pub mod error;
+pub mod execute;
+pub mod frame;
+pub mod select;
+pub mod system;
+pub mod transaction;
+pub mod values;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cassandra_protocol::frame::events::SchemaChange;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, broadcast};
+
+use crate::Db;
+
+/// The default `frame_bytes_max` (Cassandra's `native_transport_max_frame_size`
+/// is 16 MiB; the issue sets 256 MiB).
+pub const FRAME_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
+/// The default number of concurrent client connections.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// The default number of requests one connection may have in flight.
+pub const IN_FLIGHT_REQUESTS_MAX_DEFAULT: usize = 1024;
+/// Pushed events buffered per connection before a slow one misses some.
+pub const EVENTS_BUFFERED_MAX: usize = 256;
+
+/// The endpoint's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub frame_bytes_max: usize,
+    pub connections_max: usize,
+    pub in_flight_requests_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            in_flight_requests_max: IN_FLIGHT_REQUESTS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub db: Arc<Db>,
+    pub limits: Limits,
+    /// The address clients reach this node at (system.local's rpc_address).
+    pub address: SocketAddr,
+    pub prepared: execute::PreparedCache,
+    pub schema_events: broadcast::Sender<SchemaChange>,
+}
+
+/// A running CQL endpoint.
+#[derive(Debug)]
+pub struct CqlServer {
+    local_address: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CqlServer {
+    /// Binds `address` and serves connections until dropped or stopped.
+    ///
+    /// # Errors
+    /// The bind failure (address in use, permission).
+    pub async fn start(
+        db: Arc<Db>,
+        address: SocketAddr,
+        limits: Limits,
+    ) -> std::io::Result<CqlServer> {
+        assert!(limits.frame_bytes_max > 0 && limits.connections_max > 0);
+        assert!(limits.in_flight_requests_max > 0);
+        let listener = TcpListener::bind(address).await?;
+        let local_address = listener.local_addr()?;
+        let (schema_events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
+        let shared = Arc::new(Shared {
+            db,
+            limits,
+            address: local_address,
+            prepared: execute::PreparedCache::default(),
+            schema_events,
+        });
+        let task = tokio::spawn(accept_loop(listener, shared));
+        Ok(CqlServer {
+            local_address,
+            task,
+        })
+    }
+
+    /// The address it listens on (with the port the OS chose for port 0).
+    pub fn local_address(&self) -> SocketAddr {
+        self.local_address
+    }
+
+    /// Stops accepting; open connections end with the runtime.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let connections = Arc::new(Semaphore::new(shared.limits.connections_max));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: wait, do not spin.
+                tracing::warn!(%error, "cql accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        match connections.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    connection::serve(stream, peer, shared).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(connection::refuse(stream, shared.limits.connections_max));
+            }
+        }
+    }
+}
