@@ -25,7 +25,8 @@ use concord_storage::engine::{Durability, Engine, EngineOptions, Family, WriteBa
 use concord_storage::memory::MemoryEngine;
 use concord_storage::partitioner::TokenRange;
 use concord_storage::rows::{
-    self, Mutation, Partition, ReadOptions, Row, ScanCursor, ScanPage, Slice, TableRegistry,
+    self, CellOp, Mutation, Partition, ReadOptions, Row, RowOp, ScanCursor, ScanPage, Slice,
+    TableRegistry,
 };
 use concord_storage::schema::{
     ColumnId, ColumnSpec, IfExists, KeyspaceDef, Schema, TableDef, TableOptions, TableSpec,
@@ -72,6 +73,31 @@ pub struct Transaction {
     pub reads: Vec<Read>,
     pub writes: Vec<Mutation>,
     pub condition: Vec<Check>,
+    /// Cell values computed from the reads (`SET balance = balance - 100`).
+    pub derived: Vec<DerivedCell>,
+}
+
+/// `+` or `-` in a [`DerivedCell`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arithmetic {
+    Add,
+    Subtract,
+}
+
+/// A cell whose new value the executor computes from one of the
+/// transaction's reads: `read`'s value of `column`, then `arithmetic` with
+/// `operand`. It replaces the value of `column` in the upsert
+/// `writes[write].ops[op]` (whose cell for `column` must be a
+/// `CellOp::Set`). Data, not a closure, so every replica computes the same.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DerivedCell {
+    pub write: usize,
+    pub op: usize,
+    pub column: ColumnId,
+    /// A `Read::Row` of the row being written.
+    pub read: usize,
+    pub arithmetic: Arithmetic,
+    pub operand: CqlValue,
 }
 
 /// A comparison in a [`Check`].
@@ -555,9 +581,13 @@ impl<E: Engine> Db<E> {
             reads.push(self.read_at(read, now_seconds)?);
         }
         let applied = evaluate_condition(&transaction.condition, &transaction.reads, &reads)?;
-        if applied && !transaction.writes.is_empty() {
+        let mut writes = transaction.writes;
+        if applied {
+            apply_derived(&transaction.derived, &reads, &tables, &mut writes)?;
+        }
+        if applied && !writes.is_empty() {
             let mut batch = WriteBatch::new();
-            for (mutation, table) in transaction.writes.iter().zip(&tables) {
+            for (mutation, table) in writes.iter().zip(&tables) {
                 rows::write_mutation(table, mutation, execute_at, &mut batch)?;
             }
             self.engine.write(batch, self.durability)?;
@@ -786,6 +816,98 @@ fn evaluate_condition(checks: &[Check], reads: &[Read], results: &[ReadResult]) 
     Ok(true)
 }
 
+/// Computes derived cells from the reads into the writes.
+fn apply_derived(
+    derived: &[DerivedCell],
+    reads: &[ReadResult],
+    tables: &[Arc<TableDef>],
+    writes: &mut [Mutation],
+) -> Result<()> {
+    let invalid = |message: String| -> crate::Error {
+        concord_storage::Error::InvalidRequest(message).into()
+    };
+    for cell in derived {
+        let table = tables
+            .get(cell.write)
+            .ok_or_else(|| invalid(format!("derived cell names write {}", cell.write)))?;
+        let def = table
+            .column_by_id(cell.column)
+            .ok_or_else(|| invalid(format!("derived cell names column id {}", cell.column.0)))?;
+        let current = match reads.get(cell.read) {
+            Some(ReadResult::Row(row)) => row
+                .as_ref()
+                .and_then(|row| row.columns.get(&cell.column))
+                .map(|value| value.value.clone()),
+            _ => {
+                return Err(invalid(format!(
+                    "derived cell read {} is not a row read",
+                    cell.read
+                )));
+            }
+        };
+        let Some(current) = current else {
+            return Err(invalid(format!(
+                "{} is null in the row being updated; `{0} = {0} +/- ...` needs a value",
+                def.name
+            )));
+        };
+        let value = arithmetic(&current, cell.arithmetic, &cell.operand).ok_or_else(|| {
+            invalid(format!(
+                "{} {:?} {:?} overflows or does not apply to type {}",
+                def.name, cell.arithmetic, cell.operand, def.ty
+            ))
+        })?;
+        let mutation = writes
+            .get_mut(cell.write)
+            .ok_or_else(|| invalid(format!("derived cell names write {}", cell.write)))?;
+        let Some(RowOp::Upsert { cells, .. }) = mutation.ops.get_mut(cell.op) else {
+            return Err(invalid(format!(
+                "derived cell names op {} which is not an upsert",
+                cell.op
+            )));
+        };
+        let Some((_, op)) = cells.iter_mut().find(|(column, _)| *column == cell.column) else {
+            return Err(invalid(format!(
+                "derived cell's upsert has no cell for {}",
+                def.name
+            )));
+        };
+        *op = CellOp::Set(Some(value));
+    }
+    Ok(())
+}
+
+fn arithmetic(current: &CqlValue, operation: Arithmetic, operand: &CqlValue) -> Option<CqlValue> {
+    use CqlValue as V;
+    let add = operation == Arithmetic::Add;
+    Some(match (current, operand) {
+        (V::Tinyint(a), V::Tinyint(b)) => V::Tinyint(if add {
+            a.checked_add(*b)?
+        } else {
+            a.checked_sub(*b)?
+        }),
+        (V::Smallint(a), V::Smallint(b)) => V::Smallint(if add {
+            a.checked_add(*b)?
+        } else {
+            a.checked_sub(*b)?
+        }),
+        (V::Int(a), V::Int(b)) => V::Int(if add {
+            a.checked_add(*b)?
+        } else {
+            a.checked_sub(*b)?
+        }),
+        (V::Bigint(a), V::Bigint(b)) => V::Bigint(if add {
+            a.checked_add(*b)?
+        } else {
+            a.checked_sub(*b)?
+        }),
+        (V::Varint(a), V::Varint(b)) => V::Varint(if add { a + b } else { a - b }),
+        (V::Float(a), V::Float(b)) => V::Float(if add { a + b } else { a - b }),
+        (V::Double(a), V::Double(b)) => V::Double(if add { a + b } else { a - b }),
+        _ => return None,
+    })
+}
+
 fn collection_element(
     collection: &CqlValue,
     ty: &CqlType,
@@ -836,5 +958,53 @@ impl<E: Engine> Drop for Db<E> {
         if let Err(error) = self.engine.sync_wal() {
             tracing::error!(%error, "syncing the write-ahead log on close failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_arithmetic_checks_overflow_and_types() {
+        let add = |a, b| arithmetic(&a, Arithmetic::Add, &b);
+        assert_eq!(
+            add(CqlValue::Int(2), CqlValue::Int(3)),
+            Some(CqlValue::Int(5))
+        );
+        assert_eq!(add(CqlValue::Int(i32::MAX), CqlValue::Int(1)), None);
+        assert_eq!(
+            arithmetic(
+                &CqlValue::Bigint(5),
+                Arithmetic::Subtract,
+                &CqlValue::Bigint(7)
+            ),
+            Some(CqlValue::Bigint(-2))
+        );
+        assert_eq!(add(CqlValue::Int(1), CqlValue::Bigint(1)), None);
+        assert_eq!(
+            add(CqlValue::Text("a".into()), CqlValue::Text("b".into())),
+            None
+        );
+    }
+
+    #[test]
+    fn comparisons_with_null_follow_cassandra() {
+        let one = CqlValue::Int(1);
+        let current = Some((&one, &CqlType::Int));
+        assert!(compare(None, CompareOp::Equal, None));
+        assert!(!compare(None, CompareOp::Less, None));
+        assert!(compare(current, CompareOp::NotEqual, None));
+        assert!(!compare(current, CompareOp::Greater, None));
+        assert!(compare(
+            current,
+            CompareOp::GreaterOrEqual,
+            Some(&CqlValue::Int(1))
+        ));
+        assert!(!compare(
+            current,
+            CompareOp::Greater,
+            Some(&CqlValue::Int(1))
+        ));
     }
 }

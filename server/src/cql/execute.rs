@@ -22,8 +22,8 @@ use cassandra_protocol::types::CBytesShort;
 use cassandra_protocol::types::value::Value as WireValue;
 use concord_cql_parser::ast::{
     AlterTableAction, Assignment, Condition, CreateTable, Delete, DeleteTarget, Insert,
-    InsertValues, Operator, Parsed, Property, QualifiedName, Relation, Statement, Term, Update,
-    Using,
+    InsertValues, Operator, Parsed, Property, QualifiedName, Relation, Statement, Term,
+    TransactionCondition, Update, Using,
 };
 use concord_storage::rows::{CellOp, Liveness, Mutation, RowOp, Slice, SliceBound, Ttl};
 use concord_storage::schema::{
@@ -40,7 +40,7 @@ use crate::cql::error::{CqlError, CqlResult, already_exists, invalid};
 use crate::cql::select;
 use crate::cql::system;
 use crate::cql::values::{self, Bound, BoundValues, col_type, required_value, term_value};
-use crate::db::{Check, CompareOp, Read, ReadResult, Transaction};
+use crate::db::{Arithmetic, Check, CompareOp, Read, ReadResult, Transaction};
 
 /// The most prepared statements kept; past it an arbitrary one is evicted
 /// (its clients get UNPREPARED and re-prepare).
@@ -745,6 +745,34 @@ fn describe_binds(
                 describe_binds(context, statement, receivers, &mut Vec::new())?;
             }
         }
+        Statement::Transaction(block) => {
+            let mut let_tables = HashMap::new();
+            for binding in &block.lets {
+                let table = context.table(&binding.select.table)?;
+                describe_relations(
+                    &table,
+                    &binding.select.where_clause,
+                    receivers,
+                    &mut Vec::new(),
+                )?;
+                let_tables.insert(binding.name.clone(), table);
+            }
+            for condition in block.condition.iter().flatten() {
+                if let TransactionCondition::Compare { left, right, .. } = condition {
+                    for (reference, other) in [(left, right), (right, left)] {
+                        if let Term::Reference { row, column } = reference
+                            && let Some(table) = let_tables.get(row)
+                            && let Some(def) = table.column(column)
+                        {
+                            note_bind(receivers, other, table, column, &def.ty);
+                        }
+                    }
+                }
+            }
+            for statement in &block.modifications {
+                describe_binds(context, statement, receivers, &mut Vec::new())?;
+            }
+        }
         _ => {}
     }
     Ok(())
@@ -809,6 +837,28 @@ pub struct Plan {
     pub mutations: Vec<Mutation>,
     /// The read and checks of a conditional statement.
     pub conditional: Option<Conditional>,
+    /// Cells computed from a read of the row (transaction blocks only):
+    /// (mutation index, op index, column, arithmetic, operand, the read).
+    pub derived: Vec<Derived>,
+}
+
+/// A derived cell of a [`Plan`], before its indexes are fixed in the
+/// transaction.
+pub type Derived = (
+    usize,
+    usize,
+    concord_storage::schema::ColumnId,
+    Arithmetic,
+    CqlValue,
+    Read,
+);
+
+/// What an assignment does to its column.
+#[derive(Debug)]
+enum Assigned {
+    Op(CellOp),
+    Unset,
+    Arithmetic(Arithmetic, CqlValue),
 }
 
 /// A check against the plan's own read (index fixed when plans combine).
@@ -847,6 +897,11 @@ fn run_plans(context: &Context<'_>, plans: Vec<Plan>) -> CqlResult<ResResultBody
     let mut transaction = Transaction::default();
     let mut conditional = Vec::new();
     for plan in plans {
+        if !plan.derived.is_empty() {
+            return Err(CqlError::Server(
+                "a derived cell outside a transaction block".into(),
+            ));
+        }
         transaction.writes.extend(plan.mutations);
         if let Some((read, checks, table, columns)) = plan.conditional {
             let read_idx = transaction.reads.len();
@@ -1128,7 +1183,10 @@ pub fn slice_for(
 /// # Errors
 /// As the statement's planning.
 pub fn plan_for_transaction(context: &Context<'_>, statement: &Statement) -> CqlResult<Plan> {
-    plan_modification(context, statement, &context.binds)
+    match statement {
+        Statement::Update(update) => plan_update(context, update, &context.binds, true),
+        other => plan_modification(context, other, &context.binds),
+    }
 }
 
 fn plan_modification(
@@ -1138,7 +1196,7 @@ fn plan_modification(
 ) -> CqlResult<Plan> {
     match statement {
         Statement::Insert(insert) => plan_insert(context, insert, binds),
-        Statement::Update(update) => plan_update(context, update, binds),
+        Statement::Update(update) => plan_update(context, update, binds, false),
         Statement::Delete(delete) => plan_delete(context, delete, binds),
         _ => invalid!("not a modification"),
     }
@@ -1271,6 +1329,7 @@ fn plan_insert(context: &Context<'_>, insert: &Insert, binds: &BoundValues) -> C
     Ok(Plan {
         mutations: vec![mutation],
         conditional,
+        derived: Vec::new(),
     })
 }
 
@@ -1387,14 +1446,20 @@ fn conditional_read(
     Ok(Some((read, checks, table.clone(), columns)))
 }
 
-fn plan_update(context: &Context<'_>, update: &Update, binds: &BoundValues) -> CqlResult<Plan> {
+fn plan_update(
+    context: &Context<'_>,
+    update: &Update,
+    binds: &BoundValues,
+    arithmetic_allowed: bool,
+) -> CqlResult<Plan> {
     let table = context.table(&update.table)?;
     let ttl = ttl_of(&update.using, binds)?;
     let (partition_keys, restriction) = full_keys(&table, &update.where_clause, binds, "UPDATE")?;
     let mut cells = Vec::new();
     let mut only_static = true;
+    let mut arithmetic = Vec::new();
     for assignment in &update.assignments {
-        let (column, op) = assignment_op(&table, assignment, binds)?;
+        let (column, assigned) = assignment_op(&table, assignment, binds)?;
         let def = column_of(&table, &column)?;
         match def.kind {
             ColumnKind::PartitionKey | ColumnKind::Clustering(_) => {
@@ -1403,8 +1468,19 @@ fn plan_update(context: &Context<'_>, update: &Update, binds: &BoundValues) -> C
             ColumnKind::Regular => only_static = false,
             ColumnKind::Static => {}
         }
-        if let Some(op) = op {
-            cells.push((def.id, op));
+        match assigned {
+            Assigned::Op(op) => cells.push((def.id, op)),
+            Assigned::Unset => {}
+            Assigned::Arithmetic(operation, operand) => {
+                if !arithmetic_allowed {
+                    invalid!(
+                        "`{column} = {column} +/- ...` on a {} column runs only inside BEGIN TRANSACTION (counters are not supported yet)",
+                        def.ty
+                    );
+                }
+                cells.push((def.id, CellOp::Set(None)));
+                arithmetic.push((def.id, operation, operand));
+            }
         }
     }
     let full_clustering = restriction.clustering_range.is_none()
@@ -1430,6 +1506,22 @@ fn plan_update(context: &Context<'_>, update: &Update, binds: &BoundValues) -> C
         &update.condition,
         binds,
     )?;
+    let mut derived = Vec::new();
+    if !arithmetic.is_empty() {
+        if partition_keys.len() != 1 || clusterings.len() != 1 || !full_clustering {
+            invalid!(
+                "`column = column +/- ...` must update exactly one row (full primary key by =)"
+            );
+        }
+        for (column, operation, operand) in arithmetic {
+            let read = Read::Row {
+                table: table.clone(),
+                partition_key: partition_keys[0].clone(),
+                clustering: clusterings[0].clone(),
+            };
+            derived.push((0, 0, column, operation, operand, read));
+        }
+    }
     let mutations = partition_keys
         .iter()
         .map(|partition_key| Mutation {
@@ -1447,6 +1539,7 @@ fn plan_update(context: &Context<'_>, update: &Update, binds: &BoundValues) -> C
         })
         .collect();
     Ok(Plan {
+        derived,
         mutations,
         conditional,
     })
@@ -1463,7 +1556,7 @@ fn assignment_op(
     table: &TableDef,
     assignment: &Assignment,
     binds: &BoundValues,
-) -> CqlResult<(String, Option<CellOp>)> {
+) -> CqlResult<(String, Assigned)> {
     let value_of = |column: &str, term: &Term, ty: &CqlType| -> CqlResult<Bound> {
         term_value(term, ty, &format!("column {column}"), binds)
     };
@@ -1471,8 +1564,8 @@ fn assignment_op(
         Assignment::Set { column, value } => {
             let def = column_of(table, column)?;
             match value_of(column, value, &def.ty)? {
-                Bound::Value(value) => (column.clone(), Some(CellOp::Set(value))),
-                Bound::Unset => (column.clone(), None),
+                Bound::Value(value) => (column.clone(), Assigned::Op(CellOp::Set(value))),
+                Bound::Unset => (column.clone(), Assigned::Unset),
             }
         }
         Assignment::SetElement { column, key, value } => {
@@ -1481,11 +1574,14 @@ fn assignment_op(
                 CqlType::Map(key_type, value_type) if def.ty.is_multi_cell() => {
                     let key = required_value(key, key_type, column, binds)?;
                     match value_of(column, value, value_type)? {
-                        Bound::Value(Some(value)) => {
-                            (column.clone(), Some(CellOp::MapPut(vec![(key, value)])))
+                        Bound::Value(Some(value)) => (
+                            column.clone(),
+                            Assigned::Op(CellOp::MapPut(vec![(key, value)])),
+                        ),
+                        Bound::Value(None) => {
+                            (column.clone(), Assigned::Op(CellOp::MapRemove(vec![key])))
                         }
-                        Bound::Value(None) => (column.clone(), Some(CellOp::MapRemove(vec![key]))),
-                        Bound::Unset => (column.clone(), None),
+                        Bound::Unset => (column.clone(), Assigned::Unset),
                     }
                 }
                 CqlType::List(_) => invalid!(
@@ -1510,8 +1606,11 @@ fn assignment_op(
                 invalid!("type {} has no field {field}", udt.name);
             };
             match value_of(column, value, &udt.fields[idx].1)? {
-                Bound::Value(value) => (column.clone(), Some(CellOp::UdtSetField(idx, value))),
-                Bound::Unset => (column.clone(), None),
+                Bound::Value(value) => (
+                    column.clone(),
+                    Assigned::Op(CellOp::UdtSetField(idx, value)),
+                ),
+                Bound::Unset => (column.clone(), Assigned::Unset),
             }
         }
         Assignment::Add { column, value }
@@ -1522,15 +1621,34 @@ fn assignment_op(
                 (Assignment::Subtract { .. }, CqlType::Map(key, _)) => CqlType::Set(key.clone()),
                 (_, ty) => ty.clone(),
             };
+            let numeric = matches!(
+                def.ty,
+                CqlType::Tinyint
+                    | CqlType::Smallint
+                    | CqlType::Int
+                    | CqlType::Bigint
+                    | CqlType::Varint
+                    | CqlType::Float
+                    | CqlType::Double
+            );
+            if numeric && !matches!(assignment, Assignment::Prepend { .. }) {
+                let operand = required_value(value, &def.ty, &format!("column {column}"), binds)?;
+                let operation = if matches!(assignment, Assignment::Add { .. }) {
+                    Arithmetic::Add
+                } else {
+                    Arithmetic::Subtract
+                };
+                return Ok((column.clone(), Assigned::Arithmetic(operation, operand)));
+            }
             if !def.ty.is_multi_cell() {
                 invalid!(
-                    "column {column} of type {}: `{column} = {column} +/- ...` needs a non-frozen collection (arithmetic on regular columns needs BEGIN TRANSACTION)",
+                    "column {column} of type {}: `{column} = {column} +/- ...` needs a non-frozen collection or a number",
                     def.ty
                 );
             }
             let operand = match value_of(column, value, &operand_type)? {
                 Bound::Value(value) => value,
-                Bound::Unset => return Ok((column.clone(), None)),
+                Bound::Unset => return Ok((column.clone(), Assigned::Unset)),
             };
             let op = match (assignment, def.ty.unfrozen(), operand) {
                 (Assignment::Add { .. }, CqlType::List(_), value) => {
@@ -1560,7 +1678,7 @@ fn assignment_op(
                     def.ty
                 ),
             };
-            (column.clone(), Some(op))
+            (column.clone(), Assigned::Op(op))
         }
     })
 }
@@ -1661,6 +1779,7 @@ fn plan_delete(context: &Context<'_>, delete: &Delete, binds: &BoundValues) -> C
     Ok(Plan {
         mutations,
         conditional,
+        derived: Vec::new(),
     })
 }
 

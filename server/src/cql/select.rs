@@ -822,18 +822,16 @@ pub fn execute_select(context: &Context<'_>, select: &Select) -> CqlResult<ResRe
     }
     if select.distinct {
         let partition_key = source.partition_key();
-        let mut seen: Vec<Vec<Option<CqlValue>>> = Vec::new();
+        // Rows of a partition are adjacent; compare with the previous key.
+        let mut previous: Option<Vec<Option<CqlValue>>> = None;
         rows.retain(|row| {
             let key: Vec<Option<CqlValue>> = partition_key
                 .iter()
                 .map(|&i| row.values[i].clone())
                 .collect();
-            if seen.contains(&key) {
-                false
-            } else {
-                seen.push(key);
-                true
-            }
+            let first = previous.as_ref() != Some(&key);
+            previous = Some(key);
+            first
         });
     }
     let mut result: Vec<Vec<Option<CqlValue>>> = if aggregating {
@@ -889,21 +887,20 @@ fn finish(
         let rows = page
             .into_iter()
             .map(|row| {
-                let object: serde_json::Map<String, serde_json::Value> = outputs
+                // Selection order, as Cassandra writes it (a JSON map would sort).
+                let entries: Vec<String> = outputs
                     .iter()
                     .zip(row)
                     .map(|(output, value)| {
-                        (
-                            output.name.clone(),
-                            value.map_or(serde_json::Value::Null, |v| {
-                                values::to_json(&v, &output.ty)
-                            }),
+                        let value = value
+                            .map_or(serde_json::Value::Null, |v| values::to_json(&v, &output.ty));
+                        format!(
+                            "{}: {value}",
+                            serde_json::Value::String(output.name.clone())
                         )
                     })
                     .collect();
-                vec![Some(CqlValue::Text(
-                    serde_json::Value::Object(object).to_string(),
-                ))]
+                vec![Some(CqlValue::Text(format!("{{{}}}", entries.join(", "))))]
             })
             .collect();
         return rows_result(&spec, &[CqlType::Text], rows, paging_state, context.version);

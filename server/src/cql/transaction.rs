@@ -5,9 +5,9 @@
 //! Built so far: `LET` rows (single-row selects by full primary key or
 //! `LIMIT 1` partition reads), `SELECT row.column, ...` over them, `IF` with
 //! comparisons between references and values or two references, `IS [NOT]
-//! NULL`, and INSERT / UPDATE / DELETE modifications. Not yet: arithmetic
-//! on regular columns in SET (`balance = balance - ?`), which needs writes
-//! computed by the executor from the reads.
+//! NULL`, INSERT / UPDATE / DELETE modifications, and arithmetic on
+//! numeric columns in SET (`balance = balance - ?`), computed by the
+//! executor from an automatic read of the row (`db::DerivedCell`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use concord_storage::value::CqlValue;
 use crate::cql::error::{CqlError, CqlResult, invalid};
 use crate::cql::execute::{Context, column_spec, compare_op, key_restriction, rows_result};
 use crate::cql::values::{Bound, term_value};
-use crate::db::{Check, CompareOp, Read, ReadResult, Transaction};
+use crate::db::{Check, CompareOp, DerivedCell, Read, ReadResult, Transaction};
 
 struct LetRow {
     read: usize,
@@ -236,6 +236,19 @@ pub fn execute_block(
             _ => {}
         }
         let plan = crate::cql::execute::plan_for_transaction(context, statement)?;
+        let write_offset = transaction.writes.len();
+        for (write, op, column, arithmetic, operand, read) in plan.derived {
+            let read_idx = transaction.reads.len();
+            transaction.reads.push(read);
+            transaction.derived.push(DerivedCell {
+                write: write_offset + write,
+                op,
+                column,
+                read: read_idx,
+                arithmetic,
+                operand,
+            });
+        }
         transaction.writes.extend(plan.mutations);
     }
     let result = context.shared.db.execute(transaction)?;

@@ -221,6 +221,8 @@ def lwt_and_batches(session):
     session.execute(batch)
     rows = {row.id: row.balance for row in session.execute("SELECT id, balance FROM accounts")}
     assert rows == {1: 90, 2: 10, 3: 20}, rows
+    row = session.execute("SELECT JSON id, owner FROM accounts WHERE id = 1").one()
+    assert row[0] == '{"id": 1, "owner": "ann"}', row
     ok("LWT [applied] and batches")
 
 
@@ -237,7 +239,22 @@ def transaction(session):
     row = session.execute(block).one()
     assert row[0] == 90, row
     assert session.execute("SELECT owner FROM accounts WHERE id = 4").one().owner == "dee"
-    ok("BEGIN TRANSACTION with LET, SELECT, IF")
+    transfer = session.prepare(
+        "BEGIN TRANSACTION "
+        "  LET sender = (SELECT balance FROM accounts WHERE id = ?); "
+        "  IF sender.balance >= ? THEN "
+        "    UPDATE accounts SET balance = balance - ? WHERE id = ?; "
+        "    UPDATE accounts SET balance = balance + ? WHERE id = ?; "
+        "  END IF "
+        "COMMIT TRANSACTION"
+    )
+    assert session.execute(transfer, (1, 30, 30, 1, 30, 2)).one()[0] is True
+    assert session.execute(transfer, (1, 1000, 1000, 1, 1000, 2)).one()[0] is False
+    balances = {row.id: row.balance for row in session.execute("SELECT id, balance FROM accounts WHERE id IN (1, 2)")}
+    assert balances == {1: 60, 2: 40}, balances
+    message = expect_error(InvalidRequest, session.execute, "UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+    assert "BEGIN TRANSACTION" in message, message
+    ok("BEGIN TRANSACTION with LET, SELECT, IF, prepared transfer with arithmetic")
 
 
 def selects(session):
@@ -255,8 +272,6 @@ def selects(session):
     assert len(rows) == 5, rows
     message = expect_error(InvalidRequest, session.execute, "SELECT * FROM events WHERE kind = 'click'")
     assert "ALLOW FILTERING" in message, message
-    row = session.execute("SELECT JSON id, owner FROM accounts WHERE id = 1").one()
-    assert row[0] == '{"id": 1, "owner": "ann"}' or row[0] == '{"id":1,"owner":"ann"}', row
     ok("selects: IN, ranges, ORDER BY, aggregates, DISTINCT, GROUP BY, filtering, JSON")
 
 
