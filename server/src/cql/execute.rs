@@ -927,6 +927,7 @@ fn run_plans(context: &Context<'_>, plans: Vec<Plan>) -> CqlResult<ResResultBody
             conditional.push((table, columns));
         }
     }
+    let transaction_first_read = transaction.reads.first().cloned();
     let result = context.shared.db.execute(transaction)?;
     if conditional.is_empty() {
         return Ok(ResResultBody::Void);
@@ -934,6 +935,12 @@ fn run_plans(context: &Context<'_>, plans: Vec<Plan>) -> CqlResult<ResResultBody
     // `[applied]`, then (when not applied) the current values of the first
     // conditional statement's columns, as drivers expect.
     let (table, columns) = &conditional[0];
+    let partition_key = match transaction_first_read {
+        Some(Read::Row { partition_key, .. } | Read::Partition { partition_key, .. }) => {
+            partition_key
+        }
+        None => Vec::new(),
+    };
     let mut specs = vec![column_spec(
         &table.keyspace,
         &table.name,
@@ -943,12 +950,15 @@ fn run_plans(context: &Context<'_>, plans: Vec<Plan>) -> CqlResult<ResResultBody
     let mut types = vec![CqlType::Boolean];
     let mut row = vec![Some(CqlValue::Boolean(result.applied))];
     if !result.applied {
-        let current = match result.reads.first() {
-            Some(ReadResult::Row(row)) => row.clone(),
-            Some(ReadResult::Partition(Some(partition))) => partition.rows.first().cloned(),
-            _ => None,
+        let (current, static_row) = match result.reads.first() {
+            Some(ReadResult::Row(row)) => (row.clone(), None),
+            Some(ReadResult::Partition(Some(partition))) => (
+                partition.rows.first().cloned(),
+                partition.static_row.clone(),
+            ),
+            _ => (None, None),
         };
-        if let Some(current) = current {
+        if current.is_some() || static_row.is_some() {
             for name in columns {
                 let Some(def) = table.column(name) else {
                     continue;
@@ -956,8 +966,25 @@ fn run_plans(context: &Context<'_>, plans: Vec<Plan>) -> CqlResult<ResResultBody
                 specs.push(column_spec(&table.keyspace, &table.name, name, &def.ty));
                 types.push(def.ty.clone());
                 let value = match def.kind {
-                    ColumnKind::PartitionKey | ColumnKind::Clustering(_) => None,
-                    _ => current.columns.get(&def.id).map(|cell| cell.value.clone()),
+                    ColumnKind::PartitionKey => table
+                        .partition_key()
+                        .position(|column| column.id == def.id)
+                        .and_then(|position| partition_key.get(position).cloned()),
+                    ColumnKind::Clustering(_) => {
+                        let position = table.clustering().position(|column| column.id == def.id);
+                        current
+                            .as_ref()
+                            .zip(position)
+                            .and_then(|(row, position)| row.clustering.get(position).cloned())
+                    }
+                    ColumnKind::Static => static_row
+                        .as_ref()
+                        .and_then(|row| row.columns.get(&def.id))
+                        .map(|cell| cell.value.clone()),
+                    ColumnKind::Regular => current
+                        .as_ref()
+                        .and_then(|row| row.columns.get(&def.id))
+                        .map(|cell| cell.value.clone()),
                 };
                 row.push(value);
             }

@@ -316,3 +316,57 @@ fn v4_lz4_compressed_envelopes_round_trip() {
     let plain = lz4_flex::block::decompress(&body[4..], size).unwrap();
     assert!(String::from_utf8_lossy(&plain).contains("Concord"));
 }
+
+#[test]
+fn connections_over_the_limit_get_overloaded_and_bad_values_get_invalid() {
+    let node = Node::start("cql_connections_max = 2");
+    let mut first = connect(&node);
+    let mut second = connect(&node);
+    for stream in [&mut first, &mut second] {
+        stream
+            .write_all(&envelope(
+                4,
+                0,
+                1,
+                STARTUP,
+                &string_map(&[("CQL_VERSION", "3.0.0")]),
+            ))
+            .unwrap();
+        assert_eq!(read_envelope(stream).2, READY);
+    }
+    let mut third = connect(&node);
+    third.write_all(&envelope(4, 0, 5, OPTIONS, &[])).unwrap();
+    let (_, stream_id, opcode, body) = read_envelope(&mut third);
+    let (code, message) = error_of(&body);
+    assert_eq!((stream_id, opcode, code), (5, ERROR, 0x1001), "{message}");
+    assert!(message.contains("connections_max"), "{message}");
+    assert_closed(&mut third);
+
+    // A bound value of the wrong size for its type: INVALID, connection kept.
+    let query = "SELECT * FROM system.local WHERE key = ?";
+    let mut body = (query.len() as i32).to_be_bytes().to_vec();
+    body.extend_from_slice(query.as_bytes());
+    body.extend_from_slice(&1u16.to_be_bytes());
+    body.push(0x01); // values
+    body.extend_from_slice(&1u16.to_be_bytes());
+    body.extend_from_slice(&3i32.to_be_bytes());
+    body.extend_from_slice(&[0xff, 0xfe, 0xfd]); // not UTF-8
+    first.write_all(&envelope(4, 0, 6, QUERY, &body)).unwrap();
+    let (_, stream_id, opcode, body) = read_envelope(&mut first);
+    let (code, message) = error_of(&body);
+    assert_eq!((stream_id, opcode, code), (6, ERROR, 0x2200), "{message}");
+    first
+        .write_all(&envelope(
+            4,
+            0,
+            7,
+            QUERY,
+            &query_body("SELECT key FROM system.local", 4),
+        ))
+        .unwrap();
+    assert_eq!(read_envelope(&mut first).2, RESULT);
+    // Closing a connection frees its slot.
+    drop(second);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_node_still_serves(&node);
+}

@@ -7,5 +7,6 @@ mod binary;
 mod cql_clients;
 mod cql_node;
 mod cql_protocol;
+mod cql_rust_driver;
 mod embedded;
 mod tidy;

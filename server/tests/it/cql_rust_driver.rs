@@ -1,0 +1,100 @@
+//! The Rust `scylla` driver (protocol v4) against a `concord start`
+//! process: connect (it reads system.local, system.peers and
+//! system_schema), DDL, prepared statements with token-aware routing, paging
+//! through a stream, a batch, and LWT `[applied]`.
+
+use futures::TryStreamExt;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::batch::Batch;
+use scylla::statement::unprepared::Statement;
+
+use crate::cql_node::Node;
+
+async fn run(node: &Node) -> Result<(), Box<dyn std::error::Error>> {
+    let session: Session = SessionBuilder::new()
+        .known_node_addr(node.address)
+        .build()
+        .await?;
+    session
+        .query_unpaged(
+            "CREATE KEYSPACE rs WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+            &[],
+        )
+        .await?;
+    session
+        .query_unpaged(
+            "CREATE TABLE rs.kv (k int, c int, v text, PRIMARY KEY (k, c))",
+            &[],
+        )
+        .await?;
+    session.await_schema_agreement().await?;
+    let insert = session
+        .prepare("INSERT INTO rs.kv (k, c, v) VALUES (?, ?, ?)")
+        .await?;
+    assert!(
+        insert.is_token_aware(),
+        "partition key indexes must reach the driver"
+    );
+    for c in 0..250 {
+        session
+            .execute_unpaged(&insert, (7_i32, c, format!("v{c}")))
+            .await?;
+    }
+    let mut select = Statement::new("SELECT c, v FROM rs.kv WHERE k = 7");
+    select.set_page_size(40);
+    let rows: Vec<(i32, String)> = session
+        .query_iter(select, &[])
+        .await?
+        .rows_stream::<(i32, String)>()?
+        .try_collect()
+        .await?;
+    assert_eq!(rows.len(), 250);
+    assert_eq!(rows[249], (249, "v249".to_owned()));
+
+    let mut batch = Batch::default();
+    batch.append_statement("INSERT INTO rs.kv (k, c, v) VALUES (8, 1, 'a')");
+    batch.append_statement("INSERT INTO rs.kv (k, c, v) VALUES (9, 1, 'b')");
+    session.batch(&batch, ((), ())).await?;
+    let (count,): (i64,) = session
+        .query_unpaged("SELECT count(*) FROM rs.kv WHERE k IN (8, 9)", &[])
+        .await?
+        .into_rows_result()?
+        .single_row()?;
+    assert_eq!(count, 2);
+
+    let lwt = "INSERT INTO rs.kv (k, c, v) VALUES (10, 1, 'x') IF NOT EXISTS";
+    let (applied,): (bool,) = session
+        .query_unpaged(lwt, &[])
+        .await?
+        .into_rows_result()?
+        .single_row()?;
+    assert!(applied);
+    // Not applied: `[applied]` and the row that is in the way, as Cassandra does.
+    let existing: (bool, i32, i32, String) = session
+        .query_unpaged(lwt, &[])
+        .await?
+        .into_rows_result()?
+        .single_row()?;
+    assert_eq!(existing, (false, 10, 1, "x".to_owned()));
+    let error = session
+        .query_unpaged("SELECT nope FROM rs.kv", &[])
+        .await
+        .expect_err("unknown column");
+    assert!(error.to_string().contains("nope"), "{error}");
+    Ok(())
+}
+
+#[test]
+fn rust_scylla_driver_round_trips() {
+    let node = Node::start("");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = runtime.block_on(run(&node));
+    if let Err(error) = result {
+        panic!("scylla driver: {error}");
+    }
+}
