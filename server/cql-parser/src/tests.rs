@@ -95,3 +95,58 @@ fn bind_markers_are_numbered_in_order() {
         vec![None, Some("bee".to_owned()), None, None]
     );
 }
+
+mod fuzz {
+    //! Property tests standing in for a fuzzer in CI: arbitrary text, and
+    //! valid statements with bytes flipped, must parse or fail with a
+    //! position, never panic.
+
+    use proptest::prelude::*;
+
+    fn valid_cases() -> Vec<String> {
+        super::cases(include_str!("../test_data/valid.cql"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            if let Err(error) = crate::parse(&text) {
+                prop_assert!(error.line >= 1 && error.column >= 1);
+            }
+        }
+
+        #[test]
+        fn cql_shaped_text_never_panics(
+            tokens in proptest::collection::vec(
+                prop_oneof![
+                    Just("SELECT"), Just("FROM"), Just("WHERE"), Just("("), Just(")"),
+                    Just(","), Just("?"), Just(":n"), Just("'s'"), Just("1"), Just("-"),
+                    Just("{"), Just("}"), Just("["), Just("]"), Just(":"), Just("="),
+                    Just("IF"), Just("BEGIN"), Just("TRANSACTION"), Just("LET"), Just("t"),
+                    Just("."), Just(";"), Just("token"), Just("IN"), Just("AND"),
+                    Just("INSERT"), Just("INTO"), Just("VALUES"), Just("BATCH"), Just("0x"),
+                ],
+                0..40,
+            )
+        ) {
+            let _ = crate::parse(&tokens.join(" "));
+        }
+
+        #[test]
+        fn mutated_valid_statements_never_panic(
+            case_idx in 0usize..1_000,
+            position_permille in 0usize..1_000,
+            replacement in proptest::char::any(),
+        ) {
+            let cases = valid_cases();
+            let case = &cases[case_idx % cases.len()];
+            let mut chars: Vec<char> = case.chars().collect();
+            let position = position_permille * chars.len() / 1_000;
+            chars[position] = replacement;
+            let mutated: String = chars.into_iter().collect();
+            let _ = crate::parse(&mutated);
+        }
+    }
+}

@@ -529,3 +529,24 @@ fn decode_request(body: &[u8], opcode: u8, version: Version) -> CqlResult<Reques
         Err(_) => Err(CqlError::Protocol(format!("{opcode} body does not decode"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
+
+        /// Arbitrary request bodies for every opcode decode or fail; they
+        /// never take the connection task down.
+        #[test]
+        fn arbitrary_bodies_never_panic(
+            opcode in 0u8..0x12,
+            v5 in proptest::prelude::any::<bool>(),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let version = if v5 { Version::V5 } else { Version::V4 };
+            let _ = decode_request(&body, opcode, version);
+        }
+    }
+}

@@ -236,6 +236,23 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Stands in for a fuzzer in CI: arbitrary bytes never panic the
+        /// segment reader or the header parser.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            for lz4 in [false, true] {
+                let _ = read_segment(&bytes, lz4);
+            }
+            if bytes.len() >= ENVELOPE_HEADER_BYTES {
+                let _ = parse_header(&bytes, 1 << 20);
+            }
+            let _ = decompress_v4_lz4(&bytes, 1 << 20);
+        }
+    }
+
     #[test]
     fn headers_are_validated_before_allocation() {
         let header = [4, 0, 0, 1, 7, 0x7f, 0xff, 0xff, 0xff];
