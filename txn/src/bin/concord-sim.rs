@@ -60,6 +60,8 @@ fn main() -> ExitCode {
     let seeds = number("--seeds", 100);
     let first = number("--first-seed", 0);
     let (mut failures, mut committed, mut ops) = (0u64, 0usize, 0usize);
+    // Seeds whose client history `concord-checker` rejected (a subset of the failures).
+    let mut checker_failures = 0u64;
     for seed in first..first + seeds {
         let mut config = SimConfig::swarm(seed, txns);
         config.bug = bug;
@@ -69,16 +71,24 @@ fn main() -> ExitCode {
         if !report.violations.is_empty() {
             failures += 1;
             eprintln!("seed {seed} FAILED: {}", report.violations[0]);
+            if !report.checker.valid() {
+                checker_failures += 1;
+                eprintln!("  checker: {:?}", report.checker.anomalies);
+            }
             eprintln!("  replay: {}", config.replay_command(txns));
         }
         if (seed - first + 1) % 100 == 0 {
             println!(
-                "{} seeds, {ops} ops, {committed} committed, {failures} failed",
+                "{} seeds, {ops} ops, {committed} committed, {failures} failed \
+                 ({checker_failures} by the checker)",
                 seed - first + 1
             );
         }
     }
-    println!("done: {seeds} seeds, {ops} ops, {committed} committed, {failures} failed");
+    println!(
+        "done: {seeds} seeds, {ops} ops, {committed} committed, {failures} failed \
+         ({checker_failures} by the checker)"
+    );
     if failures == 0 {
         ExitCode::SUCCESS
     } else {

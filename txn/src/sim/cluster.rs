@@ -8,6 +8,7 @@ use concord_storage::engine::EngineOptions;
 use concord_storage::memory::MemoryEngine;
 
 use super::check::{self, AppliedTxn, OpRecord, Violation};
+use super::history::{self, CheckerVerdict};
 use super::{FaultPlan, SimConfig, SimRng, Workload};
 use crate::command::Status;
 use crate::messages::Message;
@@ -95,6 +96,9 @@ pub struct RunReport {
     pub state_curve: Vec<(usize, usize, u64, usize)>,
     /// The most commands in memory on all nodes together at any sample.
     pub commands_peak: usize,
+    /// What `concord-checker` said about the client history (also in `violations` when
+    /// invalid, as kind `checker`). Default (no ops) when `SimConfig::check` is off.
+    pub checker: CheckerVerdict,
 }
 
 struct Sim {
@@ -118,24 +122,28 @@ struct Sim {
     applied_conflicts: Vec<Violation>,
 }
 
-/// Runs one simulation. Panics inside the protocol (failed invariants) become violations.
+/// Runs one simulation. Panics inside the protocol (failed invariants) become violations; the
+/// client history up to the panic still goes to the checker, so a bug that trips an assertion
+/// is judged by the black-box oracle too.
 pub fn run(config: &SimConfig) -> RunReport {
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        let mut sim = Sim::new(config.clone());
-        sim.run();
-        sim.finish()
-    }));
+    let mut sim = Sim::new(config.clone());
+    let result = catch_unwind(AssertUnwindSafe(|| sim.run()));
     match result {
-        Ok(report) => report,
+        Ok(()) => sim.finish(),
         Err(panic) => {
             let message = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
                 .unwrap_or_else(|| "non-string panic".into());
+            let mut violations = vec![Violation::new("invariant", message)];
+            let checker = sim.check_history();
+            violations.extend(checker.violation(&config.replay_command(config.txns)));
             RunReport {
                 seed: config.seed,
-                violations: vec![Violation::new("invariant", message)],
+                ops: sim.ops.len(),
+                violations,
+                checker,
                 ..RunReport::default()
             }
         }
@@ -544,7 +552,7 @@ impl Sim {
                 Txn::new(reads, update)
             }
             Workload::Bank => {
-                let accounts = keys.min(8);
+                let accounts = history::bank_accounts(keys);
                 if self.rng.chance(0.2) {
                     Txn::new((0..accounts).map(Key::numbered).collect(), Update::None)
                 } else {
@@ -688,6 +696,9 @@ impl Sim {
                 &finals,
                 self.config.workload,
             ));
+            self.report.checker = self.check_history();
+            let replay = self.config.replay_command(self.config.txns);
+            violations.extend(self.report.checker.violation(&replay));
         }
         let (mut fast_sum, mut fast_n, mut slow_sum, mut slow_n) = (0, 0, 0, 0);
         for op in &self.ops {
@@ -712,6 +723,13 @@ impl Sim {
         self.report.sim_time_micros = self.now;
         self.report.violations = violations;
         self.report
+    }
+}
+
+impl Sim {
+    /// The black-box oracle over what clients observed (`history.rs`).
+    fn check_history(&self) -> CheckerVerdict {
+        history::check_history(&self.ops, self.config.workload, self.config.keys)
     }
 }
 

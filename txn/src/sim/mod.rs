@@ -15,10 +15,12 @@
 
 mod check;
 mod cluster;
+mod history;
 mod rng;
 
 pub use check::Violation;
 pub use cluster::{RunReport, run};
+pub use history::CheckerVerdict;
 pub use rng::SimRng;
 
 use crate::node::ProtocolBug;
