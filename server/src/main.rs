@@ -1,6 +1,8 @@
 //! The `concord` binary: `concord start` runs a node on an embedded data
 //! directory; endpoints attach to it as their issues land.
 
+mod demo;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,6 +27,22 @@ struct Cli {
 enum Command {
     /// Runs a node until Ctrl-C or SIGTERM.
     Start(StartArgs),
+    /// Starts a node and runs the clickstream demo over CQL: ingest, point
+    /// reads, analytics, freshness.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// How many events to ingest.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// Over how many users.
+    #[arg(long, default_value_t = 200)]
+    users: usize,
+    /// Keep the data here (default: a temporary directory, removed after).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,6 +83,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Start(args) => start(args),
+        Command::Demo(args) => run_demo(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,6 +96,58 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.events > 0 && args.users > 0,
+        "--events and --users must be at least 1"
+    );
+    let temporary = args.data_dir.is_none();
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("concord-demo-{}", std::process::id()))
+    });
+    let config = Config {
+        data_dir: data_dir.clone(),
+        log_filter: "warn".to_owned(),
+        ..Config::default()
+    };
+    init_logging(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("concord-oltp")
+        .build()
+        .context("start the tokio runtime")?;
+    let started = std::time::Instant::now();
+    let result = runtime.block_on(async {
+        let db = std::sync::Arc::new(Db::open_with_config(&config).context("open the database")?);
+        let cql = concord_server::cql::CqlServer::start(
+            db.clone(),
+            "127.0.0.1:0".parse().context("parse the demo address")?,
+            concord_server::cql::Limits::default(),
+        )
+        .await
+        .context("start the CQL endpoint")?;
+        println!(
+            "demo: node started on {} (data in {})",
+            cql.local_address(),
+            data_dir.display()
+        );
+        let options = demo::DemoOptions {
+            events: args.events,
+            users: args.users,
+        };
+        let outcome = demo::run(cql.local_address(), options).await;
+        cql.stop();
+        db.flush().context("flush")?;
+        outcome.context("run the demo")
+    });
+    drop(runtime);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    println!("demo: total {:.1} s", started.elapsed().as_secs_f64());
+    result
 }
 
 fn load_config(args: &StartArgs) -> anyhow::Result<Config> {

@@ -13,6 +13,7 @@
 //! Every write reaches the database through `Db::execute` (in
 //! [`execute`]); a malformed frame ends only its own connection.
 
+pub mod client;
 pub mod connection;
 pub mod error;
 pub mod execute;

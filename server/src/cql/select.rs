@@ -744,6 +744,19 @@ pub fn execute_select(context: &Context<'_>, select: &Select) -> CqlResult<ResRe
         }
         (Some(table), _, Some(restriction)) => {
             let now_seconds = context.shared.db.now_seconds();
+            let offset = match paging {
+                Some((_, returned, _)) => returned as usize,
+                None => 0,
+            };
+            let row_limit = partition_row_limit(
+                &source,
+                select,
+                restriction,
+                aggregating || !order_by.is_empty() || per_partition_limit.is_some(),
+                // One row past the page tells whether another page follows.
+                offset.saturating_add(page_rows).saturating_add(1),
+                limit,
+            );
             for partition_key in &restriction.partition_keys {
                 let slice = if restriction.clustering_prefixes.len() == 1 {
                     slice_for(
@@ -754,12 +767,15 @@ pub fn execute_select(context: &Context<'_>, select: &Select) -> CqlResult<ResRe
                 } else {
                     concord_storage::rows::Slice::all()
                 };
-                let partition = context.shared.db.read_partition(
-                    table,
-                    partition_key,
-                    &slice,
-                    ReadOptions::at(now_seconds),
-                )?;
+                let options = ReadOptions {
+                    limit_rows: row_limit,
+                    ..ReadOptions::at(now_seconds)
+                };
+                let partition =
+                    context
+                        .shared
+                        .db
+                        .read_partition(table, partition_key, &slice, options)?;
                 if let Some(partition) = partition {
                     partition_rows(&source, table, partition, &mut rows);
                 }
@@ -864,6 +880,62 @@ pub fn execute_select(context: &Context<'_>, select: &Select) -> CqlResult<ResRe
         total_rows,
         limit,
     )
+}
+
+/// How many rows a single-partition read needs when the slice encodes
+/// every restriction (so filtering drops nothing): the rows up to the end
+/// of this page, or the LIMIT. `None` reads the whole slice.
+fn partition_row_limit(
+    source: &Source,
+    select: &Select,
+    restriction: &crate::cql::execute::KeyRestriction,
+    reorders: bool,
+    rows_to_page_end: usize,
+    limit: Option<usize>,
+) -> Option<usize> {
+    if reorders
+        || select.distinct
+        || restriction.partition_keys.len() != 1
+        || restriction.clustering_prefixes.len() != 1
+    {
+        return None;
+    }
+    let prefix_len = restriction.clustering_prefixes[0].len();
+    let clustering = source.clustering();
+    let encoded = select.where_clause.iter().all(|relation| match relation {
+        Relation::Compare {
+            column, operator, ..
+        } => {
+            let Ok(idx) = source.index(column) else {
+                return false;
+            };
+            if source.kinds[idx] == ColumnKind::PartitionKey {
+                return *operator == Operator::Equal;
+            }
+            let Some(position) = clustering.iter().position(|&c| c == idx) else {
+                return false;
+            };
+            match operator {
+                Operator::Equal => position < prefix_len,
+                Operator::Less
+                | Operator::LessOrEqual
+                | Operator::Greater
+                | Operator::GreaterOrEqual => {
+                    position == prefix_len && restriction.clustering_range.is_some()
+                }
+                _ => false,
+            }
+        }
+        Relation::In { column, .. } => source
+            .index(column)
+            .is_ok_and(|idx| source.kinds[idx] == ColumnKind::PartitionKey),
+        _ => false,
+    });
+    if !encoded {
+        return None;
+    }
+    let needed = limit.map_or(rows_to_page_end, |limit| limit.min(rows_to_page_end));
+    (needed < usize::MAX).then_some(needed)
 }
 
 #[allow(clippy::too_many_arguments)]

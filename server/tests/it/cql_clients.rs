@@ -73,3 +73,27 @@ fn cqlsh_runs_a_script_with_describe_and_an_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn demo_ingests_reads_and_analyses_over_cql() {
+    let output = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["demo", "--events", "600", "--users", "12"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    for expected in [
+        "ingested 600 events for 12 users",
+        "600 events before, 600 after (idempotent: yes)",
+        "a user's 5 most recent events",
+        "purchases: 120 in",
+        "(601 events)",
+        "demo: done",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "demo output lacks {expected:?}:\n{stdout}"
+        );
+    }
+}
