@@ -3,6 +3,7 @@
 //! ```text
 //!   concord-sim --seeds 10000 [--first-seed 0] [--txns 500] [--bug DropDeps]
 //!   concord-sim --seed 42 [--txns 500]            replay one seed, print its report
+//!   concord-sim ... --plan recovery               SimConfig::recovery instead of swarm
 //!   concord-sim --measure                         messages per txn and fast-path share
 //!   concord-sim --long 1000000                    bounded state: command/journal curve
 //! ```
@@ -37,6 +38,15 @@ fn main() -> ExitCode {
     };
     let txns = number("--txns", 500) as usize;
     let bug = value("--bug").and_then(|name| parse_bug(&name));
+    // `--plan recovery`: `SimConfig::recovery` instead of `SimConfig::swarm`.
+    let recovery_plan = value("--plan").as_deref() == Some("recovery");
+    let config_for = |seed: u64| {
+        if recovery_plan {
+            SimConfig::recovery(seed, txns)
+        } else {
+            SimConfig::swarm(seed, txns)
+        }
+    };
     if args.iter().any(|arg| arg == "--measure") {
         measure(number("--measure-txns", 2_000) as usize);
         return ExitCode::SUCCESS;
@@ -46,7 +56,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(seed) = value("--seed").and_then(|v| v.parse().ok()) {
-        let mut config = SimConfig::swarm(seed, txns);
+        let mut config = config_for(seed);
         config.bug = bug;
         let report = run(&config);
         println!("{config:?}");
@@ -63,7 +73,7 @@ fn main() -> ExitCode {
     // Seeds whose client history `concord-checker` rejected (a subset of the failures).
     let mut checker_failures = 0u64;
     for seed in first..first + seeds {
-        let mut config = SimConfig::swarm(seed, txns);
+        let mut config = config_for(seed);
         config.bug = bug;
         let report = run(&config);
         committed += report.committed;
@@ -122,6 +132,7 @@ fn measure(txns: usize) {
                     faults: Some(faults),
                     check: true,
                     gc: false,
+                    plan: concord_txn::sim::PlanKind::Swarm,
                 };
                 let report = run(&config);
                 let commits = (report.fast_path_commits + report.slow_path_commits).max(1);

@@ -11,8 +11,8 @@
 //! - **Convergence**: every replica holds a value the model held for each key it owns.
 //! - **Bank**: every acknowledged read of all balances sums to the initial total.
 //!
-//! The black-box list-append checker (`concord-checker`) is the second opinion, over the same
-//! client history, without access to executeAt.
+//! The black-box checker (`concord-checker`, run from `history.rs`) is the second opinion, over
+//! the same client history, without access to executeAt.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

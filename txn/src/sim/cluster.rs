@@ -82,6 +82,8 @@ pub struct RunReport {
     pub invalidations: u64,
     pub crashes: u64,
     pub partitions: u64,
+    /// Coordinators isolated just as they sent Commit after Accept (`isolate_after_accept`).
+    pub isolations: u64,
     pub messages: BTreeMap<&'static str, u64>,
     pub messages_total: u64,
     pub sim_time_micros: u64,
@@ -120,6 +122,8 @@ struct Sim {
     report: RunReport,
     applied: BTreeMap<NodeId, BTreeMap<TxnId, AppliedTxn>>,
     applied_conflicts: Vec<Violation>,
+    /// Transactions some node sent Accept for (the `isolate_after_accept` nemesis' trigger).
+    accept_sent: BTreeSet<TxnId>,
 }
 
 /// Runs one simulation. Panics inside the protocol (failed invariants) become violations; the
@@ -185,6 +189,7 @@ impl Sim {
             last_progress: 0,
             applied: BTreeMap::new(),
             applied_conflicts: Vec::new(),
+            accept_sent: BTreeSet::new(),
         };
         for node_id in sim.topology.nodes() {
             let skew_micros = sim.rng.range(0, sim.faults.skew_max_micros);
@@ -343,7 +348,7 @@ impl Sim {
             Event::PartitionStart => self.partition_start(),
             Event::PartitionEnd => {
                 self.partition = None;
-                if !self.quiescing {
+                if !self.quiescing && self.faults.partitions_per_second > 0.0 {
                     let gap = (1_000_000.0 / self.faults.partitions_per_second.max(0.01)) as u64;
                     let at = self.rng.range(gap / 2, gap * 3 / 2);
                     self.schedule(at, Event::PartitionStart);
@@ -450,6 +455,7 @@ impl Sim {
                 },
             );
         }
+        self.maybe_isolate_after_accept(node_id, &effects.messages);
         for (to, message) in effects.messages {
             *self.report.messages.entry(message.name()).or_default() += 1;
             self.report.messages_total += 1;
@@ -460,6 +466,41 @@ impl Sim {
             if self.ops[op_idx].complete.is_none() {
                 self.complete_op(op_idx, outcome);
             }
+        }
+    }
+
+    /// The recovery nemesis: when `node` sends Commit for a transaction that went through
+    /// Accept, maybe cut it off from everyone before the Commit leaves (see
+    /// `FaultPlan::recovery`).
+    fn maybe_isolate_after_accept(&mut self, node: NodeId, messages: &[(NodeId, Message)]) {
+        if self.faults.isolate_after_accept <= 0.0 {
+            return;
+        }
+        let mut commits_accepted = false;
+        for (_, message) in messages {
+            match message {
+                Message::Accept { txn_id, .. } => {
+                    self.accept_sent.insert(*txn_id);
+                }
+                Message::Commit { txn_id, .. } => {
+                    commits_accepted |= self.accept_sent.contains(txn_id);
+                }
+                _ => {}
+            }
+        }
+        if !commits_accepted || self.quiescing || self.partition.is_some() {
+            return;
+        }
+        if self.rng.chance(self.faults.isolate_after_accept) {
+            self.trace(7, u64::from(node.0), 0);
+            self.partition = Some(BTreeSet::from([node]));
+            self.report.partitions += 1;
+            self.report.isolations += 1;
+            let length = self.rng.range(
+                self.faults.isolation_micros_min,
+                self.faults.isolation_micros_max,
+            );
+            self.schedule(length, Event::PartitionEnd);
         }
     }
 

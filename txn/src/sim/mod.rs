@@ -7,7 +7,8 @@
 //!   seed ─► SimRng ─► FaultPlan (swarm) ─► event queue (time, seq) ─► Node::handle ─► effects
 //!                                             ▲                                      │
 //!                                             └──── network: delay / drop / dup ◄────┘
-//!   end of run: heal, quiesce, then the oracles (check.rs) and a trace hash.
+//!   end of run: heal, quiesce, then the oracles (check.rs), the black-box checker over the
+//!   client history (history.rs) and a trace hash.
 //! ```
 //!
 //! Replay a seed: `cargo run -p concord-txn --release --features sim --bin concord-sim --
@@ -52,6 +53,12 @@ pub struct FaultPlan {
     pub skew_max_micros: u64,
     /// Largest per-reading clock jitter.
     pub jitter_max_micros: u64,
+    /// Probability that a coordinator is isolated from every other node at the moment it
+    /// sends Commit for a transaction it sent Accept for (see [`FaultPlan::recovery`]).
+    pub isolate_after_accept: f64,
+    /// How long such an isolation lasts, drawn uniformly.
+    pub isolation_micros_min: u64,
+    pub isolation_micros_max: u64,
 }
 
 impl FaultPlan {
@@ -66,6 +73,29 @@ impl FaultPlan {
             crashes_per_node_second: 0.0,
             skew_max_micros: 0,
             jitter_max_micros: 0,
+            isolate_after_accept: 0.0,
+            isolation_micros_min: 0,
+            isolation_micros_max: 0,
+        }
+    }
+
+    /// A plan aimed at recovery of accepted proposals. A coordinator that has an Accept
+    /// quorum is cut off from every other node just as it sends Commit: the decision exists
+    /// (it may even execute and answer the client on the isolated side, when the coordinator
+    /// is the chosen read replica), but the other replicas hold only `Accepted`. The isolation
+    /// outlasts the progress log's stall timeout, so a recovery coordinator on the majority
+    /// side must find that accepted proposal and re-propose it; when the partition heals, the
+    /// original's Commit/Apply arrive too and must agree with whatever recovery decided.
+    /// Delays stay short and no other fault is on, so the isolations dominate.
+    pub fn recovery(rng: &mut SimRng) -> FaultPlan {
+        let delay_min_micros = rng.range(200, 1_000);
+        FaultPlan {
+            delay_min_micros,
+            delay_max_micros: delay_min_micros + rng.range(500, 5_000),
+            isolate_after_accept: 0.05 + rng.unit() * 0.25,
+            isolation_micros_min: 300_000,
+            isolation_micros_max: 1_200_000,
+            ..FaultPlan::calm()
         }
     }
 
@@ -83,6 +113,10 @@ impl FaultPlan {
             crashes_per_node_second: if on(rng) { rng.unit() * 0.5 } else { 0.0 },
             skew_max_micros: if on(rng) { rng.range(0, 50_000) } else { 0 },
             jitter_max_micros: if on(rng) { rng.range(0, 5_000) } else { 0 },
+            // Not drawn here, so existing seeds keep their traces; `recovery` turns it on.
+            isolate_after_accept: 0.0,
+            isolation_micros_min: 0,
+            isolation_micros_max: 0,
         }
     }
 }
@@ -108,6 +142,17 @@ pub struct SimConfig {
     pub check: bool,
     /// Garbage-collect command state (see `NodeConfig::gc_enabled`).
     pub gc: bool,
+    /// Which constructor drew this run, so the replay command rebuilds it.
+    pub plan: PlanKind,
+}
+
+/// How a run's shape and faults were drawn from its seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanKind {
+    /// [`SimConfig::swarm`].
+    Swarm,
+    /// [`SimConfig::recovery`].
+    Recovery,
 }
 
 impl SimConfig {
@@ -138,7 +183,21 @@ impl SimConfig {
             faults: None,
             check: true,
             gc: false,
+            plan: PlanKind::Swarm,
         }
+    }
+
+    /// A run under [`FaultPlan::recovery`]: list-append on few keys with many clients, so
+    /// conflicts push transactions onto the slow path (Accept) often.
+    pub fn recovery(seed: u64, txns: usize) -> SimConfig {
+        let mut config = SimConfig::swarm(seed, txns);
+        let mut rng = SimRng::new(seed.wrapping_mul(131).wrapping_add(17));
+        config.workload = Workload::ListAppend;
+        config.keys = rng.range(2, 6);
+        config.clients = rng.range(4, 8) as usize;
+        config.faults = Some(FaultPlan::recovery(&mut rng));
+        config.plan = PlanKind::Recovery;
+        config
     }
 
     /// The one-line command that replays this run.
@@ -147,9 +206,13 @@ impl SimConfig {
             .bug
             .map(|bug| format!(" --bug {bug:?}"))
             .unwrap_or_default();
+        let plan = match self.plan {
+            PlanKind::Swarm => "",
+            PlanKind::Recovery => " --plan recovery",
+        };
         format!(
             "cargo run -p concord-txn --release --features sim --bin concord-sim -- --seed {} \
-             --txns {txns}{bug}",
+             --txns {txns}{plan}{bug}",
             self.seed
         )
     }
