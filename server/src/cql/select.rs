@@ -656,7 +656,10 @@ fn limit_value(context: &Context<'_>, term: &Option<Term>, what: &str) -> CqlRes
     let Some(term) = term else { return Ok(None) };
     match required_value(term, &CqlType::Int, what, &context.binds)? {
         CqlValue::Int(n) if n > 0 => Ok(Some(n as usize)),
-        other => invalid!("{what} must be a positive integer, got {other:?}"),
+        other => invalid!(
+            "{what} must be a positive integer, got {}",
+            values::display(&other)
+        ),
     }
 }
 

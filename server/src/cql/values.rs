@@ -128,8 +128,13 @@ fn literal(
     binds: &BoundValues,
 ) -> CqlResult<Option<CqlValue>> {
     let mismatch = || {
+        let article = if ty.to_string().starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
         CqlError::Invalid(format!(
-            "{receiver} is of type {ty}; {} is not a {ty} literal",
+            "{receiver} is of type {ty}; {} is not {article} {ty} literal",
             describe_term(term)
         ))
     };
@@ -717,8 +722,93 @@ pub fn display(value: &CqlValue) -> String {
         CqlValue::Double(n) => n.to_string(),
         CqlValue::Float(n) => n.to_string(),
         CqlValue::Boolean(flag) => flag.to_string(),
-        other => format!("{other:?}"),
+        CqlValue::List(elements) => format!("[{}]", display_elements(elements)),
+        CqlValue::Set(elements) => format!("{{{}}}", display_elements(elements)),
+        CqlValue::Map(entries) => {
+            let entries: Vec<String> = entries
+                .iter()
+                .map(|(key, value)| format!("{}: {}", display_nested(key), display_nested(value)))
+                .collect();
+            format!("{{{}}}", entries.join(", "))
+        }
+        CqlValue::Tuple(fields) | CqlValue::Udt(fields) => {
+            let fields: Vec<String> = fields
+                .iter()
+                .map(|field| field.as_ref().map_or("null".into(), display_nested))
+                .collect();
+            if matches!(value, CqlValue::Tuple(_)) {
+                format!("({})", fields.join(", "))
+            } else {
+                format!("{{{}}}", fields.join(", "))
+            }
+        }
     }
+}
+
+/// A value as cqlsh prints it, with user type field names from its type.
+pub fn display_typed(value: &CqlValue, ty: &CqlType) -> String {
+    let nested = |value: &CqlValue, ty: &CqlType| match value {
+        CqlValue::Ascii(_) | CqlValue::Text(_) => display_nested(value),
+        other => display_typed(other, ty),
+    };
+    match (value, ty.unfrozen()) {
+        (CqlValue::Udt(fields), CqlType::Udt(udt)) => {
+            let fields: Vec<String> = udt
+                .fields
+                .iter()
+                .enumerate()
+                .map(|(idx, (name, field_type))| {
+                    let value = fields
+                        .get(idx)
+                        .and_then(Option::as_ref)
+                        .map_or("null".into(), |field| nested(field, field_type));
+                    format!("{name}: {value}")
+                })
+                .collect();
+            format!("{{{}}}", fields.join(", "))
+        }
+        (CqlValue::List(elements), CqlType::List(element_type))
+        | (CqlValue::Set(elements), CqlType::Set(element_type)) => {
+            let elements: Vec<String> = elements.iter().map(|e| nested(e, element_type)).collect();
+            if matches!(value, CqlValue::List(_)) {
+                format!("[{}]", elements.join(", "))
+            } else {
+                format!("{{{}}}", elements.join(", "))
+            }
+        }
+        (CqlValue::Map(entries), CqlType::Map(key_type, value_type)) => {
+            let entries: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{}: {}", nested(k, key_type), nested(v, value_type)))
+                .collect();
+            format!("{{{}}}", entries.join(", "))
+        }
+        (CqlValue::Tuple(fields), CqlType::Tuple(types)) => {
+            let fields: Vec<String> = fields
+                .iter()
+                .zip(types)
+                .map(|(field, ty)| field.as_ref().map_or("null".into(), |f| nested(f, ty)))
+                .collect();
+            format!("({})", fields.join(", "))
+        }
+        _ => display(value),
+    }
+}
+
+/// A value inside a collection: text quoted, as a CQL literal.
+fn display_nested(value: &CqlValue) -> String {
+    match value {
+        CqlValue::Ascii(text) | CqlValue::Text(text) => format!("'{}'", text.replace('\'', "''")),
+        other => display(other),
+    }
+}
+
+fn display_elements(elements: &[CqlValue]) -> String {
+    elements
+        .iter()
+        .map(display_nested)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Types a JSON value (from `INSERT JSON`) as `ty`.

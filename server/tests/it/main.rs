@@ -8,5 +8,6 @@ mod cql_clients;
 mod cql_node;
 mod cql_protocol;
 mod cql_rust_driver;
+mod cql_transcripts;
 mod embedded;
 mod tidy;
