@@ -19,6 +19,7 @@ pub mod cell;
 pub mod clock;
 pub mod engine;
 pub mod error;
+pub mod feed;
 pub mod keys;
 pub mod memory;
 pub mod partitioner;
