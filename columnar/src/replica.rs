@@ -1,0 +1,673 @@
+//! The replica: per table, a delta of recent cell versions (in memory) over a
+//! stable layer of Parquet segments, fed from the change feed, read at a
+//! snapshot timestamp.
+//!
+//! ```text
+//!  feed records ──catch_up──► delta: key → [version(position, write_time, cell)]
+//!   (position p..)              │  merge: versions ≤ horizon, one LWW winner per key
+//!                               ▼
+//!                     segments (Parquet, sorted by key) + MANIFEST(position, horizon)
+//!  read at T (T ≥ horizon, T ≤ watermark):
+//!    winners = LWW over segments ∪ {delta versions with write_time ≤ T}
+//!    → CellView (a storage::engine::ReadView) → rows::scan_token_range / read_partition
+//! ```
+//!
+//! Exactness: a version is a row-store cell produced by the same
+//! `rows::write_mutation` the apply path runs, and the view shows per key the
+//! winner under `cell::reconcile` (the row store's merge rule) among versions
+//! at or below `T`, so reads at `T` equal the row store's at `T`. Merging folds
+//! only versions at or below the horizon, which never passes the oldest open
+//! snapshot nor the watermark, so every readable snapshot keeps its versions.
+//!
+//! Exactly-once resume: the manifest's position is the oldest feed position
+//! whose versions are still only in the delta; records from there on that
+//! precede the last merge's position and whose write time is at or below the
+//! horizon are already in segments and are skipped; every other is applied.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use concord_storage::cell::{self, WriteTime};
+use concord_storage::engine::{
+    BatchOp, Direction, Family, KeyRange, KeyValue, ReadView, ScanIter, WriteBatch,
+};
+use concord_storage::feed::{self, FeedFrontier, FeedPosition, FeedRecord};
+use concord_storage::keys;
+use concord_storage::partitioner::TokenRange;
+use concord_storage::rows::{self, Partition, ReadOptions, RowOp, Slice};
+use concord_storage::schema::{TableDef, TableId};
+use concord_storage::value::CqlValue;
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::segment::{Manifest, Segment, SegmentCell};
+use crate::{Error, Result};
+
+/// Feed records read per step of a catch-up.
+pub const CATCH_UP_RECORDS_MAX: usize = 4096;
+/// Delta versions (all tables) above which ingest merges into segments.
+pub const DELTA_VERSIONS_MAX_DEFAULT: usize = 1 << 20;
+/// Segments per table above which a merge compacts them into one.
+pub const SEGMENTS_PER_TABLE_MAX: usize = 8;
+/// Rows per page of a replica scan.
+const SCAN_PAGE_ROWS: usize = 8192;
+
+#[derive(Debug, Clone)]
+struct Version {
+    position: FeedPosition,
+    write_time: WriteTime,
+    cell: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct TableState {
+    def: Option<Arc<TableDef>>,
+    delta: BTreeMap<Vec<u8>, Vec<Version>>,
+    segments: Vec<Arc<Segment>>,
+}
+
+#[derive(Debug)]
+struct State {
+    tables: BTreeMap<TableId, TableState>,
+    next_position: FeedPosition,
+    horizon: WriteTime,
+    merged_position: FeedPosition,
+    open_snapshots: BTreeMap<WriteTime, usize>,
+    next_segment_id: u64,
+    n_delta_versions: usize,
+    n_records_applied: u64,
+}
+
+/// What one [`Replica::catch_up`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CatchUp {
+    pub n_records_applied: usize,
+    /// Records of tables the replica does not hold (dropped), or already in
+    /// segments (after a restart).
+    pub n_records_skipped: usize,
+}
+
+/// Which partitions a read covers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PartitionFilter {
+    All,
+    /// One partition, by its full key.
+    Key(Vec<CqlValue>),
+}
+
+/// The columnar replica of every table of a node.
+#[derive(Debug)]
+pub struct Replica {
+    dir: PathBuf,
+    delta_versions_max: usize,
+    state: RwLock<State>,
+    watermark: Mutex<WriteTime>,
+    watermark_advanced: Condvar,
+}
+
+/// Keeps a snapshot's versions from being merged away while it is held.
+#[derive(Debug)]
+pub struct SnapshotGuard {
+    replica: Arc<Replica>,
+    pub snapshot: WriteTime,
+}
+
+impl Drop for SnapshotGuard {
+    fn drop(&mut self) {
+        let mut state = self.replica.state.write();
+        if let Some(count) = state.open_snapshots.get_mut(&self.snapshot) {
+            *count -= 1;
+            if *count == 0 {
+                state.open_snapshots.remove(&self.snapshot);
+            }
+        }
+    }
+}
+
+impl Replica {
+    /// Opens the replica stored in `dir` (created if missing), resuming from
+    /// its manifest. Tables must be registered before catching up.
+    ///
+    /// # Errors
+    /// `Io` / `Corruption` for an unreadable directory or manifest.
+    pub fn open(dir: &Path, delta_versions_max: usize) -> Result<Replica> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            context: format!("create replica directory {}", dir.display()),
+            source,
+        })?;
+        let manifest = Manifest::load(dir)?.unwrap_or(Manifest {
+            position: FeedPosition(0),
+            horizon: WriteTime(i64::MIN),
+            merged_position: FeedPosition(0),
+            segments: Vec::new(),
+        });
+        let mut tables: BTreeMap<TableId, TableState> = BTreeMap::new();
+        let mut next_segment_id = 0;
+        for segment in manifest.open_segments(dir) {
+            next_segment_id = next_segment_id.max(segment.id + 1);
+            tables
+                .entry(segment.table)
+                .or_default()
+                .segments
+                .push(segment);
+        }
+        Ok(Replica {
+            dir: dir.to_owned(),
+            delta_versions_max: delta_versions_max.max(1),
+            state: RwLock::new(State {
+                tables,
+                next_position: manifest.position,
+                horizon: manifest.horizon,
+                merged_position: manifest.merged_position,
+                open_snapshots: BTreeMap::new(),
+                next_segment_id,
+                n_delta_versions: 0,
+                n_records_applied: 0,
+            }),
+            // Everything at or below the horizon is in segments.
+            watermark: Mutex::new(manifest.horizon),
+            watermark_advanced: Condvar::new(),
+        })
+    }
+
+    /// Adds a table, or replaces its definition after `ALTER TABLE` (added
+    /// columns read as null in older rows; dropped columns disappear).
+    pub fn register_table(&self, def: Arc<TableDef>) {
+        let id = def.id;
+        self.state.write().tables.entry(id).or_default().def = Some(def);
+    }
+
+    /// Drops a table's data (its segments go once no reader holds them).
+    ///
+    /// # Errors
+    /// As [`Replica::merge`]: the manifest is rewritten without the table.
+    pub fn drop_table(&self, table: TableId) -> Result<()> {
+        let mut state = self.state.write();
+        if let Some(removed) = state.tables.remove(&table) {
+            state.n_delta_versions -= removed.delta.values().map(Vec::len).sum::<usize>();
+            self.store_manifest(&state)?;
+            removed.segments.iter().for_each(|segment| segment.retire());
+        }
+        Ok(())
+    }
+
+    pub fn table(&self, table: TableId) -> Option<Arc<TableDef>> {
+        self.state.read().tables.get(&table)?.def.clone()
+    }
+
+    pub fn tables(&self) -> Vec<Arc<TableDef>> {
+        let state = self.state.read();
+        state
+            .tables
+            .values()
+            .filter_map(|t| t.def.clone())
+            .collect()
+    }
+
+    /// Every write at or below the watermark is readable.
+    pub fn watermark(&self) -> WriteTime {
+        *self.watermark.lock()
+    }
+
+    /// The merge horizon: snapshots below it can no longer be read.
+    pub fn horizon(&self) -> WriteTime {
+        self.state.read().horizon
+    }
+
+    /// The next feed position the replica reads.
+    pub fn next_position(&self) -> FeedPosition {
+        self.state.read().next_position
+    }
+
+    /// Feed records applied since open (for tests and metrics).
+    pub fn n_records_applied(&self) -> u64 {
+        self.state.read().n_records_applied
+    }
+
+    pub fn n_delta_versions(&self) -> usize {
+        self.state.read().n_delta_versions
+    }
+
+    pub fn n_segments(&self) -> usize {
+        let state = self.state.read();
+        state.tables.values().map(|t| t.segments.len()).sum()
+    }
+
+    /// Reads the feed from the replica's position up to `frontier`, applies
+    /// it, then advances the watermark to the frontier's. Merges when the
+    /// delta holds more than its bound.
+    ///
+    /// # Errors
+    /// Storage errors reading or decoding the feed; a record that the
+    /// table's row-store decomposition rejects is `Internal` (the apply path
+    /// accepted it).
+    pub fn catch_up(&self, view: &dyn ReadView, frontier: FeedFrontier) -> Result<CatchUp> {
+        let mut outcome = CatchUp::default();
+        loop {
+            let from = self.state.read().next_position;
+            let records = feed::read_from(view, from, frontier.position_end, CATCH_UP_RECORDS_MAX)?;
+            let Some(last) = records.last().map(|record| record.position) else {
+                break;
+            };
+            let mut state = self.state.write();
+            for record in &records {
+                if self.apply(&mut state, record)? {
+                    outcome.n_records_applied += 1;
+                } else {
+                    outcome.n_records_skipped += 1;
+                }
+            }
+            state.next_position = FeedPosition(last.0 + 1);
+            let over = state.n_delta_versions > self.delta_versions_max;
+            drop(state);
+            if over {
+                self.merge()?;
+            }
+        }
+        let mut watermark = self.watermark.lock();
+        if frontier.watermark > *watermark {
+            *watermark = frontier.watermark;
+            self.watermark_advanced.notify_all();
+        }
+        Ok(outcome)
+    }
+
+    fn apply(&self, state: &mut State, record: &FeedRecord) -> Result<bool> {
+        if record.position < state.merged_position && record.write_time <= state.horizon {
+            // Folded into a segment before a restart.
+            return Ok(false);
+        }
+        let Some(def) = state
+            .tables
+            .get(&record.table())
+            .and_then(|table| table.def.clone())
+        else {
+            return Ok(false);
+        };
+        let mutation = without_dropped_columns(&def, &record.mutation);
+        let mut batch = WriteBatch::new();
+        rows::write_mutation(&def, &mutation, record.write_time, &mut batch).map_err(|error| {
+            Error::Internal(format!(
+                "feed record {} does not apply to {}: {error}",
+                record.position.0,
+                def.qualified_name()
+            ))
+        })?;
+        let table = state.tables.entry(def.id).or_default();
+        let mut n_versions = 0;
+        for op in batch.ops() {
+            match op {
+                BatchOp::Merge {
+                    family: Family::Rows,
+                    key,
+                    operand,
+                } => {
+                    table.delta.entry(key.clone()).or_default().push(Version {
+                        position: record.position,
+                        write_time: record.write_time,
+                        cell: operand.clone(),
+                    });
+                    n_versions += 1;
+                }
+                other => {
+                    return Err(Error::Internal(format!(
+                        "row-store decomposition produced {other:?}"
+                    )));
+                }
+            }
+        }
+        state.n_delta_versions += n_versions;
+        state.n_records_applied += 1;
+        Ok(true)
+    }
+
+    /// Waits until the watermark reaches `snapshot`, at most `timeout`.
+    ///
+    /// # Errors
+    /// `SnapshotTimeout` naming the watermark reached.
+    pub fn wait_for_watermark(&self, snapshot: WriteTime, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut watermark = self.watermark.lock();
+        while *watermark < snapshot {
+            if self
+                .watermark_advanced
+                .wait_until(&mut watermark, deadline)
+                .timed_out()
+                && *watermark < snapshot
+            {
+                return Err(Error::SnapshotTimeout {
+                    snapshot: snapshot.0,
+                    watermark: watermark.0,
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds `snapshot`'s versions until the guard drops.
+    ///
+    /// # Errors
+    /// `SnapshotTooOld` if a merge already folded past it.
+    pub fn hold_snapshot(self: &Arc<Self>, snapshot: WriteTime) -> Result<SnapshotGuard> {
+        let mut state = self.state.write();
+        if snapshot < state.horizon {
+            return Err(Error::SnapshotTooOld {
+                snapshot: snapshot.0,
+                horizon: state.horizon.0,
+            });
+        }
+        *state.open_snapshots.entry(snapshot).or_insert(0) += 1;
+        Ok(SnapshotGuard {
+            replica: Arc::clone(self),
+            snapshot,
+        })
+    }
+
+    /// Folds delta versions at or below min(watermark, oldest open snapshot)
+    /// into a new segment per table, compacts tables with too many segments,
+    /// and records the result in the manifest. Returns the new horizon.
+    ///
+    /// # Errors
+    /// `Io` / `Corruption` writing or reading segments (then nothing changed),
+    /// or storing the manifest (then memory moved on and the durable state is
+    /// the previous one: both are complete).
+    pub fn merge(&self) -> Result<WriteTime> {
+        let watermark = self.watermark();
+        let mut state = self.state.write();
+        let oldest_snapshot = state.open_snapshots.keys().next().copied();
+        let horizon = oldest_snapshot.map_or(watermark, |oldest| oldest.min(watermark));
+        if horizon <= state.horizon {
+            return Ok(state.horizon);
+        }
+        let mut new_segments: Vec<(TableId, Arc<Segment>, Vec<Arc<Segment>>)> = Vec::new();
+        for (table_id, table) in &state.tables {
+            let mut cells: Vec<SegmentCell> = Vec::new();
+            for (key, versions) in &table.delta {
+                let mut winner: Option<&Version> = None;
+                for version in versions.iter().filter(|v| v.write_time <= horizon) {
+                    winner = Some(match winner {
+                        Some(current) if !wins(&version.cell, &current.cell)? => current,
+                        _ => version,
+                    });
+                }
+                if let Some(winner) = winner {
+                    cells.push((key.clone(), winner.write_time, winner.cell.clone()));
+                }
+            }
+            let id = state.next_segment_id + new_segments.len() as u64;
+            if table.segments.len() + usize::from(!cells.is_empty()) > SEGMENTS_PER_TABLE_MAX {
+                let merged = fold_segments(&table.segments, cells)?;
+                let segment = Segment::write(&self.dir, *table_id, id, &merged)?;
+                new_segments.push((*table_id, Arc::new(segment), table.segments.clone()));
+            } else if !cells.is_empty() {
+                let segment = Segment::write(&self.dir, *table_id, id, &cells)?;
+                new_segments.push((*table_id, Arc::new(segment), Vec::new()));
+            }
+        }
+        // Only now change the in-memory state: segments are written.
+        let mut retired = Vec::new();
+        state.next_segment_id += new_segments.len() as u64;
+        for (table_id, segment, replaced) in new_segments {
+            let table = state.tables.entry(table_id).or_default();
+            table
+                .segments
+                .retain(|old| !replaced.iter().any(|r| Arc::ptr_eq(r, old)));
+            table.segments.push(segment);
+            retired.extend(replaced);
+        }
+        let mut n_removed = 0;
+        for table in state.tables.values_mut() {
+            table.delta.retain(|_, versions| {
+                let before = versions.len();
+                versions.retain(|v| v.write_time > horizon);
+                n_removed += before - versions.len();
+                !versions.is_empty()
+            });
+        }
+        state.n_delta_versions -= n_removed;
+        state.horizon = horizon;
+        state.merged_position = state.next_position;
+        // If the manifest cannot be stored it still names the old segments and
+        // position, which hold everything, so a restart is exact; this process
+        // keeps the new in-memory state, which is complete.
+        self.store_manifest(&state)?;
+        retired.iter().for_each(|segment| segment.retire());
+        Ok(horizon)
+    }
+
+    fn store_manifest(&self, state: &State) -> Result<()> {
+        let position = state
+            .tables
+            .values()
+            .flat_map(|table| table.delta.values().flatten())
+            .map(|version| version.position)
+            .min()
+            .unwrap_or(state.next_position);
+        Manifest {
+            position,
+            horizon: state.horizon,
+            merged_position: state.merged_position,
+            segments: state
+                .tables
+                .iter()
+                .flat_map(|(table, t)| t.segments.iter().map(|s| (*table, s.id, s.n_cells)))
+                .collect(),
+        }
+        .store(&self.dir)
+    }
+
+    /// The live partitions of `table` at `snapshot`, as the row store returns
+    /// them, with expiry judged at the snapshot's second.
+    ///
+    /// # Errors
+    /// `UnknownTable`; `SnapshotTooOld` below the horizon; storage errors.
+    pub fn read(
+        &self,
+        table: TableId,
+        snapshot: WriteTime,
+        filter: &PartitionFilter,
+    ) -> Result<(Arc<TableDef>, Vec<Partition>)> {
+        let (def, view) = self.view_at(table, snapshot, filter)?;
+        let now_seconds = snapshot.seconds();
+        let partitions = match filter {
+            PartitionFilter::Key(key) => rows::read_partition(
+                &view,
+                &def,
+                key,
+                &Slice::all(),
+                ReadOptions::at(now_seconds),
+            )?
+            .into_iter()
+            .collect(),
+            PartitionFilter::All => {
+                let mut partitions = Vec::new();
+                let mut cursor = None;
+                loop {
+                    let page = rows::scan_token_range(
+                        &view,
+                        &def,
+                        &TokenRange::full_ring(),
+                        cursor.as_ref(),
+                        SCAN_PAGE_ROWS,
+                        now_seconds,
+                    )?;
+                    append_page(&mut partitions, page.partitions);
+                    match page.next {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+                partitions
+            }
+        };
+        Ok((def, partitions))
+    }
+
+    fn view_at(
+        &self,
+        table: TableId,
+        snapshot: WriteTime,
+        filter: &PartitionFilter,
+    ) -> Result<(Arc<TableDef>, CellView)> {
+        let state = self.state.read();
+        if snapshot < state.horizon {
+            return Err(Error::SnapshotTooOld {
+                snapshot: snapshot.0,
+                horizon: state.horizon.0,
+            });
+        }
+        let table_state = state
+            .tables
+            .get(&table)
+            .filter(|t| t.def.is_some())
+            .ok_or_else(|| Error::UnknownTable(format!("table id {}", table.0)))?;
+        let def = table_state
+            .def
+            .clone()
+            .ok_or_else(|| Error::UnknownTable(format!("table id {}", table.0)))?;
+        let range = match filter {
+            PartitionFilter::All => KeyRange::prefix(&keys::table_prefix(table)),
+            PartitionFilter::Key(key) => {
+                KeyRange::prefix(&keys::encode_partition(&def, key)?.prefix)
+            }
+        };
+        let (start, end) = (bound_bytes(&range.start), bound_bytes(&range.end));
+        let mut winners: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for segment in &table_state.segments {
+            segment.read(start, end, &mut |key, cell| offer(&mut winners, key, cell))?;
+        }
+        let delta_range = (range.start.clone(), range.end.clone());
+        for (key, versions) in table_state.delta.range::<Vec<u8>, _>(delta_range) {
+            for version in versions.iter().filter(|v| v.write_time <= snapshot) {
+                offer(&mut winners, key, &version.cell)?;
+            }
+        }
+        Ok((def, CellView { cells: winners }))
+    }
+}
+
+fn bound_bytes(bound: &Bound<Vec<u8>>) -> Option<&[u8]> {
+    match bound {
+        Bound::Included(bytes) | Bound::Excluded(bytes) => Some(bytes),
+        Bound::Unbounded => None,
+    }
+}
+
+/// A scan page may end inside a partition; the next page continues it.
+fn append_page(partitions: &mut Vec<Partition>, page: Vec<Partition>) {
+    for partition in page {
+        match partitions.last_mut() {
+            Some(last) if last.key == partition.key && last.token == partition.token => {
+                last.rows.extend(partition.rows);
+                if last.static_row.is_none() {
+                    last.static_row = partition.static_row;
+                }
+            }
+            _ => partitions.push(partition),
+        }
+    }
+}
+
+fn wins(candidate: &[u8], current: &[u8]) -> Result<bool> {
+    Ok(cell::reconcile(candidate, current)? == std::cmp::Ordering::Greater)
+}
+
+fn offer(winners: &mut BTreeMap<Vec<u8>, Vec<u8>>, key: &[u8], cell: &[u8]) -> Result<()> {
+    match winners.get_mut(key) {
+        Some(current) => {
+            if wins(cell, current)? {
+                *current = cell.to_vec();
+            }
+        }
+        None => {
+            winners.insert(key.to_vec(), cell.to_vec());
+        }
+    }
+    Ok(())
+}
+
+fn fold_segments(segments: &[Arc<Segment>], cells: Vec<SegmentCell>) -> Result<Vec<SegmentCell>> {
+    let mut winners: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for segment in segments {
+        segment.read(None, None, &mut |key, cell| offer(&mut winners, key, cell))?;
+    }
+    for (key, _, cell) in &cells {
+        offer(&mut winners, key, cell)?;
+    }
+    winners
+        .into_iter()
+        .map(|(key, cell)| {
+            let header = cell::CellHeader::decode(&cell)?;
+            Ok((key, header.write_time, cell))
+        })
+        .collect()
+}
+
+/// Cells of dropped columns are left out: the record was valid when applied,
+/// the column's data must not reappear.
+fn without_dropped_columns(
+    def: &TableDef,
+    mutation: &concord_storage::rows::Mutation,
+) -> concord_storage::rows::Mutation {
+    let mut kept = mutation.clone();
+    for op in &mut kept.ops {
+        if let RowOp::Upsert { cells, .. } = op {
+            cells.retain(|(column, _)| def.column_by_id(*column).is_some());
+        }
+    }
+    kept
+}
+
+/// The row family as the replica holds it at one snapshot: one winning cell
+/// per key.
+#[derive(Debug)]
+pub struct CellView {
+    cells: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl ReadView for CellView {
+    fn get(&self, family: Family, key: &[u8]) -> concord_storage::Result<Option<Vec<u8>>> {
+        Ok(match family {
+            Family::Rows => self.cells.get(key).cloned(),
+            _ => None,
+        })
+    }
+
+    fn scan(
+        &self,
+        family: Family,
+        range: &KeyRange,
+        direction: Direction,
+    ) -> concord_storage::Result<ScanIter<'_>> {
+        if family != Family::Rows {
+            return Ok(Box::new(std::iter::empty()));
+        }
+        let bounds = (range.start.clone(), range.end.clone());
+        if let (
+            Bound::Included(start) | Bound::Excluded(start),
+            Bound::Included(end) | Bound::Excluded(end),
+        ) = (&bounds.0, &bounds.1)
+        {
+            // BTreeMap::range panics on an inverted range.
+            if start > end
+                || (start == end
+                    && !(matches!(bounds.0, Bound::Included(_))
+                        && matches!(bounds.1, Bound::Included(_))))
+            {
+                return Ok(Box::new(std::iter::empty()));
+            }
+        }
+        let items = self
+            .cells
+            .range::<Vec<u8>, _>(bounds)
+            .map(|(key, value)| Ok::<KeyValue, _>((key.clone(), value.clone())));
+        Ok(match direction {
+            Direction::Forward => Box::new(items),
+            Direction::Reverse => Box::new(items.rev()),
+        })
+    }
+}

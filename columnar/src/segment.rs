@@ -1,0 +1,367 @@
+//! Parquet segments: the replica's stable layer on disk, and its manifest.
+//!
+//! A segment holds merged row-store cells of one table, one winner per key
+//! among the versions at or below the merge horizon it was written at, sorted
+//! by key (the row-store key: table, token, partition key, clustering, column),
+//! so a segment is sorted by primary key. Row groups carry min/max statistics
+//! of `key`, which [`Segment::read`] uses to skip row groups outside a key
+//! range.
+//!
+//! ```text
+//! segment-<table>-<id>.parquet   key: Binary | write_time: Int64 | cell: Binary (storage::cell encoding)
+//! MANIFEST (text, replaced atomically by write-then-rename)
+//!   concord-columnar-manifest 1
+//!   position <next feed position not folded into a segment>
+//!   horizon <merge horizon, µs>
+//!   merged <the feed position the last merge had read up to>
+//!   segment <table id> <segment id> <n cells>
+//! ```
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{BinaryArray, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use concord_storage::cell::WriteTime;
+use concord_storage::feed::FeedPosition;
+use concord_storage::schema::TableId;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::statistics::Statistics;
+
+use crate::{Error, Result};
+
+/// One merged cell of a segment: row-store key, write time, encoded cell.
+pub type SegmentCell = (Vec<u8>, WriteTime, Vec<u8>);
+/// Receives each `(key, encoded cell)` a segment read yields.
+pub type CellVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
+/// Cells per Parquet row group: the unit of pruning.
+pub const SEGMENT_ROW_GROUP_CELLS_MAX: usize = 16 * 1024;
+const MANIFEST_FILE: &str = "MANIFEST";
+const MANIFEST_HEADER: &str = "concord-columnar-manifest 1";
+
+fn io_error(context: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let context = format!("{context} {}", path.display());
+    move |source| Error::Io { context, source }
+}
+
+fn parquet_error(context: &'static str) -> impl FnOnce(parquet::errors::ParquetError) -> Error {
+    move |error| Error::Corruption(format!("{context}: {error}"))
+}
+
+fn cell_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Binary, false),
+        Field::new("write_time", DataType::Int64, false),
+        Field::new("cell", DataType::Binary, false),
+    ]))
+}
+
+/// An immutable segment file. The file is deleted when the last reader drops
+/// a segment that a merge has replaced.
+#[derive(Debug)]
+pub struct Segment {
+    pub table: TableId,
+    pub id: u64,
+    pub n_cells: usize,
+    path: PathBuf,
+    obsolete: std::sync::atomic::AtomicBool,
+}
+
+impl Segment {
+    fn path_for(dir: &Path, table: TableId, id: u64) -> PathBuf {
+        dir.join(format!("segment-{}-{id}.parquet", table.0))
+    }
+
+    /// Writes `cells` (sorted by key, one per key) as segment `id`.
+    ///
+    /// # Errors
+    /// `Io` when the file cannot be written; `Internal` for unsorted cells.
+    pub fn write(dir: &Path, table: TableId, id: u64, cells: &[SegmentCell]) -> Result<Segment> {
+        if !cells.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+            return Err(Error::Internal(
+                "segment cells are not sorted by key".into(),
+            ));
+        }
+        let path = Self::path_for(dir, table, id);
+        let file = File::create(&path).map_err(io_error("create segment", &path))?;
+        let properties = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(SEGMENT_ROW_GROUP_CELLS_MAX))
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .build();
+        let mut writer = ArrowWriter::try_new(file, cell_schema(), Some(properties))
+            .map_err(parquet_error("open segment writer"))?;
+        for chunk in cells.chunks(SEGMENT_ROW_GROUP_CELLS_MAX) {
+            let keys = BinaryArray::from_iter_values(chunk.iter().map(|(key, _, _)| key));
+            let times = Int64Array::from_iter_values(chunk.iter().map(|(_, time, _)| time.0));
+            let values = BinaryArray::from_iter_values(chunk.iter().map(|(_, _, cell)| cell));
+            let batch = RecordBatch::try_new(
+                cell_schema(),
+                vec![Arc::new(keys), Arc::new(times), Arc::new(values)],
+            )
+            .map_err(|error| Error::Internal(format!("segment batch: {error}")))?;
+            writer
+                .write(&batch)
+                .map_err(parquet_error("write segment"))?;
+        }
+        let file = writer
+            .into_inner()
+            .map_err(parquet_error("close segment writer"))?;
+        file.sync_all().map_err(io_error("sync segment", &path))?;
+        Ok(Segment {
+            table,
+            id,
+            n_cells: cells.len(),
+            path,
+            obsolete: false.into(),
+        })
+    }
+
+    fn open(dir: &Path, table: TableId, id: u64, n_cells: usize) -> Segment {
+        Segment {
+            table,
+            id,
+            n_cells,
+            path: Self::path_for(dir, table, id),
+            obsolete: false.into(),
+        }
+    }
+
+    /// Marks the segment replaced: its file goes when the last reader drops it.
+    pub fn retire(&self) {
+        self.obsolete
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Calls `visit(key, cell)` for every cell whose key is in
+    /// `[start, end)` (`None` = unbounded), skipping row groups whose key
+    /// statistics lie outside; returns the number of row groups skipped.
+    ///
+    /// # Errors
+    /// `Io` / `Corruption` when the file cannot be read or is malformed.
+    pub fn read(
+        &self,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        visit: &mut CellVisitor<'_>,
+    ) -> Result<usize> {
+        let file = File::open(&self.path).map_err(io_error("open segment", &self.path))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(parquet_error("read segment footer"))?;
+        let metadata = builder.metadata().clone();
+        let mut row_groups = Vec::new();
+        for (group_idx, group) in metadata.row_groups().iter().enumerate() {
+            let overlaps = match group.column(0).statistics() {
+                Some(Statistics::ByteArray(stats)) => {
+                    let below = match (stats.max_opt(), start) {
+                        (Some(max), Some(start)) => max.data() < start,
+                        _ => false,
+                    };
+                    let above = match (stats.min_opt(), end) {
+                        (Some(min), Some(end)) => min.data() >= end,
+                        _ => false,
+                    };
+                    !below && !above
+                }
+                _ => true,
+            };
+            if overlaps {
+                row_groups.push(group_idx);
+            }
+        }
+        let n_skipped = metadata.num_row_groups() - row_groups.len();
+        let reader = builder
+            .with_row_groups(row_groups)
+            .with_batch_size(8192)
+            .build()
+            .map_err(parquet_error("open segment reader"))?;
+        for batch in reader {
+            let batch = batch.map_err(|error| Error::Corruption(format!("segment: {error}")))?;
+            let keys = column::<BinaryArray>(&batch, 0)?;
+            let cells = column::<BinaryArray>(&batch, 2)?;
+            for row_idx in 0..batch.num_rows() {
+                let key = keys.value(row_idx);
+                let in_range =
+                    start.is_none_or(|start| key >= start) && end.is_none_or(|end| key < end);
+                if in_range {
+                    visit(key, cells.value(row_idx))?;
+                }
+            }
+        }
+        Ok(n_skipped)
+    }
+}
+
+fn column<A: 'static>(batch: &RecordBatch, idx: usize) -> Result<&A> {
+    batch
+        .column(idx)
+        .as_any()
+        .downcast_ref::<A>()
+        .filter(|_| batch.column(idx).null_count() == 0)
+        .ok_or_else(|| Error::Corruption(format!("segment column {idx} has the wrong type")))
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if self.obsolete.load(std::sync::atomic::Ordering::Acquire) {
+            // A leftover file is harmless (the manifest no longer names it).
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The durable state of a replica: where to resume the feed, the merge
+/// horizon, and the live segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub position: FeedPosition,
+    pub horizon: WriteTime,
+    /// Records before this position with write times at or below the
+    /// horizon are in segments.
+    pub merged_position: FeedPosition,
+    /// (table, segment id, cells)
+    pub segments: Vec<(TableId, u64, usize)>,
+}
+
+impl Manifest {
+    /// Reads the manifest in `dir`; `None` when there is none yet.
+    ///
+    /// # Errors
+    /// `Io` when it cannot be read; `Corruption` when it does not parse.
+    pub fn load(dir: &Path) -> Result<Option<Manifest>> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(io_error("read manifest", &path)(error)),
+        };
+        let corrupt = |line: &str| Error::Corruption(format!("manifest line {line:?}"));
+        let mut lines = text.lines();
+        if lines.next() != Some(MANIFEST_HEADER) {
+            return Err(Error::Corruption("manifest header".into()));
+        }
+        let mut manifest = Manifest {
+            position: FeedPosition(0),
+            horizon: WriteTime(i64::MIN),
+            merged_position: FeedPosition(0),
+            segments: Vec::new(),
+        };
+        for line in lines {
+            let words: Vec<&str> = line.split(' ').collect();
+            match words.as_slice() {
+                ["position", n] => {
+                    manifest.position = FeedPosition(n.parse().map_err(|_| corrupt(line))?)
+                }
+                ["merged", n] => {
+                    manifest.merged_position = FeedPosition(n.parse().map_err(|_| corrupt(line))?)
+                }
+                ["horizon", n] => {
+                    manifest.horizon = WriteTime(n.parse().map_err(|_| corrupt(line))?)
+                }
+                ["segment", table, id, n_cells] => manifest.segments.push((
+                    TableId(table.parse().map_err(|_| corrupt(line))?),
+                    id.parse().map_err(|_| corrupt(line))?,
+                    n_cells.parse().map_err(|_| corrupt(line))?,
+                )),
+                _ => return Err(corrupt(line)),
+            }
+        }
+        Ok(Some(manifest))
+    }
+
+    /// Replaces the manifest in `dir` atomically.
+    ///
+    /// # Errors
+    /// `Io` when it cannot be written.
+    pub fn store(&self, dir: &Path) -> Result<()> {
+        let mut text = format!(
+            "{MANIFEST_HEADER}\nposition {}\nhorizon {}\nmerged {}\n",
+            self.position.0, self.horizon.0, self.merged_position.0
+        );
+        for (table, id, n_cells) in &self.segments {
+            text.push_str(&format!("segment {} {id} {n_cells}\n", table.0));
+        }
+        let temporary = dir.join(format!("{MANIFEST_FILE}.tmp"));
+        let mut file = File::create(&temporary).map_err(io_error("create manifest", &temporary))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io_error("write manifest", &temporary))?;
+        let path = dir.join(MANIFEST_FILE);
+        std::fs::rename(&temporary, &path).map_err(io_error("replace manifest", &path))?;
+        if let Ok(directory) = File::open(dir) {
+            // Makes the rename durable where the platform allows it.
+            let _ = directory.sync_all();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn open_segments(&self, dir: &Path) -> Vec<Arc<Segment>> {
+        self.segments
+            .iter()
+            .map(|(table, id, n_cells)| Arc::new(Segment::open(dir, *table, *id, *n_cells)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_prune_row_groups_by_key_statistics() {
+        let dir = tempfile::tempdir().expect("dir");
+        let n_cells = SEGMENT_ROW_GROUP_CELLS_MAX * 3;
+        let cells: Vec<_> = (0..n_cells as u32)
+            .map(|idx| {
+                (
+                    idx.to_be_bytes().to_vec(),
+                    WriteTime(i64::from(idx)),
+                    vec![7u8],
+                )
+            })
+            .collect();
+        let segment = Segment::write(dir.path(), TableId(1), 9, &cells).expect("write");
+        let mut seen = Vec::new();
+        let start = (SEGMENT_ROW_GROUP_CELLS_MAX as u32 + 5).to_be_bytes();
+        let end = (SEGMENT_ROW_GROUP_CELLS_MAX as u32 + 8).to_be_bytes();
+        let skipped = segment
+            .read(Some(&start), Some(&end), &mut |key, _| {
+                seen.push(key.to_vec());
+                Ok(())
+            })
+            .expect("read");
+        assert_eq!(skipped, 2);
+        assert_eq!(seen.len(), 3);
+        let mut all = 0;
+        segment
+            .read(None, None, &mut |_, _| {
+                all += 1;
+                Ok(())
+            })
+            .expect("read");
+        assert_eq!(all, n_cells);
+    }
+
+    #[test]
+    fn manifest_round_trips_and_rejects_garbage() {
+        let dir = tempfile::tempdir().expect("dir");
+        assert_eq!(Manifest::load(dir.path()).expect("load"), None);
+        let manifest = Manifest {
+            position: FeedPosition(12),
+            horizon: WriteTime(-5),
+            merged_position: FeedPosition(20),
+            segments: vec![(TableId(3), 1, 10), (TableId(4), 2, 0)],
+        };
+        manifest.store(dir.path()).expect("store");
+        assert_eq!(Manifest::load(dir.path()).expect("load"), Some(manifest));
+        std::fs::write(dir.path().join(MANIFEST_FILE), "nonsense").expect("write");
+        assert!(matches!(
+            Manifest::load(dir.path()),
+            Err(Error::Corruption(_))
+        ));
+    }
+}

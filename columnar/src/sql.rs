@@ -1,0 +1,449 @@
+//! Analytic SQL over the replica: DataFusion with a catalog of keyspaces
+//! (schemas) and tables, each table a provider bound to one snapshot.
+//!
+//! ```text
+//! Columnar::sql(query, snapshot)
+//!   permit (queries_in_flight_max, else ResourcesExhausted)
+//!   T = resolve(snapshot): wait watermark ≥ T (≤ snapshot_wait_max, else SnapshotTimeout)
+//!   hold T (merges keep its versions) → SessionContext(memory pool) → catalog ks.table
+//!   SnapshotTable::scan(projection, filters): partition-key equality → one partition
+//!     (segment row groups pruned by key statistics) → rows at T → Arrow (types.rs)
+//!   collect on the analytics runtime
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use async_trait::async_trait;
+use concord_storage::cell::WriteTime;
+use concord_storage::rows::Partition;
+use concord_storage::schema::{ColumnKind, TableDef};
+use concord_storage::value::CqlValue;
+use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryConsumer, MemoryPool, MemoryReservation,
+};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+
+use crate::replica::{PartitionFilter, Replica};
+use crate::{Error, Result, types};
+
+/// The hidden column with the newest write time of a row's live cells.
+pub const WRITE_TIME_COLUMN: &str = "_concord_write_time";
+/// The hidden column saying whether a row is a deletion (change capture).
+pub const DELETED_COLUMN: &str = "_concord_deleted";
+
+/// Limits and knobs of the analytic path.
+#[derive(Debug, Clone)]
+pub struct ColumnarOptions {
+    /// How long a query waits for the watermark to reach its snapshot.
+    pub snapshot_wait_max: Duration,
+    /// Queries running at once; more fail with `ResourcesExhausted`.
+    pub queries_in_flight_max: usize,
+    /// The DataFusion memory pool shared by all analytic queries.
+    pub memory_pool_bytes: usize,
+    /// Worker threads of the analytics runtime (apart from OLTP's).
+    pub analytics_threads: usize,
+    /// Delta versions above which ingest merges into segments.
+    pub delta_versions_max: usize,
+}
+
+impl Default for ColumnarOptions {
+    fn default() -> ColumnarOptions {
+        ColumnarOptions {
+            snapshot_wait_max: Duration::from_secs(5),
+            queries_in_flight_max: 4,
+            memory_pool_bytes: 1 << 30,
+            analytics_threads: 2,
+            delta_versions_max: crate::replica::DELTA_VERSIONS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Which timestamp a query reads at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snapshot {
+    /// Exactly `T`: waits until the watermark reaches it. The default read
+    /// uses the node's latest commit timestamp, so it sees every prior commit.
+    At(WriteTime),
+    /// The replica's watermark now: no waiting, possibly stale.
+    Watermark,
+    /// At least `now - max_staleness`: reads at once when the watermark is
+    /// that fresh, otherwise waits for it.
+    BoundedStaleness {
+        now: WriteTime,
+        max_staleness: Duration,
+    },
+}
+
+/// A query's answer and the snapshot it was computed at.
+#[derive(Debug)]
+pub struct QueryResult {
+    pub snapshot: WriteTime,
+    pub batches: Vec<RecordBatch>,
+}
+
+/// The node's analytic engine: the replica plus the SQL entry.
+#[derive(Debug)]
+pub struct Columnar {
+    replica: Arc<Replica>,
+    options: ColumnarOptions,
+    runtime: tokio::runtime::Runtime,
+    memory_pool: Arc<dyn MemoryPool>,
+    permits: Arc<Semaphore>,
+}
+
+impl Columnar {
+    /// Opens the replica in `dir` and starts the analytics runtime.
+    ///
+    /// # Errors
+    /// As [`Replica::open`]; `Io` if the runtime cannot start.
+    pub fn open(dir: &std::path::Path, options: ColumnarOptions) -> Result<Columnar> {
+        let replica = Arc::new(Replica::open(dir, options.delta_versions_max)?);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(options.analytics_threads.max(1))
+            .thread_name("concord-analytics")
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                context: "start the analytics runtime".into(),
+                source,
+            })?;
+        Ok(Columnar {
+            replica,
+            memory_pool: Arc::new(GreedyMemoryPool::new(options.memory_pool_bytes)),
+            permits: Arc::new(Semaphore::new(options.queries_in_flight_max.max(1))),
+            options,
+            runtime,
+        })
+    }
+
+    pub fn replica(&self) -> &Arc<Replica> {
+        &self.replica
+    }
+
+    /// Runs `query` at `snapshot` and returns its batches. Call it from a
+    /// thread that is not inside a tokio runtime (it blocks on the analytics
+    /// runtime).
+    ///
+    /// # Errors
+    /// `ResourcesExhausted` when too many queries run or the memory pool is
+    /// exhausted; `SnapshotTimeout`, `SnapshotTooOld`; `Sql` for plan and
+    /// execution errors.
+    pub fn sql(&self, query: &str, snapshot: Snapshot) -> Result<QueryResult> {
+        let _permit = Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+            Error::ResourcesExhausted(format!(
+                "{} analytic queries are running (queries_in_flight_max)",
+                self.options.queries_in_flight_max
+            ))
+        })?;
+        let at = match snapshot {
+            Snapshot::At(at) => {
+                self.replica
+                    .wait_for_watermark(at, self.options.snapshot_wait_max)?;
+                at
+            }
+            Snapshot::Watermark => self.replica.watermark(),
+            Snapshot::BoundedStaleness { now, max_staleness } => {
+                let oldest = WriteTime(now.0.saturating_sub(max_staleness.as_micros() as i64));
+                self.replica
+                    .wait_for_watermark(oldest, self.options.snapshot_wait_max)?;
+                self.replica.watermark().max(oldest)
+            }
+        };
+        let _guard = self.replica.hold_snapshot(at)?;
+        let context = self.session(at)?;
+        let batches = self.runtime.block_on(async {
+            let frame = context.sql(query).await?;
+            frame.collect().await
+        });
+        match batches {
+            Ok(batches) => Ok(QueryResult {
+                snapshot: at,
+                batches,
+            }),
+            Err(error) => Err(map_datafusion_error(error)),
+        }
+    }
+
+    fn session(&self, snapshot: WriteTime) -> Result<SessionContext> {
+        let runtime_env = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::clone(&self.memory_pool))
+            .build_arc()
+            .map_err(map_datafusion_error)?;
+        let config = SessionConfig::new()
+            .with_target_partitions(self.options.analytics_threads.max(1))
+            .with_information_schema(true);
+        let context = SessionContext::new_with_config_rt(config, runtime_env);
+        let catalog = context
+            .catalog("datafusion")
+            .ok_or_else(|| Error::Internal("the default catalog is missing".into()))?;
+        let mut keyspaces: BTreeMap<String, Arc<MemorySchemaProvider>> = BTreeMap::new();
+        for def in self.replica.tables() {
+            let schema = keyspaces
+                .entry(def.keyspace.clone())
+                .or_insert_with(|| Arc::new(MemorySchemaProvider::new()));
+            let table = SnapshotTable::new(Arc::clone(&self.replica), def.clone(), snapshot)?;
+            schema
+                .register_table(def.name.clone(), Arc::new(table))
+                .map_err(map_datafusion_error)?;
+        }
+        for (name, schema) in keyspaces {
+            catalog
+                .register_schema(&name, schema)
+                .map_err(map_datafusion_error)?;
+        }
+        Ok(context)
+    }
+}
+
+fn map_datafusion_error(error: DataFusionError) -> Error {
+    match error.find_root() {
+        DataFusionError::ResourcesExhausted(message) => Error::ResourcesExhausted(message.clone()),
+        DataFusionError::External(inner) => match inner.downcast_ref::<Error>() {
+            Some(Error::ResourcesExhausted(message)) => Error::ResourcesExhausted(message.clone()),
+            _ => Error::Sql(error.to_string()),
+        },
+        _ => Error::Sql(error.to_string()),
+    }
+}
+
+/// The Arrow schema of a table: partition key, clustering, then the other
+/// columns in declaration order, then the hidden columns.
+///
+/// # Errors
+/// `UnsupportedType` for a column type with no mapping.
+pub fn table_schema(def: &TableDef) -> Result<SchemaRef> {
+    let mut fields = Vec::new();
+    for column in ordered_columns(def) {
+        let nullable = !matches!(column.kind, ColumnKind::PartitionKey);
+        fields.push(types::field(&column.name, &column.ty, nullable)?);
+    }
+    fields.push(Field::new(
+        WRITE_TIME_COLUMN,
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        true,
+    ));
+    fields.push(Field::new(DELETED_COLUMN, DataType::Boolean, false));
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+fn ordered_columns(def: &TableDef) -> Vec<&concord_storage::schema::ColumnDef> {
+    let mut columns: Vec<_> = def.partition_key().collect();
+    columns.extend(def.clustering());
+    columns.extend(def.value_columns());
+    columns
+}
+
+/// One output row per live row; a partition with only static data gives one
+/// row with null clustering and regular columns (as CQL does).
+pub fn partition_rows(def: &TableDef, partitions: &[Partition]) -> Vec<Vec<Option<CqlValue>>> {
+    let columns = ordered_columns(def);
+    let mut out = Vec::new();
+    for partition in partitions {
+        let statics = partition.static_row.as_ref();
+        let mut emit = |row: Option<&concord_storage::rows::Row>| {
+            let mut values = Vec::with_capacity(columns.len());
+            let mut key_idx = 0;
+            let mut clustering_idx = 0;
+            for column in &columns {
+                values.push(match column.kind {
+                    ColumnKind::PartitionKey => {
+                        key_idx += 1;
+                        partition.key.get(key_idx - 1).cloned()
+                    }
+                    ColumnKind::Clustering(_) => {
+                        clustering_idx += 1;
+                        row.and_then(|row| row.clustering.get(clustering_idx - 1).cloned())
+                    }
+                    ColumnKind::Static => statics
+                        .and_then(|s| s.columns.get(&column.id))
+                        .map(|c| c.value.clone()),
+                    ColumnKind::Regular => row
+                        .and_then(|row| row.columns.get(&column.id))
+                        .map(|c| c.value.clone()),
+                });
+            }
+            out.push(values);
+        };
+        if partition.rows.is_empty() {
+            emit(None);
+        }
+        for row in &partition.rows {
+            emit(Some(row));
+        }
+    }
+    out
+}
+
+fn row_write_times(partitions: &[Partition]) -> Vec<Option<i64>> {
+    let mut out = Vec::new();
+    for partition in partitions {
+        let newest =
+            |row: &concord_storage::rows::Row| row.columns.values().map(|c| c.write_time.0).max();
+        if partition.rows.is_empty() {
+            out.push(partition.static_row.as_ref().and_then(newest));
+        }
+        out.extend(partition.rows.iter().map(newest));
+    }
+    out
+}
+
+/// Converts partitions to one record batch of [`table_schema`].
+///
+/// # Errors
+/// As [`types::to_array`].
+pub fn to_record_batch(def: &TableDef, partitions: &[Partition]) -> Result<RecordBatch> {
+    let schema = table_schema(def)?;
+    let rows = partition_rows(def, partitions);
+    let columns = ordered_columns(def);
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len() + 2);
+    for (column_idx, column) in columns.iter().enumerate() {
+        let values: Vec<Option<&CqlValue>> =
+            rows.iter().map(|row| row[column_idx].as_ref()).collect();
+        arrays.push(types::to_array(&column.ty, &values)?);
+    }
+    arrays.push(Arc::new(
+        TimestampMicrosecondArray::from(row_write_times(partitions)).with_timezone("UTC"),
+    ));
+    arrays.push(Arc::new(BooleanArray::from(vec![false; rows.len()])));
+    RecordBatch::try_new(schema, arrays)
+        .map_err(|error| Error::Internal(format!("build record batch: {error}")))
+}
+
+/// A table as of one snapshot: what the catalog hands DataFusion.
+#[derive(Debug)]
+struct SnapshotTable {
+    replica: Arc<Replica>,
+    def: Arc<TableDef>,
+    schema: SchemaRef,
+    snapshot: WriteTime,
+    /// Memory of materialised scans, released when the query's context drops.
+    reservations: Mutex<Vec<MemoryReservation>>,
+}
+
+impl SnapshotTable {
+    fn new(replica: Arc<Replica>, def: Arc<TableDef>, snapshot: WriteTime) -> Result<Self> {
+        Ok(SnapshotTable {
+            schema: table_schema(&def)?,
+            replica,
+            def,
+            snapshot,
+            reservations: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The partition key a conjunction of filters pins, if it pins all of it.
+    fn pinned_partition(&self, filters: &[Expr]) -> Option<Vec<CqlValue>> {
+        let mut values = Vec::new();
+        for column in self.def.partition_key() {
+            let value = filters
+                .iter()
+                .find_map(|filter| equality_literal(filter, &column.name))
+                .and_then(|scalar| scalar_to_cql(&scalar, &column.ty))?;
+            values.push(value);
+        }
+        Some(values)
+    }
+}
+
+/// `column = literal` or `literal = column`.
+fn equality_literal(filter: &Expr, column: &str) -> Option<ScalarValue> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = filter else {
+        return None;
+    };
+    if *op != Operator::Eq {
+        return None;
+    }
+    match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(value, _)) | (Expr::Literal(value, _), Expr::Column(c))
+            if c.name == column && !value.is_null() =>
+        {
+            Some(value.clone())
+        }
+        _ => None,
+    }
+}
+
+fn scalar_to_cql(scalar: &ScalarValue, ty: &concord_storage::types::CqlType) -> Option<CqlValue> {
+    let target = types::data_type(ty).ok()?;
+    let array = scalar.to_array().ok()?;
+    let cast = arrow::compute::cast(&array, &target).ok()?;
+    // A cast that changes the value (e.g. 1.5 to an int column) pins nothing.
+    let back = arrow::compute::cast(&cast, array.data_type()).ok()?;
+    if back.as_ref() != array.as_ref() {
+        return None;
+    }
+    types::from_array(ty, cast.as_ref()).ok()?.pop()?
+}
+
+#[async_trait]
+impl TableProvider for SnapshotTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        // Partition-key equalities narrow the scan; DataFusion still applies
+        // every filter, so Inexact is always correct.
+        Ok(filters
+            .iter()
+            .map(|filter| {
+                let on_key = self
+                    .def
+                    .partition_key()
+                    .any(|column| equality_literal(filter, &column.name).is_some());
+                if on_key {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let filter = match self.pinned_partition(filters) {
+            Some(key) => PartitionFilter::Key(key),
+            None => PartitionFilter::All,
+        };
+        let external = |error: Error| DataFusionError::External(Box::new(error));
+        let (def, partitions) = self
+            .replica
+            .read(self.def.id, self.snapshot, &filter)
+            .map_err(external)?;
+        let batch = to_record_batch(&def, &partitions).map_err(external)?;
+        let reservation = MemoryConsumer::new(format!("concord scan {}", def.qualified_name()))
+            .register(&state.runtime_env().memory_pool);
+        reservation.try_grow(batch.get_array_memory_size())?;
+        self.reservations.lock().push(reservation);
+        let plan =
+            MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?;
+        Ok(plan)
+    }
+}

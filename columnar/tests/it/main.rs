@@ -1,0 +1,124 @@
+//! Integration tests of the columnar replica: one binary (see style.md §20).
+//!
+//! `Harness` stands in for the node: a MemoryEngine row store, the change
+//! feed appended in the same batch as the rows (as `Db::execute` will), and a
+//! `Columnar` replica following the feed.
+
+mod differential;
+mod restart;
+mod sql;
+
+use std::sync::Arc;
+
+use concord_columnar::{Columnar, ColumnarOptions};
+use concord_storage::cell::WriteTime;
+use concord_storage::clock::ManualClock;
+use concord_storage::engine::{Durability, Engine, EngineOptions, WriteBatch};
+use concord_storage::feed::{ChangeFeed, FeedFrontier, FeedPosition};
+use concord_storage::memory::MemoryEngine;
+use concord_storage::partitioner::TokenRange;
+use concord_storage::rows::{self, Mutation, Partition, TableRegistry};
+use concord_storage::schema::TableDef;
+use concord_storage::testing::model;
+use concord_storage::value::CqlValue;
+
+pub fn engine_options(table: &Arc<TableDef>) -> EngineOptions {
+    let registry = TableRegistry::new();
+    registry.insert(table.clone());
+    let clock = ManualClock::new(model::CLOCK_START_SECONDS * 1_000_000);
+    EngineOptions {
+        rows: rows::row_family_options(Arc::new(clock), registry),
+    }
+}
+
+/// The row store, its feed, and every write applied so far.
+#[allow(missing_debug_implementations)]
+pub struct Node {
+    pub table: Arc<TableDef>,
+    pub engine: MemoryEngine,
+    pub feed: ChangeFeed,
+    pub writes: Vec<(WriteTime, Mutation)>,
+}
+
+impl Node {
+    pub fn new(table: Arc<TableDef>) -> Node {
+        let engine = MemoryEngine::new(engine_options(&table));
+        let feed = ChangeFeed::open(&engine).expect("open feed");
+        Node {
+            table,
+            engine,
+            feed,
+            writes: Vec::new(),
+        }
+    }
+
+    /// Applies `mutation` at `write_time` the way the apply path does: rows and
+    /// feed record in one batch.
+    pub fn write(&mut self, mutation: Mutation, write_time: WriteTime) -> FeedPosition {
+        let ticket = self.feed.begin(|| write_time);
+        let mut batch = WriteBatch::new();
+        rows::write_mutation(&self.table, &mutation, write_time, &mut batch).expect("rows");
+        let position = self
+            .feed
+            .append(&ticket, &mut batch, &self.table, &mutation)
+            .expect("feed");
+        self.engine.write(batch, Durability::Sync).expect("write");
+        self.feed.finish(ticket);
+        self.writes.push((write_time, mutation));
+        position
+    }
+
+    /// What the row store answers at `snapshot`: every write at or below it,
+    /// applied to a fresh engine, scanned with expiry judged at its second.
+    pub fn row_store_at(&self, snapshot: WriteTime) -> (MemoryEngine, Vec<Partition>) {
+        let engine = MemoryEngine::new(engine_options(&self.table));
+        for (write_time, mutation) in self.writes.iter().filter(|(t, _)| *t <= snapshot) {
+            let mut batch = WriteBatch::new();
+            rows::write_mutation(&self.table, mutation, *write_time, &mut batch).expect("rows");
+            engine.write(batch, Durability::Buffered).expect("write");
+        }
+        let mut partitions: Vec<Partition> = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = rows::scan_token_range(
+                &engine,
+                &self.table,
+                &TokenRange::full_ring(),
+                cursor.as_ref(),
+                1000,
+                snapshot.seconds(),
+            )
+            .expect("scan");
+            for partition in page.partitions {
+                match partitions.last_mut() {
+                    Some(last) if last.key == partition.key => last.rows.extend(partition.rows),
+                    _ => partitions.push(partition),
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        (engine, partitions)
+    }
+}
+
+pub fn open_columnar(dir: &std::path::Path, options: ColumnarOptions) -> Columnar {
+    Columnar::open(dir, options).expect("open columnar")
+}
+
+/// A frontier up to `position_end` with the given watermark.
+pub fn frontier(position_end: FeedPosition, watermark: WriteTime) -> FeedFrontier {
+    FeedFrontier {
+        position_end,
+        watermark,
+    }
+}
+
+/// Rows as comparable text, sorted: SQL output order is not defined.
+pub fn sorted(rows: Vec<Vec<Option<CqlValue>>>) -> Vec<String> {
+    let mut text: Vec<String> = rows.iter().map(|row| format!("{row:?}")).collect();
+    text.sort();
+    text
+}

@@ -1,0 +1,254 @@
+//! The analytic entry's guarantees: snapshots wait for the watermark (bounded,
+//! with a clear error), old snapshots are refused once merged away, held
+//! snapshots keep their versions, memory and concurrency are bounded, schema
+//! changes show, and unknown names fail as SQL errors.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use concord_columnar::{ColumnarOptions, Error, Snapshot};
+use concord_storage::cell::WriteTime;
+use concord_storage::rows::{CellOp, Liveness, Mutation, RowOp, Ttl};
+use concord_storage::schema::{ColumnKind, ColumnSpec, Schema};
+use concord_storage::testing::model;
+use concord_storage::types::CqlType;
+use concord_storage::value::CqlValue;
+
+use crate::{Node, open_columnar};
+
+fn row(table: &concord_storage::schema::TableDef, key: i32, v2: i64) -> Mutation {
+    Mutation {
+        table: table.id,
+        partition_key: vec![CqlValue::Int(key)],
+        ops: vec![RowOp::Upsert {
+            clustering: vec![CqlValue::Int(0), CqlValue::Text("a".into())],
+            liveness: Liveness::RowMarker,
+            ttl: Ttl::Unlimited,
+            cells: vec![(
+                model::column_id(table, "v2"),
+                CellOp::Set(Some(CqlValue::Bigint(v2))),
+            )],
+        }],
+    }
+}
+
+fn count(columnar: &concord_columnar::Columnar, snapshot: Snapshot) -> Result<i64, Error> {
+    let result = columnar.sql("SELECT count(*) AS n FROM ks.t", snapshot)?;
+    let batch = &result.batches[0];
+    let column = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .expect("count is Int64");
+    Ok(column.value(0))
+}
+
+const T0: i64 = model::CLOCK_START_SECONDS * 1_000_000;
+
+#[test]
+fn snapshot_reads_wait_for_the_watermark_and_time_out_clearly() {
+    let table = model::table(model::model_table_options());
+    let mut node = Node::new(table.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    let options = ColumnarOptions {
+        snapshot_wait_max: Duration::from_millis(100),
+        ..ColumnarOptions::default()
+    };
+    let columnar = Arc::new(open_columnar(dir.path(), options));
+    columnar.replica().register_table(table.clone());
+    node.write(row(&table, 1, 1), WriteTime(T0 + 1));
+    node.write(row(&table, 2, 2), WriteTime(T0 + 2));
+
+    let started = Instant::now();
+    let error = count(&columnar, Snapshot::At(WriteTime(T0 + 2))).expect_err("not applied yet");
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert!(matches!(error, Error::SnapshotTimeout { .. }), "{error}");
+    assert!(error.to_string().contains("watermark"), "{error}");
+
+    // A reader waiting for T0 + 2 is released by the catch-up.
+    let waiting = {
+        let columnar = Arc::clone(&columnar);
+        std::thread::spawn(move || count(&columnar, Snapshot::At(WriteTime(T0 + 2))))
+    };
+    std::thread::sleep(Duration::from_millis(10));
+    columnar
+        .replica()
+        .catch_up(&node.engine, node.feed.frontier())
+        .expect("catch up");
+    assert_eq!(waiting.join().expect("join").expect("count"), 2);
+    assert_eq!(
+        count(&columnar, Snapshot::At(WriteTime(T0 + 1))).expect("count"),
+        1
+    );
+    assert_eq!(count(&columnar, Snapshot::Watermark).expect("count"), 2);
+    let stale = Snapshot::BoundedStaleness {
+        now: WriteTime(T0 + 50_000),
+        max_staleness: Duration::from_secs(1),
+    };
+    assert_eq!(count(&columnar, stale).expect("count"), 2);
+}
+
+#[test]
+fn held_snapshots_survive_merges_and_old_ones_are_refused() {
+    let table = model::table(model::model_table_options());
+    let mut node = Node::new(table.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    let columnar = open_columnar(dir.path(), ColumnarOptions::default());
+    columnar.replica().register_table(table.clone());
+    for idx in 0..6 {
+        node.write(
+            row(&table, idx, i64::from(idx)),
+            WriteTime(T0 + i64::from(idx)),
+        );
+    }
+    let replica = columnar.replica();
+    replica
+        .catch_up(&node.engine, node.feed.frontier())
+        .expect("catch up");
+    let guard = replica.hold_snapshot(WriteTime(T0 + 2)).expect("hold");
+    assert_eq!(replica.merge().expect("merge"), WriteTime(T0 + 2));
+    assert_eq!(
+        count(&columnar, Snapshot::At(WriteTime(T0 + 2))).expect("count"),
+        3
+    );
+    assert_eq!(
+        count(&columnar, Snapshot::At(WriteTime(T0 + 5))).expect("count"),
+        6
+    );
+    drop(guard);
+    assert_eq!(replica.merge().expect("merge"), WriteTime(T0 + 5));
+    let error = count(&columnar, Snapshot::At(WriteTime(T0 + 2))).expect_err("merged away");
+    assert!(matches!(error, Error::SnapshotTooOld { .. }), "{error}");
+    assert_eq!(
+        count(&columnar, Snapshot::At(WriteTime(T0 + 5))).expect("count"),
+        6
+    );
+}
+
+#[test]
+fn a_query_over_the_memory_pool_fails_with_resources_exhausted() {
+    let table = model::table(model::model_table_options());
+    let mut node = Node::new(table.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    let options = ColumnarOptions {
+        memory_pool_bytes: 4 * 1024,
+        ..ColumnarOptions::default()
+    };
+    let columnar = open_columnar(dir.path(), options);
+    columnar.replica().register_table(table.clone());
+    for idx in 0..200 {
+        node.write(
+            row(&table, idx, i64::from(idx)),
+            WriteTime(T0 + i64::from(idx)),
+        );
+    }
+    columnar
+        .replica()
+        .catch_up(&node.engine, node.feed.frontier())
+        .expect("catch up");
+    let error = columnar
+        .sql("SELECT * FROM ks.t ORDER BY v2", Snapshot::Watermark)
+        .expect_err("pool too small");
+    assert!(matches!(error, Error::ResourcesExhausted(_)), "{error}");
+    // The node keeps serving: a small answer still fits after the failure.
+    let ok = columnar
+        .sql("SELECT 1", Snapshot::Watermark)
+        .expect("tiny query");
+    assert_eq!(ok.batches[0].num_rows(), 1);
+}
+
+#[test]
+fn unknown_tables_are_sql_errors_and_schema_changes_show() {
+    let mut schema = Schema::new();
+    let table = model::table(model::model_table_options());
+    // Rebuild the model table inside a schema we can alter.
+    schema
+        .create_keyspace(
+            concord_storage::schema::KeyspaceDef {
+                name: "ks".into(),
+                replication: concord_storage::schema::ReplicationStrategy::Local,
+                durable_writes: true,
+            },
+            concord_storage::schema::IfExists::Strict,
+        )
+        .expect("keyspace");
+    let spec = concord_storage::schema::TableSpec {
+        keyspace: "ks".into(),
+        name: "t".into(),
+        columns: table
+            .columns()
+            .iter()
+            .map(|c| ColumnSpec {
+                name: c.name.clone(),
+                ty: c.ty.clone(),
+                kind: c.kind,
+            })
+            .collect(),
+        options: model::model_table_options(),
+    };
+    let created = schema
+        .create_table(spec, concord_storage::schema::IfExists::Strict)
+        .expect("create")
+        .expect("new");
+    let mut node = Node::new(created.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    let columnar = open_columnar(dir.path(), ColumnarOptions::default());
+    columnar.replica().register_table(created.clone());
+    node.write(row(&created, 1, 7), WriteTime(T0 + 1));
+
+    let added = schema
+        .add_column(
+            "ks",
+            "t",
+            ColumnSpec {
+                name: "extra".into(),
+                ty: CqlType::Int,
+                kind: ColumnKind::Regular,
+            },
+        )
+        .expect("add");
+    node.table = added.clone();
+    columnar.replica().register_table(added.clone());
+    node.write(
+        Mutation {
+            table: added.id,
+            partition_key: vec![CqlValue::Int(2)],
+            ops: vec![RowOp::Upsert {
+                clustering: vec![CqlValue::Int(0), CqlValue::Text("a".into())],
+                liveness: Liveness::RowMarker,
+                ttl: Ttl::Unlimited,
+                cells: vec![(
+                    model::column_id(&added, "extra"),
+                    CellOp::Set(Some(CqlValue::Int(5))),
+                )],
+            }],
+        },
+        WriteTime(T0 + 2),
+    );
+    let dropped = schema.drop_column("ks", "t", "v2").expect("drop");
+    node.table = dropped.clone();
+    columnar.replica().register_table(dropped);
+    columnar
+        .replica()
+        .catch_up(&node.engine, node.feed.frontier())
+        .expect("catch up");
+    let result = columnar
+        .sql(
+            "SELECT pk, extra FROM ks.t ORDER BY pk",
+            Snapshot::Watermark,
+        )
+        .expect("query");
+    let text = arrow::util::pretty::pretty_format_batches(&result.batches)
+        .expect("format")
+        .to_string();
+    assert!(text.contains("| 1  |       |"), "{text}");
+    assert!(text.contains("| 2  | 5     |"), "{text}");
+    let error = columnar
+        .sql("SELECT v2 FROM ks.t", Snapshot::Watermark)
+        .expect_err("dropped column");
+    assert!(matches!(error, Error::Sql(_)), "{error}");
+    let error = columnar
+        .sql("SELECT * FROM ks.missing", Snapshot::Watermark)
+        .expect_err("unknown table");
+    assert!(matches!(error, Error::Sql(_)), "{error}");
+}
