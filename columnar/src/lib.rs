@@ -13,8 +13,10 @@
 //! silently, or depend on `concord-txn`, the server or RocksDB.
 //!
 //! Key types: [`Columnar`], [`Snapshot`], [`replica::Replica`],
+//! [`follower::Follower`],
 //! [`segment::Segment`], [`Error`]. See `design/columnar.md`.
 
+pub mod follower;
 pub mod replica;
 pub mod segment;
 pub mod sql;

@@ -442,8 +442,23 @@ impl TableProvider for SnapshotTable {
             .register(&state.runtime_env().memory_pool);
         reservation.try_grow(batch.get_array_memory_size())?;
         self.reservations.lock().push(reservation);
+        // One partition per analytics thread, so DataFusion scans in parallel.
+        let n_partitions = state.config().target_partitions().max(1);
+        let rows_per_partition = batch.num_rows().div_ceil(n_partitions).max(1);
+        let partitions: Vec<Vec<RecordBatch>> = (0..batch.num_rows())
+            .step_by(rows_per_partition)
+            .map(|offset| {
+                let len = rows_per_partition.min(batch.num_rows() - offset);
+                vec![batch.slice(offset, len)]
+            })
+            .collect();
+        let partitions = if partitions.is_empty() {
+            vec![vec![batch]]
+        } else {
+            partitions
+        };
         let plan =
-            MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?;
+            MemorySourceConfig::try_new_exec(&partitions, self.schema(), projection.cloned())?;
         Ok(plan)
     }
 }

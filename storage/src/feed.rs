@@ -4,8 +4,15 @@
 //!
 //! The apply path calls [`ChangeFeed::begin`] around its timestamp
 //! allocation, [`ChangeFeed::append`] once per mutation into the batch that
-//! also holds the rows, and [`ChangeFeed::finish`] once the batch is written
-//! (or failed). Consumers (the columnar replica, change-data capture) read
+//! also holds the rows, and drops the ticket (or calls [`ChangeFeed::finish`])
+//! once the batch is written or failed:
+//!
+//! ```text
+//! let ticket = feed.begin(|| sequencer.next(clock));       // executeAt
+//! rows::write_mutation(table, mutation, ticket.write_time(), &mut batch)?;
+//! feed.append(&ticket, &mut batch, table, mutation)?;      // same batch
+//! engine.write(batch, durability)?;                        // ticket drops after
+//! ``` Consumers (the columnar replica, change-data capture) read
 //! with [`read_from`] up to [`ChangeFeed::frontier`]: below the frontier's
 //! position no record can still appear, and every write at or below its
 //! watermark is in the feed. Records carry mutations, not cells: the op kinds
@@ -99,17 +106,27 @@ pub struct FeedFrontier {
     pub watermark: WriteTime,
 }
 
-/// A transaction between [`ChangeFeed::begin`] and [`ChangeFeed::finish`].
+/// A transaction between [`ChangeFeed::begin`] and [`ChangeFeed::finish`]
+/// (or the ticket's drop, so an early return cannot stall the frontier).
 #[derive(Debug)]
-#[must_use = "a ticket must be finished, or the feed's frontier stops advancing"]
-pub struct FeedTicket {
+#[must_use = "hold the ticket until the batch is written; dropping it finishes the transaction"]
+pub struct FeedTicket<'feed> {
+    feed: &'feed ChangeFeed,
     id: u64,
     write_time: WriteTime,
 }
 
-impl FeedTicket {
+impl FeedTicket<'_> {
+    /// The write time `begin` allocated: the cells' write time.
     pub fn write_time(&self) -> WriteTime {
         self.write_time
+    }
+}
+
+impl Drop for FeedTicket<'_> {
+    fn drop(&mut self) {
+        let removed = self.feed.state.lock().in_flight.remove(&self.id);
+        assert!(removed.is_some(), "change feed: ticket finished twice");
     }
 }
 
@@ -167,7 +184,7 @@ impl ChangeFeed {
     /// # Panics
     /// If more than `FEED_IN_FLIGHT_MAX` tickets are open (a leak in the
     /// caller), or `allocate` goes below a write time already finished.
-    pub fn begin(&self, allocate: impl FnOnce() -> WriteTime) -> FeedTicket {
+    pub fn begin(&self, allocate: impl FnOnce() -> WriteTime) -> FeedTicket<'_> {
         let mut state = self.state.lock();
         assert!(
             state.in_flight.len() < FEED_IN_FLIGHT_MAX,
@@ -190,7 +207,11 @@ impl ChangeFeed {
                 first_position: None,
             },
         );
-        FeedTicket { id, write_time }
+        FeedTicket {
+            feed: self,
+            id,
+            write_time,
+        }
     }
 
     /// Adds `mutation`'s feed record to `batch` (the batch that holds its
@@ -201,7 +222,7 @@ impl ChangeFeed {
     /// ticket already finished. Nothing is added to `batch` on error.
     pub fn append(
         &self,
-        ticket: &FeedTicket,
+        ticket: &FeedTicket<'_>,
         batch: &mut WriteBatch,
         table: &TableDef,
         mutation: &Mutation,
@@ -228,10 +249,14 @@ impl ChangeFeed {
         Ok(FeedPosition(position))
     }
 
-    /// Ends a transaction once its batch is written, or failed to be.
-    pub fn finish(&self, ticket: FeedTicket) {
-        let removed = self.state.lock().in_flight.remove(&ticket.id);
-        assert!(removed.is_some(), "change feed: ticket finished twice");
+    /// Ends a transaction once its batch is written, or failed to be (the
+    /// same as dropping the ticket; spelled out where it helps the reader).
+    pub fn finish(&self, ticket: FeedTicket<'_>) {
+        assert!(
+            std::ptr::eq(ticket.feed, self),
+            "change feed: ticket of another feed"
+        );
+        drop(ticket);
     }
 
     /// What consumers may read now.
@@ -997,6 +1022,21 @@ mod tests {
         feed.finish(heartbeat);
         assert_eq!(feed.frontier().watermark, WriteTime(20));
         assert_eq!(feed.frontier().position_end, FeedPosition(2));
+        // A ticket dropped on an early return (a failed write) finishes too.
+        let failed = || -> Result<()> {
+            let ticket = feed.begin(|| WriteTime(30));
+            let mut batch = WriteBatch::new();
+            feed.append(
+                &ticket,
+                &mut batch,
+                &table,
+                &upsert(&table, 3, Ttl::Unlimited),
+            )?;
+            Err(Error::Internal("the engine write failed".into()))
+        };
+        assert!(failed().is_err());
+        assert_eq!(feed.frontier().watermark, WriteTime(30));
+        assert_eq!(feed.frontier().position_end, FeedPosition(3));
     }
 
     #[test]

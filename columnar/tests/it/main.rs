@@ -5,6 +5,7 @@
 //! `Columnar` replica following the feed.
 
 mod differential;
+mod follower;
 mod restart;
 mod sql;
 
