@@ -1,0 +1,80 @@
+//! The follower thread keeps the replica up with the feed: a query at the
+//! feed's watermark right after a write sees it (the learner read), and the
+//! follower's merges move the delta into segments.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_columnar::follower::{Follower, FollowerOptions};
+use concord_columnar::{ColumnarOptions, Snapshot};
+use concord_storage::cell::WriteTime;
+use concord_storage::engine::{Durability, Engine, WriteBatch};
+use concord_storage::feed::ChangeFeed;
+use concord_storage::memory::MemoryEngine;
+use concord_storage::rows::{self, CellOp, Liveness, Mutation, RowOp, Ttl};
+use concord_storage::testing::model;
+use concord_storage::value::CqlValue;
+
+use crate::{engine_options, open_columnar};
+
+#[test]
+fn queries_at_the_latest_commit_see_it_through_the_follower() {
+    let table = model::table(model::model_table_options());
+    let engine = Arc::new(MemoryEngine::new(engine_options(&table)));
+    let feed = Arc::new(ChangeFeed::open(engine.as_ref()).expect("feed"));
+    let dir = tempfile::tempdir().expect("dir");
+    let columnar = open_columnar(dir.path(), ColumnarOptions::default());
+    columnar.replica().register_table(table.clone());
+    let options = FollowerOptions {
+        poll_interval: Duration::from_millis(1),
+        merge_interval: Duration::from_millis(20),
+    };
+    let follower = Follower::spawn(
+        Arc::clone(columnar.replica()),
+        Arc::clone(&engine),
+        Arc::clone(&feed),
+        options,
+    )
+    .expect("spawn");
+    let t0 = model::CLOCK_START_SECONDS * 1_000_000;
+    for idx in 0..20i64 {
+        let mutation = Mutation {
+            table: table.id,
+            partition_key: vec![CqlValue::Int(idx as i32)],
+            ops: vec![RowOp::Upsert {
+                clustering: vec![CqlValue::Int(0), CqlValue::Text("a".into())],
+                liveness: Liveness::RowMarker,
+                ttl: Ttl::Unlimited,
+                cells: vec![(
+                    model::column_id(&table, "v2"),
+                    CellOp::Set(Some(CqlValue::Bigint(idx))),
+                )],
+            }],
+        };
+        let ticket = feed.begin(|| WriteTime(t0 + idx));
+        let mut batch = WriteBatch::new();
+        rows::write_mutation(&table, &mutation, ticket.write_time(), &mut batch).expect("rows");
+        feed.append(&ticket, &mut batch, &table, &mutation)
+            .expect("feed");
+        engine.write(batch, Durability::Sync).expect("write");
+        drop(ticket);
+        // The default read: at the latest commit, waiting for the replica.
+        let latest = feed.frontier().watermark;
+        let result = columnar
+            .sql("SELECT count(*), sum(v2) FROM ks.t", Snapshot::At(latest))
+            .expect("query");
+        let text = arrow::util::pretty::pretty_format_batches(&result.batches)
+            .expect("format")
+            .to_string();
+        let expected = format!("| {} ", idx + 1);
+        assert!(text.contains(&expected), "after write {idx}: {text}");
+        assert!(
+            text.contains(&format!(" {} ", idx * (idx + 1) / 2)),
+            "{text}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    drop(follower);
+    assert!(columnar.replica().n_segments() >= 1, "the follower merged");
+    assert_eq!(columnar.replica().watermark(), WriteTime(t0 + 19));
+}
