@@ -74,6 +74,8 @@ struct State {
     next_position: FeedPosition,
     horizon: WriteTime,
     merged_position: FeedPosition,
+    /// The position in the stored manifest: the feed before it may be dropped.
+    durable_position: FeedPosition,
     open_snapshots: BTreeMap<WriteTime, usize>,
     next_segment_id: u64,
     n_delta_versions: usize,
@@ -161,6 +163,7 @@ impl Replica {
                 next_position: manifest.position,
                 horizon: manifest.horizon,
                 merged_position: manifest.merged_position,
+                durable_position: manifest.position,
                 open_snapshots: BTreeMap::new(),
                 next_segment_id,
                 n_delta_versions: 0,
@@ -187,7 +190,7 @@ impl Replica {
         let mut state = self.state.write();
         if let Some(removed) = state.tables.remove(&table) {
             state.n_delta_versions -= removed.delta.values().map(Vec::len).sum::<usize>();
-            self.store_manifest(&state)?;
+            self.store_manifest(&mut state)?;
             removed.segments.iter().for_each(|segment| segment.retire());
         }
         Ok(())
@@ -434,12 +437,18 @@ impl Replica {
         // If the manifest cannot be stored it still names the old segments and
         // position, which hold everything, so a restart is exact; this process
         // keeps the new in-memory state, which is complete.
-        self.store_manifest(&state)?;
+        self.store_manifest(&mut state)?;
         retired.iter().for_each(|segment| segment.retire());
         Ok(horizon)
     }
 
-    fn store_manifest(&self, state: &State) -> Result<()> {
+    /// The feed position a restart resumes from: the node may drop feed
+    /// records before it (`feed::truncate_before`).
+    pub fn durable_position(&self) -> FeedPosition {
+        self.state.read().durable_position
+    }
+
+    fn store_manifest(&self, state: &mut State) -> Result<()> {
         let position = state
             .tables
             .values()
@@ -457,7 +466,9 @@ impl Replica {
                 .flat_map(|(table, t)| t.segments.iter().map(|s| (*table, s.id, s.n_cells)))
                 .collect(),
         }
-        .store(&self.dir)
+        .store(&self.dir)?;
+        state.durable_position = position;
+        Ok(())
     }
 
     /// The live partitions of `table` at `snapshot`, as the row store returns

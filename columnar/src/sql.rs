@@ -214,6 +214,14 @@ fn map_datafusion_error(error: DataFusionError) -> Error {
         DataFusionError::ResourcesExhausted(message) => Error::ResourcesExhausted(message.clone()),
         DataFusionError::External(inner) => match inner.downcast_ref::<Error>() {
             Some(Error::ResourcesExhausted(message)) => Error::ResourcesExhausted(message.clone()),
+            Some(Error::ValueOutOfRange { value, reason }) => Error::ValueOutOfRange {
+                value: value.clone(),
+                reason: reason.clone(),
+            },
+            Some(Error::SnapshotTooOld { snapshot, horizon }) => Error::SnapshotTooOld {
+                snapshot: *snapshot,
+                horizon: *horizon,
+            },
             _ => Error::Sql(error.to_string()),
         },
         _ => Error::Sql(error.to_string()),

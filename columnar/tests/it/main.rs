@@ -8,6 +8,7 @@ mod differential;
 mod follower;
 mod restart;
 mod sql;
+mod types;
 
 use std::sync::Arc;
 

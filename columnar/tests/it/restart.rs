@@ -107,6 +107,7 @@ fn restart_mid_ingest_resumes_without_gap_or_duplicate() {
     let replica = columnar.replica();
     assert_eq!(replica.watermark(), WriteTime(t0 + 11));
     assert_eq!(replica.next_position(), FeedPosition(12));
+    assert_eq!(replica.durable_position(), FeedPosition(12));
     let outcome = replica
         .catch_up(&node.engine, node.feed.frontier())
         .expect("catch up");
