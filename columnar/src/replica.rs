@@ -145,6 +145,7 @@ impl Replica {
             merged_position: FeedPosition(0),
             segments: Vec::new(),
         });
+        remove_orphan_segments(dir, &manifest)?;
         let mut tables: BTreeMap<TableId, TableState> = BTreeMap::new();
         let mut next_segment_id = 0;
         for segment in manifest.open_segments(dir) {
@@ -559,6 +560,30 @@ impl Replica {
         }
         Ok((def, CellView { cells: winners }))
     }
+}
+
+/// Deletes segment files the manifest does not name: written by a merge that
+/// crashed before its manifest was stored, or retired while a reader held them.
+fn remove_orphan_segments(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let live: std::collections::BTreeSet<String> = manifest
+        .segments
+        .iter()
+        .map(|(table, id, _)| Segment::file_name(*table, *id))
+        .collect();
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
+        context: format!("list replica directory {}", dir.display()),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("segment-") && name.ends_with(".parquet") && !live.contains(&name) {
+            std::fs::remove_file(entry.path()).map_err(|source| Error::Io {
+                context: format!("remove orphan segment {name}"),
+                source,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 fn bound_bytes(bound: &Bound<Vec<u8>>) -> Option<&[u8]> {

@@ -73,8 +73,13 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// The file name of segment `id` of `table`.
+    pub fn file_name(table: TableId, id: u64) -> String {
+        format!("segment-{}-{id}.parquet", table.0)
+    }
+
     fn path_for(dir: &Path, table: TableId, id: u64) -> PathBuf {
-        dir.join(format!("segment-{}-{id}.parquet", table.0))
+        dir.join(Self::file_name(table, id))
     }
 
     /// Writes `cells` (sorted by key, one per key) as segment `id`.

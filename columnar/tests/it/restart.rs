@@ -102,7 +102,12 @@ fn restart_mid_ingest_resumes_without_gap_or_duplicate() {
         first_life_records = replica.n_records_applied();
         assert_eq!(first_life_records, 25);
     }
+    // A merge that crashed after writing its segment but before its manifest
+    // leaves an orphan file; opening removes it.
+    let orphan = dir.path().join("segment-0-99.parquet");
+    std::fs::write(&orphan, b"half-written").expect("orphan");
     let columnar = open_columnar(dir.path(), ColumnarOptions::default());
+    assert!(!orphan.exists(), "orphan segment removed on open");
     columnar.replica().register_table(table.clone());
     let replica = columnar.replica();
     assert_eq!(replica.watermark(), WriteTime(t0 + 11));
@@ -142,4 +147,23 @@ fn restart_mid_ingest_resumes_without_gap_or_duplicate() {
         answer(&columnar, &node, end),
         sorted(partition_rows(&table, &partitions))
     );
+    // Dropping the table removes it from the catalog, the manifest and (once no
+    // reader holds them) its segment files.
+    let segment_files = || {
+        std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("segment-"))
+            })
+            .count()
+    };
+    assert!(segment_files() >= 1);
+    columnar.replica().drop_table(table.id).expect("drop");
+    assert_eq!(segment_files(), 0);
+    let error = columnar
+        .sql("SELECT * FROM ks.t", Snapshot::At(end))
+        .expect_err("dropped");
+    assert!(matches!(error, concord_columnar::Error::Sql(_)), "{error}");
 }
