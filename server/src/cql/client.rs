@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::cql::error::{CqlError, CqlResult};
-use crate::cql::frame::ENVELOPE_HEADER_BYTES;
+use concord_cql_wire::frame::ENVELOPE_HEADER_BYTES;
 
 /// The largest response the client reads.
 const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;

@@ -15,12 +15,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use cassandra_protocol::compression::Compression;
+use cassandra_protocol::frame::Version;
 use cassandra_protocol::frame::events::ServerEvent;
 use cassandra_protocol::frame::message_event::BodyResEvent;
 use cassandra_protocol::frame::message_request::RequestBody;
 use cassandra_protocol::frame::message_response::ResponseBody;
 use cassandra_protocol::frame::message_supported::BodyResSupported;
-use cassandra_protocol::frame::{Direction, Envelope, Flags, Opcode, Serialize, Version};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,7 +30,8 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::cql::Shared;
 use crate::cql::error::{CqlError, CqlResult};
 use crate::cql::execute;
-use crate::cql::frame::{self, ENVELOPE_HEADER_BYTES, EnvelopeHeader, SegmentRead};
+use concord_cql_wire::codec::{decode_request, encode};
+use concord_cql_wire::frame::{self, ENVELOPE_HEADER_BYTES, EnvelopeHeader, SegmentRead};
 
 /// The CQL version reported in OPTIONS / system.local.
 pub const CQL_VERSION: &str = "3.4.7";
@@ -128,64 +129,12 @@ fn error_response(error: &CqlError) -> ResponseBody {
     ResponseBody::Error(error.to_error_body())
 }
 
-fn opcode_of(response: &ResponseBody) -> Opcode {
-    match response {
-        ResponseBody::Error(_) => Opcode::Error,
-        ResponseBody::Ready => Opcode::Ready,
-        ResponseBody::Authenticate(_) => Opcode::Authenticate,
-        ResponseBody::Supported(_) => Opcode::Supported,
-        ResponseBody::Result(_) => Opcode::Result,
-        ResponseBody::Event(_) => Opcode::Event,
-        ResponseBody::AuthChallenge(_) => Opcode::AuthChallenge,
-        _ => Opcode::AuthSuccess,
-    }
-}
-
-/// Serializes a response body (the codec crate only serializes the bodies
-/// themselves outside its tests).
-fn serialize_response(response: &ResponseBody, version: Version) -> CqlResult<Vec<u8>> {
-    let mut body = Vec::new();
-    let mut cursor = std::io::Cursor::new(&mut body);
-    match response {
-        ResponseBody::Error(error) => error.serialize(&mut cursor, version),
-        ResponseBody::Ready => {}
-        ResponseBody::Supported(supported) => supported.serialize(&mut cursor, version),
-        ResponseBody::Result(result) => result.serialize(&mut cursor, version),
-        ResponseBody::Event(event) => event.serialize(&mut cursor, version),
-        ResponseBody::AuthSuccess(success) => success.serialize(&mut cursor, version),
-        _ => return Err(CqlError::Server("response kind not served".into())),
-    }
-    Ok(body)
-}
-
 fn wire_version(version: u8) -> Version {
     if version == 5 {
         Version::V5
     } else {
         Version::V4
     }
-}
-
-fn encode(
-    version: Version,
-    stream_id: i16,
-    response: &ResponseBody,
-    compression: Compression,
-) -> CqlResult<Vec<u8>> {
-    let body = serialize_response(response, version)?;
-    let envelope = Envelope::new(
-        version,
-        Direction::Response,
-        Flags::empty(),
-        opcode_of(response),
-        stream_id,
-        body,
-        None,
-        Vec::new(),
-    );
-    envelope
-        .encode_with(compression)
-        .map_err(|error| CqlError::Server(format!("encode response: {error}")))
 }
 
 async fn write_loop(mut writer: OwnedWriteHalf, mut receiver: mpsc::Receiver<Outgoing>) {
@@ -240,10 +189,11 @@ impl Connection {
                         self.dispatch(header, body).await?;
                     }
                     Framing::Segments { lz4 } => {
-                        let segment = match frame::read_segment(&buffer, lz4) {
-                            Ok(segment) => segment,
-                            Err(error) => return self.fail(error).await,
-                        };
+                        let segment =
+                            match frame::read_segment(&buffer, lz4).map_err(CqlError::from) {
+                                Ok(segment) => segment,
+                                Err(error) => return self.fail(error).await,
+                            };
                         let SegmentRead::Segment { consumed, payload } = segment else {
                             break;
                         };
@@ -281,7 +231,9 @@ impl Connection {
         if bytes.len() < ENVELOPE_HEADER_BYTES {
             return Ok(None);
         }
-        let header = match frame::parse_header(bytes, self.shared.limits.frame_bytes_max) {
+        let header = match frame::parse_header(bytes, self.shared.limits.frame_bytes_max)
+            .map_err(CqlError::from)
+        {
             Ok(header) => header,
             Err(error) => {
                 let stream_id = i16::from_be_bytes([bytes[2], bytes[3]]);
@@ -315,7 +267,9 @@ impl Connection {
         let body = if header.flags & FLAG_COMPRESSION != 0 {
             match self.framing {
                 Framing::Envelopes { lz4: true } => {
-                    match frame::decompress_v4_lz4(&body, self.shared.limits.frame_bytes_max) {
+                    match frame::decompress_v4_lz4(&body, self.shared.limits.frame_bytes_max)
+                        .map_err(CqlError::from)
+                    {
                         Ok(body) => body,
                         Err(error) => return self.fail(error).await,
                     }
@@ -338,7 +292,7 @@ impl Connection {
             return Ok(());
         }
         let version = wire_version(header.version);
-        let request = match decode_request(&body, header.opcode, version) {
+        let request = match decode_request(&body, header.opcode, version).map_err(CqlError::from) {
             Ok(request) => request,
             Err(error) => {
                 self.send(header.version, stream_id, &error_response(&error))
@@ -487,7 +441,7 @@ async fn send_response(
     let envelope = match encode(wire, stream_id, response, compression) {
         Ok(envelope) => envelope,
         Err(error) => {
-            let fallback = error_response(&error);
+            let fallback = error_response(&CqlError::from(error));
             match encode(wire, stream_id, &fallback, compression) {
                 Ok(envelope) => envelope,
                 Err(_) => return,
@@ -495,58 +449,4 @@ async fn send_response(
         }
     };
     let _ = sender.send(Outgoing { envelope, framing }).await;
-}
-
-/// Decodes a request body; the decoder is a third-party crate, so a panic
-/// inside it is caught and reported as a protocol error rather than trusted
-/// never to happen.
-fn decode_request(body: &[u8], opcode: u8, version: Version) -> CqlResult<RequestBody> {
-    let opcode = Opcode::try_from(opcode)
-        .map_err(|_| CqlError::Protocol(format!("unknown opcode 0x{opcode:02x}")))?;
-    if matches!(
-        opcode,
-        Opcode::Error
-            | Opcode::Ready
-            | Opcode::Authenticate
-            | Opcode::Supported
-            | Opcode::Result
-            | Opcode::Event
-            | Opcode::AuthChallenge
-            | Opcode::AuthSuccess
-    ) {
-        return Err(CqlError::Protocol(format!(
-            "opcode {opcode} is a response, not a request"
-        )));
-    }
-    let decoded = std::panic::catch_unwind(|| {
-        RequestBody::try_from(body, opcode, version).map_err(|error| error.to_string())
-    });
-    match decoded {
-        Ok(Ok(request)) => Ok(request),
-        Ok(Err(error)) => Err(CqlError::Protocol(format!(
-            "{opcode} body does not decode: {error}"
-        ))),
-        Err(_) => Err(CqlError::Protocol(format!("{opcode} body does not decode"))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
-
-        /// Arbitrary request bodies for every opcode decode or fail; they
-        /// never take the connection task down.
-        #[test]
-        fn arbitrary_bodies_never_panic(
-            opcode in 0u8..0x12,
-            v5 in proptest::prelude::any::<bool>(),
-            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
-        ) {
-            let version = if v5 { Version::V5 } else { Version::V4 };
-            let _ = decode_request(&body, opcode, version);
-        }
-    }
 }

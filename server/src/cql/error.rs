@@ -77,6 +77,15 @@ impl CqlError {
     }
 }
 
+impl From<concord_cql_wire::WireError> for CqlError {
+    fn from(error: concord_cql_wire::WireError) -> CqlError {
+        match error {
+            concord_cql_wire::WireError::Protocol(message) => CqlError::Protocol(message),
+            concord_cql_wire::WireError::Encode(message) => CqlError::Server(message),
+        }
+    }
+}
+
 impl From<ParseError> for CqlError {
     fn from(error: ParseError) -> CqlError {
         CqlError::Syntax(error.to_string())

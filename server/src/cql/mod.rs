@@ -17,11 +17,13 @@ pub mod client;
 pub mod connection;
 pub mod error;
 pub mod execute;
-pub mod frame;
 pub mod select;
 pub mod system;
 pub mod transaction;
 pub mod values;
+
+/// The framing lives in `concord-cql-wire`; re-exported for the tests.
+pub use concord_cql_wire::frame;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -19,6 +19,7 @@ fn layers() -> BTreeMap<&'static str, u32> {
         ("concord-storage", 0),
         ("concord-checker", 0),
         ("concord-cql-parser", 0),
+        ("concord-cql-wire", 0),
         ("concord-storage-rocksdb", 1),
         ("concord-txn", 1),
         ("concord-columnar", 1),
@@ -29,8 +30,9 @@ fn layers() -> BTreeMap<&'static str, u32> {
 }
 
 /// Crates that must not pull in RocksDB (or anything that links it).
-const ROCKSDB_FREE: [&str; 5] = [
+const ROCKSDB_FREE: [&str; 6] = [
     "concord-cql-parser",
+    "concord-cql-wire",
     "concord-storage",
     "concord-txn",
     "concord-columnar",

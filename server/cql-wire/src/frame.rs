@@ -21,7 +21,7 @@
 
 use cassandra_protocol::crc::{crc24, crc32};
 
-use crate::cql::error::{CqlError, CqlResult};
+use crate::{WireError, WireResult};
 
 pub const ENVELOPE_HEADER_BYTES: usize = 9;
 /// The largest payload one v5 segment carries.
@@ -39,9 +39,9 @@ pub struct EnvelopeHeader {
 
 /// The first protocol version byte check: drivers downgrade on the exact
 /// substring `unsupported protocol version`.
-pub fn check_version(version_byte: u8) -> CqlResult<u8> {
+pub fn check_version(version_byte: u8) -> WireResult<u8> {
     if version_byte & 0x80 != 0 {
-        return Err(CqlError::Protocol(
+        return Err(WireError::Protocol(
             "received a response envelope where a request was expected".into(),
         ));
     }
@@ -49,21 +49,21 @@ pub fn check_version(version_byte: u8) -> CqlResult<u8> {
     if version == 4 || version == 5 {
         Ok(version)
     } else {
-        Err(CqlError::Protocol(format!(
+        Err(WireError::Protocol(format!(
             "Invalid or unsupported protocol version ({version}); supported versions are (4/v4, 5/v5)"
         )))
     }
 }
 
 /// Parses and validates an envelope header from at least 9 bytes.
-pub fn parse_header(bytes: &[u8], frame_bytes_max: usize) -> CqlResult<EnvelopeHeader> {
+pub fn parse_header(bytes: &[u8], frame_bytes_max: usize) -> WireResult<EnvelopeHeader> {
     assert!(bytes.len() >= ENVELOPE_HEADER_BYTES);
     let version = check_version(bytes[0])?;
     let body_length = i32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]);
     let body_bytes = usize::try_from(body_length)
-        .map_err(|_| CqlError::Protocol(format!("negative body length {body_length}")))?;
+        .map_err(|_| WireError::Protocol(format!("negative body length {body_length}")))?;
     if body_bytes > frame_bytes_max {
-        return Err(CqlError::Protocol(format!(
+        return Err(WireError::Protocol(format!(
             "frame body of {body_bytes} bytes is over the limit frame_bytes_max = {frame_bytes_max}"
         )));
     }
@@ -78,20 +78,20 @@ pub fn parse_header(bytes: &[u8], frame_bytes_max: usize) -> CqlResult<EnvelopeH
 
 /// Decompresses a v4 lz4 envelope body: a 4-byte big-endian uncompressed
 /// length, then an lz4 block.
-pub fn decompress_v4_lz4(body: &[u8], frame_bytes_max: usize) -> CqlResult<Vec<u8>> {
+pub fn decompress_v4_lz4(body: &[u8], frame_bytes_max: usize) -> WireResult<Vec<u8>> {
     let Some((length, block)) = body.split_first_chunk::<4>() else {
-        return Err(CqlError::Protocol(
+        return Err(WireError::Protocol(
             "lz4 body shorter than its length prefix".into(),
         ));
     };
     let length = u32::from_be_bytes(*length) as usize;
     if length > frame_bytes_max {
-        return Err(CqlError::Protocol(format!(
+        return Err(WireError::Protocol(format!(
             "lz4 body claims {length} bytes, over frame_bytes_max = {frame_bytes_max}"
         )));
     }
     lz4_flex::block::decompress(block, length)
-        .map_err(|error| CqlError::Protocol(format!("lz4 body does not decompress: {error}")))
+        .map_err(|error| WireError::Protocol(format!("lz4 body does not decompress: {error}")))
 }
 
 /// What a v5 segment decoder found at the front of its input.
@@ -102,7 +102,7 @@ pub enum SegmentRead {
 }
 
 /// Reads one v5 segment from the front of `buffer`.
-pub fn read_segment(buffer: &[u8], lz4: bool) -> CqlResult<SegmentRead> {
+pub fn read_segment(buffer: &[u8], lz4: bool) -> WireResult<SegmentRead> {
     let header_bytes = if lz4 { 8 } else { 6 };
     if buffer.len() < header_bytes {
         return Ok(SegmentRead::NeedMore);
@@ -117,7 +117,7 @@ pub fn read_segment(buffer: &[u8], lz4: bool) -> CqlResult<SegmentRead> {
         | u32::from(buffer[header_data_bytes + 2]) << 16;
     let crc_computed = crc24(&buffer[..header_data_bytes]) as u32 & 0x00ff_ffff;
     if crc_stored != crc_computed {
-        return Err(CqlError::Protocol(format!(
+        return Err(WireError::Protocol(format!(
             "segment header CRC24 mismatch: stored {crc_stored:06x}, computed {crc_computed:06x}"
         )));
     }
@@ -136,13 +136,13 @@ pub fn read_segment(buffer: &[u8], lz4: bool) -> CqlResult<SegmentRead> {
     let crc_stored = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
     let crc_computed = crc32(payload);
     if crc_stored != crc_computed {
-        return Err(CqlError::Protocol(format!(
+        return Err(WireError::Protocol(format!(
             "segment payload CRC32 mismatch: stored {crc_stored:08x}, computed {crc_computed:08x}"
         )));
     }
     let payload = if lz4 && uncompressed_bytes > 0 {
         lz4_flex::block::decompress(payload, uncompressed_bytes).map_err(|error| {
-            CqlError::Protocol(format!("segment payload does not decompress: {error}"))
+            WireError::Protocol(format!("segment payload does not decompress: {error}"))
         })?
     } else {
         payload.to_vec()
