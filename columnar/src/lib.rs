@@ -44,6 +44,11 @@ pub enum Error {
     },
     #[error("snapshot {snapshot} is older than the replica's merge horizon {horizon}")]
     SnapshotTooOld { snapshot: i64, horizon: i64 },
+    #[error(
+        "the replica needs feed position {next} but retention dropped records before {floor}: \
+         rebuild it from a row-store snapshot"
+    )]
+    FeedTruncated { next: u64, floor: u64 },
     #[error("resources exhausted: {0}")]
     ResourcesExhausted(String),
     #[error("unknown table {0}")]

@@ -249,6 +249,14 @@ impl Replica {
     /// accepted it).
     pub fn catch_up(&self, view: &dyn ReadView, frontier: FeedFrontier) -> Result<CatchUp> {
         let mut outcome = CatchUp::default();
+        let floor = feed::retention_floor(view)?;
+        let next = self.state.read().next_position;
+        if next < floor {
+            return Err(Error::FeedTruncated {
+                next: next.0,
+                floor: floor.0,
+            });
+        }
         loop {
             let from = self.state.read().next_position;
             let records = feed::read_from(view, from, frontier.position_end, CATCH_UP_RECORDS_MAX)?;
@@ -325,6 +333,68 @@ impl Replica {
         state.n_delta_versions += n_versions;
         state.n_records_applied += 1;
         Ok(true)
+    }
+
+    /// Replaces the replica's contents with the tables' cells in `view`, an
+    /// engine snapshot taken inside [`feed::ChangeFeed::quiesce`] with
+    /// `frontier` (so it holds every write at or below the frontier's
+    /// watermark and none above); the replica then follows the feed from the
+    /// frontier's position. Snapshots below the new horizon become too old.
+    ///
+    /// # Errors
+    /// Storage errors reading the view; `Io` writing segments or the manifest
+    /// (nothing changed unless the manifest failed, as in [`Replica::merge`]).
+    pub fn rebuild(&self, view: &dyn ReadView, frontier: FeedFrontier) -> Result<()> {
+        let mut state = self.state.write();
+        let mut rebuilt: Vec<(TableId, Arc<Segment>)> = Vec::new();
+        for (table_id, table) in &state.tables {
+            if table.def.is_none() {
+                continue;
+            }
+            let range = KeyRange::prefix(&keys::table_prefix(*table_id));
+            let mut cells: Vec<SegmentCell> = Vec::new();
+            for item in view.scan(Family::Rows, &range, Direction::Forward)? {
+                let (key, cell) = item?;
+                let write_time = cell::CellHeader::decode(&cell)?.write_time;
+                if write_time > frontier.watermark {
+                    return Err(Error::Internal(format!(
+                        "rebuild view holds a write at {} above the frontier's watermark {}",
+                        write_time.0, frontier.watermark.0
+                    )));
+                }
+                cells.push((key, write_time, cell));
+            }
+            if !cells.is_empty() {
+                let id = state.next_segment_id + rebuilt.len() as u64;
+                let segment = Segment::write(&self.dir, *table_id, id, &cells)?;
+                rebuilt.push((*table_id, Arc::new(segment)));
+            }
+        }
+        let mut retired = Vec::new();
+        for table in state.tables.values_mut() {
+            retired.append(&mut table.segments);
+            table.delta.clear();
+        }
+        state.next_segment_id += rebuilt.len() as u64;
+        for (table_id, segment) in rebuilt {
+            state
+                .tables
+                .entry(table_id)
+                .or_default()
+                .segments
+                .push(segment);
+        }
+        state.n_delta_versions = 0;
+        state.horizon = frontier.watermark;
+        state.next_position = frontier.position_end;
+        state.merged_position = frontier.position_end;
+        self.store_manifest(&mut state)?;
+        retired.iter().for_each(|segment| segment.retire());
+        drop(state);
+        let mut watermark = self.watermark.lock();
+        *watermark = (*watermark).max(frontier.watermark);
+        self.watermark_advanced.notify_all();
+        Ok(())
     }
 
     /// Waits until the watermark reaches `snapshot`, at most `timeout`.

@@ -25,6 +25,7 @@
 //!
 //! ```text
 //! key   = position: u64 big-endian                  (Family::Feed)
+//!       | 0x00 (one byte: sorts first) → retention floor u64 BE (records before it are gone)
 //! value = version u8 (1) | write_time i64 | table u32
 //!       | n u32 | partition key value × n
 //!       | n u32 | op × n
@@ -38,7 +39,7 @@
 use std::collections::BTreeMap;
 
 use num_bigint::BigInt;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::cell::{Expiry, WriteTime};
 use crate::engine::{Direction, Family, KeyRange, ReadView, WriteBatch};
@@ -54,6 +55,8 @@ pub const FEED_IN_FLIGHT_MAX: usize = 65_536;
 /// The deepest value nesting a record may hold (collections of tuples of ...).
 const VALUE_DEPTH_MAX: usize = 32;
 const RECORD_VERSION: u8 = 1;
+/// The retention floor's key: one byte, so it sorts before every position.
+const FLOOR_KEY: [u8; 1] = [0];
 
 /// A record's durable position in the feed; positions increase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -125,8 +128,12 @@ impl FeedTicket<'_> {
 
 impl Drop for FeedTicket<'_> {
     fn drop(&mut self) {
-        let removed = self.feed.state.lock().in_flight.remove(&self.id);
+        let mut state = self.feed.state.lock();
+        let removed = state.in_flight.remove(&self.id);
         assert!(removed.is_some(), "change feed: ticket finished twice");
+        if state.in_flight.is_empty() {
+            self.feed.drained.notify_all();
+        }
     }
 }
 
@@ -148,6 +155,8 @@ struct FeedState {
 #[derive(Debug)]
 pub struct ChangeFeed {
     state: Mutex<FeedState>,
+    /// Signalled when the last in-flight ticket finishes.
+    drained: Condvar,
 }
 
 impl ChangeFeed {
@@ -159,6 +168,10 @@ impl ChangeFeed {
         let mut last = view.scan(Family::Feed, &KeyRange::all(), Direction::Reverse)?;
         let (next_position, write_time_max) = match last.next() {
             None => (0, WriteTime(i64::MIN)),
+            // Every record was dropped by retention: positions continue at the floor.
+            Some(item) if item.as_ref().is_ok_and(|(key, _)| key[..] == FLOOR_KEY) => {
+                (retention_floor(view)?.0, WriteTime(i64::MIN))
+            }
             Some(item) => {
                 let (key, value) = item?;
                 let position = decode_position(&key)?;
@@ -173,6 +186,7 @@ impl ChangeFeed {
                 in_flight: BTreeMap::new(),
                 write_time_max,
             }),
+            drained: Condvar::new(),
         })
     }
 
@@ -259,6 +273,24 @@ impl ChangeFeed {
         drop(ticket);
     }
 
+    /// Waits until no transaction is in flight, then runs `snapshot` with the
+    /// frontier while holding off new ones: an engine snapshot taken inside
+    /// holds exactly the records below `position_end`, every write at or below
+    /// `watermark` and none above it (what a replica rebuild needs). New
+    /// transactions wait in `begin` meanwhile, so keep `snapshot` short (take
+    /// the engine snapshot, nothing more); it must not call the feed.
+    pub fn quiesce<R>(&self, snapshot: impl FnOnce(FeedFrontier) -> R) -> R {
+        let mut state = self.state.lock();
+        while !state.in_flight.is_empty() {
+            self.drained.wait(&mut state);
+        }
+        let frontier = FeedFrontier {
+            position_end: FeedPosition(state.next_position),
+            watermark: state.write_time_max,
+        };
+        snapshot(frontier)
+    }
+
     /// What consumers may read now.
     pub fn frontier(&self) -> FeedFrontier {
         let state = self.state.lock();
@@ -311,9 +343,27 @@ pub fn read_from(
     Ok(records)
 }
 
-/// Adds to `batch` the deletion of every record before `position` (retention).
+/// Adds to `batch` the deletion of every record before `position` (retention)
+/// and records `position` as the retention floor.
 pub fn truncate_before(batch: &mut WriteBatch, position: FeedPosition) {
-    batch.delete_range(Family::Feed, Vec::new(), position.key().to_vec());
+    batch.delete_range(
+        Family::Feed,
+        FeedPosition(0).key().to_vec(),
+        position.key().to_vec(),
+    );
+    batch.put(Family::Feed, FLOOR_KEY.to_vec(), position.key().to_vec());
+}
+
+/// The first position retention kept: a consumer whose next position is
+/// below it missed records and must rebuild from a row-store snapshot.
+///
+/// # Errors
+/// `Corruption` for a malformed floor; `Engine` if the read fails.
+pub fn retention_floor(view: &dyn ReadView) -> Result<FeedPosition> {
+    match view.get(Family::Feed, &FLOOR_KEY)? {
+        None => Ok(FeedPosition(0)),
+        Some(bytes) => decode_position(&bytes),
+    }
 }
 
 fn decode_position(key: &[u8]) -> Result<FeedPosition> {
@@ -980,6 +1030,15 @@ mod tests {
         engine.write(batch, Durability::Sync).expect("truncate");
         let kept = read_from(&engine, FeedPosition(0), FeedPosition(5), 100).expect("read");
         assert_eq!(kept.first().map(|r| r.position), Some(FeedPosition(3)));
+        assert_eq!(retention_floor(&engine).expect("floor"), FeedPosition(3));
+        // With every record dropped, a reopened feed continues at the floor.
+        let mut batch = WriteBatch::new();
+        truncate_before(&mut batch, FeedPosition(5));
+        engine.write(batch, Durability::Sync).expect("truncate");
+        let emptied = ChangeFeed::open(&engine).expect("reopen");
+        assert_eq!(emptied.frontier().position_end, FeedPosition(5));
+        let frontier = emptied.quiesce(|frontier| frontier);
+        assert_eq!(frontier.position_end, FeedPosition(5));
     }
 
     #[test]
@@ -1037,6 +1096,23 @@ mod tests {
         assert!(failed().is_err());
         assert_eq!(feed.frontier().watermark, WriteTime(30));
         assert_eq!(feed.frontier().position_end, FeedPosition(3));
+    }
+
+    #[test]
+    fn quiesce_waits_for_in_flight_tickets() {
+        let engine = MemoryEngine::new(EngineOptions::default());
+        let feed = ChangeFeed::open(&engine).expect("open");
+        let ticket = feed.begin(|| WriteTime(7));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                drop(ticket);
+            });
+            let started = std::time::Instant::now();
+            let frontier = feed.quiesce(|frontier| frontier);
+            assert!(started.elapsed() >= std::time::Duration::from_millis(20));
+            assert_eq!(frontier.watermark, WriteTime(7));
+        });
     }
 
     #[test]

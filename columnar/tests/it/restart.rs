@@ -167,3 +167,87 @@ fn restart_mid_ingest_resumes_without_gap_or_duplicate() {
         .expect_err("dropped");
     assert!(matches!(error, concord_columnar::Error::Sql(_)), "{error}");
 }
+
+#[test]
+fn a_replica_behind_retention_rebuilds_from_a_snapshot_then_follows() {
+    use concord_storage::engine::{Durability, Engine, WriteBatch};
+    use concord_storage::feed;
+    let table = model::table(model::model_table_options());
+    let mut node = Node::new(table.clone());
+    let t0 = model::CLOCK_START_SECONDS * 1_000_000;
+    for idx in 0..30 {
+        node.write(
+            upsert(&table, idx % 5, idx % 3, i64::from(idx)),
+            WriteTime(t0 + i64::from(idx)),
+        );
+    }
+    let mut batch = WriteBatch::new();
+    feed::truncate_before(&mut batch, FeedPosition(20));
+    node.engine
+        .write(batch, Durability::Sync)
+        .expect("truncate");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let columnar = open_columnar(dir.path(), ColumnarOptions::default());
+    columnar.replica().register_table(table.clone());
+    let replica = columnar.replica();
+    let error = replica
+        .catch_up(&node.engine, node.feed.frontier())
+        .expect_err("behind retention");
+    assert!(
+        matches!(
+            error,
+            concord_columnar::Error::FeedTruncated { next: 0, floor: 20 }
+        ),
+        "{error}"
+    );
+    node.feed
+        .quiesce(|frontier| replica.rebuild(&node.engine.snapshot(), frontier))
+        .expect("rebuild");
+    assert_eq!(replica.next_position(), FeedPosition(30));
+    assert_eq!(replica.watermark(), WriteTime(t0 + 29));
+    for idx in 30..35 {
+        node.write(
+            upsert(&table, idx % 5, idx % 3, i64::from(idx)),
+            WriteTime(t0 + i64::from(idx)),
+        );
+    }
+    let outcome = replica
+        .catch_up(&node.engine, node.feed.frontier())
+        .expect("follow");
+    assert_eq!(outcome.n_records_applied, 5);
+    for at in [t0 + 29, t0 + 32, t0 + 34] {
+        let at = WriteTime(at);
+        let (_, partitions) = node.row_store_at(at);
+        assert_eq!(
+            answer(&columnar, &node, at),
+            sorted(partition_rows(&table, &partitions)),
+            "at {at:?}"
+        );
+    }
+    let error = columnar
+        .sql(
+            "SELECT count(*) FROM ks.t",
+            Snapshot::At(WriteTime(t0 + 10)),
+        )
+        .expect_err("before the rebuild");
+    assert!(
+        matches!(error, concord_columnar::Error::SnapshotTooOld { .. }),
+        "{error}"
+    );
+    // A restart after the rebuild resumes from its position.
+    drop(columnar);
+    let columnar = open_columnar(dir.path(), ColumnarOptions::default());
+    columnar.replica().register_table(table.clone());
+    let outcome = columnar
+        .replica()
+        .catch_up(&node.engine, node.feed.frontier())
+        .expect("resume");
+    assert_eq!(outcome.n_records_applied, 5);
+    let end = WriteTime(t0 + 34);
+    let (_, partitions) = node.row_store_at(end);
+    assert_eq!(
+        answer(&columnar, &node, end),
+        sorted(partition_rows(&table, &partitions))
+    );
+}
