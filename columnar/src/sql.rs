@@ -100,7 +100,9 @@ pub struct QueryResult {
 pub struct Columnar {
     replica: Arc<Replica>,
     options: ColumnarOptions,
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until drop, which shuts it down without blocking (a
+    /// runtime may not be dropped inside another one).
+    runtime: Option<tokio::runtime::Runtime>,
     memory_pool: Arc<dyn MemoryPool>,
     permits: Arc<Semaphore>,
 }
@@ -126,7 +128,7 @@ impl Columnar {
             memory_pool: Arc::new(GreedyMemoryPool::new(options.memory_pool_bytes)),
             permits: Arc::new(Semaphore::new(options.queries_in_flight_max.max(1))),
             options,
-            runtime,
+            runtime: Some(runtime),
         })
     }
 
@@ -134,9 +136,32 @@ impl Columnar {
         &self.replica
     }
 
-    /// Runs `query` at `snapshot` and returns its batches. Call it from a
-    /// thread that is not inside a tokio runtime (it blocks on the analytics
-    /// runtime).
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime
+            .as_ref()
+            .expect("the analytics runtime lives until Columnar drops")
+    }
+
+    /// [`Columnar::sql`] for callers inside an async runtime (endpoints): the
+    /// wait and the query run on the analytics runtime's blocking pool, so the
+    /// caller's runtime is never blocked.
+    ///
+    /// # Errors
+    /// As [`Columnar::sql`]; `Internal` if the query task panicked.
+    pub async fn sql_async(
+        self: &Arc<Self>,
+        query: String,
+        snapshot: Snapshot,
+    ) -> Result<QueryResult> {
+        let columnar = Arc::clone(self);
+        self.runtime()
+            .spawn_blocking(move || columnar.sql(&query, snapshot))
+            .await
+            .map_err(|error| Error::Internal(format!("analytic query task failed: {error}")))?
+    }
+
+    /// Runs `query` at `snapshot` and returns its batches. It blocks: call it
+    /// from a thread outside any tokio runtime, or use [`Columnar::sql_async`].
     ///
     /// # Errors
     /// `ResourcesExhausted` when too many queries run or the memory pool is
@@ -165,7 +190,7 @@ impl Columnar {
         };
         let _guard = self.replica.hold_snapshot(at)?;
         let context = self.session(at)?;
-        let batches = self.runtime.block_on(async {
+        let batches = self.runtime().block_on(async {
             let frame = context.sql(query).await?;
             frame.collect().await
         });
@@ -206,6 +231,14 @@ impl Columnar {
                 .map_err(map_datafusion_error)?;
         }
         Ok(context)
+    }
+}
+
+impl Drop for Columnar {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

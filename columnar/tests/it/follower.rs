@@ -78,3 +78,27 @@ fn queries_at_the_latest_commit_see_it_through_the_follower() {
     assert!(columnar.replica().n_segments() >= 1, "the follower merged");
     assert_eq!(columnar.replica().watermark(), WriteTime(t0 + 19));
 }
+
+#[test]
+fn async_callers_query_without_blocking_their_runtime() {
+    let table = model::table(model::model_table_options());
+    let dir = tempfile::tempdir().expect("dir");
+    let columnar = Arc::new(open_columnar(dir.path(), ColumnarOptions::default()));
+    columnar.replica().register_table(table.clone());
+    let endpoint = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("endpoint runtime");
+    let result = endpoint.block_on({
+        let columnar = Arc::clone(&columnar);
+        async move {
+            columnar
+                .sql_async("SELECT count(*) FROM ks.t".into(), Snapshot::Watermark)
+                .await
+        }
+    });
+    let batches = result.expect("query").batches;
+    assert_eq!(batches[0].num_rows(), 1);
+    // The last reference may drop inside an async context.
+    endpoint.block_on(async move { drop(columnar) });
+}
