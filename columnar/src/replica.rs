@@ -553,7 +553,24 @@ impl Replica {
         snapshot: WriteTime,
         filter: &PartitionFilter,
     ) -> Result<(Arc<TableDef>, Vec<Partition>)> {
-        let (def, view) = self.view_at(table, snapshot, filter)?;
+        self.read_within(table, snapshot, filter, &mut |_| Ok(()))
+    }
+
+    /// [`Replica::read`], calling `charge(bytes)` for every cell it collects
+    /// before keeping it, so a memory budget can stop the read early (the
+    /// query's memory pool returns `ResourcesExhausted`) instead of letting it
+    /// grow without bound.
+    ///
+    /// # Errors
+    /// As [`Replica::read`], and whatever `charge` returns.
+    pub fn read_within(
+        &self,
+        table: TableId,
+        snapshot: WriteTime,
+        filter: &PartitionFilter,
+        charge: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<(Arc<TableDef>, Vec<Partition>)> {
+        let (def, view) = self.view_at(table, snapshot, filter, charge)?;
         let now_seconds = snapshot.seconds();
         let partitions = match filter {
             PartitionFilter::Key(key) => rows::read_partition(
@@ -594,6 +611,7 @@ impl Replica {
         table: TableId,
         snapshot: WriteTime,
         filter: &PartitionFilter,
+        charge: &mut dyn FnMut(usize) -> Result<()>,
     ) -> Result<(Arc<TableDef>, CellView)> {
         let state = self.state.read();
         if snapshot < state.horizon {
@@ -620,11 +638,15 @@ impl Replica {
         let (start, end) = (bound_bytes(&range.start), bound_bytes(&range.end));
         let mut winners: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for segment in &table_state.segments {
-            segment.read(start, end, &mut |key, cell| offer(&mut winners, key, cell))?;
+            segment.read(start, end, &mut |key, cell| {
+                charge_new(&winners, key, cell, charge)?;
+                offer(&mut winners, key, cell)
+            })?;
         }
         let delta_range = (range.start.clone(), range.end.clone());
         for (key, versions) in table_state.delta.range::<Vec<u8>, _>(delta_range) {
             for version in versions.iter().filter(|v| v.write_time <= snapshot) {
+                charge_new(&winners, key, &version.cell, charge)?;
                 offer(&mut winners, key, &version.cell)?;
             }
         }
@@ -676,6 +698,22 @@ fn append_page(partitions: &mut Vec<Partition>, page: Vec<Partition>) {
             _ => partitions.push(partition),
         }
     }
+}
+
+/// Charges a cell the view is about to hold for the first time (a key's
+/// replacement winner reuses its slot, roughly).
+fn charge_new(
+    winners: &BTreeMap<Vec<u8>, Vec<u8>>,
+    key: &[u8],
+    cell: &[u8],
+    charge: &mut dyn FnMut(usize) -> Result<()>,
+) -> Result<()> {
+    // Key, value and the map's per-entry overhead.
+    const ENTRY_OVERHEAD_BYTES: usize = 64;
+    if winners.contains_key(key) {
+        return Ok(());
+    }
+    charge(key.len() + cell.len() + ENTRY_OVERHEAD_BYTES)
 }
 
 fn wins(candidate: &[u8], current: &[u8]) -> Result<bool> {

@@ -474,13 +474,24 @@ impl TableProvider for SnapshotTable {
             None => PartitionFilter::All,
         };
         let external = |error: Error| DataFusionError::External(Box::new(error));
+        // The cells read and the batch built are charged to the query's memory
+        // pool as they grow, so an oversized scan fails with ResourcesExhausted
+        // before it can exhaust the node.
+        let reservation =
+            MemoryConsumer::new(format!("concord scan {}", self.def.qualified_name()))
+                .register(&state.runtime_env().memory_pool);
         let (def, partitions) = self
             .replica
-            .read(self.def.id, self.snapshot, &filter)
+            .read_within(self.def.id, self.snapshot, &filter, &mut |bytes| {
+                reservation
+                    .try_grow(bytes)
+                    .map_err(|error| Error::ResourcesExhausted(error.to_string()))
+            })
             .map_err(external)?;
         let batch = to_record_batch(&def, &partitions).map_err(external)?;
-        let reservation = MemoryConsumer::new(format!("concord scan {}", def.qualified_name()))
-            .register(&state.runtime_env().memory_pool);
+        drop(partitions);
+        // The cell view is gone; keep what the batch holds.
+        reservation.resize(0);
         reservation.try_grow(batch.get_array_memory_size())?;
         self.reservations.lock().push(reservation);
         // One partition per analytics thread, so DataFusion scans in parallel.

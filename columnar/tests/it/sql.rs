@@ -150,6 +150,8 @@ fn a_query_over_the_memory_pool_fails_with_resources_exhausted() {
         .sql("SELECT * FROM ks.t ORDER BY v2", Snapshot::Watermark)
         .expect_err("pool too small");
     assert!(matches!(error, Error::ResourcesExhausted(_)), "{error}");
+    // The scan itself ran out (while collecting cells), not a later operator.
+    assert!(error.to_string().contains("concord scan ks.t"), "{error}");
     // The node keeps serving: a small answer still fits after the failure.
     let ok = columnar
         .sql("SELECT 1", Snapshot::Watermark)
