@@ -681,6 +681,53 @@ fn decode_paging(state: &[u8]) -> CqlResult<(u8, u64, &[u8])> {
     Ok((state[0], u64::from_be_bytes(returned), &state[9..]))
 }
 
+/// The result of a single-partition SELECT whose partition a transaction
+/// block read (at the block's timestamp): filter, project, limit.
+///
+/// # Errors
+/// Unknown columns; aggregates, ORDER BY, GROUP BY and DISTINCT, which a
+/// transaction's SELECT does not allow.
+pub fn rows_from_partition(
+    context: &Context<'_>,
+    select: &Select,
+    partition: Option<Partition>,
+) -> CqlResult<ResResultBody> {
+    let (source, _) = source(context, &select.table)?;
+    let Some(table) = source.table.clone() else {
+        invalid!("a transaction cannot read system tables");
+    };
+    let outputs = plan_outputs(&source, select)?;
+    if outputs
+        .iter()
+        .any(|o| matches!(o.expr, Expr::Aggregate(..)))
+        || !select.order_by.is_empty()
+        || !select.group_by.is_empty()
+        || select.distinct
+    {
+        invalid!(
+            "a SELECT inside a transaction takes no aggregates, ORDER BY, GROUP BY or DISTINCT"
+        );
+    }
+    let predicates = compile_predicates(context, &source, &select.where_clause)?;
+    let limit = limit_value(context, &select.limit, "LIMIT")?;
+    let mut rows = Vec::new();
+    if let Some(partition) = partition {
+        partition_rows(&source, &table, partition, &mut rows);
+    }
+    rows.retain(|row| matches(&source, row, &predicates));
+    let mut page = rows
+        .iter()
+        .map(|row| project(&outputs, row))
+        .collect::<CqlResult<Vec<_>>>()?;
+    if let Some(limit) = limit {
+        page.truncate(limit);
+    }
+    let n_rows = page.len();
+    finish(
+        context, &source, select, &outputs, page, None, n_rows, limit,
+    )
+}
+
 /// Executes a SELECT.
 ///
 /// # Errors

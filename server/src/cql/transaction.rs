@@ -3,7 +3,8 @@
 //! so the condition is judged and the writes applied at one timestamp.
 //!
 //! Built so far: `LET` rows (single-row selects by full primary key or
-//! `LIMIT 1` partition reads), `SELECT row.column, ...` over them, `IF` with
+//! `LIMIT 1` partition reads), `SELECT row.column, ...` over them or a
+//! single-partition `SELECT ... FROM` read at the block's timestamp, `IF` with
 //! comparisons between references and values or two references, `IS [NOT]
 //! NULL`, INSERT / UPDATE / DELETE modifications, and arithmetic on
 //! numeric columns in SET (`balance = balance - ?`), computed by the
@@ -145,6 +146,7 @@ pub fn execute_block(
         transaction.reads.push(read);
     }
     let mut returning = None;
+    let mut query_read: Option<(usize, Box<Select>)> = None;
     match &block.select {
         None => {}
         Some(TransactionSelect::References(references)) => {
@@ -170,9 +172,37 @@ pub fn execute_block(
             }
             returning = Some(columns);
         }
-        Some(TransactionSelect::Query(_)) => invalid!(
-            "a returning SELECT ... FROM inside a transaction is not supported yet; use LET and SELECT row.column"
-        ),
+        Some(TransactionSelect::Query(select)) => {
+            let table = context.table(&select.table)?;
+            let Some(restriction) = key_restriction(&table, &select.where_clause, &context.binds)?
+            else {
+                invalid!(
+                    "a SELECT inside a transaction must restrict the whole partition key of {} by =",
+                    table.qualified_name()
+                );
+            };
+            if restriction.partition_keys.len() != 1 {
+                invalid!(
+                    "a SELECT inside a transaction reads one partition (no IN on the partition key)"
+                );
+            }
+            let slice = if restriction.clustering_prefixes.len() == 1 {
+                crate::cql::execute::slice_for(
+                    &table,
+                    &restriction.clustering_prefixes[0],
+                    &restriction.clustering_range,
+                )
+            } else {
+                Slice::all()
+            };
+            query_read = Some((transaction.reads.len(), select.clone()));
+            transaction.reads.push(Read::Partition {
+                table,
+                partition_key: restriction.partition_keys[0].clone(),
+                slice,
+                limit_rows: None,
+            });
+        }
     }
     if let Some(conditions) = &block.condition {
         for condition in conditions {
@@ -252,6 +282,13 @@ pub fn execute_block(
         transaction.writes.extend(plan.mutations);
     }
     let result = context.shared.db.execute(transaction)?;
+    if let Some((read, select)) = query_read {
+        let partition = match result.reads.get(read) {
+            Some(ReadResult::Partition(partition)) => partition.clone(),
+            _ => None,
+        };
+        return crate::cql::select::rows_from_partition(context, &select, partition);
+    }
     let Some(columns) = returning else {
         if block.condition.is_some() {
             let spec = vec![column_spec("", "", "[applied]", &CqlType::Boolean)];

@@ -370,3 +370,36 @@ fn connections_over_the_limit_get_overloaded_and_bad_values_get_invalid() {
     std::thread::sleep(Duration::from_millis(200));
     assert_node_still_serves(&node);
 }
+
+#[test]
+fn registered_connections_receive_schema_change_events() {
+    let node = Node::start("");
+    let startup = envelope(4, 0, 1, STARTUP, &string_map(&[("CQL_VERSION", "3.0.0")]));
+    let mut listener = connect(&node);
+    listener.write_all(&startup).unwrap();
+    assert_eq!(read_envelope(&mut listener).2, READY);
+    // REGISTER [string list]: SCHEMA_CHANGE.
+    let mut register = 1u16.to_be_bytes().to_vec();
+    register.extend_from_slice(&13u16.to_be_bytes());
+    register.extend_from_slice(b"SCHEMA_CHANGE");
+    listener
+        .write_all(&envelope(4, 0, 2, 0x0B, &register))
+        .unwrap();
+    assert_eq!(read_envelope(&mut listener).2, READY);
+
+    let mut writer = connect(&node);
+    writer.write_all(&startup).unwrap();
+    assert_eq!(read_envelope(&mut writer).2, READY);
+    let ddl = "CREATE KEYSPACE evented WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}";
+    writer
+        .write_all(&envelope(4, 0, 3, QUERY, &query_body(ddl, 4)))
+        .unwrap();
+    assert_eq!(read_envelope(&mut writer).2, RESULT);
+
+    let (_, stream_id, opcode, body) = read_envelope(&mut listener);
+    assert_eq!((stream_id, opcode), (-1, 0x0C), "an EVENT on stream -1");
+    let text = String::from_utf8_lossy(&body);
+    for expected in ["SCHEMA_CHANGE", "CREATED", "KEYSPACE", "evented"] {
+        assert!(text.contains(expected), "{text:?} lacks {expected}");
+    }
+}
