@@ -755,6 +755,21 @@ impl fmt::Display for Decimal {
     }
 }
 
+/// Checks that a tuple or UDT value has no more fields than its type, as
+/// both byte encodings require before writing fields.
+///
+/// # Errors
+/// `InvalidValue` naming both counts.
+fn check_field_count(value_fields: usize, type_fields: usize, ty: &CqlType) -> crate::Result<()> {
+    if value_fields > type_fields {
+        return Err(crate::Error::invalid_value(
+            ty.to_string(),
+            format!("value has {value_fields} fields, the type has {type_fields}"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

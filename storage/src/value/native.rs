@@ -127,16 +127,7 @@ fn serialize_fields<'a>(
     ty: &CqlType,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    if fields.len() > field_types.len() {
-        return Err(Error::invalid_value(
-            ty.to_string(),
-            format!(
-                "value has {} fields, the type has {}",
-                fields.len(),
-                field_types.len()
-            ),
-        ));
-    }
+    super::check_field_count(fields.len(), field_types.len(), ty)?;
     for (field, field_type) in fields.iter().zip(field_types) {
         match field {
             None => out.extend_from_slice(&(-1i32).to_be_bytes()),
