@@ -63,8 +63,22 @@ impl Node {
                 .map(|(id, key)| (id, key.clone()))
                 .collect();
             if !status.is_decided() {
-                if let Some(txn) = txn {
-                    self.start_recovery(now, txn_id, txn);
+                // A replica that only saw an AcceptInvalidate (or a BeginRecovery stub) has
+                // no definition: use one learned from a peer, and otherwise ask the peers of
+                // its own shards (an AcceptInvalidate reaches only home-shard replicas, so
+                // this node replicates the home shard).
+                match txn.or_else(|| self.learned.get(&txn_id).cloned()) {
+                    Some(txn) => self.start_recovery(now, txn_id, txn),
+                    None => {
+                        let own: Vec<_> = self
+                            .topology
+                            .shards
+                            .iter()
+                            .filter(|shard| shard.is_replica(self.id))
+                            .map(|shard| shard.id)
+                            .collect();
+                        self.check_status_at(txn_id, &own);
+                    }
                 }
                 continue;
             }
@@ -83,8 +97,18 @@ impl Node {
             for (dep, key) in dep_keys {
                 match self.commands.get(&dep) {
                     Some(dep_command) if !dep_command.status.is_decided() => {
-                        if let Some(dep_txn) = dep_command.txn.clone() {
-                            self.start_recovery(now, dep, dep_txn);
+                        // Known here only as a stub (e.g. AcceptedInvalidate without the
+                        // definition): recover from a learned definition, else learn it.
+                        let dep_txn = dep_command
+                            .txn
+                            .clone()
+                            .or_else(|| self.learned.get(&dep).cloned());
+                        match dep_txn {
+                            Some(dep_txn) => self.start_recovery(now, dep, dep_txn),
+                            None => {
+                                let shard = self.topology.shard_for_key(&key).id;
+                                self.check_status_at(dep, &[shard]);
+                            }
                         }
                     }
                     Some(_) => {}

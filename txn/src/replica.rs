@@ -600,7 +600,13 @@ impl Node {
                 self.on_commit(now, txn_id, txn, knowledge.execute_at, knowledge.deps, None)?;
             }
             (_, Some(txn)) => {
-                if local.is_none() {
+                // Learn the definition unless the local command already has it (a stub made
+                // by AcceptInvalidate or a recovery has none).
+                let has_txn = self
+                    .commands
+                    .get(&txn_id)
+                    .is_some_and(|command| command.txn.is_some());
+                if !has_txn {
                     self.learned.insert(txn_id, txn);
                 }
             }

@@ -167,6 +167,23 @@ fn recovery_slice() {
     );
 }
 
+/// Regression (swarm seed 1824, 200 txns): a replica that received only an AcceptInvalidate
+/// holds an AcceptedInvalidate stub without the transaction's definition. The progress log
+/// skipped such stubs (no txn to recover with), so a later command waiting on it on that
+/// replica stayed PreApplied forever. It must now learn the definition (or the invalidation)
+/// from its peers via CheckStatus and finish it.
+#[test]
+fn accepted_invalidate_stub_is_finished() {
+    let config = SimConfig::swarm(1824, 200);
+    let report = run(&config);
+    assert!(
+        report.violations.is_empty(),
+        "{:?}\nreplay: {}",
+        report.violations,
+        config.replay_command(200)
+    );
+}
+
 /// Recovery that ignores an accepted proposal is invisible to the swarm (no failure in 60
 /// seeds): it needs a coordinator that has an Accept quorum to fall silent before its Commit
 /// spreads, for longer than the stall timeout. The recovery plan makes that the common case;
