@@ -474,52 +474,35 @@ fn write_cell_op(
                 other => other,
             })?;
             complex_deletion(batch, WriteTime(write_time.0 - 1));
-            match (ty, value) {
-                (CqlType::List(element_ty), CqlValue::List(elements)) => {
-                    check_elements(column, elements.len())?;
-                    for (element_idx, element) in elements.iter().enumerate() {
-                        let key = element_key(
-                            &column_key,
-                            &list_position(write_time, element_idx, false),
-                        );
-                        batch.merge(
-                            Family::Rows,
-                            key,
-                            live(check_value(column, element_ty, element)?),
-                        );
-                    }
+            // The new elements are the element operations of the same write.
+            let element_ops = match (ty, value) {
+                (CqlType::List(_), CqlValue::List(elements)) => {
+                    vec![CellOp::ListAppend(elements.clone())]
                 }
-                (CqlType::Set(element_ty), CqlValue::Set(elements)) => {
-                    check_elements(column, elements.len())?;
-                    for element in elements {
-                        let key = element_key(&column_key, &ordered_element(element, element_ty)?);
-                        batch.merge(Family::Rows, key, live(Vec::new()));
-                    }
+                (CqlType::Set(_), CqlValue::Set(elements)) => {
+                    vec![CellOp::SetAdd(elements.clone())]
                 }
-                (CqlType::Map(key_ty, value_ty), CqlValue::Map(entries)) => {
-                    check_elements(column, entries.len())?;
-                    for (entry_key, entry_value) in entries {
-                        let key = element_key(&column_key, &ordered_element(entry_key, key_ty)?);
-                        batch.merge(
-                            Family::Rows,
-                            key,
-                            live(check_value(column, value_ty, entry_value)?),
-                        );
-                    }
-                }
-                (CqlType::Udt(udt), CqlValue::Udt(fields)) => {
-                    for (field_idx, field) in fields.iter().enumerate() {
-                        let Some(field) = field else { continue };
-                        let (_, field_ty) = &udt.fields[field_idx];
-                        let key = element_key(&column_key, &(field_idx as u16).to_be_bytes());
-                        batch.merge(
-                            Family::Rows,
-                            key,
-                            live(check_value(column, field_ty, field)?),
-                        );
-                    }
-                }
+                (CqlType::Map(..), CqlValue::Map(entries)) => vec![CellOp::MapPut(entries.clone())],
+                (CqlType::Udt(_), CqlValue::Udt(fields)) => fields
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(field_idx, field)| {
+                        field
+                            .as_ref()
+                            .map(|field| CellOp::UdtSetField(field_idx, Some(field.clone())))
+                    })
+                    .collect(),
                 _ => return Err(wrong_op(column, "this value")),
+            };
+            for element_op in &element_ops {
+                write_cell_op(
+                    column,
+                    column_key.clone(),
+                    element_op,
+                    write_time,
+                    expiry,
+                    batch,
+                )?;
             }
         }
         (
