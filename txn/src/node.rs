@@ -19,7 +19,7 @@ use crate::coordinator::Coordination;
 use crate::error::Result;
 use crate::messages::Message;
 use crate::storage::{DataStore, Journal};
-use crate::timestamp::{Hlc, LocalTime, NodeId, Timestamp, TxnId};
+use crate::timestamp::{Ballot, Hlc, LocalTime, NodeId, Timestamp, TxnId};
 use crate::topology::Topology;
 use crate::txn::{Key, ReadData, Txn};
 
@@ -440,6 +440,18 @@ impl Node {
         } else {
             self.effects.messages.push((to, message));
         }
+    }
+
+    /// Refuses `ballot` for `txn_id`: this replica promised `promised`.
+    pub(crate) fn nack(&mut self, to: NodeId, txn_id: TxnId, ballot: Ballot, promised: Ballot) {
+        self.send(
+            to,
+            Message::Nack {
+                txn_id,
+                ballot,
+                promised,
+            },
+        );
     }
 
     pub(crate) fn set_timer(&mut self, at: LocalTime, timer: Timer) {

@@ -168,21 +168,11 @@ impl Node {
         let command = self.command_or_insert(now, txn_id, &txn);
         if command.promised > ballot || command.status == Status::Invalidated {
             let promised = if command.status == Status::Invalidated {
-                Ballot(Timestamp {
-                    hlc: u64::MAX,
-                    ..Timestamp::ZERO
-                })
+                Ballot::DECIDED
             } else {
                 command.promised
             };
-            self.send(
-                from,
-                Message::Nack {
-                    txn_id,
-                    ballot,
-                    promised,
-                },
-            );
+            self.nack(from, txn_id, ballot, promised);
             return Ok(());
         }
         let local_deps = self.calculate_deps(txn_id, &txn, execute_at);
@@ -222,21 +212,11 @@ impl Node {
             .or_insert_with(|| Command::new(txn_id, now));
         if command.promised > ballot || command.status.is_decided() {
             let promised = if command.status.is_decided() {
-                Ballot(Timestamp {
-                    hlc: u64::MAX,
-                    ..Timestamp::ZERO
-                })
+                Ballot::DECIDED
             } else {
                 command.promised
             };
-            self.send(
-                from,
-                Message::Nack {
-                    txn_id,
-                    ballot,
-                    promised,
-                },
-            );
+            self.nack(from, txn_id, ballot, promised);
             return Ok(());
         }
         if command.status != Status::Invalidated {
@@ -483,14 +463,7 @@ impl Node {
         let command = self.command_or_insert(now, txn_id, &txn);
         if command.promised > ballot {
             let promised = command.promised;
-            self.send(
-                from,
-                Message::Nack {
-                    txn_id,
-                    ballot,
-                    promised,
-                },
-            );
+            self.nack(from, txn_id, ballot, promised);
             return Ok(());
         }
         command.promised = ballot;

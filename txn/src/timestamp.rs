@@ -192,6 +192,13 @@ pub struct Ballot(pub Timestamp);
 impl Ballot {
     /// The ballot of the original coordinator.
     pub const ZERO: Ballot = Ballot(Timestamp::ZERO);
+
+    /// The promise a replica answers with once the command is decided or
+    /// invalidated: above every ballot a coordinator can hold.
+    pub const DECIDED: Ballot = Ballot(Timestamp {
+        hlc: u64::MAX,
+        ..Timestamp::ZERO
+    });
 }
 
 /// A node's hybrid logical clock: `hlc = max(now, last + 1)`, ratcheted by every timestamp the
