@@ -428,11 +428,11 @@ impl<E: Engine> Db<E> {
         )
     }
 
-    /// `DROP TYPE`.
+    /// `DROP TYPE`. Returns false if it did not exist (lenient).
     ///
     /// # Errors
     /// As [`Schema::drop_type`].
-    pub fn drop_type(&self, keyspace: &str, name: &str, if_exists: IfExists) -> Result<()> {
+    pub fn drop_type(&self, keyspace: &str, name: &str, if_exists: IfExists) -> Result<bool> {
         self.change_schema(
             |schema| schema.drop_type(keyspace, name, if_exists),
             |_, _| {},
@@ -451,11 +451,12 @@ impl<E: Engine> Db<E> {
         self.change_schema(|schema| schema.create_table(spec, if_exists), |_, _| {})
     }
 
-    /// `DROP TABLE`, deleting its data.
+    /// `DROP TABLE`, deleting its data. Returns false if it did not exist
+    /// (lenient).
     ///
     /// # Errors
     /// `UnknownKeyspace`, `UnknownTable` unless lenient.
-    pub fn drop_table(&self, keyspace: &str, name: &str, if_exists: IfExists) -> Result<()> {
+    pub fn drop_table(&self, keyspace: &str, name: &str, if_exists: IfExists) -> Result<bool> {
         let dropped = self.change_schema(
             |schema| schema.drop_table(keyspace, name, if_exists),
             |table, batch| {
@@ -464,10 +465,10 @@ impl<E: Engine> Db<E> {
                 }
             },
         )?;
-        if let Some(table) = dropped {
+        if let Some(table) = &dropped {
             self.registry.remove(table.id);
         }
-        Ok(())
+        Ok(dropped.is_some())
     }
 
     /// `ALTER TABLE ... ADD`.

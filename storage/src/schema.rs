@@ -429,19 +429,20 @@ impl Schema {
     ///
     /// # Errors
     /// `UnknownType` unless lenient; `InvalidRequest` when a table uses it.
+    /// Returns false if the type did not exist (lenient).
     pub fn drop_type(
         &mut self,
         keyspace_name: &str,
         name: &str,
         if_exists: IfExists,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let keyspace = self
             .keyspaces
             .get_mut(keyspace_name)
             .ok_or_else(|| Error::UnknownKeyspace(keyspace_name.to_owned()))?;
         let Some(position) = keyspace.types.iter().position(|udt| udt.name == name) else {
             return match if_exists {
-                IfExists::Lenient => Ok(()),
+                IfExists::Lenient => Ok(false),
                 IfExists::Strict => Err(Error::UnknownType {
                     keyspace: keyspace_name.to_owned(),
                     name: name.to_owned(),
@@ -462,7 +463,7 @@ impl Schema {
         }
         keyspace.types.remove(position);
         self.version += 1;
-        Ok(())
+        Ok(true)
     }
 
     /// Creates a table. Returns `None` if it existed and lenient.

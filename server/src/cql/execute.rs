@@ -2152,9 +2152,7 @@ fn execute_ddl(context: &mut Context<'_>, statement: &Statement) -> CqlResult<Re
             if_exists: flag,
         } => {
             let keyspace = context.keyspace_of(table)?;
-            let existed = db.table(&keyspace, &table.name).is_ok();
-            db.drop_table(&keyspace, &table.name, if_exists(*flag))?;
-            if !existed {
+            if !db.drop_table(&keyspace, &table.name, if_exists(*flag))? {
                 return Ok(ResResultBody::Void);
             }
             schema_change(
@@ -2197,9 +2195,7 @@ fn execute_ddl(context: &mut Context<'_>, statement: &Statement) -> CqlResult<Re
             if_exists: flag,
         } => {
             let keyspace = context.keyspace_of(name)?;
-            let existed = db.schema().user_type(&keyspace, &name.name).is_some();
-            db.drop_type(&keyspace, &name.name, if_exists(*flag))?;
-            if !existed {
+            if !db.drop_type(&keyspace, &name.name, if_exists(*flag))? {
                 return Ok(ResResultBody::Void);
             }
             schema_change(

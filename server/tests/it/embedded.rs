@@ -273,7 +273,7 @@ fn drop_and_truncate_delete_data_and_recreated_tables_start_empty() {
     db.truncate("app", "events").unwrap();
     assert!(kinds(&db, &table, 1).is_empty());
     db.write(vec![insert(&table, 1, 11, "b")]).unwrap();
-    db.drop_table("app", "events", IfExists::Strict).unwrap();
+    assert!(db.drop_table("app", "events", IfExists::Strict).unwrap());
     let recreated = db
         .create_table(events_spec(), IfExists::Strict)
         .unwrap()
@@ -285,6 +285,8 @@ fn drop_and_truncate_delete_data_and_recreated_tables_start_empty() {
         .unwrap_err()
         .to_string();
     assert_eq!(error, "table app.events_missing does not exist");
-    db.drop_table("app", "events_missing", IfExists::Lenient)
-        .unwrap();
+    assert!(
+        !db.drop_table("app", "events_missing", IfExists::Lenient)
+            .unwrap()
+    );
 }
