@@ -641,8 +641,15 @@ impl Node {
                 .iter()
                 .any(|earlier| *earlier != txn_id)
         });
-        if earlier_pending {
-            // Wait for the earlier transactions to be decided; the progress log retries.
+        // A later transaction pre-accepted with a fast-path vote that did not witness t0 may
+        // already be fast-committed without t0 in its deps (its fast quorum need only meet
+        // this recovery quorum in that one replica). Once it is decided its reply either
+        // carries t0 in its deps or is a superseding reject; until then t0 cannot be proposed.
+        let later_pending = replies
+            .iter()
+            .any(|reply| !reply.later_fast_votes_no_witness.is_empty());
+        if earlier_pending || later_pending {
+            // Wait for those transactions to be decided; the progress log retries.
             self.finish(txn_id, Outcome::Unknown);
             return;
         }

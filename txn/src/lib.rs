@@ -35,3 +35,6 @@ pub use error::{Error, Result};
 
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+
+#[cfg(test)]
+mod scenario_tests;

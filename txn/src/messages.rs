@@ -45,6 +45,11 @@ pub struct RecoverOk {
     /// Conflicting transactions with a lower TxnId, accepted to execute after t0 without
     /// witnessing it: recovery must wait until they are decided.
     pub earlier_accepted_no_witness: Vec<TxnId>,
+    /// Conflicting transactions with a higher TxnId that this replica pre-accepted with a
+    /// fast-path vote (`witnessedAt == t0`) without witnessing t0. Each may have been
+    /// fast-committed without t0 in its deps, so proposing t0 now could order t0 before a
+    /// transaction that never waits for it: recovery must wait until they are decided.
+    pub later_fast_votes_no_witness: Vec<TxnId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

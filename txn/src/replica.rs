@@ -487,6 +487,7 @@ impl Node {
         let t0 = txn_id.timestamp();
         let mut superseding_rejects = false;
         let mut earlier_accepted_no_witness = Vec::new();
+        let mut later_fast_votes_no_witness = Vec::new();
         for key in self.owned_keys(txn) {
             let Some(state) = self.keys.get(&key) else {
                 continue;
@@ -507,11 +508,21 @@ impl Node {
                     superseding_rejects = true;
                 } else if accepted && *other_id < txn_id && other.execute_at > t0 {
                     earlier_accepted_no_witness.push(*other_id);
+                } else if other.status == Status::PreAccepted
+                    && *other_id > txn_id
+                    && other.witnessed_at == other_id.timestamp()
+                {
+                    // A fast-path vote for a later transaction that did not see t0. With
+                    // coordinator votes its fast quorum may meet ours only here, so the
+                    // count of non-votes cannot rule out that it committed without t0.
+                    later_fast_votes_no_witness.push(*other_id);
                 }
             }
         }
         earlier_accepted_no_witness.sort_unstable();
         earlier_accepted_no_witness.dedup();
+        later_fast_votes_no_witness.sort_unstable();
+        later_fast_votes_no_witness.dedup();
         RecoverOk {
             status: command.status,
             accepted: command.accepted,
@@ -522,6 +533,7 @@ impl Node {
             voted_fast_path: command.witnessed_at == t0,
             superseding_rejects,
             earlier_accepted_no_witness,
+            later_fast_votes_no_witness,
         }
     }
 
