@@ -52,6 +52,9 @@ pub struct Config {
     /// The most requests one CQL connection may have in flight; past it the
     /// node stops reading from that connection (backpressure).
     pub cql_in_flight_requests_max: usize,
+    /// The most requests the node has in flight over all CQL connections;
+    /// past it every connection stops reading (backpressure).
+    pub cql_node_in_flight_requests_max: usize,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             cql_frame_bytes_max: crate::cql::FRAME_BYTES_MAX_DEFAULT,
             cql_connections_max: crate::cql::CONNECTIONS_MAX_DEFAULT,
             cql_in_flight_requests_max: crate::cql::IN_FLIGHT_REQUESTS_MAX_DEFAULT,
+            cql_node_in_flight_requests_max: crate::cql::NODE_IN_FLIGHT_REQUESTS_MAX_DEFAULT,
         }
     }
 }
@@ -117,9 +121,10 @@ impl Config {
         if self.cql_frame_bytes_max == 0
             || self.cql_connections_max == 0
             || self.cql_in_flight_requests_max == 0
+            || self.cql_node_in_flight_requests_max == 0
         {
             return Err(Error::Config(
-                "cql_frame_bytes_max, cql_connections_max and cql_in_flight_requests_max must be at least 1".into(),
+                "cql_frame_bytes_max, cql_connections_max, cql_in_flight_requests_max and cql_node_in_flight_requests_max must be at least 1".into(),
             ));
         }
         if self.data_dir.as_os_str().is_empty() {

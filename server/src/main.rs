@@ -232,6 +232,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         frame_bytes_max: config.cql_frame_bytes_max,
         connections_max: config.cql_connections_max,
         in_flight_requests_max: config.cql_in_flight_requests_max,
+        node_in_flight_requests_max: config.cql_node_in_flight_requests_max,
     };
     let cql = concord_server::cql::CqlServer::start(db.clone(), cql_address, limits)
         .await

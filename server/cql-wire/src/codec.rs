@@ -109,9 +109,72 @@ pub fn decode_request(body: &[u8], opcode: u8, version: Version) -> WireResult<R
     }
 }
 
+/// The EXECUTE opcode.
+pub const OPCODE_EXECUTE: u8 = 0x0A;
+/// The query-parameters flag by which EXECUTE asks for rows without their
+/// metadata (the client has it from PREPARE).
+pub const QUERY_FLAG_SKIP_METADATA: u32 = 0x02;
+
+/// The prepared-statement id at the front of an EXECUTE body
+/// (`<id: [short bytes]>`), or `None` when the body is too short.
+pub fn execute_id(body: &[u8]) -> Option<&[u8]> {
+    let length = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    body.get(2..2 + length)
+}
+
+/// Whether an EXECUTE body sets `skip_metadata`. `cassandra-protocol`
+/// decodes the flags but drops this one, so it is read from the bytes:
+/// `<id: [short bytes]>` (v5: then `<result_metadata_id: [short bytes]>`),
+/// `<consistency: [short]>`, then the flags (v4: a byte; v5: an int).
+/// A body too short to hold them says no (its decoding fails anyway).
+pub fn execute_skips_metadata(body: &[u8], version: Version) -> bool {
+    fn short_bytes(body: &[u8], at: usize) -> Option<usize> {
+        let length = u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]);
+        Some(at + 2 + usize::from(length))
+    }
+    let flags = || -> Option<u32> {
+        let mut at = short_bytes(body, 0)?;
+        if version >= Version::V5 {
+            at = short_bytes(body, at)?;
+        }
+        at += 2;
+        if version >= Version::V5 {
+            let bytes = body.get(at..at + 4)?;
+            Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+        } else {
+            body.get(at).map(|&flags| u32::from(flags))
+        }
+    };
+    flags().is_some_and(|flags| flags & QUERY_FLAG_SKIP_METADATA != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skip_metadata_is_read_from_execute_bodies() {
+        // id 0xAB01, consistency ONE, flags.
+        let v4 = |flags: u8| vec![0, 2, 0xAB, 0x01, 0, 1, flags];
+        assert!(execute_skips_metadata(&v4(0x02), Version::V4));
+        assert!(execute_skips_metadata(&v4(0x03), Version::V4));
+        assert!(!execute_skips_metadata(&v4(0x01), Version::V4));
+        // v5: a result metadata id, then an int of flags.
+        let v5 = |flags: u32| {
+            let mut body = vec![0, 1, 0xAB, 0, 2, 0xCD, 0xEF, 0, 1];
+            body.extend_from_slice(&flags.to_be_bytes());
+            body
+        };
+        assert!(execute_skips_metadata(&v5(0x02), Version::V5));
+        assert!(!execute_skips_metadata(&v5(0x100), Version::V5));
+        // Truncated or lying lengths are a no, never a panic.
+        assert!(!execute_skips_metadata(&[0, 9, 1], Version::V4));
+        assert!(!execute_skips_metadata(&[], Version::V5));
+        assert!(!execute_skips_metadata(&[0xFF, 0xFF], Version::V4));
+        assert_eq!(execute_id(&v4(0)), Some(&[0xAB, 0x01][..]));
+        assert_eq!(execute_id(&[0, 3, 1]), None);
+        assert_eq!(execute_id(&[0]), None);
+    }
 
     /// Inputs on which `cassandra-protocol` 4.0.1's decoder panics (found
     /// by the `cql_frames` fuzz target): the catch turns them into protocol

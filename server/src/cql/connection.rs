@@ -30,13 +30,17 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::cql::Shared;
 use crate::cql::error::{CqlError, CqlResult};
 use crate::cql::execute;
-use concord_cql_wire::codec::{decode_request, encode};
+use concord_cql_wire::codec::{
+    OPCODE_EXECUTE, decode_request, encode, execute_id, execute_skips_metadata,
+};
 use concord_cql_wire::frame::{self, ENVELOPE_HEADER_BYTES, EnvelopeHeader, SegmentRead};
 
 /// The CQL version reported in OPTIONS / system.local.
 pub const CQL_VERSION: &str = "3.4.7";
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// The most bytes of queued responses gathered into one socket write.
+const WRITE_COALESCE_BYTES_MAX: usize = 256 * 1024;
 
 const FLAG_COMPRESSION: u8 = 0x01;
 const FLAG_CUSTOM_PAYLOAD: u8 = 0x04;
@@ -52,6 +56,15 @@ enum Framing {
 struct Outgoing {
     envelope: Vec<u8>,
     framing: Framing,
+}
+
+/// What the connection reads from a request's bytes before decoding it.
+#[derive(Debug, Clone, Copy, Default)]
+struct RequestTraits {
+    /// EXECUTE asked for rows without metadata.
+    skip_metadata: bool,
+    /// EXECUTE of a prepared point read: run on the connection's task.
+    point_read: bool,
 }
 
 /// Per-connection state the request tasks share.
@@ -141,17 +154,27 @@ async fn write_loop(mut writer: OwnedWriteHalf, mut receiver: mpsc::Receiver<Out
     let mut buffer = Vec::new();
     while let Some(outgoing) = receiver.recv().await {
         buffer.clear();
-        match outgoing.framing {
-            Framing::Envelopes { .. } => buffer.extend_from_slice(&outgoing.envelope),
-            Framing::Segments { lz4 } => {
-                frame::write_segments(&outgoing.envelope, lz4, &mut buffer)
-            }
+        frame_outgoing(outgoing, &mut buffer);
+        // Responses that are already queued go out in the same write: one
+        // system call for many small responses under load.
+        while buffer.len() < WRITE_COALESCE_BYTES_MAX {
+            let Ok(outgoing) = receiver.try_recv() else {
+                break;
+            };
+            frame_outgoing(outgoing, &mut buffer);
         }
         if writer.write_all(&buffer).await.is_err() {
             return;
         }
     }
     let _ = writer.shutdown().await;
+}
+
+fn frame_outgoing(outgoing: Outgoing, buffer: &mut Vec<u8>) {
+    match outgoing.framing {
+        Framing::Envelopes { .. } => buffer.extend_from_slice(&outgoing.envelope),
+        Framing::Segments { lz4 } => frame::write_segments(&outgoing.envelope, lz4, buffer),
+    }
 }
 
 impl Connection {
@@ -176,28 +199,32 @@ impl Connection {
         let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
         let mut envelopes: Vec<u8> = Vec::new();
         loop {
-            // Take every complete unit out of the buffer before reading more.
+            // Take every complete unit out of the buffer before reading more;
+            // `start` walks over them and the consumed prefix is dropped once.
+            let mut start = 0;
             loop {
                 match self.framing {
                     Framing::Envelopes { .. } => {
-                        let Some((header, consumed)) = self.complete_envelope(&buffer).await?
+                        let Some((header, consumed)) =
+                            self.complete_envelope(&buffer[start..]).await?
                         else {
                             break;
                         };
-                        let body = buffer[ENVELOPE_HEADER_BYTES..consumed].to_vec();
-                        buffer.drain(..consumed);
+                        let body = buffer[start + ENVELOPE_HEADER_BYTES..start + consumed].to_vec();
+                        start += consumed;
                         self.dispatch(header, body).await?;
                     }
                     Framing::Segments { lz4 } => {
-                        let segment =
-                            match frame::read_segment(&buffer, lz4).map_err(CqlError::from) {
-                                Ok(segment) => segment,
-                                Err(error) => return self.fail(error).await,
-                            };
+                        let segment = match frame::read_segment(&buffer[start..], lz4)
+                            .map_err(CqlError::from)
+                        {
+                            Ok(segment) => segment,
+                            Err(error) => return self.fail(error).await,
+                        };
                         let SegmentRead::Segment { consumed, payload } = segment else {
                             break;
                         };
-                        buffer.drain(..consumed);
+                        start += consumed;
                         envelopes.extend_from_slice(&payload);
                         if envelopes.len() > frame_bytes_max + ENVELOPE_HEADER_BYTES {
                             let error = CqlError::Protocol(format!(
@@ -205,16 +232,21 @@ impl Connection {
                             ));
                             return self.fail(error).await;
                         }
+                        let mut envelope_start = 0;
                         while let Some((header, consumed)) =
-                            self.complete_envelope(&envelopes).await?
+                            self.complete_envelope(&envelopes[envelope_start..]).await?
                         {
-                            let body = envelopes[ENVELOPE_HEADER_BYTES..consumed].to_vec();
-                            envelopes.drain(..consumed);
+                            let body = envelopes
+                                [envelope_start + ENVELOPE_HEADER_BYTES..envelope_start + consumed]
+                                .to_vec();
+                            envelope_start += consumed;
                             self.dispatch(header, body).await?;
                         }
+                        envelopes.drain(..envelope_start);
                     }
                 }
             }
+            buffer.drain(..start);
             buffer.reserve(READ_CHUNK_BYTES);
             let read = reader
                 .read_buf(&mut buffer)
@@ -292,6 +324,12 @@ impl Connection {
             return Ok(());
         }
         let version = wire_version(header.version);
+        let execute = header.opcode == OPCODE_EXECUTE;
+        let traits = RequestTraits {
+            skip_metadata: execute && execute_skips_metadata(&body, version),
+            point_read: execute
+                && execute_id(&body).is_some_and(|id| self.shared.prepared.is_point_read(id)),
+        };
         let request = match decode_request(&body, header.opcode, version).map_err(CqlError::from) {
             Ok(request) => request,
             Err(error) => {
@@ -300,10 +338,17 @@ impl Connection {
                 return Err(error);
             }
         };
-        self.handle(header.version, stream_id, request).await
+        self.handle(header.version, stream_id, request, traits)
+            .await
     }
 
-    async fn handle(&mut self, version: u8, stream_id: i16, request: RequestBody) -> CqlResult<()> {
+    async fn handle(
+        &mut self,
+        version: u8,
+        stream_id: i16,
+        request: RequestBody,
+        traits: RequestTraits,
+    ) -> CqlResult<()> {
         match request {
             RequestBody::Startup(startup) => {
                 let lz4 = match startup
@@ -375,19 +420,29 @@ impl Connection {
                     .acquire_owned()
                     .await
                     .map_err(|_| CqlError::Server("in-flight semaphore closed".into()))?;
+                let node_permit = crate::cql::NodeInFlight::acquire(&self.shared.in_flight)
+                    .await
+                    .ok_or_else(|| CqlError::Server("node in-flight semaphore closed".into()))?;
                 let shared = self.shared.clone();
                 let session = self.session.clone();
                 let sender = self.sender.clone();
                 let framing = self.framing;
                 tokio::spawn(async move {
                     let wire = wire_version(version);
-                    let response = tokio::task::spawn_blocking(move || {
-                        execute::handle_request(&shared, &session, request, wire)
-                    })
-                    .await
-                    .unwrap_or_else(|error| {
-                        Err(CqlError::Server(format!("request task failed: {error}")))
-                    });
+                    let skip_metadata = traits.skip_metadata;
+                    let response = if traits.point_read {
+                        // A bounded lookup: cheaper here than the handoff
+                        // to a blocking-pool thread and back.
+                        execute::handle_request(&shared, &session, request, wire, skip_metadata)
+                    } else {
+                        tokio::task::spawn_blocking(move || {
+                            execute::handle_request(&shared, &session, request, wire, skip_metadata)
+                        })
+                        .await
+                        .unwrap_or_else(|error| {
+                            Err(CqlError::Server(format!("request task failed: {error}")))
+                        })
+                    };
                     let response = response.unwrap_or_else(|error| error_response(&error));
                     let compression = match framing {
                         Framing::Envelopes { lz4: true } => Compression::Lz4,
@@ -395,6 +450,7 @@ impl Connection {
                     };
                     send_response(&sender, framing, version, stream_id, &response, compression)
                         .await;
+                    drop(node_permit);
                     drop(permit);
                 });
             }

@@ -58,6 +58,9 @@ pub struct PreparedStatement {
     pub pk_indexes: Vec<i16>,
     pub result_columns: Vec<ColSpec>,
     pub result_metadata_id: Vec<u8>,
+    /// A SELECT of at most one row (see [`select::is_point_read`]): EXECUTE
+    /// runs it on the connection's task, without a blocking-pool handoff.
+    pub point_read: bool,
 }
 
 /// Prepared statements by id.
@@ -67,6 +70,15 @@ pub struct PreparedCache {
 }
 
 impl PreparedCache {
+    /// Whether the statement with this id is a point read (false when it is
+    /// unknown: the request then takes the general path and gets UNPREPARED).
+    pub fn is_point_read(&self, id: &[u8]) -> bool {
+        self.entries
+            .lock()
+            .get(id)
+            .is_some_and(|statement| statement.point_read)
+    }
+
     fn get(&self, id: &[u8]) -> Option<Arc<PreparedStatement>> {
         self.entries.lock().get(id).cloned()
     }
@@ -136,6 +148,7 @@ pub fn handle_request(
     session: &Session,
     request: RequestBody,
     version: Version,
+    skip_metadata: bool,
 ) -> CqlResult<ResponseBody> {
     let result = match request {
         RequestBody::Query(query) => {
@@ -185,7 +198,12 @@ pub fn handle_request(
                 paging_state: params.paging_state.and_then(|state| state.into_bytes()),
                 version,
             };
-            execute_statement(&mut context, &prepared.parsed.statement)?
+            let result = execute_statement(&mut context, &prepared.parsed.statement)?;
+            if skip_metadata {
+                without_metadata(result, &prepared)
+            } else {
+                result
+            }
         }
         RequestBody::Batch(batch) => {
             let keyspace = batch
@@ -221,6 +239,30 @@ pub fn handle_request(
         _ => return Err(CqlError::Protocol("not a statement request".into())),
     };
     Ok(ResponseBody::Result(result))
+}
+
+/// EXECUTE with `skip_metadata`: rows without their column specs (the
+/// client has them from PREPARE), as the protocol asks. Only when the rows
+/// carry exactly the prepared result columns: if the table changed since
+/// PREPARE the full metadata goes out, so the client never decodes rows
+/// with specs that no longer match.
+fn without_metadata(result: ResResultBody, prepared: &PreparedStatement) -> ResResultBody {
+    let prepared_metadata = rows_metadata(&prepared.result_columns, None);
+    match result {
+        ResResultBody::Rows(mut rows)
+            if rows.metadata.col_specs == prepared_metadata.col_specs
+                && rows.metadata.global_table_spec == prepared_metadata.global_table_spec =>
+        {
+            rows.metadata
+                .flags
+                .remove(RowsMetadataFlags::GLOBAL_TABLE_SPACE);
+            rows.metadata.flags.insert(RowsMetadataFlags::NO_METADATA);
+            rows.metadata.global_table_spec = None;
+            rows.metadata.col_specs = Vec::new();
+            ResResultBody::Rows(rows)
+        }
+        other => other,
+    }
 }
 
 fn page_rows(page_size: Option<i32>) -> Option<usize> {
@@ -429,7 +471,13 @@ pub fn prepare_statement(
         .iter()
         .flat_map(|column| format!("{}:{:?};", column.name, column.col_type).into_bytes())
         .collect();
+    let point_read = match &parsed.statement {
+        Statement::Select(select) => select::resolve_user_table(&context, &select.table)?
+            .is_some_and(|table| select::is_point_read(&table, select)),
+        _ => false,
+    };
     let prepared = Arc::new(PreparedStatement {
+        point_read,
         result_metadata_id: digest(&[&metadata_digest]),
         id,
         keyspace,

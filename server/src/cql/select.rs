@@ -103,6 +103,32 @@ pub fn resolve_user_table(
     Ok(Some(context.shared.db.table(&keyspace, &name.name)?))
 }
 
+/// Whether a SELECT reads at most one row of a user table: every primary
+/// key column restricted with `=`, and only `=` relations. Such a read is a
+/// bounded lookup (memtable / block cache), cheap enough to run on the
+/// connection's async task instead of a blocking-pool thread.
+pub fn is_point_read(table: &TableDef, select: &Select) -> bool {
+    let equal_columns: Vec<&str> = select
+        .where_clause
+        .iter()
+        .filter_map(|relation| match relation {
+            Relation::Compare {
+                column,
+                operator: Operator::Equal,
+                ..
+            } => Some(column.as_str()),
+            _ => None,
+        })
+        .collect();
+    equal_columns.len() == select.where_clause.len()
+        && table
+            .partition_key()
+            .chain(table.clustering())
+            .all(|column| equal_columns.contains(&column.name.as_str()))
+        && select.group_by.is_empty()
+        && !select.distinct
+}
+
 fn source(
     context: &Context<'_>,
     name: &QualifiedName,

@@ -403,3 +403,178 @@ fn registered_connections_receive_schema_change_events() {
         assert!(text.contains(expected), "{text:?} lacks {expected}");
     }
 }
+
+/// One request and its response, as envelopes (v4) or inside segments (v5).
+fn round_trip(stream: &mut TcpStream, version: u8, envelope: &[u8]) -> (u8, i16, u8, Vec<u8>) {
+    if version == 4 {
+        stream.write_all(envelope).unwrap();
+        return read_envelope(stream);
+    }
+    let mut wire = Vec::new();
+    write_segments(envelope, false, &mut wire);
+    stream.write_all(&wire).unwrap();
+    let mut buffer = Vec::new();
+    let payload = loop {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed");
+        buffer.extend_from_slice(&chunk[..n]);
+        if let SegmentRead::Segment { payload, .. } = read_segment(&buffer, false).unwrap() {
+            break payload;
+        }
+    };
+    read_envelope(&mut payload.as_slice())
+}
+
+#[test]
+fn execute_with_skip_metadata_gets_rows_without_column_specs_in_v4_and_v5() {
+    const PREPARE: u8 = 0x09;
+    const NO_METADATA: i32 = 0x0004;
+    let node = Node::start("");
+    for version in [4u8, 5] {
+        let mut stream = connect(&node);
+        let startup = envelope(
+            version,
+            0,
+            1,
+            STARTUP,
+            &string_map(&[("CQL_VERSION", "3.0.0")]),
+        );
+        stream.write_all(&startup).unwrap();
+        assert_eq!(read_envelope(&mut stream).2, READY);
+        let keyspace = format!("skipping{version}");
+        for (id, ddl) in [
+            format!("CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
+            format!("CREATE TABLE {keyspace}.t (k int PRIMARY KEY, a_column_name text)"),
+            format!("INSERT INTO {keyspace}.t (k, a_column_name) VALUES (1, 'the value')"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let request = envelope(version, 0, 2 + id as i16, QUERY, &query_body(ddl, version));
+            let (_, _, opcode, body) = round_trip(&mut stream, version, &request);
+            assert_eq!(opcode, RESULT, "{ddl}: {:?}", String::from_utf8_lossy(&body));
+        }
+        // PREPARE <long string> (v5: then an int of flags).
+        let select = format!("SELECT a_column_name FROM {keyspace}.t WHERE k = 1");
+        let mut prepare = (select.len() as i32).to_be_bytes().to_vec();
+        prepare.extend_from_slice(select.as_bytes());
+        if version >= 5 {
+            prepare.extend_from_slice(&0u32.to_be_bytes());
+        }
+        let (_, _, opcode, prepared) = round_trip(
+            &mut stream,
+            version,
+            &envelope(version, 0, 9, PREPARE, &prepare),
+        );
+        assert_eq!(opcode, RESULT);
+        assert_eq!(prepared[..4], 4i32.to_be_bytes(), "a Prepared result");
+        // The id, and in v5 the result metadata id: [short bytes] each.
+        let mut end = 4;
+        for _ in 0..(if version >= 5 { 2 } else { 1 }) {
+            end += 2 + u16::from_be_bytes([prepared[end], prepared[end + 1]]) as usize;
+        }
+        let ids = &prepared[4..end];
+        for skip in [false, true] {
+            let mut execute = ids.to_vec();
+            execute.extend_from_slice(&1u16.to_be_bytes()); // consistency ONE
+            let flags = if skip { 0x02 } else { 0x00 };
+            if version >= 5 {
+                execute.extend_from_slice(&(flags as u32).to_be_bytes());
+            } else {
+                execute.push(flags);
+            }
+            let request = envelope(version, 0, 10, EXECUTE, &execute);
+            let (_, stream_id, opcode, body) = round_trip(&mut stream, version, &request);
+            assert_eq!(
+                (stream_id, opcode),
+                (10, RESULT),
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
+            assert_eq!(body[..4], 2i32.to_be_bytes(), "a Rows result");
+            let metadata_flags = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+            let columns = i32::from_be_bytes([body[8], body[9], body[10], body[11]]);
+            let text = String::from_utf8_lossy(&body);
+            assert_eq!(columns, 1, "the column count is always sent");
+            assert!(text.contains("the value"), "the row itself: {text:?}");
+            assert_eq!(
+                metadata_flags & NO_METADATA != 0,
+                skip,
+                "v{version} skip_metadata={skip}: flags {metadata_flags:#x}"
+            );
+            assert_eq!(text.contains("a_column_name"), !skip, "{text:?}");
+            assert_eq!(text.contains(&keyspace), !skip, "{text:?}");
+        }
+    }
+}
+
+/// `node_in_flight_requests_max` bounds the requests in flight over every
+/// connection together: four connections each pipeline 100 queries into a
+/// node that allows 2 at once (and 1024 per connection); every query is
+/// answered, and the node never had more than 2 running.
+#[test]
+fn the_node_wide_in_flight_cap_holds_across_connections() {
+    use concord_server::Db;
+    use concord_server::cql::{CqlServer, Limits};
+    use std::sync::Arc;
+
+    const NODE_MAX: usize = 2;
+    const PER_CONNECTION: i16 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Db::open(&dir.path().join("data")).unwrap());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let limits = Limits {
+        node_in_flight_requests_max: NODE_MAX,
+        ..Limits::default()
+    };
+    let server = runtime
+        .block_on(CqlServer::start(db, "127.0.0.1:0".parse().unwrap(), limits))
+        .unwrap();
+    let address = server.local_address();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(address).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                let startup = envelope(4, 0, 0, STARTUP, &string_map(&[("CQL_VERSION", "3.0.0")]));
+                stream.write_all(&startup).unwrap();
+                assert_eq!(read_envelope(&mut stream).2, READY);
+                let mut pipeline = Vec::new();
+                for stream_id in 1..=PER_CONNECTION {
+                    let query = query_body("SELECT key, cluster_name FROM system.local", 4);
+                    pipeline.extend_from_slice(&envelope(4, 0, stream_id, QUERY, &query));
+                }
+                stream.write_all(&pipeline).unwrap();
+                let mut answered = std::collections::BTreeSet::new();
+                for _ in 1..=PER_CONNECTION {
+                    let (_, stream_id, opcode, body) = read_envelope(&mut stream);
+                    assert_eq!(opcode, RESULT, "{:?}", String::from_utf8_lossy(&body));
+                    answered.insert(stream_id);
+                }
+                assert_eq!(answered.len(), PER_CONNECTION as usize);
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    let in_flight = server.in_flight();
+    let high_water = in_flight.high_water();
+    assert!(
+        (1..=NODE_MAX).contains(&high_water),
+        "{high_water} requests ran at once; the node allows {NODE_MAX}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while in_flight.current() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(in_flight.current(), 0, "every permit is returned");
+    server.stop();
+}

@@ -52,6 +52,19 @@ async fn run(node: &Node) -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(rows.len(), 250);
     assert_eq!(rows[249], (249, "v249".to_owned()));
 
+    // skip_metadata: the driver decodes rows with the metadata it cached at
+    // PREPARE, and the node sends none.
+    let mut point = session
+        .prepare("SELECT c, v FROM rs.kv WHERE k = ? AND c = ?")
+        .await?;
+    point.set_use_cached_result_metadata(true);
+    let row: (i32, String) = session
+        .execute_unpaged(&point, (7_i32, 3_i32))
+        .await?
+        .into_rows_result()?
+        .single_row()?;
+    assert_eq!(row, (3, "v3".to_owned()));
+
     let mut batch = Batch::default();
     batch.append_statement("INSERT INTO rs.kv (k, c, v) VALUES (8, 1, 'a')");
     batch.append_statement("INSERT INTO rs.kv (k, c, v) VALUES (9, 1, 'b')");

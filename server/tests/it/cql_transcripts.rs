@@ -137,6 +137,7 @@ fn transcript(input: &str) -> String {
         address: "127.0.0.1:9042".parse().unwrap(),
         prepared: execute::PreparedCache::default(),
         schema_events,
+        in_flight: concord_server::cql::NodeInFlight::new(1),
     };
     let session = Session::default();
     let mut out = String::new();
@@ -152,7 +153,7 @@ fn transcript(input: &str) -> String {
                 ..QueryParams::default()
             },
         });
-        let response = execute::handle_request(&shared, &session, request, Version::V4);
+        let response = execute::handle_request(&shared, &session, request, Version::V4, false);
         let _ = writeln!(out, "> {statement}\n{}\n", render(response));
     }
     out
