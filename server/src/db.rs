@@ -85,10 +85,10 @@ pub enum Arithmetic {
 }
 
 /// A cell whose new value the executor computes from one of the
-/// transaction's reads: `read`'s value of `column`, then `arithmetic` with
-/// `operand`. It replaces the value of `column` in the upsert
-/// `writes[write].ops[op]` (whose cell for `column` must be a
-/// `CellOp::Set`). Data, not a closure, so every replica computes the same.
+/// transaction's reads: `read`'s value of `column`, then `derivation`. It
+/// replaces the value of `column` in the upsert `writes[write].ops[op]`
+/// (whose cell for `column` must be a `CellOp::Set`). Data, not a closure,
+/// so every replica computes the same.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DerivedCell {
     pub write: usize,
@@ -96,8 +96,18 @@ pub struct DerivedCell {
     pub column: ColumnId,
     /// A `Read::Row` of the row being written.
     pub read: usize,
-    pub arithmetic: Arithmetic,
-    pub operand: CqlValue,
+    pub derivation: Derivation,
+}
+
+/// How a [`DerivedCell`] computes its value from the current one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Derivation {
+    /// `column = column ± operand` on a number.
+    Arithmetic(Arithmetic, CqlValue),
+    /// `list[index] = value`; `None` removes the element (`DELETE list[index]`).
+    ListSetIndex(i64, Option<CqlValue>),
+    /// `list = list - [values]`: every element equal to one of them goes.
+    ListRemoveValues(Vec<CqlValue>),
 }
 
 /// A comparison in a [`Check`].
@@ -846,18 +856,7 @@ fn apply_derived(
                 )));
             }
         };
-        let Some(current) = current else {
-            return Err(invalid(format!(
-                "{} is null in the row being updated; `{0} = {0} +/- ...` needs a value",
-                def.name
-            )));
-        };
-        let value = arithmetic(&current, cell.arithmetic, &cell.operand).ok_or_else(|| {
-            invalid(format!(
-                "{} {:?} {:?} overflows or does not apply to type {}",
-                def.name, cell.arithmetic, cell.operand, def.ty
-            ))
-        })?;
+        let value = derive(&def.name, &def.ty, current, &cell.derivation).map_err(invalid)?;
         let mutation = writes
             .get_mut(cell.write)
             .ok_or_else(|| invalid(format!("derived cell names write {}", cell.write)))?;
@@ -873,9 +872,69 @@ fn apply_derived(
                 def.name
             )));
         };
-        *op = CellOp::Set(Some(value));
+        *op = CellOp::Set(value);
     }
     Ok(())
+}
+
+/// The new value of a derived cell from its current one (`None`: null).
+fn derive(
+    name: &str,
+    ty: &CqlType,
+    current: Option<CqlValue>,
+    derivation: &Derivation,
+) -> std::result::Result<Option<CqlValue>, String> {
+    match derivation {
+        Derivation::Arithmetic(operation, operand) => {
+            let Some(current) = current else {
+                return Err(format!(
+                    "{name} is null in the row being updated; `{name} = {name} +/- ...` needs a value"
+                ));
+            };
+            arithmetic(&current, *operation, operand)
+                .map(Some)
+                .ok_or_else(|| {
+                    format!(
+                        "{name} {operation:?} {operand:?} overflows or does not apply to type {ty}"
+                    )
+                })
+        }
+        Derivation::ListSetIndex(index, value) => {
+            let mut elements = match current {
+                Some(CqlValue::List(elements)) => elements,
+                None => {
+                    return Err(format!(
+                        "list {name} is null in the row being updated: there is no element {index}"
+                    ));
+                }
+                Some(other) => return Err(format!("{name} is not a list: {other:?}")),
+            };
+            let position = usize::try_from(*index)
+                .ok()
+                .filter(|position| *position < elements.len())
+                .ok_or_else(|| {
+                    format!(
+                        "list index {index} out of bounds: {name} has {} elements",
+                        elements.len()
+                    )
+                })?;
+            match value {
+                Some(value) => elements[position] = value.clone(),
+                None => {
+                    elements.remove(position);
+                }
+            }
+            Ok((!elements.is_empty()).then_some(CqlValue::List(elements)))
+        }
+        Derivation::ListRemoveValues(values) => Ok(match current {
+            Some(CqlValue::List(mut elements)) => {
+                elements.retain(|element| !values.contains(element));
+                (!elements.is_empty()).then_some(CqlValue::List(elements))
+            }
+            None => None,
+            Some(other) => return Err(format!("{name} is not a list: {other:?}")),
+        }),
+    }
 }
 
 fn arithmetic(current: &CqlValue, operation: Arithmetic, operand: &CqlValue) -> Option<CqlValue> {

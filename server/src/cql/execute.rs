@@ -40,7 +40,9 @@ use crate::cql::error::{CqlError, CqlResult, already_exists, invalid};
 use crate::cql::select;
 use crate::cql::system;
 use crate::cql::values::{self, Bound, BoundValues, col_type, required_value, term_value};
-use crate::db::{Arithmetic, Check, CompareOp, Read, ReadResult, Transaction};
+use crate::db::{
+    Arithmetic, Check, CompareOp, Derivation, DerivedCell, Read, ReadResult, Transaction,
+};
 
 /// The most prepared statements kept; past it an arbitrary one is evicted
 /// (its clients get UNPREPARED and re-prepare).
@@ -768,6 +770,7 @@ fn describe_binds(
                 if let Some(element) = &target.element {
                     let ty = match def.ty.unfrozen() {
                         CqlType::Map(key, _) => (**key).clone(),
+                        CqlType::Set(element) => (**element).clone(),
                         _ => CqlType::Int,
                     };
                     note_bind(receivers, element, &table, &target.column, &ty);
@@ -885,8 +888,9 @@ pub struct Plan {
     pub mutations: Vec<Mutation>,
     /// The read and checks of a conditional statement.
     pub conditional: Option<Conditional>,
-    /// Cells computed from a read of the row (transaction blocks only):
-    /// (mutation index, op index, column, arithmetic, operand, the read).
+    /// Cells computed from a read of the row (arithmetic: transaction blocks
+    /// only; list index operations anywhere): (mutation index, op index,
+    /// column, derivation, the read).
     pub derived: Vec<Derived>,
 }
 
@@ -896,8 +900,7 @@ pub type Derived = (
     usize,
     usize,
     concord_storage::schema::ColumnId,
-    Arithmetic,
-    CqlValue,
+    Derivation,
     Read,
 );
 
@@ -906,7 +909,8 @@ pub type Derived = (
 enum Assigned {
     Op(CellOp),
     Unset,
-    Arithmetic(Arithmetic, CqlValue),
+    /// Computed from the row's current value, in the transaction.
+    Derived(Derivation),
 }
 
 /// A check against the plan's own read (index fixed when plans combine).
@@ -944,13 +948,35 @@ fn execute_batch(
 fn run_plans(context: &Context<'_>, plans: Vec<Plan>) -> CqlResult<ResResultBody> {
     let mut transaction = Transaction::default();
     let mut conditional = Vec::new();
+    let mut derived_targets = Vec::new();
     for plan in plans {
-        if !plan.derived.is_empty() {
-            return Err(CqlError::Server(
-                "a derived cell outside a transaction block".into(),
-            ));
-        }
+        let write_offset = transaction.writes.len();
         transaction.writes.extend(plan.mutations);
+        for (write, op, column, derivation, read) in plan.derived {
+            if let Read::Row {
+                table,
+                partition_key,
+                clustering,
+            } = &read
+            {
+                let target = (table.id, partition_key.clone(), clustering.clone(), column);
+                if derived_targets.contains(&target) {
+                    invalid!(
+                        "two statements of the batch change the same list or number in one row by index, removal or arithmetic; combine them"
+                    );
+                }
+                derived_targets.push(target);
+            }
+            let read_idx = transaction.reads.len();
+            transaction.reads.push(read);
+            transaction.derived.push(DerivedCell {
+                write: write_offset + write,
+                op,
+                column,
+                read: read_idx,
+                derivation,
+            });
+        }
         if let Some((read, checks, table, columns)) = plan.conditional {
             let read_idx = transaction.reads.len();
             transaction.reads.push(read);
@@ -972,18 +998,20 @@ fn run_plans(context: &Context<'_>, plans: Vec<Plan>) -> CqlResult<ResResultBody
                     },
                 });
             }
-            conditional.push((table, columns));
+            conditional.push((table, columns, read_idx));
         }
     }
-    let transaction_first_read = transaction.reads.first().cloned();
+    let first_conditional_read = conditional
+        .first()
+        .and_then(|(_, _, read)| transaction.reads.get(*read).cloned());
     let result = context.shared.db.execute(transaction)?;
     if conditional.is_empty() {
         return Ok(ResResultBody::Void);
     }
     // `[applied]`, then (when not applied) the current values of the first
     // conditional statement's columns, as drivers expect.
-    let (table, columns) = &conditional[0];
-    let partition_key = match transaction_first_read {
+    let (table, columns, conditional_read_idx) = &conditional[0];
+    let partition_key = match first_conditional_read {
         Some(Read::Row { partition_key, .. } | Read::Partition { partition_key, .. }) => {
             partition_key
         }
@@ -998,7 +1026,7 @@ fn run_plans(context: &Context<'_>, plans: Vec<Plan>) -> CqlResult<ResResultBody
     let mut types = vec![CqlType::Boolean];
     let mut row = vec![Some(CqlValue::Boolean(result.applied))];
     if !result.applied {
-        let (current, static_row) = match result.reads.first() {
+        let (current, static_row) = match result.reads.get(*conditional_read_idx) {
             Some(ReadResult::Row(row)) => (row.clone(), None),
             Some(ReadResult::Partition(Some(partition))) => (
                 partition.rows.first().cloned(),
@@ -1532,7 +1560,7 @@ fn plan_update(
     let (partition_keys, restriction) = full_keys(&table, &update.where_clause, binds, "UPDATE")?;
     let mut cells = Vec::new();
     let mut only_static = true;
-    let mut arithmetic = Vec::new();
+    let mut derivations = Vec::new();
     for assignment in &update.assignments {
         let (column, assigned) = assignment_op(&table, assignment, binds)?;
         let def = column_of(&table, &column)?;
@@ -1546,15 +1574,15 @@ fn plan_update(
         match assigned {
             Assigned::Op(op) => cells.push((def.id, op)),
             Assigned::Unset => {}
-            Assigned::Arithmetic(operation, operand) => {
-                if !arithmetic_allowed {
+            Assigned::Derived(derivation) => {
+                if !arithmetic_allowed && matches!(derivation, Derivation::Arithmetic(..)) {
                     invalid!(
                         "`{column} = {column} +/- ...` on a {} column runs only inside BEGIN TRANSACTION (counters are not supported yet)",
                         def.ty
                     );
                 }
                 cells.push((def.id, CellOp::Set(None)));
-                arithmetic.push((def.id, operation, operand));
+                derivations.push((def.id, derivation));
             }
         }
     }
@@ -1581,22 +1609,7 @@ fn plan_update(
         &update.condition,
         binds,
     )?;
-    let mut derived = Vec::new();
-    if !arithmetic.is_empty() {
-        if partition_keys.len() != 1 || clusterings.len() != 1 || !full_clustering {
-            invalid!(
-                "`column = column +/- ...` must update exactly one row (full primary key by =)"
-            );
-        }
-        for (column, operation, operand) in arithmetic {
-            let read = Read::Row {
-                table: table.clone(),
-                partition_key: partition_keys[0].clone(),
-                clustering: clusterings[0].clone(),
-            };
-            derived.push((0, 0, column, operation, operand, read));
-        }
-    }
+    let derived = derived_cells(&table, &partition_keys, &clusterings, &cells, derivations)?;
     let mutations = partition_keys
         .iter()
         .map(|partition_key| Mutation {
@@ -1618,6 +1631,46 @@ fn plan_update(
         mutations,
         conditional,
     })
+}
+
+/// The derived cells of a statement that updates one row: each reads the
+/// row and replaces its placeholder cell (the only cell of its column).
+fn derived_cells(
+    table: &Arc<TableDef>,
+    partition_keys: &[Vec<CqlValue>],
+    clusterings: &[Vec<CqlValue>],
+    cells: &[(concord_storage::schema::ColumnId, CellOp)],
+    derivations: Vec<(concord_storage::schema::ColumnId, Derivation)>,
+) -> CqlResult<Vec<Derived>> {
+    if derivations.is_empty() {
+        return Ok(Vec::new());
+    }
+    let one_row = partition_keys.len() == 1
+        && clusterings.len() == 1
+        && clusterings[0].len() == table.clustering().len();
+    if !one_row {
+        invalid!(
+            "`column = column +/- ...`, `list[i] = ...`, `DELETE list[i]` and `list = list - [...]` read the row first: the statement must name exactly one row (full primary key by =)"
+        );
+    }
+    let mut derived = Vec::with_capacity(derivations.len());
+    for (column, derivation) in derivations {
+        if cells.iter().filter(|(id, _)| *id == column).count() != 1 {
+            let name = table
+                .column_by_id(column)
+                .map_or("?", |def| def.name.as_str());
+            invalid!(
+                "column {name} has more than one operation in this statement; an index or arithmetic operation must be its only one"
+            );
+        }
+        let read = Read::Row {
+            table: table.clone(),
+            partition_key: partition_keys[0].clone(),
+            clustering: clusterings[0].clone(),
+        };
+        derived.push((0, 0, column, derivation, read));
+    }
+    Ok(derived)
 }
 
 fn elements_of(value: Option<CqlValue>) -> Vec<CqlValue> {
@@ -1659,10 +1712,17 @@ fn assignment_op(
                         Bound::Unset => (column.clone(), Assigned::Unset),
                     }
                 }
-                CqlType::List(_) => invalid!(
-                    "setting a list element by index ({column}[i] = v) is not supported yet; set the whole list"
-                ),
-                _ => invalid!("column {column} is not a non-frozen map"),
+                CqlType::List(element_type) if def.ty.is_multi_cell() => {
+                    let index = list_index(key, column, binds)?;
+                    match value_of(column, value, element_type)? {
+                        Bound::Value(value) => (
+                            column.clone(),
+                            Assigned::Derived(Derivation::ListSetIndex(index, value)),
+                        ),
+                        Bound::Unset => (column.clone(), Assigned::Unset),
+                    }
+                }
+                _ => invalid!("column {column} is not a non-frozen map or list"),
             }
         }
         Assignment::SetField {
@@ -1713,7 +1773,10 @@ fn assignment_op(
                 } else {
                     Arithmetic::Subtract
                 };
-                return Ok((column.clone(), Assigned::Arithmetic(operation, operand)));
+                return Ok((
+                    column.clone(),
+                    Assigned::Derived(Derivation::Arithmetic(operation, operand)),
+                ));
             }
             if !def.ty.is_multi_cell() {
                 invalid!(
@@ -1745,9 +1808,12 @@ fn assignment_op(
                 (Assignment::Subtract { .. }, CqlType::Map(_, _), value) => {
                     CellOp::MapRemove(elements_of(value))
                 }
-                (Assignment::Subtract { .. }, CqlType::List(_), _) => invalid!(
-                    "removing list elements by value ({column} = {column} - [...]) is not supported yet"
-                ),
+                (Assignment::Subtract { .. }, CqlType::List(_), value) => {
+                    return Ok((
+                        column.clone(),
+                        Assigned::Derived(Derivation::ListRemoveValues(elements_of(value))),
+                    ));
+                }
                 _ => invalid!(
                     "this operation does not apply to column {column} of type {}",
                     def.ty
@@ -1764,6 +1830,7 @@ fn plan_delete(context: &Context<'_>, delete: &Delete, binds: &BoundValues) -> C
         return Err(using_timestamp_error());
     }
     let (partition_keys, restriction) = full_keys(&table, &delete.where_clause, binds, "DELETE")?;
+    let mut derivations = Vec::new();
     let n_clustering = table.clustering().len();
     let full_row = restriction.clustering_range.is_none()
         && restriction
@@ -1792,6 +1859,19 @@ fn plan_delete(context: &Context<'_>, delete: &Delete, binds: &BoundValues) -> C
         let mut cells = Vec::new();
         let mut only_static = true;
         for DeleteTarget { column, element } in &delete.targets {
+            if let (Some(index), CqlType::List(_)) =
+                (element, column_of(&table, column)?.ty.unfrozen())
+            {
+                let def = column_of(&table, column)?;
+                if !def.ty.is_multi_cell() {
+                    invalid!("column {column} is a frozen list; set the whole value");
+                }
+                only_static &= def.kind == ColumnKind::Static;
+                let index = list_index(index, column, binds)?;
+                cells.push((def.id, CellOp::Set(None)));
+                derivations.push((def.id, Derivation::ListSetIndex(index, None)));
+                continue;
+            }
             let def = column_of(&table, column)?;
             match def.kind {
                 ColumnKind::PartitionKey | ColumnKind::Clustering(_) => {
@@ -1815,7 +1895,7 @@ fn plan_delete(context: &Context<'_>, delete: &Delete, binds: &BoundValues) -> C
                     CellOp::SetRemove(vec![required_value(key, element_type, column, binds)?])
                 }
                 (Some(_), _) => {
-                    invalid!("DELETE {column}[...] is supported for maps and sets only")
+                    invalid!("DELETE {column}[...] is supported for maps, sets and lists only")
                 }
             };
             cells.push((def.id, op));
@@ -1843,6 +1923,17 @@ fn plan_delete(context: &Context<'_>, delete: &Delete, binds: &BoundValues) -> C
         &delete.condition,
         binds,
     )?;
+    let cells_of_upsert = match ops.first() {
+        Some(RowOp::Upsert { cells, .. }) => cells.clone(),
+        _ => Vec::new(),
+    };
+    let derived = derived_cells(
+        &table,
+        &partition_keys,
+        &clusterings,
+        &cells_of_upsert,
+        derivations,
+    )?;
     let mutations = partition_keys
         .into_iter()
         .map(|partition_key| Mutation {
@@ -1854,8 +1945,21 @@ fn plan_delete(context: &Context<'_>, delete: &Delete, binds: &BoundValues) -> C
     Ok(Plan {
         mutations,
         conditional,
-        derived: Vec::new(),
+        derived,
     })
+}
+
+/// A list index (`l[i]`): a non-negative int.
+fn list_index(term: &Term, column: &str, binds: &BoundValues) -> CqlResult<i64> {
+    match required_value(
+        term,
+        &CqlType::Int,
+        &format!("index of list {column}"),
+        binds,
+    )? {
+        CqlValue::Int(index) if index >= 0 => Ok(i64::from(index)),
+        other => invalid!("list index of {column} must be a non-negative int, got {other:?}"),
+    }
 }
 
 // ----- DDL -------------------------------------------------------------------

@@ -267,7 +267,7 @@ pub fn execute_block(
         }
         let plan = crate::cql::execute::plan_for_transaction(context, statement)?;
         let write_offset = transaction.writes.len();
-        for (write, op, column, arithmetic, operand, read) in plan.derived {
+        for (write, op, column, derivation, read) in plan.derived {
             let read_idx = transaction.reads.len();
             transaction.reads.push(read);
             transaction.derived.push(DerivedCell {
@@ -275,8 +275,7 @@ pub fn execute_block(
                 op,
                 column,
                 read: read_idx,
-                arithmetic,
-                operand,
+                derivation,
             });
         }
         transaction.writes.extend(plan.mutations);

@@ -65,6 +65,51 @@ async fn run(node: &Node) -> Result<(), Box<dyn std::error::Error>> {
         .single_row()?;
     assert_eq!(row, (3, "v3".to_owned()));
 
+    // List elements by index (bound) and by value: read and write in one
+    // transaction on the node.
+    session
+        .query_unpaged(
+            "CREATE TABLE rs.lists (k int PRIMARY KEY, l list<text>, s set<int>)",
+            &[],
+        )
+        .await?;
+    session.await_schema_agreement().await?;
+    session
+        .query_unpaged(
+            "INSERT INTO rs.lists (k, l, s) VALUES (1, ['a', 'b', 'c', 'b'], {1, 2})",
+            &[],
+        )
+        .await?;
+    let set_element = session
+        .prepare("UPDATE rs.lists SET l[?] = ? WHERE k = ?")
+        .await?;
+    session
+        .execute_unpaged(&set_element, (2_i32, "C", 1_i32))
+        .await?;
+    let delete_element = session
+        .prepare("DELETE l[?], s[?] FROM rs.lists WHERE k = ?")
+        .await?;
+    session
+        .execute_unpaged(&delete_element, (0_i32, 2_i32, 1_i32))
+        .await?;
+    let remove_values = session
+        .prepare("UPDATE rs.lists SET l = l - ? WHERE k = ?")
+        .await?;
+    session
+        .execute_unpaged(&remove_values, (vec!["b".to_owned()], 1_i32))
+        .await?;
+    let (list, set): (Vec<String>, Vec<i32>) = session
+        .query_unpaged("SELECT l, s FROM rs.lists WHERE k = 1", &[])
+        .await?
+        .into_rows_result()?
+        .single_row()?;
+    assert_eq!((list, set), (vec!["C".to_owned()], vec![1]));
+    let error = session
+        .execute_unpaged(&set_element, (7_i32, "x", 1_i32))
+        .await
+        .expect_err("index past the end");
+    assert!(error.to_string().contains("out of bounds"), "{error}");
+
     let mut batch = Batch::default();
     batch.append_statement("INSERT INTO rs.kv (k, c, v) VALUES (8, 1, 'a')");
     batch.append_statement("INSERT INTO rs.kv (k, c, v) VALUES (9, 1, 'b')");
