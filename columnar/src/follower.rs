@@ -5,6 +5,9 @@
 //! loop every poll_interval (until stopped):
 //!   frontier = feed.frontier()            (before the snapshot: nothing below it can appear)
 //!   replica.catch_up(engine.snapshot(), frontier)
+//!     FeedTruncated (retention passed the replica) →
+//!       (frontier, snapshot) = feed.quiesce(|f| (f, engine.snapshot()))   (short: no I/O inside)
+//!       replica.rebuild(snapshot, frontier)
 //!   every merge_interval: replica.merge()
 //! ```
 //!
@@ -66,9 +69,23 @@ impl Follower {
                 let mut last_merge = Instant::now();
                 while !stopping.load(Ordering::Acquire) {
                     let frontier = feed.frontier();
-                    let caught_up = replica.catch_up(&engine.snapshot(), frontier);
-                    if let Err(error) = caught_up {
-                        tracing::warn!(%error, "columnar follower: catch-up failed, retrying");
+                    match replica.catch_up(&engine.snapshot(), frontier) {
+                        Ok(_) => {}
+                        Err(Error::FeedTruncated { next, floor }) => {
+                            tracing::warn!(
+                                next,
+                                floor,
+                                "columnar follower: behind the feed's retention, rebuilding"
+                            );
+                            let (frontier, snapshot) =
+                                feed.quiesce(|frontier| (frontier, engine.snapshot()));
+                            if let Err(error) = replica.rebuild(&snapshot, frontier) {
+                                tracing::warn!(%error, "columnar follower: rebuild failed, retrying");
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "columnar follower: catch-up failed, retrying");
+                        }
                     }
                     if last_merge.elapsed() >= options.merge_interval {
                         if let Err(error) = replica.merge() {

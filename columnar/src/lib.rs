@@ -22,7 +22,8 @@ pub mod segment;
 pub mod sql;
 pub mod types;
 
-pub use sql::{Columnar, ColumnarOptions, QueryResult, Snapshot};
+pub use replica::PartitionFilter;
+pub use sql::{Columnar, ColumnarOptions, PartitionSource, QueryResult, Snapshot};
 
 /// The columnar crate's errors. Expected failures (`SnapshotTimeout`,
 /// `SnapshotTooOld`, `ResourcesExhausted`, `Sql`, `ValueOutOfRange`) are

@@ -685,8 +685,9 @@ fn bound_bytes(bound: &Bound<Vec<u8>>) -> Option<&[u8]> {
     }
 }
 
-/// A scan page may end inside a partition; the next page continues it.
-fn append_page(partitions: &mut Vec<Partition>, page: Vec<Partition>) {
+/// Appends a scan page to `partitions`: a page may end inside a partition,
+/// and the next page continues it.
+pub fn append_page(partitions: &mut Vec<Partition>, page: Vec<Partition>) {
     for partition in page {
         match partitions.last_mut() {
             Some(last) if last.key == partition.key && last.token == partition.token => {

@@ -24,6 +24,7 @@ use concord_storage::schema::{ColumnKind, TableDef};
 use concord_storage::value::CqlValue;
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, Session, TableProvider};
 use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::DataFusionError;
@@ -31,7 +32,9 @@ use datafusion::execution::memory_pool::{
     GreedyMemoryPool, MemoryConsumer, MemoryPool, MemoryReservation,
 };
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, LogicalPlan, Operator, TableProviderFilterPushDown,
+};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use parking_lot::Mutex;
@@ -86,6 +89,50 @@ pub enum Snapshot {
         now: WriteTime,
         max_staleness: Duration,
     },
+}
+
+/// Where a table's rows come from: the replica at a snapshot, or (in the
+/// node) the row store. The query engine above is the same for both, so a
+/// routed query and its forced-store twin give the same answer shape.
+pub trait PartitionSource: Send + Sync + std::fmt::Debug {
+    /// The live partitions of `table` that `filter` selects, calling
+    /// `charge(bytes)` before holding data so the memory pool can stop the
+    /// read with `ResourcesExhausted`.
+    ///
+    /// # Errors
+    /// Whatever the source fails with; `charge`'s error.
+    fn read(
+        &self,
+        table: &Arc<TableDef>,
+        filter: &PartitionFilter,
+        charge: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<(Arc<TableDef>, Vec<Partition>)>;
+
+    /// Says what the scan reads, for `EXPLAIN`.
+    fn describe(&self) -> String;
+}
+
+/// The replica at one snapshot.
+#[derive(Debug)]
+struct ReplicaSource {
+    replica: Arc<Replica>,
+    snapshot: WriteTime,
+}
+
+impl PartitionSource for ReplicaSource {
+    fn read(
+        &self,
+        table: &Arc<TableDef>,
+        filter: &PartitionFilter,
+        charge: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<(Arc<TableDef>, Vec<Partition>)> {
+        self.replica
+            .read_within(table.id, self.snapshot, filter, charge)
+    }
+
+    fn describe(&self) -> String {
+        format!("columnar replica at snapshot {}", self.snapshot.0)
+    }
 }
 
 /// A query's answer and the snapshot it was computed at.
@@ -168,13 +215,42 @@ impl Columnar {
     /// exhausted; `SnapshotTimeout`, `SnapshotTooOld`; `Sql` for plan and
     /// execution errors.
     pub fn sql(&self, query: &str, snapshot: Snapshot) -> Result<QueryResult> {
-        let _permit = Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
-            Error::ResourcesExhausted(format!(
-                "{} analytic queries are running (queries_in_flight_max)",
-                self.options.queries_in_flight_max
-            ))
-        })?;
-        let at = match snapshot {
+        let _permit = self.permit()?;
+        let at = self.resolve(snapshot)?;
+        let _guard = self.replica.hold_snapshot(at)?;
+        let source = Arc::new(ReplicaSource {
+            replica: Arc::clone(&self.replica),
+            snapshot: at,
+        });
+        let batches = self.run(query, source, &self.replica.tables())?;
+        Ok(QueryResult {
+            snapshot: at,
+            batches,
+        })
+    }
+
+    /// Runs `query` over `tables` read from `source` (the node's row store),
+    /// under the same concurrency limit and memory pool as replica queries.
+    ///
+    /// # Errors
+    /// As [`Columnar::sql`], less the snapshot errors.
+    pub fn sql_over(
+        &self,
+        query: &str,
+        source: Arc<dyn PartitionSource>,
+        tables: &[Arc<TableDef>],
+    ) -> Result<Vec<RecordBatch>> {
+        let _permit = self.permit()?;
+        self.run(query, source, tables)
+    }
+
+    /// Waits for the snapshot `snapshot` names and returns its timestamp.
+    ///
+    /// # Errors
+    /// `SnapshotTimeout` when the watermark does not reach it in
+    /// `snapshot_wait_max`.
+    pub fn resolve(&self, snapshot: Snapshot) -> Result<WriteTime> {
+        Ok(match snapshot {
             Snapshot::At(at) => {
                 self.replica
                     .wait_for_watermark(at, self.options.snapshot_wait_max)?;
@@ -187,23 +263,96 @@ impl Columnar {
                     .wait_for_watermark(oldest, self.options.snapshot_wait_max)?;
                 self.replica.watermark().max(oldest)
             }
-        };
-        let _guard = self.replica.hold_snapshot(at)?;
-        let context = self.session(at)?;
-        let batches = self.runtime().block_on(async {
-            let frame = context.sql(query).await?;
-            frame.collect().await
-        });
-        match batches {
-            Ok(batches) => Ok(QueryResult {
-                snapshot: at,
-                batches,
-            }),
-            Err(error) => Err(map_datafusion_error(error)),
-        }
+        })
     }
 
-    fn session(&self, snapshot: WriteTime) -> Result<SessionContext> {
+    /// Whether every table scan of `query` pins one full partition key with
+    /// equalities (`pk1 = 1 AND pk2 = 'x'`): a point or partition lookup,
+    /// which the row store answers best. Plans the query over `tables`
+    /// without reading any data. `EXPLAIN` is looked through.
+    ///
+    /// # Errors
+    /// `Sql` when the query does not plan.
+    pub fn pins_partitions(&self, query: &str, tables: &[Arc<TableDef>]) -> Result<bool> {
+        #[derive(Debug)]
+        struct NoData;
+        impl PartitionSource for NoData {
+            fn read(
+                &self,
+                _: &Arc<TableDef>,
+                _: &PartitionFilter,
+                _: &mut dyn FnMut(usize) -> Result<()>,
+            ) -> Result<(Arc<TableDef>, Vec<Partition>)> {
+                Err(Error::Internal(
+                    "routing analysis must not read data".into(),
+                ))
+            }
+            fn describe(&self) -> String {
+                "routing analysis".into()
+            }
+        }
+        let context = self.session(Arc::new(NoData), tables)?;
+        let pinned = self.runtime().block_on(async {
+            let plan = context.state().create_logical_plan(query).await?;
+            let plan = match plan {
+                LogicalPlan::Explain(explain) => explain.plan.as_ref().clone(),
+                LogicalPlan::Analyze(analyze) => analyze.input.as_ref().clone(),
+                plan => plan,
+            };
+            let optimized = context.state().optimize(&plan)?;
+            let mut n_scans = 0;
+            let mut all_pinned = true;
+            optimized.apply(|node| {
+                if let LogicalPlan::TableScan(scan) = node {
+                    n_scans += 1;
+                    let pinned = tables
+                        .iter()
+                        .find(|def| {
+                            scan.table_name.table() == def.name
+                                && scan
+                                    .table_name
+                                    .schema()
+                                    .is_none_or(|keyspace| keyspace == def.keyspace)
+                        })
+                        .is_some_and(|def| pinned_partition(def, &scan.filters).is_some());
+                    all_pinned &= pinned;
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+            Ok::<bool, DataFusionError>(n_scans > 0 && all_pinned)
+        });
+        pinned.map_err(map_datafusion_error)
+    }
+
+    fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+            Error::ResourcesExhausted(format!(
+                "{} analytic queries are running (queries_in_flight_max)",
+                self.options.queries_in_flight_max
+            ))
+        })
+    }
+
+    fn run(
+        &self,
+        query: &str,
+        source: Arc<dyn PartitionSource>,
+        tables: &[Arc<TableDef>],
+    ) -> Result<Vec<RecordBatch>> {
+        let context = self.session(source, tables)?;
+        self.runtime()
+            .block_on(async {
+                let frame = context.sql(query).await?;
+                frame.collect().await
+            })
+            .map_err(map_datafusion_error)
+    }
+
+    fn session(
+        &self,
+        source: Arc<dyn PartitionSource>,
+        tables: &[Arc<TableDef>],
+    ) -> Result<SessionContext> {
         let runtime_env = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::clone(&self.memory_pool))
             .build_arc()
@@ -216,11 +365,11 @@ impl Columnar {
             .catalog("datafusion")
             .ok_or_else(|| Error::Internal("the default catalog is missing".into()))?;
         let mut keyspaces: BTreeMap<String, Arc<MemorySchemaProvider>> = BTreeMap::new();
-        for def in self.replica.tables() {
+        for def in tables {
             let schema = keyspaces
                 .entry(def.keyspace.clone())
                 .or_insert_with(|| Arc::new(MemorySchemaProvider::new()));
-            let table = SnapshotTable::new(Arc::clone(&self.replica), def.clone(), snapshot)?;
+            let table = SourceTable::new(Arc::clone(&source), def.clone())?;
             schema
                 .register_table(def.name.clone(), Arc::new(table))
                 .map_err(map_datafusion_error)?;
@@ -364,40 +513,39 @@ pub fn to_record_batch(def: &TableDef, partitions: &[Partition]) -> Result<Recor
         .map_err(|error| Error::Internal(format!("build record batch: {error}")))
 }
 
-/// A table as of one snapshot: what the catalog hands DataFusion.
+/// A table read from one source (the replica at a snapshot, or the row
+/// store): what the catalog hands DataFusion.
 #[derive(Debug)]
-struct SnapshotTable {
-    replica: Arc<Replica>,
+struct SourceTable {
+    source: Arc<dyn PartitionSource>,
     def: Arc<TableDef>,
     schema: SchemaRef,
-    snapshot: WriteTime,
     /// Memory of materialised scans, released when the query's context drops.
     reservations: Mutex<Vec<MemoryReservation>>,
 }
 
-impl SnapshotTable {
-    fn new(replica: Arc<Replica>, def: Arc<TableDef>, snapshot: WriteTime) -> Result<Self> {
-        Ok(SnapshotTable {
+impl SourceTable {
+    fn new(source: Arc<dyn PartitionSource>, def: Arc<TableDef>) -> Result<Self> {
+        Ok(SourceTable {
             schema: table_schema(&def)?,
-            replica,
+            source,
             def,
-            snapshot,
             reservations: Mutex::new(Vec::new()),
         })
     }
+}
 
-    /// The partition key a conjunction of filters pins, if it pins all of it.
-    fn pinned_partition(&self, filters: &[Expr]) -> Option<Vec<CqlValue>> {
-        let mut values = Vec::new();
-        for column in self.def.partition_key() {
-            let value = filters
-                .iter()
-                .find_map(|filter| equality_literal(filter, &column.name))
-                .and_then(|scalar| scalar_to_cql(&scalar, &column.ty))?;
-            values.push(value);
-        }
-        Some(values)
+/// The partition key a conjunction of filters pins, if it pins all of it.
+fn pinned_partition(def: &TableDef, filters: &[Expr]) -> Option<Vec<CqlValue>> {
+    let mut values = Vec::new();
+    for column in def.partition_key() {
+        let value = filters
+            .iter()
+            .find_map(|filter| equality_literal(filter, &column.name))
+            .and_then(|scalar| scalar_to_cql(&scalar, &column.ty))?;
+        values.push(value);
     }
+    Some(values)
 }
 
 /// `column = literal` or `literal = column`.
@@ -431,7 +579,7 @@ fn scalar_to_cql(scalar: &ScalarValue, ty: &concord_storage::types::CqlType) -> 
 }
 
 #[async_trait]
-impl TableProvider for SnapshotTable {
+impl TableProvider for SourceTable {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
@@ -469,7 +617,7 @@ impl TableProvider for SnapshotTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let filter = match self.pinned_partition(filters) {
+        let filter = match pinned_partition(&self.def, filters) {
             Some(key) => PartitionFilter::Key(key),
             None => PartitionFilter::All,
         };
@@ -481,8 +629,8 @@ impl TableProvider for SnapshotTable {
             MemoryConsumer::new(format!("concord scan {}", self.def.qualified_name()))
                 .register(&state.runtime_env().memory_pool);
         let (def, partitions) = self
-            .replica
-            .read_within(self.def.id, self.snapshot, &filter, &mut |bytes| {
+            .source
+            .read(&self.def, &filter, &mut |bytes| {
                 reservation
                     .try_grow(bytes)
                     .map_err(|error| Error::ResourcesExhausted(error.to_string()))

@@ -6,6 +6,12 @@
 //! that timestamp from a hybrid logical clock; the Accord transaction layer
 //! will take its place without callers changing.
 //!
+//! Every applied write also goes to the change feed, in the same batch as
+//! its rows (`storage::feed`), and a follower thread keeps the columnar
+//! replica (`concord_columnar`) up with it; [`Db::sql`] answers SQL from the
+//! row store or the replica (see `sql.rs` for the router). A retention
+//! thread drops feed records every replica has made durable.
+//!
 //! Isolation today (single node): transactions that only write run
 //! concurrently (RocksDB commits them as one group), holding the sequencer
 //! in shared mode while they take a timestamp and apply. A transaction that
@@ -19,9 +25,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use concord_columnar::follower::{Follower, FollowerOptions};
+use concord_columnar::{Columnar, ColumnarOptions, Snapshot};
 use concord_storage::cell::WriteTime;
 use concord_storage::clock::{Clock, SystemClock};
 use concord_storage::engine::{Durability, Engine, EngineOptions, Family, WriteBatch};
+use concord_storage::feed::{self, ChangeFeed, FeedPosition};
 use concord_storage::memory::MemoryEngine;
 use concord_storage::partitioner::TokenRange;
 use concord_storage::rows::{
@@ -37,7 +46,55 @@ use concord_storage_rocksdb::{RocksEngine, RocksTuning};
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::{CommitSync, Config};
+use crate::sql::{Freshness, RowStoreSource, SqlError, SqlOptions, SqlResult, Store, StoreChoice};
 use crate::{Error, Result};
+
+/// How often the retention thread looks for feed records to drop.
+pub const FEED_RETENTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+/// The most feed records kept for a replica that lags: past it, retention
+/// drops them anyway and the replica rebuilds from a row-store snapshot
+/// (so a stuck replica cannot fill the disk).
+pub const FEED_RETAINED_RECORDS_MAX_DEFAULT: u64 = 10_000_000;
+
+/// The columnar replica's knobs (see `design/columnar.md`).
+#[derive(Debug, Clone)]
+pub struct AnalyticsOptions {
+    /// Whether the node keeps a columnar replica at all (without it, writes
+    /// append nothing to the feed and `Db::sql` is refused).
+    pub enabled: bool,
+    pub columnar: ColumnarOptions,
+    pub follower: FollowerOptions,
+    pub feed_retention_interval: Duration,
+    pub feed_retained_records_max: u64,
+}
+
+impl Default for AnalyticsOptions {
+    fn default() -> AnalyticsOptions {
+        AnalyticsOptions {
+            enabled: true,
+            columnar: ColumnarOptions::default(),
+            follower: FollowerOptions::default(),
+            feed_retention_interval: FEED_RETENTION_INTERVAL_DEFAULT,
+            feed_retained_records_max: FEED_RETAINED_RECORDS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// The replica of a database, its follower and the feed's retention.
+#[derive(Debug)]
+struct Analytics {
+    columnar: Arc<Columnar>,
+    // Dropped (stopped and joined) before `columnar`, which they use.
+    follower: Option<Follower>,
+    retention: Option<Background>,
+}
+
+impl Drop for Analytics {
+    fn drop(&mut self) {
+        self.retention.take();
+        self.follower.take();
+    }
+}
 
 /// The meta-family key holding the schema.
 const SCHEMA_KEY: &[u8] = b"schema";
@@ -194,14 +251,14 @@ impl LocalSequencer {
     }
 }
 
-/// Syncs the write-ahead log every period in `CommitSync::Periodic` mode.
+/// A background thread (WAL sync, feed retention) that runs until dropped.
 #[derive(Debug)]
-struct PeriodicSync {
+struct Background {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Drop for PeriodicSync {
+impl Drop for Background {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
@@ -221,7 +278,9 @@ pub struct Db<E: Engine = RocksEngine> {
     sequencer: LocalSequencer,
     isolation: RwLock<()>,
     durability: Durability,
-    periodic_sync: Option<PeriodicSync>,
+    periodic_sync: Option<Background>,
+    feed: Arc<ChangeFeed>,
+    analytics: Option<Analytics>,
 }
 
 impl<E: Engine> std::fmt::Debug for Db<E> {
@@ -252,6 +311,18 @@ impl Db<RocksEngine> {
     /// # Errors
     /// As [`Db::open`].
     pub fn open_with_config(config: &Config) -> Result<Db<RocksEngine>> {
+        Db::open_with_analytics(config, AnalyticsOptions::default())
+    }
+
+    /// Opens a database as `config` describes, with the columnar replica's
+    /// knobs set.
+    ///
+    /// # Errors
+    /// As [`Db::open`]; as [`Db::start_analytics`].
+    pub fn open_with_analytics(
+        config: &Config,
+        analytics: AnalyticsOptions,
+    ) -> Result<Db<RocksEngine>> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
             context: format!("create data directory {}", config.data_dir.display()),
@@ -272,6 +343,17 @@ impl Db<RocksEngine> {
             CommitSync::Periodic => Durability::Buffered,
         };
         let mut db = Db::from_engine(Arc::new(engine), clock, registry, durability)?;
+        let columnar_dir = config.data_dir.join("columnar");
+        if analytics.enabled {
+            db.start_analytics(&columnar_dir, analytics)?;
+        } else if columnar_dir.exists() {
+            // Writes from now on leave no feed records: a replica kept from
+            // before would miss them. Drop it; enabling again rebuilds it.
+            std::fs::remove_dir_all(&columnar_dir).map_err(|source| Error::Io {
+                context: format!("remove the disabled replica {}", columnar_dir.display()),
+                source,
+            })?;
+        }
         if config.commit_sync == CommitSync::Periodic {
             db.periodic_sync = Some(spawn_periodic_sync(
                 db.engine.clone(),
@@ -282,7 +364,7 @@ impl Db<RocksEngine> {
     }
 }
 
-fn spawn_periodic_sync<E: Engine>(engine: Arc<E>, period_ms: u64) -> PeriodicSync {
+fn spawn_periodic_sync<E: Engine>(engine: Arc<E>, period_ms: u64) -> Background {
     let stop = Arc::new(AtomicBool::new(false));
     let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
@@ -296,7 +378,60 @@ fn spawn_periodic_sync<E: Engine>(engine: Arc<E>, period_ms: u64) -> PeriodicSyn
             }
         })
         .ok();
-    PeriodicSync { stop, thread }
+    Background { stop, thread }
+}
+
+/// Drops the feed records every replica has made durable (or, past
+/// `retained_records_max`, the oldest ones anyway: the replica rebuilds).
+fn spawn_feed_retention<E: Engine>(
+    engine: Arc<E>,
+    feed: Arc<ChangeFeed>,
+    columnar: Arc<Columnar>,
+    interval: Duration,
+    retained_records_max: u64,
+) -> Result<Background> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("concord-feed-retention".into())
+        .spawn(move || {
+            while !thread_stop.load(Ordering::SeqCst) {
+                std::thread::park_timeout(interval);
+                if let Err(error) =
+                    truncate_feed(engine.as_ref(), &feed, &columnar, retained_records_max)
+                {
+                    tracing::error!(%error, "feed retention failed");
+                }
+            }
+        })
+        .map_err(|source| Error::Io {
+            context: "spawn the feed retention thread".into(),
+            source,
+        })?;
+    Ok(Background {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// One retention step: returns the new retention floor.
+fn truncate_feed<E: Engine>(
+    engine: &E,
+    feed: &ChangeFeed,
+    columnar: &Columnar,
+    retained_records_max: u64,
+) -> Result<FeedPosition> {
+    let durable = columnar.replica().durable_position();
+    let end = feed.frontier().position_end;
+    let keep_from = FeedPosition(durable.0.max(end.0.saturating_sub(retained_records_max)));
+    let floor = feed::retention_floor(engine)?;
+    if keep_from <= floor {
+        return Ok(floor);
+    }
+    let mut batch = WriteBatch::new();
+    feed::truncate_before(&mut batch, keep_from);
+    engine.write(batch, Durability::Buffered)?;
+    Ok(keep_from)
 }
 
 impl Db<MemoryEngine> {
@@ -335,7 +470,10 @@ impl<E: Engine> Db<E> {
                 registry.insert(table.clone());
             }
         }
+        let feed = Arc::new(ChangeFeed::open(engine.as_ref())?);
         Ok(Db {
+            feed,
+            analytics: None,
             engine,
             schema: RwLock::new(Arc::new(schema)),
             ddl_lock: Mutex::new(()),
@@ -352,6 +490,166 @@ impl<E: Engine> Db<E> {
 
     pub fn engine(&self) -> &Arc<E> {
         &self.engine
+    }
+
+    /// Starts the columnar replica in `dir`: registers every table, rebuilds
+    /// a new replica from a row-store snapshot (rows written before it
+    /// existed), and starts its follower and the feed's retention. `open`
+    /// does this; an in-memory database calls it to get [`Db::sql`].
+    ///
+    /// # Errors
+    /// `Columnar` errors opening or rebuilding the replica; `Io` if a thread
+    /// cannot start. Calling it twice is `InvalidRequest`.
+    pub fn start_analytics(&mut self, dir: &Path, options: AnalyticsOptions) -> Result<()> {
+        if self.analytics.is_some() {
+            return Err(concord_storage::Error::InvalidRequest(
+                "the columnar replica is already started".into(),
+            )
+            .into());
+        }
+        let columnar = Arc::new(Columnar::open(dir, options.columnar.clone())?);
+        let replica = columnar.replica();
+        for keyspace in self.schema().keyspaces() {
+            for table in keyspace.tables.values() {
+                replica.register_table(table.clone());
+            }
+        }
+        let fresh = replica.next_position() == FeedPosition(0)
+            && replica.horizon() == WriteTime(i64::MIN)
+            && replica.n_segments() == 0;
+        if fresh {
+            let (frontier, snapshot) = self
+                .feed
+                .quiesce(|frontier| (frontier, self.engine.snapshot()));
+            replica.rebuild(&snapshot, frontier)?;
+        }
+        let follower = Follower::spawn(
+            replica.clone(),
+            self.engine.clone(),
+            self.feed.clone(),
+            options.follower,
+        )?;
+        let retention = spawn_feed_retention(
+            self.engine.clone(),
+            self.feed.clone(),
+            columnar.clone(),
+            options.feed_retention_interval,
+            options.feed_retained_records_max,
+        )?;
+        self.analytics = Some(Analytics {
+            columnar,
+            follower: Some(follower),
+            retention: Some(retention),
+        });
+        Ok(())
+    }
+
+    /// The columnar replica and its SQL engine, once started.
+    pub fn columnar(&self) -> Option<&Arc<Columnar>> {
+        self.analytics.as_ref().map(|analytics| &analytics.columnar)
+    }
+
+    /// The node's change feed.
+    pub fn feed(&self) -> &Arc<ChangeFeed> {
+        &self.feed
+    }
+
+    /// A fresh commit timestamp that every write committed before this call
+    /// is at or below (and none in flight is): the snapshot of a read that
+    /// must see them all. Also the feed's heartbeat while idle.
+    pub fn commit_timestamp(&self) -> WriteTime {
+        let ticket = self.feed.begin(|| self.sequencer.next(self.clock.as_ref()));
+        ticket.write_time()
+    }
+
+    /// Runs a SQL query (see [`Db::sql_with`]) with the default options: the
+    /// router picks the store, replica reads see every prior commit.
+    ///
+    /// # Errors
+    /// As [`Db::sql_with`].
+    pub fn sql(&self, query: &str) -> std::result::Result<SqlResult, SqlError> {
+        self.sql_with(query, &SqlOptions::default())
+    }
+
+    /// Runs a SQL query over the database's keyspaces (schemas) and tables.
+    /// Point and partition lookups (every table scan pins a full partition
+    /// key with `=`) go to the row store; scans, aggregates and joins to the
+    /// columnar replica. `/*+ ROW_STORE */` or `/*+ COLUMNAR */` in the query,
+    /// or `options.store`, force a store (a forced row-store query without a
+    /// pinned partition is a full scan). `EXPLAIN` returns DataFusion's plan
+    /// after a `concord_route` row naming the store, snapshot and reason.
+    /// Blocking: call it outside an async runtime (endpoints use
+    /// `spawn_blocking`, or the replica's `Columnar::sql_async`).
+    ///
+    /// # Errors
+    /// `Sql` for a query that does not plan or a bad hint;
+    /// `ResourcesExhausted` past the concurrency limit or memory pool;
+    /// `SnapshotTimeout` when the replica does not reach the snapshot in
+    /// time; `Internal` when analytics were never started.
+    pub fn sql_with(
+        &self,
+        query: &str,
+        options: &SqlOptions,
+    ) -> std::result::Result<SqlResult, SqlError> {
+        let columnar = self.columnar().ok_or_else(|| {
+            SqlError::Internal(
+                "this database has no columnar replica (open it with a data directory or \
+                 call Db::start_analytics)"
+                    .into(),
+            )
+        })?;
+        let choice = crate::sql::store_choice(options.store, crate::sql::store_hint(query)?)?;
+        let tables: Vec<Arc<TableDef>> = self
+            .schema()
+            .keyspaces()
+            .flat_map(|keyspace| keyspace.tables.values().cloned())
+            .collect();
+        let (store, reason) = match choice {
+            StoreChoice::RowStore => (Store::RowStore, "forced by hint or option"),
+            StoreChoice::Columnar => (Store::Columnar, "forced by hint or option"),
+            StoreChoice::Auto => {
+                if columnar.pins_partitions(query, &tables)? {
+                    (
+                        Store::RowStore,
+                        "every table scan pins a full partition key",
+                    )
+                } else {
+                    (Store::Columnar, "scan, aggregate or join over partitions")
+                }
+            }
+        };
+        let (snapshot, mut batches) = match store {
+            Store::RowStore => {
+                let source = Arc::new(RowStoreSource {
+                    engine: self.engine.clone(),
+                    now_seconds: self.clock.now_seconds(),
+                });
+                (None, columnar.sql_over(query, source, &tables)?)
+            }
+            Store::Columnar => {
+                let snapshot = match options.freshness {
+                    Freshness::Latest => Snapshot::At(self.commit_timestamp()),
+                    Freshness::At(at) => Snapshot::At(at),
+                    Freshness::Watermark => Snapshot::Watermark,
+                    Freshness::BoundedStaleness(max_staleness) => Snapshot::BoundedStaleness {
+                        now: WriteTime(self.clock.now_micros()),
+                        max_staleness,
+                    },
+                };
+                let result = columnar.sql(query, snapshot)?;
+                (Some(result.snapshot), result.batches)
+            }
+        };
+        if crate::sql::is_explain(query) {
+            let route = crate::sql::route_batch(&batches, store, snapshot, reason)?;
+            batches.insert(0, route);
+        }
+        Ok(SqlResult {
+            store,
+            snapshot,
+            reason,
+            batches,
+        })
     }
 
     /// The current schema.
@@ -388,6 +686,9 @@ impl<E: Engine> Db<E> {
         for keyspace in schema.keyspaces() {
             for table in keyspace.tables.values() {
                 self.registry.insert(table.clone());
+                if let Some(columnar) = self.columnar() {
+                    columnar.replica().register_table(table.clone());
+                }
             }
         }
         *self.schema.write() = Arc::new(schema);
@@ -415,9 +716,10 @@ impl<E: Engine> Db<E> {
                     .for_each(|table| rows::delete_table(table.id, batch))
             },
         )?;
-        dropped
-            .iter()
-            .for_each(|table| self.registry.remove(table.id));
+        for table in &dropped {
+            self.registry.remove(table.id);
+            self.drop_replica_table(table)?;
+        }
         Ok(())
     }
 
@@ -477,8 +779,16 @@ impl<E: Engine> Db<E> {
         )?;
         if let Some(table) = &dropped {
             self.registry.remove(table.id);
+            self.drop_replica_table(table)?;
         }
         Ok(dropped.is_some())
+    }
+
+    fn drop_replica_table(&self, table: &TableDef) -> Result<()> {
+        if let Some(columnar) = self.columnar() {
+            columnar.replica().drop_table(table.id)?;
+        }
+        Ok(())
     }
 
     /// `ALTER TABLE ... ADD`.
@@ -531,9 +841,18 @@ impl<E: Engine> Db<E> {
     pub fn truncate(&self, keyspace: &str, table: &str) -> Result<()> {
         let table = self.table(keyspace, table)?;
         let _exclusive = self.isolation.write();
+        // The truncation is not a feed record: with no write in flight, let
+        // the replica apply everything before it, then empty its copy too.
+        if let Some(columnar) = self.columnar() {
+            columnar.resolve(Snapshot::At(self.commit_timestamp()))?;
+        }
         let mut batch = WriteBatch::new();
         rows::delete_table(table.id, &mut batch);
         self.engine.write(batch, self.durability)?;
+        if let Some(columnar) = self.columnar() {
+            columnar.replica().drop_table(table.id)?;
+            columnar.replica().register_table(table.clone());
+        }
         Ok(())
     }
 
@@ -585,7 +904,10 @@ impl<E: Engine> Db<E> {
         } else {
             _exclusive = self.isolation.write();
         }
-        let execute_at = self.sequencer.next(self.clock.as_ref());
+        // The feed ticket allocates the timestamp and holds the feed's
+        // frontier below it until the batch is written (or fails).
+        let ticket = self.feed.begin(|| self.sequencer.next(self.clock.as_ref()));
+        let execute_at = ticket.write_time();
         let now_seconds = execute_at.seconds();
         let mut reads = Vec::with_capacity(transaction.reads.len());
         for read in &transaction.reads {
@@ -598,11 +920,16 @@ impl<E: Engine> Db<E> {
         }
         if applied && !writes.is_empty() {
             let mut batch = WriteBatch::new();
+            let feed_on = self.analytics.is_some();
             for (mutation, table) in writes.iter().zip(&tables) {
                 rows::write_mutation(table, mutation, execute_at, &mut batch)?;
+                if feed_on {
+                    self.feed.append(&ticket, &mut batch, table, mutation)?;
+                }
             }
             self.engine.write(batch, self.durability)?;
         }
+        drop(ticket);
         Ok(TransactionResult {
             execute_at,
             reads,
@@ -1014,6 +1341,7 @@ fn compare(
 
 impl<E: Engine> Drop for Db<E> {
     fn drop(&mut self) {
+        self.analytics.take();
         self.periodic_sync.take();
         if let Err(error) = self.engine.sync_wal() {
             tracing::error!(%error, "syncing the write-ahead log on close failed");

@@ -22,3 +22,20 @@ pub enum Error {
 
 /// The server crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The columnar replica's errors outside the SQL API (opening the replica,
+/// keeping it in step with DDL): storage and I/O errors keep their kind; the
+/// rest (a replica that does not catch up before `TRUNCATE`, a corrupt
+/// manifest) become the storage layer's `Engine` error with the replica's
+/// message. The SQL API returns the columnar error itself (`sql::SqlError`).
+impl From<concord_columnar::Error> for Error {
+    fn from(error: concord_columnar::Error) -> Error {
+        match error {
+            concord_columnar::Error::Storage(error) => Error::Storage(error),
+            concord_columnar::Error::Io { context, source } => Error::Io { context, source },
+            other => Error::Storage(concord_storage::Error::Engine(format!(
+                "columnar replica: {other}"
+            ))),
+        }
+    }
+}

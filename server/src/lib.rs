@@ -15,6 +15,7 @@ pub mod config;
 pub mod cql;
 pub mod db;
 pub mod error;
+pub mod sql;
 
 pub use db::Db;
 pub use error::{Error, Result};
