@@ -178,7 +178,9 @@ impl Node {
         from: NodeId,
         message: Message,
     ) -> Result<()> {
-        let txn_id = message.txn_id();
+        let Some(txn_id) = message.txn_id() else {
+            return Ok(());
+        };
         let Some(coordination) = self.coordinations.get_mut(&txn_id) else {
             return Ok(());
         };
@@ -257,6 +259,13 @@ impl Node {
                     self.finish(txn_id, Outcome::Unknown);
                 }
             }
+            (Phase::PreAccept, Message::PreAcceptRejected { .. }) => {
+                // A replica fenced t0 off (a durability round passed it): this transaction
+                // can never gather a PreAccept quorum. Give up without deciding anything;
+                // replicas that pre-accepted it before the fence recover it, and the round
+                // waits until they have.
+                self.finish(txn_id, Outcome::Unknown);
+            }
             (
                 _,
                 Message::Nack {
@@ -297,9 +306,6 @@ impl Node {
                     .all(|replica| self.coordinations[&txn_id].oks.contains(replica))
                 {
                     self.coordinations.remove(&txn_id);
-                    for replica in replicas {
-                        self.send(replica, Message::Durable { txn_id });
-                    }
                 }
             }
             _ => {}

@@ -4,7 +4,8 @@
 //! **Owns**: timestamps and transaction ids ([`timestamp`]), the static topology and quorum
 //! sizes ([`topology`]), transactions and deps ([`txn`]), the replica's command state machine
 //! and per-key conflict index ([`replica`], [`command`]), coordination of the fast and slow
-//! paths ([`coordinator`]), recovery and the progress log ([`progress`]), the journal and data
+//! paths ([`coordinator`]), recovery and the progress log ([`progress`]), durability rounds and garbage collection
+//! ([`sync`]), the journal and data
 //! interfaces ([`storage`]), and the deterministic simulator (`sim`, behind the `sim`
 //! feature).
 //!
@@ -27,6 +28,7 @@ pub mod node;
 pub mod progress;
 pub mod replica;
 pub mod storage;
+pub mod sync;
 pub mod timestamp;
 pub mod topology;
 pub mod txn;

@@ -11,11 +11,17 @@
 //!   Apply(at, deps, writes)     ──►     ApplyOk
 //!   BeginRecovery(ballot)       ──►     RecoverOk(...) | Nack
 //!   CheckStatus                 ──►     CheckStatusOk(what the replica knows)
-//!   Durable (all applied)       ──►     (nothing; the command may be garbage collected)
+//!   PreAccept below RejectBefore ──►    PreAcceptRejected (the coordinator gives up)
+//!
+//!   durability driver (sync.rs)         every replica of one shard
+//!   SyncFence(shard, bound)     ──►     SyncFenceOk(every TxnId it holds below bound)
+//!   SyncCheck(bound, txns)      ──►     SyncCheckOk(pending: not final here, extra: unlisted)
+//!   SyncDurable(shard, bound)   ──►     (nothing; commands below bound may be erased)
 //! ```
 
 use crate::command::Status;
 use crate::timestamp::{Ballot, Timestamp, TxnId};
+use crate::topology::ShardId;
 use crate::txn::{Deps, ReadData, Txn, Writes};
 
 /// What a replica knows about a transaction, sent to a peer that is blocked on it.
@@ -131,20 +137,52 @@ pub enum Message {
     CheckStatus {
         txn_id: TxnId,
     },
-    /// Every replica applied the transaction: it may be garbage collected.
-    Durable {
-        txn_id: TxnId,
-    },
     CheckStatusOk {
         txn_id: TxnId,
         knowledge: Option<Box<Knowledge>>,
     },
+    /// The replica fenced t0 off (it is below the shard's RejectBefore and unknown here):
+    /// the transaction can never be committed through this replica.
+    PreAcceptRejected {
+        txn_id: TxnId,
+    },
+    /// From the shard's durability driver: reject PreAccepts below `bound` from now on.
+    SyncFence {
+        shard: ShardId,
+        bound: Timestamp,
+    },
+    /// The fence is durable; `known` lists every transaction held here below `bound`.
+    SyncFenceOk {
+        shard: ShardId,
+        bound: Timestamp,
+        known: Vec<TxnId>,
+    },
+    /// Are `txns` (and everything else held here below `bound`) final here?
+    SyncCheck {
+        shard: ShardId,
+        bound: Timestamp,
+        txns: Vec<TxnId>,
+    },
+    /// `pending`: listed or held transactions not yet final here; `extra`: held here below
+    /// `bound` but not listed.
+    SyncCheckOk {
+        shard: ShardId,
+        bound: Timestamp,
+        pending: Vec<TxnId>,
+        extra: Vec<TxnId>,
+    },
+    /// Every transaction below `bound` on the shard is final on every replica (or can never
+    /// commit): commands below it may be erased.
+    SyncDurable {
+        shard: ShardId,
+        bound: Timestamp,
+    },
 }
 
 impl Message {
-    /// The transaction the message is about.
-    pub fn txn_id(&self) -> TxnId {
-        match self {
+    /// The transaction the message is about (none for the durability driver's messages).
+    pub fn txn_id(&self) -> Option<TxnId> {
+        Some(match self {
             Message::PreAccept { txn_id, .. }
             | Message::PreAcceptOk { txn_id, .. }
             | Message::Accept { txn_id, .. }
@@ -160,9 +198,14 @@ impl Message {
             | Message::BeginRecovery { txn_id, .. }
             | Message::RecoverReply { txn_id, .. }
             | Message::CheckStatus { txn_id }
-            | Message::Durable { txn_id }
+            | Message::PreAcceptRejected { txn_id }
             | Message::CheckStatusOk { txn_id, .. } => *txn_id,
-        }
+            Message::SyncFence { .. }
+            | Message::SyncFenceOk { .. }
+            | Message::SyncCheck { .. }
+            | Message::SyncCheckOk { .. }
+            | Message::SyncDurable { .. } => return None,
+        })
     }
 
     /// A short name for traces and message counts.
@@ -183,8 +226,13 @@ impl Message {
             Message::BeginRecovery { .. } => "BeginRecovery",
             Message::RecoverReply { .. } => "RecoverReply",
             Message::CheckStatus { .. } => "CheckStatus",
-            Message::Durable { .. } => "Durable",
             Message::CheckStatusOk { .. } => "CheckStatusOk",
+            Message::PreAcceptRejected { .. } => "PreAcceptRejected",
+            Message::SyncFence { .. } => "SyncFence",
+            Message::SyncFenceOk { .. } => "SyncFenceOk",
+            Message::SyncCheck { .. } => "SyncCheck",
+            Message::SyncCheckOk { .. } => "SyncCheckOk",
+            Message::SyncDurable { .. } => "SyncDurable",
         }
     }
 }

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use crate::command::{Command, Status};
+use crate::command::Command;
 use crate::coordinator::Coordination;
 use crate::error::Result;
 use crate::messages::Message;
@@ -105,9 +105,14 @@ pub struct NodeConfig {
     /// Seed for the node's own jitter (recovery back-off).
     pub seed: u64,
     pub bug: Option<ProtocolBug>,
-    /// Garbage-collect applied commands. Off by default: the simulator finds safety
-    /// violations with it under faults (see design/accord.md, "Bounded state").
+    /// Run durability rounds and garbage-collect command state below their watermarks
+    /// (`sync.rs`, design/accord.md "Bounded state").
     pub gc_enabled: bool,
+    /// How often the first replica of each shard starts a durability round.
+    pub sync_interval_micros: u64,
+    /// How far below its HLC a round's bound lies: transactions younger than this are never
+    /// fenced off, so a PreAccept delayed by less is not rejected.
+    pub sync_margin_micros: u64,
 }
 
 impl Default for NodeConfig {
@@ -120,7 +125,9 @@ impl Default for NodeConfig {
             stall_micros: 200_000,
             seed: 0,
             bug: None,
-            gc_enabled: false,
+            gc_enabled: true,
+            sync_interval_micros: 300_000,
+            sync_margin_micros: 200_000,
         }
     }
 }
@@ -173,10 +180,15 @@ pub struct Node {
     pub(crate) coordinations: BTreeMap<TxnId, Coordination>,
     /// Definitions of undecided transactions learned from peers, for recovery.
     pub(crate) learned: BTreeMap<TxnId, Txn>,
-    /// Applied commands every replica has applied: garbage-collection candidates.
-    pub(crate) durable: BTreeSet<TxnId>,
-    /// Tombstones of erased commands (durable): satisfied deps, ignored messages.
+    /// Transactions of other shards a peer reported as collected (applied everywhere): deps
+    /// that no longer hold anything back. Dropped once nothing waits on them.
     pub(crate) erased: BTreeSet<TxnId>,
+    /// Per-shard RejectBefore / DurableBefore (durable in the journal).
+    pub(crate) watermarks: crate::sync::Watermarks,
+    /// Durability rounds this node drives, per shard.
+    pub(crate) sync_rounds: BTreeMap<crate::topology::ShardId, crate::sync::SyncRound>,
+    /// When this node's last round of each shard ended.
+    pub(crate) sync_last_end: BTreeMap<crate::topology::ShardId, LocalTime>,
     /// Every apply since the simulator last drained it: the oracle's view of execution,
     /// which survives garbage collection.
     #[cfg(any(test, feature = "sim"))]
@@ -220,8 +232,10 @@ impl Node {
             blocked_by: BTreeMap::new(),
             coordinations: BTreeMap::new(),
             learned: BTreeMap::new(),
-            durable: BTreeSet::new(),
             erased: BTreeSet::new(),
+            watermarks: crate::sync::Watermarks::default(),
+            sync_rounds: BTreeMap::new(),
+            sync_last_end: BTreeMap::new(),
             #[cfg(any(test, feature = "sim"))]
             applied_log: Vec::new(),
             journal,
@@ -292,9 +306,20 @@ impl Node {
             .collect()
     }
 
-    /// Tombstones of collected commands.
+    /// Marks of collected transactions of other shards still waited on (the only per-txn
+    /// state left after garbage collection).
     pub fn tombstone_count(&self) -> usize {
         self.erased.len()
+    }
+
+    /// Entries of the per-key conflict index.
+    pub fn key_index_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// This node's DurableBefore watermark of every shard it replicates.
+    pub fn durable_before(&self) -> BTreeMap<crate::topology::ShardId, Timestamp> {
+        self.watermarks.durable_before.clone()
     }
 
     /// Commands that are not yet Applied or Invalidated.
@@ -345,25 +370,18 @@ impl Node {
     }
 
     fn on_message(&mut self, now: LocalTime, from: NodeId, message: Message) -> Result<()> {
-        if self.erased.contains(&message.txn_id()) {
-            // Applied everywhere and collected: late and duplicate messages change nothing,
+        if let Some(txn_id) = message.txn_id()
+            && self.erased.contains(&txn_id)
+            && !self.commands.contains_key(&txn_id)
+        {
+            // Collected (applied everywhere): late and duplicate messages change nothing,
             // but a peer blocked on it learns that it is applied everywhere.
             if let Message::CheckStatus { txn_id } = message {
-                let knowledge = Box::new(crate::messages::Knowledge {
-                    status: Status::Applied,
-                    txn: None,
-                    execute_at: crate::timestamp::Timestamp::ZERO,
-                    deps: crate::txn::Deps::new(),
-                    writes: None,
-                });
-                self.send(
-                    from,
-                    Message::CheckStatusOk {
-                        txn_id,
-                        knowledge: Some(knowledge),
-                    },
-                );
+                self.answer_collected(from, txn_id);
             }
+            return Ok(());
+        }
+        if self.below_durable_before(from, &message) {
             return Ok(());
         }
         match message {
@@ -406,16 +424,28 @@ impl Node {
                 txn,
                 ballot,
             } => self.on_begin_recovery(now, from, txn_id, txn, ballot),
-            Message::Durable { txn_id } => {
-                if self
-                    .commands
-                    .get(&txn_id)
-                    .is_some_and(|c| c.status == Status::Applied)
-                {
-                    self.durable.insert(txn_id);
-                }
+            Message::SyncFence { shard, bound } => self.on_sync_fence(from, shard, bound),
+            Message::SyncFenceOk {
+                shard,
+                bound,
+                known,
+            } => {
+                self.on_sync_fence_ok(now, from, shard, bound, known);
                 Ok(())
             }
+            Message::SyncCheck { shard, bound, txns } => {
+                self.on_sync_check(from, shard, bound, txns)
+            }
+            Message::SyncCheckOk {
+                shard,
+                bound,
+                pending,
+                extra,
+            } => {
+                self.on_sync_check_ok(now, from, shard, bound, pending, extra);
+                Ok(())
+            }
+            Message::SyncDurable { shard, bound } => self.on_sync_durable(now, shard, bound),
             Message::CheckStatus { txn_id } => {
                 self.on_check_status(from, txn_id);
                 Ok(())
@@ -429,6 +459,7 @@ impl Node {
             | Message::ReadOk { .. }
             | Message::ReadNack { .. }
             | Message::ApplyOk { .. }
+            | Message::PreAcceptRejected { .. }
             | Message::RecoverReply { .. } => self.on_coordinator_reply(now, from, message),
         }
     }

@@ -26,7 +26,7 @@ pub const PROGRESS_DEPS_PER_COMMAND_MAX: usize = 8;
 
 impl Node {
     pub(crate) fn on_progress_tick(&mut self, now: LocalTime) -> Result<()> {
-        self.collect_garbage()?;
+        self.drive_sync(now);
         let stall = self.config.stall_micros;
         let stalled: Vec<TxnId> = self
             .commands
@@ -134,64 +134,5 @@ impl Node {
         for peer in peers {
             self.send(peer, Message::CheckStatus { txn_id });
         }
-    }
-}
-
-/// The most commands garbage collected per progress-log scan.
-pub const GC_PER_TICK_MAX: usize = 4_096;
-
-impl Node {
-    /// Erases applied commands that every replica applied, once no conflicting command that
-    /// could still order before them is unfinished here.
-    ///
-    /// Rule for an applied, durable command T on this replica:
-    /// every command on T's keys with a TxnId below T's executeAt is Applied or Invalidated.
-    /// Then no recovery here can need T's deps (to prove a fast path impossible), no local
-    /// command waits on T, and the per-key max conflict (kept) still pushes late PreAccepts
-    /// of older ids above T.
-    pub(crate) fn collect_garbage(&mut self) -> Result<()> {
-        if !self.config.gc_enabled {
-            self.durable.clear();
-            return Ok(());
-        }
-        let candidates: Vec<TxnId> = self.durable.iter().copied().take(GC_PER_TICK_MAX).collect();
-        for txn_id in candidates {
-            let Some(command) = self.commands.get(&txn_id) else {
-                self.durable.remove(&txn_id);
-                continue;
-            };
-            let Some(txn) = command.txn.clone() else {
-                continue;
-            };
-            let execute_at = command.execute_at;
-            let blocked = self.blocked_by.contains_key(&txn_id);
-            let owned = self.owned_keys(&txn);
-            let older_unfinished = owned.iter().any(|key| {
-                self.keys.get(key).is_some_and(|state| {
-                    state
-                        .txns
-                        .iter()
-                        .take_while(|other| other.timestamp() < execute_at)
-                        .any(|other| {
-                            self.commands
-                                .get(other)
-                                .is_some_and(|c| !c.status.is_final())
-                        })
-                })
-            });
-            if blocked || older_unfinished {
-                continue;
-            }
-            for key in &owned {
-                if let Some(state) = self.keys.get_mut(key) {
-                    state.txns.remove(&txn_id);
-                }
-            }
-            self.commands.remove(&txn_id);
-            self.durable.remove(&txn_id);
-            self.erased.insert(txn_id);
-            self.journal.erase(txn_id)?;
-        }
-        Ok(())
     }
 }

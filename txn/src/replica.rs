@@ -110,6 +110,11 @@ impl Node {
             self.send(from, reply);
             return Ok(());
         }
+        if txn_id.timestamp() < self.reject_before_of(&txn) {
+            // A durability round fenced t0 off: never take part in deciding it.
+            self.send(from, Message::PreAcceptRejected { txn_id });
+            return Ok(());
+        }
         let max_conflict = self.max_conflict(txn_id, &txn);
         let witnessed_at = if txn_id.timestamp() > max_conflict {
             txn_id.timestamp()
@@ -323,10 +328,15 @@ impl Node {
         };
         let execute_at = command.execute_at;
         let deps: Vec<TxnId> = command.deps.txn_ids().collect();
+        let collected: Vec<TxnId> = deps
+            .iter()
+            .copied()
+            .filter(|dep| self.collected_dep(*dep, command.deps.keys_of(*dep)))
+            .collect();
         let skip_wait = self.bug(ProtocolBug::SkipWaitOnDeps);
         let mut waiting_on = std::collections::BTreeSet::new();
         for dep in deps {
-            if !skip_wait && !self.dep_satisfied(dep, execute_at) {
+            if !skip_wait && !collected.contains(&dep) && !self.dep_satisfied(dep, execute_at) {
                 waiting_on.insert(dep);
                 self.blocked_by.entry(dep).or_default().insert(txn_id);
             }
@@ -334,6 +344,28 @@ impl Node {
         if let Some(command) = self.commands.get_mut(&txn_id) {
             command.waiting_on = waiting_on;
         }
+    }
+
+    /// Returns true if `dep` is unknown here and below the DurableBefore watermark of the
+    /// shard of every key it conflicts on: it is final on every replica of those shards (this
+    /// one included, where it touches this node's keys), or can never commit.
+    pub(crate) fn collected_dep<'a>(
+        &self,
+        dep: TxnId,
+        keys: impl Iterator<Item = &'a crate::txn::Key>,
+    ) -> bool {
+        if self.commands.contains_key(&dep) {
+            return false;
+        }
+        let mut any = false;
+        for key in keys {
+            let shard = self.topology.shard_for_key(key).id;
+            if dep.timestamp() >= self.durable_before_shard(shard) {
+                return false;
+            }
+            any = true;
+        }
+        any
     }
 
     /// Returns true if `dep` no longer holds back a command executing at `execute_at`.
@@ -563,6 +595,10 @@ impl Node {
         if local.is_some_and(Status::is_final) {
             return Ok(());
         }
+        if knowledge.status == Status::Applied && knowledge.txn.is_none() && local.is_some() {
+            // Collected by the peer: applied on every replica of its shards.
+            return self.finish_collected_foreign(now, txn_id);
+        }
         match (knowledge.status, knowledge.txn) {
             (Status::Invalidated, _) => self.on_commit_invalidate(now, txn_id)?,
             (Status::Applied, None) if local.is_none() => {
@@ -602,7 +638,7 @@ impl Node {
 
     /// Rebuilds commands, the conflict index and execution state from the journal.
     pub(crate) fn replay(&mut self, now: LocalTime) -> Result<()> {
-        self.erased = self.journal.tombstones()?.into_iter().collect();
+        self.watermarks = self.journal.watermarks()?;
         let commands = self.journal.replay(now)?;
         for command in commands {
             self.hlc.witness(command.txn_id.timestamp());

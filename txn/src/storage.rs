@@ -21,6 +21,7 @@ use concord_storage::engine::{Direction, Durability, Engine, Family, KeyRange, W
 use crate::codec::Encoder;
 use crate::command::Command;
 use crate::error::Result;
+use crate::sync::Watermarks;
 use crate::timestamp::{LocalTime, Timestamp, TxnId};
 use crate::txn::{Key, ReadData, Writes};
 
@@ -33,18 +34,25 @@ pub trait Journal: Debug {
     fn record(&mut self, command: &Command, data: WriteBatch, durability: Durability)
     -> Result<()>;
 
-    /// Forgets a command (garbage collection), leaving a durable tombstone so late messages
-    /// cannot resurrect it.
+    /// Forgets commands (garbage collection). Buffered: the watermarks that allow it were
+    /// recorded with `Sync` first, and a command a crash brings back is final and erased
+    /// again by the next durability round.
     ///
     /// # Errors
     /// When storage fails.
-    fn erase(&mut self, txn_id: TxnId) -> Result<()>;
+    fn erase(&mut self, txn_ids: &[TxnId]) -> Result<()>;
 
-    /// Every tombstone left by [`Journal::erase`].
+    /// Records the per-shard RejectBefore / DurableBefore watermarks (`Sync`).
     ///
     /// # Errors
-    /// When storage fails or a record is corrupt.
-    fn tombstones(&self) -> Result<Vec<TxnId>>;
+    /// When storage fails.
+    fn record_watermarks(&mut self, watermarks: &Watermarks) -> Result<()>;
+
+    /// The watermarks last recorded (empty for a new node).
+    ///
+    /// # Errors
+    /// When storage fails or the record is corrupt.
+    fn watermarks(&self) -> Result<Watermarks>;
 
     /// Every recorded command, in TxnId order.
     ///
@@ -74,14 +82,7 @@ pub trait DataStore: Debug {
 
 const COMMAND_PREFIX: &[u8] = b"c/";
 const DATA_PREFIX: &[u8] = b"d/";
-const TOMBSTONE_PREFIX: &[u8] = b"e/";
-
-fn tombstone_key(txn_id: TxnId) -> Vec<u8> {
-    let mut encoder = Encoder::default();
-    encoder.buf.extend_from_slice(TOMBSTONE_PREFIX);
-    encoder.txn_id(txn_id);
-    encoder.buf
-}
+const WATERMARKS_KEY: &[u8] = b"w/";
 
 fn command_key(txn_id: TxnId) -> Vec<u8> {
     let mut encoder = Encoder::default();
@@ -114,23 +115,30 @@ impl<E: Engine + Debug> Journal for EngineJournal<E> {
         Ok(())
     }
 
-    fn erase(&mut self, txn_id: TxnId) -> Result<()> {
+    fn erase(&mut self, txn_ids: &[TxnId]) -> Result<()> {
+        if txn_ids.is_empty() {
+            return Ok(());
+        }
         let mut batch = WriteBatch::new();
-        batch.delete(Family::Txn, command_key(txn_id));
-        batch.put(Family::Txn, tombstone_key(txn_id), Vec::new());
+        for txn_id in txn_ids {
+            batch.delete(Family::Txn, command_key(*txn_id));
+        }
+        self.engine.write(batch, Durability::Buffered)?;
+        Ok(())
+    }
+
+    fn record_watermarks(&mut self, watermarks: &Watermarks) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.put(Family::Txn, WATERMARKS_KEY.to_vec(), watermarks.encode());
         self.engine.write(batch, Durability::Sync)?;
         Ok(())
     }
 
-    fn tombstones(&self) -> Result<Vec<TxnId>> {
-        let mut tombstones = Vec::new();
-        let range = KeyRange::prefix(TOMBSTONE_PREFIX);
-        for entry in self.engine.scan(Family::Txn, &range, Direction::Forward)? {
-            let (key, _) = entry?;
-            let mut decoder = crate::codec::Decoder::new(&key[TOMBSTONE_PREFIX.len()..]);
-            tombstones.push(decoder.txn_id()?);
+    fn watermarks(&self) -> Result<Watermarks> {
+        match self.engine.get(Family::Txn, WATERMARKS_KEY)? {
+            None => Ok(Watermarks::default()),
+            Some(bytes) => Watermarks::decode(&bytes),
         }
-        Ok(tombstones)
     }
 
     fn replay(&self, now: LocalTime) -> Result<Vec<Command>> {

@@ -5,7 +5,7 @@
 //!   concord-sim --seed 42 [--txns 500]            replay one seed, print its report
 //!   concord-sim ... --plan recovery               SimConfig::recovery instead of swarm
 //!   concord-sim --measure                         messages per txn and fast-path share
-//!   concord-sim --long 1000000                    bounded state: command/journal curve
+//!   concord-sim --long 1000000 [--calm]           bounded state: command/journal curve
 //! ```
 
 use std::process::ExitCode;
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(long) = value("--long").and_then(|v| v.parse::<usize>().ok()) {
-        long_run(long);
+        long_run(long, args.iter().any(|arg| arg == "--calm"));
         return ExitCode::SUCCESS;
     }
     if let Some(seed) = value("--seed").and_then(|v| v.parse().ok()) {
@@ -133,6 +133,10 @@ fn measure(txns: usize) {
                     check: true,
                     gc: false,
                     plan: concord_txn::sim::PlanKind::Swarm,
+                    sync_interval_micros: 300_000,
+                    sync_margin_micros: 200_000,
+                    sample_every: 0,
+                    on_sample: None,
                 };
                 let report = run(&config);
                 let commits = (report.fast_path_commits + report.slow_path_commits).max(1);
@@ -154,25 +158,52 @@ fn measure(txns: usize) {
     }
 }
 
-/// A long calm run without the oracles (they keep every transaction), printing how many
-/// commands, journal records and tombstones all nodes hold as transactions complete.
-fn long_run(txns: usize) {
+/// A long run without the oracles (they keep every transaction), with garbage collection and
+/// (unless `calm`) every fault at a moderate rate, printing the command state of all nodes
+/// together every 50,000 transactions (or every `txns / 20`) as it goes.
+fn long_run(txns: usize, calm: bool) {
     let mut config = SimConfig::swarm(11, txns);
-    config.faults = Some(FaultPlan::calm());
+    config.faults = Some(if calm {
+        FaultPlan::calm()
+    } else {
+        FaultPlan::long_run()
+    });
     config.check = false;
     config.gc = true;
-    config.nodes = 3;
+    config.nodes = 5;
     config.replication_factor = 3;
-    config.shards = 2;
+    config.shards = 4;
     config.keys = 100;
+    config.clients = 8;
     config.workload = Workload::ListAppend;
-    let report = run(&config);
-    println!("ops_done commands journal_records tombstones");
-    for (ops_done, commands, records, tombstones) in &report.state_curve {
-        println!("{ops_done:>8} {commands:>8} {records:>15} {tombstones:>10}");
-    }
+    config.sample_every = (txns / 20).clamp(1, 50_000);
+    config.on_sample = Some(print_sample);
+    println!("{config:?}");
     println!(
-        "committed {} of {}, violations {:?}",
-        report.committed, report.ops, report.violations
+        "{:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9}",
+        "txns", "committed", "sim_s", "commands", "journal", "tombstones", "key_index"
+    );
+    let report = run(&config);
+    println!(
+        "done: committed {} of {}, crashes {}, partitions {}, messages {}, violations {:?}",
+        report.committed,
+        report.ops,
+        report.crashes,
+        report.partitions,
+        report.messages_total,
+        report.violations
+    );
+}
+
+fn print_sample(sample: &concord_txn::sim::StateSample) {
+    println!(
+        "{:>9} {:>9} {:>9.1} {:>8} {:>8} {:>10} {:>9}",
+        sample.ops_done,
+        sample.committed,
+        sample.sim_time_micros as f64 / 1e6,
+        sample.commands,
+        sample.journal_records,
+        sample.tombstones,
+        sample.key_index
     );
 }

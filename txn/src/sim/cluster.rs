@@ -223,6 +223,8 @@ impl Sim {
             seed: self.config.seed ^ (incarnation << 40) ^ u64::from(node_id.0),
             bug: self.config.bug,
             gc_enabled: self.config.gc,
+            sync_interval_micros: self.config.sync_interval_micros,
+            sync_margin_micros: self.config.sync_margin_micros,
             ..NodeConfig::default()
         }
     }
@@ -622,7 +624,10 @@ impl Sim {
         op.outcome = Some(outcome);
         let client = op.client;
         self.trace(6, op_idx as u64, 0);
-        let sample_every = (self.config.txns / 20).max(1);
+        let sample_every = match self.config.sample_every {
+            0 => (self.config.txns / 20).max(1),
+            every => every,
+        };
         if (op_idx + 1).is_multiple_of(sample_every) {
             self.sample_state(op_idx + 1);
         }
@@ -631,18 +636,34 @@ impl Sim {
     }
 
     fn sample_state(&mut self, ops_done: usize) {
-        let (mut commands, mut records, mut tombstones) = (0, 0, 0);
+        let mut sample = super::StateSample {
+            ops_done,
+            sim_time_micros: self.now,
+            ..super::StateSample::default()
+        };
         for slot in self.nodes.values() {
             if let Some(node) = &slot.node {
-                commands += node.command_count();
-                records += node.journal_record_count().unwrap_or(0);
-                tombstones += node.tombstone_count();
+                sample.commands += node.command_count();
+                sample.journal_records += node.journal_record_count().unwrap_or(0);
+                sample.tombstones += node.tombstone_count();
+                sample.key_index += node.key_index_count();
             }
         }
-        self.report.commands_peak = self.report.commands_peak.max(commands);
-        self.report
-            .state_curve
-            .push((ops_done, commands, records, tombstones));
+        sample.committed = self
+            .ops
+            .iter()
+            .filter(|op| matches!(op.outcome, Some(Outcome::Committed { .. })))
+            .count();
+        self.report.commands_peak = self.report.commands_peak.max(sample.commands);
+        self.report.state_curve.push((
+            ops_done,
+            sample.commands,
+            sample.journal_records,
+            sample.tombstones,
+        ));
+        if let Some(on_sample) = self.config.on_sample {
+            on_sample(&sample);
+        }
     }
 
     fn begin_quiesce(&mut self) {
@@ -775,6 +796,8 @@ impl Sim {
 }
 
 fn txn_hash(message: &Message) -> u64 {
-    let txn_id = message.txn_id().timestamp();
+    let txn_id = message
+        .txn_id()
+        .map_or(crate::timestamp::Timestamp::ZERO, |id| id.timestamp());
     txn_id.hlc ^ (u64::from(txn_id.node.0) << 48) ^ message.name().len() as u64
 }

@@ -21,6 +21,7 @@ mod rng;
 
 pub use check::Violation;
 pub use cluster::{RunReport, run};
+
 pub use history::CheckerVerdict;
 pub use rng::SimRng;
 
@@ -99,6 +100,23 @@ impl FaultPlan {
         }
     }
 
+    /// The long bounded-state run's faults (`concord-sim --long`): every fault on at a
+    /// moderate rate, so durability rounds keep meeting lost messages, partitions and
+    /// restarts for the whole run.
+    pub fn long_run() -> FaultPlan {
+        FaultPlan {
+            delay_min_micros: 500,
+            delay_max_micros: 5_000,
+            loss: 0.01,
+            duplication: 0.01,
+            partitions_per_second: 0.1,
+            crashes_per_node_second: 0.02,
+            skew_max_micros: 10_000,
+            jitter_max_micros: 1_000,
+            ..FaultPlan::calm()
+        }
+    }
+
     /// Swarm testing: each fault is switched on or off and its rate drawn, per seed.
     pub fn swarm(rng: &mut SimRng) -> FaultPlan {
         let delay_min_micros = rng.range(100, 2_000);
@@ -140,10 +158,35 @@ pub struct SimConfig {
     pub faults: Option<FaultPlan>,
     /// Run the oracles (keeps every applied transaction in memory; off for very long runs).
     pub check: bool,
-    /// Garbage-collect command state (see `NodeConfig::gc_enabled`).
+    /// Durability rounds and garbage collection of command state (`NodeConfig::gc_enabled`);
+    /// on in every drawn run.
     pub gc: bool,
     /// Which constructor drew this run, so the replay command rebuilds it.
     pub plan: PlanKind,
+    /// Durability round cadence and margin (`NodeConfig`); drawn runs use the defaults.
+    pub sync_interval_micros: u64,
+    pub sync_margin_micros: u64,
+    /// Sample command state every this many completed ops (0: every `txns / 20`).
+    pub sample_every: usize,
+    /// Called with every sample as it is taken (long runs print their curve live).
+    pub on_sample: Option<fn(&StateSample)>,
+}
+
+/// Command state of the whole cluster at one moment of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateSample {
+    pub ops_done: usize,
+    pub sim_time_micros: u64,
+    /// Commands held in memory, all nodes together.
+    pub commands: usize,
+    /// Journal records (one per command), all nodes together.
+    pub journal_records: u64,
+    /// Marks of collected transactions still waited on.
+    pub tombstones: usize,
+    /// Entries of the per-key conflict indexes.
+    pub key_index: usize,
+    /// Ops acknowledged as committed so far.
+    pub committed: usize,
 }
 
 /// How a run's shape and faults were drawn from its seed.
@@ -182,8 +225,12 @@ impl SimConfig {
             bug: None,
             faults: None,
             check: true,
-            gc: false,
+            gc: true,
             plan: PlanKind::Swarm,
+            sync_interval_micros: crate::node::NodeConfig::default().sync_interval_micros,
+            sync_margin_micros: crate::node::NodeConfig::default().sync_margin_micros,
+            sample_every: 0,
+            on_sample: None,
         }
     }
 
