@@ -27,6 +27,11 @@
 //!    loop that sends on a fixed schedule from a timer thread and measures
 //!    every request from its *intended* send time (no coordinated omission).
 //!
+//! The peak phase also reads the CPU time the server processes (Concord's
+//! process; PostgreSQL's postmaster and backends) and the load generator
+//! spent per request, from `/proc`: on a shared machine that is the steadier
+//! measure of cost.
+//!
 //! It prints one table per system and the Concord / PostgreSQL ratios, each
 //! number the median over `CQL_BENCH_ROUNDS` rounds (the machine is shared
 //! and noisy). Environment knobs: `CQL_BENCH_SECONDS` (default 5),
@@ -212,13 +217,24 @@ struct LoadResult {
 }
 
 /// Closed loop: `concurrency` requests in flight for `seconds`; ops/s.
+/// Peak throughput and the CPU it cost per request.
+#[derive(Debug, Clone, Copy, Default)]
+struct Peak {
+    ops_per_second: f64,
+    /// CPU time of the server processes per request, in microseconds.
+    server_cpu_us: f64,
+    /// CPU time of this load generator per request, in microseconds.
+    client_cpu_us: f64,
+}
+
 async fn peak(
     target: &Arc<Target>,
     keys: &Arc<Keys>,
     op: Op,
     settings: Settings,
     value: &Arc<String>,
-) -> Result<f64> {
+    server: Server,
+) -> Result<Peak> {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -250,9 +266,11 @@ async fn peak(
     tokio::time::sleep(Duration::from_millis(settings.seconds * 100)).await;
     let start_count = done.load(Ordering::Relaxed);
     let started = Instant::now();
+    let (server_start, client_start) = (server.cpu_ticks(), Server::Process(0).cpu_ticks());
     tokio::time::sleep(Duration::from_secs(settings.seconds)).await;
     let counted = done.load(Ordering::Relaxed) - start_count;
     let elapsed = started.elapsed();
+    let (server_end, client_end) = (server.cpu_ticks(), Server::Process(0).cpu_ticks());
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await?;
@@ -261,7 +279,73 @@ async fn peak(
     if errors > 0 {
         bail!("{}: {errors} {} requests failed", target.name(), op.name());
     }
-    Ok(counted as f64 / elapsed.as_secs_f64())
+    let per_op = |ticks: u64| ticks as f64 * 1e6 / clock_ticks_per_second() / counted.max(1) as f64;
+    Ok(Peak {
+        ops_per_second: counted as f64 / elapsed.as_secs_f64(),
+        server_cpu_us: per_op(server_end.saturating_sub(server_start)),
+        client_cpu_us: per_op(client_end.saturating_sub(client_start)),
+    })
+}
+
+/// Whose CPU time to count: one process (0: this one), or a process and its
+/// children (PostgreSQL's postmaster and its backends).
+#[derive(Debug, Clone, Copy)]
+enum Server {
+    Process(u32),
+    ProcessTree(u32),
+}
+
+impl Server {
+    /// User + system CPU time in clock ticks, from `/proc` (0 elsewhere).
+    fn cpu_ticks(self) -> u64 {
+        // (parent pid, utime + stime) from /proc/<pid>/stat; the command
+        // name may hold spaces, so fields are counted after its ')'.
+        fn stat(path: &Path) -> Option<(u32, u64)> {
+            let text = std::fs::read_to_string(path).ok()?;
+            let fields: Vec<&str> = text
+                .get(text.rfind(')')? + 1..)?
+                .split_whitespace()
+                .collect();
+            let ppid = fields.get(1)?.parse().ok()?;
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some((ppid, utime + stime))
+        }
+        match self {
+            Server::Process(0) => stat(Path::new("/proc/self/stat")).map_or(0, |(_, t)| t),
+            Server::Process(pid) => {
+                stat(&Path::new("/proc").join(pid.to_string()).join("stat")).map_or(0, |(_, t)| t)
+            }
+            Server::ProcessTree(root) => {
+                let mut total = stat(&Path::new("/proc").join(root.to_string()).join("stat"))
+                    .map_or(0, |(_, t)| t);
+                if let Ok(entries) = std::fs::read_dir("/proc") {
+                    for entry in entries.flatten() {
+                        if let Some((ppid, ticks)) = stat(&entry.path().join("stat"))
+                            && ppid == root
+                        {
+                            total += ticks;
+                        }
+                    }
+                }
+                total
+            }
+        }
+    }
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 if unknown).
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|output| String::from_utf8(output.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// Open loop at `rate` ops/s: a timer thread sends on schedule; latency is
@@ -349,7 +433,7 @@ async fn offered_load(
 
 #[derive(Debug, Default, Clone)]
 struct Round {
-    peak: [f64; 2],
+    peak: [Peak; 2],
     loads: [[LoadResult; LOAD_PERCENTS.len()]; 2],
 }
 
@@ -358,11 +442,13 @@ async fn measure(
     keys: &Arc<Keys>,
     settings: Settings,
     value: &Arc<String>,
+    server: Server,
 ) -> Result<Round> {
     let mut round = Round::default();
     for (slot, op) in [Op::Insert, Op::Select].into_iter().enumerate() {
-        let peak = peak(target, keys, op, settings, value).await?;
+        let peak = peak(target, keys, op, settings, value, server).await?;
         round.peak[slot] = peak;
+        let peak = peak.ops_per_second;
         for (index, percent) in LOAD_PERCENTS.into_iter().enumerate() {
             let rate = (peak * f64::from(percent) / 100.0).max(1.0);
             round.loads[slot][index] =
@@ -380,17 +466,22 @@ fn median_f64(mut values: Vec<f64>) -> f64 {
 /// The per-round results folded into medians.
 #[derive(Debug, Clone)]
 struct Summary {
-    peak: [f64; 2],
+    peak: [Peak; 2],
     loads: [[LoadResult; LOAD_PERCENTS.len()]; 2],
 }
 
 fn summarise(rounds: &[Round]) -> Summary {
     let mut summary = Summary {
-        peak: [0.0; 2],
+        peak: [Peak::default(); 2],
         loads: Default::default(),
     };
     for slot in 0..2 {
-        summary.peak[slot] = median_f64(rounds.iter().map(|r| r.peak[slot]).collect());
+        let peaks = rounds.iter().map(|r| r.peak[slot]);
+        summary.peak[slot] = Peak {
+            ops_per_second: median_f64(peaks.clone().map(|p| p.ops_per_second).collect()),
+            server_cpu_us: median_f64(peaks.clone().map(|p| p.server_cpu_us).collect()),
+            client_cpu_us: median_f64(peaks.map(|p| p.client_cpu_us).collect()),
+        };
         for index in 0..LOAD_PERCENTS.len() {
             let all = rounds.iter().map(|r| r.loads[slot][index]);
             summary.loads[slot][index] = LoadResult {
@@ -417,21 +508,37 @@ fn print_summary(name: &str, summary: &Summary, settings: Settings) {
         settings.concurrency, settings.rounds
     );
     println!(
-        "  {:<7} {:>11} {:>5} {:>11} {:>11} {:>9} {:>9} {:>7}",
-        "op", "peak ops/s", "load", "offered/s", "achieved/s", "p50 ms", "p99 ms", "errors"
+        "  {:<7} {:>11} {:>8} {:>8} {:>5} {:>11} {:>11} {:>9} {:>9} {:>7}",
+        "op",
+        "peak ops/s",
+        "srv us/op",
+        "cli us/op",
+        "load",
+        "offered/s",
+        "achieved/s",
+        "p50 ms",
+        "p99 ms",
+        "errors"
     );
     for (slot, op) in [Op::Insert, Op::Select].into_iter().enumerate() {
         for (index, percent) in LOAD_PERCENTS.into_iter().enumerate() {
             let load = &summary.loads[slot][index];
-            let peak = if index == 0 {
-                format!("{:.0}", summary.peak[slot])
+            let peak = &summary.peak[slot];
+            let (ops, server_cpu, client_cpu) = if index == 0 {
+                (
+                    format!("{:.0}", peak.ops_per_second),
+                    format!("{:.1}", peak.server_cpu_us),
+                    format!("{:.1}", peak.client_cpu_us),
+                )
             } else {
-                String::new()
+                Default::default()
             };
             println!(
-                "  {:<7} {:>11} {:>4}% {:>11.0} {:>11.0} {:>9.3} {:>9.3} {:>7}{}",
+                "  {:<7} {:>11} {:>8} {:>8} {:>4}% {:>11.0} {:>11.0} {:>9.3} {:>9.3} {:>7}{}",
                 if index == 0 { op.name() } else { "" },
-                peak,
+                ops,
+                server_cpu,
+                client_cpu,
                 percent,
                 load.offered,
                 load.achieved,
@@ -450,23 +557,37 @@ fn print_summary(name: &str, summary: &Summary, settings: Settings) {
 
 fn print_ratios(concord: &Summary, postgres: &Summary) {
     println!();
+    println!(
+        "srv us/op, cli us/op: CPU time (user + system, from /proc) of the server processes and of this load generator per request during the peak phase; unlike throughput it hardly depends on what else the machine runs"
+    );
+    println!();
     println!("ratios concord / postgres (throughput: higher is better; latency: lower is better)");
     println!(
-        "  {:<7} {:>11} {:>5} {:>9} {:>9}",
-        "op", "peak", "load", "p50", "p99"
+        "  {:<7} {:>11} {:>10} {:>5} {:>9} {:>9}",
+        "op", "peak", "srv us/op", "load", "p50", "p99"
     );
     for (slot, op) in [Op::Insert, Op::Select].into_iter().enumerate() {
         for (index, percent) in LOAD_PERCENTS.into_iter().enumerate() {
             let (c, p) = (&concord.loads[slot][index], &postgres.loads[slot][index]);
-            let peak = if index == 0 {
-                format!("{:.2}x", concord.peak[slot] / postgres.peak[slot])
+            let (peak, cpu) = if index == 0 {
+                (
+                    format!(
+                        "{:.2}x",
+                        concord.peak[slot].ops_per_second / postgres.peak[slot].ops_per_second
+                    ),
+                    format!(
+                        "{:.2}x",
+                        concord.peak[slot].server_cpu_us / postgres.peak[slot].server_cpu_us
+                    ),
+                )
             } else {
-                String::new()
+                Default::default()
             };
             println!(
-                "  {:<7} {:>11} {:>4}% {:>8.2}x {:>8.2}x",
+                "  {:<7} {:>11} {:>10} {:>4}% {:>8.2}x {:>8.2}x",
                 if index == 0 { op.name() } else { "" },
                 peak,
+                cpu,
                 percent,
                 ms(c.p50) / ms(p.p50),
                 ms(c.p99) / ms(p.p99),
@@ -481,16 +602,16 @@ fn print_ratios(concord: &Summary, postgres: &Summary) {
         (
             format!(
                 "insert peak >= 1.5x postgres ({:.2}x)",
-                concord.peak[0] / postgres.peak[0]
+                concord.peak[0].ops_per_second / postgres.peak[0].ops_per_second
             ),
-            concord.peak[0] >= 1.5 * postgres.peak[0],
+            concord.peak[0].ops_per_second >= 1.5 * postgres.peak[0].ops_per_second,
         ),
         (
             format!(
                 "select peak >= 1.5x postgres ({:.2}x)",
-                concord.peak[1] / postgres.peak[1]
+                concord.peak[1].ops_per_second / postgres.peak[1].ops_per_second
             ),
-            concord.peak[1] >= 1.5 * postgres.peak[1],
+            concord.peak[1].ops_per_second >= 1.5 * postgres.peak[1].ops_per_second,
         ),
         (
             format!(
@@ -671,6 +792,16 @@ struct PostgresNode {
 }
 
 impl PostgresNode {
+    /// The postmaster's pid: the first line of `postmaster.pid`.
+    fn postmaster_pid(&self) -> Result<u32> {
+        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid"))
+            .context("read postmaster.pid")?;
+        text.lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .context("postmaster.pid has no pid")
+    }
+
     fn command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
         match &self.run_as {
@@ -900,23 +1031,25 @@ fn main() -> Result<()> {
             let concord_first = round % 2 == 0;
             for first in [true, false] {
                 if first == concord_first {
+                    let server = Server::Process(concord.child.id());
                     let measured =
-                        measure(&concord_target, &concord_keys, settings, &value).await?;
+                        measure(&concord_target, &concord_keys, settings, &value, server).await?;
                     println!(
                         "round {}: concord  insert {:.0}/s select {:.0}/s",
                         round + 1,
-                        measured.peak[0],
-                        measured.peak[1]
+                        measured.peak[0].ops_per_second,
+                        measured.peak[1].ops_per_second
                     );
                     concord_rounds.push(measured);
                 } else {
+                    let server = Server::ProcessTree(postgres.postmaster_pid()?);
                     let measured =
-                        measure(&postgres_target, &postgres_keys, settings, &value).await?;
+                        measure(&postgres_target, &postgres_keys, settings, &value, server).await?;
                     println!(
                         "round {}: postgres insert {:.0}/s select {:.0}/s",
                         round + 1,
-                        measured.peak[0],
-                        measured.peak[1]
+                        measured.peak[0].ops_per_second,
+                        measured.peak[1].ops_per_second
                     );
                     postgres_rounds.push(measured);
                 }
