@@ -10,7 +10,7 @@
 //!   CommitInvalidate            ──►     (nothing)
 //!   Apply(at, deps, writes)     ──►     ApplyOk
 //!   BeginRecovery(ballot)       ──►     RecoverOk(...) | Nack
-//!   CheckStatus                 ──►     CheckStatusOk(what the replica knows)
+//!   CheckStatus                 ──►     CheckStatusOk(what the replica knows, its DurableBefore)
 //!   PreAccept below RejectBefore ──►    PreAcceptRejected (the coordinator gives up)
 //!
 //!   durability driver (sync.rs)         every replica of one shard
@@ -140,6 +140,9 @@ pub enum Message {
     CheckStatusOk {
         txn_id: TxnId,
         knowledge: Option<Box<Knowledge>>,
+        /// The responder's DurableBefore of every shard: a node that missed a SyncDurable
+        /// catches up through the peers it asks about the deps it waits on.
+        durable_before: Vec<(ShardId, Timestamp)>,
     },
     /// The replica fenced t0 off (it is below the shard's RejectBefore and unknown here):
     /// the transaction can never be committed through this replica.

@@ -370,6 +370,9 @@ impl Node {
     }
 
     fn on_message(&mut self, now: LocalTime, from: NodeId, message: Message) -> Result<()> {
+        if let Message::CheckStatusOk { durable_before, .. } = &message {
+            self.learn_durable_before(now, durable_before)?;
+        }
         if let Some(txn_id) = message.txn_id()
             && self.erased.contains(&txn_id)
             && !self.commands.contains_key(&txn_id)
@@ -450,9 +453,9 @@ impl Node {
                 self.on_check_status(from, txn_id);
                 Ok(())
             }
-            Message::CheckStatusOk { txn_id, knowledge } => {
-                self.on_check_status_ok(now, txn_id, knowledge)
-            }
+            Message::CheckStatusOk {
+                txn_id, knowledge, ..
+            } => self.on_check_status_ok(now, txn_id, knowledge),
             Message::PreAcceptOk { .. }
             | Message::AcceptOk { .. }
             | Message::Nack { .. }

@@ -579,7 +579,15 @@ impl Node {
                 writes: command.writes.clone(),
             })
         });
-        self.send(from, Message::CheckStatusOk { txn_id, knowledge });
+        let durable_before = self.durable_before_list();
+        self.send(
+            from,
+            Message::CheckStatusOk {
+                txn_id,
+                knowledge,
+                durable_before,
+            },
+        );
     }
 
     pub(crate) fn on_check_status_ok(

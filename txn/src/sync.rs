@@ -215,13 +215,45 @@ impl Node {
             deps: crate::txn::Deps::new(),
             writes: None,
         });
+        let durable_before = self.durable_before_list();
         self.send(
             to,
             Message::CheckStatusOk {
                 txn_id,
                 knowledge: Some(knowledge),
+                durable_before,
             },
         );
+    }
+
+    /// This node's DurableBefore of every shard, for CheckStatusOk.
+    pub(crate) fn durable_before_list(&self) -> Vec<(ShardId, Timestamp)> {
+        self.watermarks
+            .durable_before
+            .iter()
+            .map(|(shard, at)| (*shard, *at))
+            .collect()
+    }
+
+    /// Adopts a peer's DurableBefore watermarks where they are ahead (each was published by
+    /// a completed round, so it holds for every node).
+    pub(crate) fn learn_durable_before(
+        &mut self,
+        now: LocalTime,
+        durable_before: &[(ShardId, Timestamp)],
+    ) -> Result<()> {
+        let mut advanced = Vec::new();
+        for (shard, bound) in durable_before {
+            if self.topology.shards.iter().any(|s| s.id == *shard)
+                && self.durable_before_shard(*shard) < *bound
+            {
+                advanced.push((*shard, *bound));
+            }
+        }
+        for (shard, bound) in advanced {
+            self.on_sync_durable(now, shard, bound)?;
+        }
+        Ok(())
     }
 
     /// Starts or pushes on the durability rounds this node drives (one per shard whose first

@@ -24,15 +24,16 @@ fn same_seed_same_trace() {
     }
 }
 
-/// The CI slice: `CI_SEEDS` swarm seeds of `CI_TXNS` transactions, in four parallel parts.
-/// Long campaigns: `cargo run -p concord-txn --release --features sim --bin concord-sim --
-/// --seeds 10000`.
-const CI_SEEDS: u64 = 120;
-const CI_TXNS: usize = 200;
+/// The CI slice: `CI_SEEDS` swarm seeds of `CI_TXNS` transactions (both workloads, every fault,
+/// garbage collection on), in `CI_PARTS` parallel parts. `concord-txn` is built with
+/// opt-level 2 in test builds (root `Cargo.toml`). Long campaigns: `cargo run -p concord-txn
+/// --release --features sim --bin concord-sim -- --seeds 10000`.
+const CI_SEEDS: u64 = 200;
+const CI_TXNS: usize = 500;
+const CI_PARTS: u64 = 8;
 
 fn swarm_part(part: u64) {
-    let parts = 4;
-    for seed in (0..CI_SEEDS).filter(|seed| seed % parts == part) {
+    for seed in (0..CI_SEEDS).filter(|seed| seed % CI_PARTS == part) {
         let config = SimConfig::swarm(seed, CI_TXNS);
         let report = run(&config);
         assert!(
@@ -65,6 +66,43 @@ fn swarm_slice_part_2() {
 #[test]
 fn swarm_slice_part_3() {
     swarm_part(3);
+}
+
+#[test]
+fn swarm_slice_part_4() {
+    swarm_part(4);
+}
+
+#[test]
+fn swarm_slice_part_5() {
+    swarm_part(5);
+}
+
+#[test]
+fn swarm_slice_part_6() {
+    swarm_part(6);
+}
+
+#[test]
+fn swarm_slice_part_7() {
+    swarm_part(7);
+}
+
+/// Every part above exists: a part added to `CI_PARTS` without its test would silently skip
+/// seeds.
+#[test]
+fn swarm_slice_parts_cover_every_seed() {
+    let parts: [fn(); 8] = [
+        swarm_slice_part_0,
+        swarm_slice_part_1,
+        swarm_slice_part_2,
+        swarm_slice_part_3,
+        swarm_slice_part_4,
+        swarm_slice_part_5,
+        swarm_slice_part_6,
+        swarm_slice_part_7,
+    ];
+    assert_eq!(parts.len() as u64, CI_PARTS);
 }
 
 /// The first seed below `seeds` at which each oracle caught `bug`: the simulator's own
