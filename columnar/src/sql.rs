@@ -496,20 +496,79 @@ fn row_write_times(partitions: &[Partition]) -> Vec<Option<i64>> {
 /// # Errors
 /// As [`types::to_array`].
 pub fn to_record_batch(def: &TableDef, partitions: &[Partition]) -> Result<RecordBatch> {
-    let schema = table_schema(def)?;
-    let rows = partition_rows(def, partitions);
-    let columns = ordered_columns(def);
-    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len() + 2);
-    for (column_idx, column) in columns.iter().enumerate() {
-        let values: Vec<Option<&CqlValue>> =
-            rows.iter().map(|row| row[column_idx].as_ref()).collect();
-        arrays.push(types::to_array(&column.ty, &values)?);
+    to_projected_batch(def, partitions, None)
+}
+
+/// The values of one column, one per output row (as [`partition_rows`]
+/// lays rows out), borrowed from `partitions`.
+fn column_values<'a>(
+    column: &concord_storage::schema::ColumnDef,
+    key_idx: usize,
+    clustering_idx: usize,
+    partitions: &'a [Partition],
+) -> Vec<Option<&'a CqlValue>> {
+    let mut out = Vec::new();
+    for partition in partitions {
+        let statics = partition.static_row.as_ref();
+        let value = |row: Option<&'a concord_storage::rows::Row>| match column.kind {
+            ColumnKind::PartitionKey => partition.key.get(key_idx),
+            ColumnKind::Clustering(_) => row.and_then(|row| row.clustering.get(clustering_idx)),
+            ColumnKind::Static => statics
+                .and_then(|s| s.columns.get(&column.id))
+                .map(|c| &c.value),
+            ColumnKind::Regular => row
+                .and_then(|row| row.columns.get(&column.id))
+                .map(|c| &c.value),
+        };
+        if partition.rows.is_empty() {
+            out.push(value(None));
+        }
+        out.extend(partition.rows.iter().map(|row| value(Some(row))));
     }
-    arrays.push(Arc::new(
-        TimestampMicrosecondArray::from(row_write_times(partitions)).with_timezone("UTC"),
-    ));
-    arrays.push(Arc::new(BooleanArray::from(vec![false; rows.len()])));
-    RecordBatch::try_new(schema, arrays)
+    out
+}
+
+/// Converts partitions to a record batch of the `projection` (indices into
+/// [`table_schema`]'s fields; `None` for all): only projected columns are
+/// converted.
+///
+/// # Errors
+/// As [`types::to_array`].
+pub fn to_projected_batch(
+    def: &TableDef,
+    partitions: &[Partition],
+    projection: Option<&[usize]>,
+) -> Result<RecordBatch> {
+    let full_schema = table_schema(def)?;
+    let all: Vec<usize> = (0..full_schema.fields().len()).collect();
+    let projection = projection.unwrap_or(&all);
+    let schema = Arc::new(
+        full_schema
+            .project(projection)
+            .map_err(|error| Error::Internal(format!("project the table schema: {error}")))?,
+    );
+    let columns = ordered_columns(def);
+    let n_rows: usize = partitions.iter().map(|p| p.rows.len().max(1)).sum();
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(projection.len());
+    for &idx in projection {
+        if let Some(column) = columns.get(idx) {
+            let position = |kind: fn(&ColumnKind) -> bool| {
+                columns[..idx].iter().filter(|c| kind(&c.kind)).count()
+            };
+            let key_idx = position(|k| matches!(k, ColumnKind::PartitionKey));
+            let clustering_idx = position(|k| matches!(k, ColumnKind::Clustering(_)));
+            let values = column_values(column, key_idx, clustering_idx, partitions);
+            arrays.push(types::to_array(&column.ty, &values)?);
+        } else if idx == columns.len() {
+            arrays.push(Arc::new(
+                TimestampMicrosecondArray::from(row_write_times(partitions)).with_timezone("UTC"),
+            ));
+        } else {
+            arrays.push(Arc::new(BooleanArray::from(vec![false; n_rows])));
+        }
+    }
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(n_rows));
+    RecordBatch::try_new_with_options(schema, arrays, &options)
         .map_err(|error| Error::Internal(format!("build record batch: {error}")))
 }
 
@@ -636,7 +695,8 @@ impl TableProvider for SourceTable {
                     .map_err(|error| Error::ResourcesExhausted(error.to_string()))
             })
             .map_err(external)?;
-        let batch = to_record_batch(&def, &partitions).map_err(external)?;
+        let batch = to_projected_batch(&def, &partitions, projection.map(Vec::as_slice))
+            .map_err(external)?;
         drop(partitions);
         // The cell view is gone; keep what the batch holds.
         reservation.resize(0);
@@ -652,13 +712,13 @@ impl TableProvider for SourceTable {
                 vec![batch.slice(offset, len)]
             })
             .collect();
+        let schema = batch.schema();
         let partitions = if partitions.is_empty() {
             vec![vec![batch]]
         } else {
             partitions
         };
-        let plan =
-            MemorySourceConfig::try_new_exec(&partitions, self.schema(), projection.cloned())?;
+        let plan = MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
         Ok(plan)
     }
 }
