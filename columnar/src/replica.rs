@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::RecordBatch;
 use concord_storage::cell::{self, WriteTime};
 use concord_storage::engine::{
     BatchOp, Direction, Family, KeyRange, KeyValue, ReadView, ScanIter, WriteBatch,
@@ -51,6 +52,8 @@ pub const CATCH_UP_RECORDS_MAX: usize = 4096;
 pub const DELTA_VERSIONS_MAX_DEFAULT: usize = 1 << 20;
 /// Segments per table above which a merge compacts them into one.
 pub const SEGMENTS_PER_TABLE_MAX: usize = 8;
+/// The memory the scan cache holds by default (whole-table scans as Arrow).
+pub const SCAN_CACHE_BYTES_MAX_DEFAULT: usize = 256 << 20;
 /// Rows per page of a replica scan.
 const SCAN_PAGE_ROWS: usize = 8192;
 
@@ -61,11 +64,38 @@ struct Version {
     cell: Vec<u8>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TableState {
     def: Option<Arc<TableDef>>,
+    /// The newest write time of any version applied to the table: a cached
+    /// scan at `T` stays exact while this is at or below `T`.
+    write_time_max: WriteTime,
     delta: BTreeMap<Vec<u8>, Vec<Version>>,
     segments: Vec<Arc<Segment>>,
+}
+
+impl Default for TableState {
+    fn default() -> TableState {
+        TableState {
+            def: None,
+            write_time_max: WriteTime(i64::MIN),
+            delta: BTreeMap::new(),
+            segments: Vec::new(),
+        }
+    }
+}
+
+/// A table's full scan at one snapshot, as Arrow, reused by later snapshots
+/// that would read the same rows: no version of the table was applied above
+/// `snapshot` and no cell expires between it and the later snapshot.
+#[derive(Debug)]
+struct CachedScan {
+    def: Arc<TableDef>,
+    snapshot: WriteTime,
+    /// The earliest expiry (seconds) after `snapshot`'s second among the
+    /// cells read; `i64::MAX` for none.
+    next_expiry_seconds: i64,
+    batch: RecordBatch,
 }
 
 #[derive(Debug)]
@@ -107,6 +137,9 @@ pub struct Replica {
     state: RwLock<State>,
     watermark: Mutex<WriteTime>,
     watermark_advanced: Condvar,
+    scan_cache: Mutex<BTreeMap<TableId, CachedScan>>,
+    scan_cache_bytes_max: usize,
+    n_scan_cache_hits: std::sync::atomic::AtomicU64,
 }
 
 /// Keeps a snapshot's versions from being merged away while it is held.
@@ -173,6 +206,9 @@ impl Replica {
             // Everything at or below the horizon is in segments.
             watermark: Mutex::new(manifest.horizon),
             watermark_advanced: Condvar::new(),
+            scan_cache: Mutex::new(BTreeMap::new()),
+            scan_cache_bytes_max: SCAN_CACHE_BYTES_MAX_DEFAULT,
+            n_scan_cache_hits: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -181,6 +217,7 @@ impl Replica {
     pub fn register_table(&self, def: Arc<TableDef>) {
         let id = def.id;
         self.state.write().tables.entry(id).or_default().def = Some(def);
+        self.scan_cache.lock().remove(&id);
     }
 
     /// Drops a table's data (its segments go once no reader holds them).
@@ -189,6 +226,7 @@ impl Replica {
     /// As [`Replica::merge`]: the manifest is rewritten without the table.
     pub fn drop_table(&self, table: TableId) -> Result<()> {
         let mut state = self.state.write();
+        self.scan_cache.lock().remove(&table);
         if let Some(removed) = state.tables.remove(&table) {
             state.n_delta_versions -= removed.delta.values().map(Vec::len).sum::<usize>();
             self.store_manifest(&mut state)?;
@@ -330,6 +368,7 @@ impl Replica {
                 }
             }
         }
+        table.write_time_max = table.write_time_max.max(record.write_time);
         state.n_delta_versions += n_versions;
         state.n_records_applied += 1;
         Ok(true)
@@ -374,6 +413,7 @@ impl Replica {
         for table in state.tables.values_mut() {
             retired.append(&mut table.segments);
             table.delta.clear();
+            table.write_time_max = table.write_time_max.max(frontier.watermark);
         }
         state.next_segment_id += rebuilt.len() as u64;
         for (table_id, segment) in rebuilt {
@@ -385,6 +425,7 @@ impl Replica {
                 .push(segment);
         }
         state.n_delta_versions = 0;
+        self.scan_cache.lock().clear();
         state.horizon = frontier.watermark;
         state.next_position = frontier.position_end;
         state.merged_position = frontier.position_end;
@@ -542,6 +583,90 @@ impl Replica {
         Ok(())
     }
 
+    /// Sets the memory the scan cache may hold (whole-table scans kept as
+    /// Arrow for later snapshots that read the same rows).
+    pub fn set_scan_cache_bytes_max(&mut self, bytes: usize) {
+        self.scan_cache_bytes_max = bytes;
+    }
+
+    /// Full scans answered from the scan cache since open (for tests and
+    /// metrics).
+    pub fn n_scan_cache_hits(&self) -> u64 {
+        self.n_scan_cache_hits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every live row of `table` at `snapshot` as one batch of
+    /// [`crate::sql::table_schema`], from the scan cache when a cached scan
+    /// is exact for `snapshot` (see [`CachedScan`]), otherwise read (calling
+    /// `charge` as [`Replica::read_within`] does) and cached.
+    ///
+    /// # Errors
+    /// As [`Replica::read_within`]; as [`crate::sql::to_record_batch`].
+    pub fn read_all_batch(
+        &self,
+        table: TableId,
+        snapshot: WriteTime,
+        charge: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<RecordBatch> {
+        let (def, write_time_max) = {
+            let state = self.state.read();
+            if snapshot < state.horizon {
+                return Err(Error::SnapshotTooOld {
+                    snapshot: snapshot.0,
+                    horizon: state.horizon.0,
+                });
+            }
+            let table_state = state
+                .tables
+                .get(&table)
+                .ok_or_else(|| Error::UnknownTable(format!("table id {}", table.0)))?;
+            let def = table_state
+                .def
+                .clone()
+                .ok_or_else(|| Error::UnknownTable(format!("table id {}", table.0)))?;
+            (def, table_state.write_time_max)
+        };
+        if let Some(cached) = self.scan_cache.lock().get(&table) {
+            let exact = Arc::ptr_eq(&cached.def, &def)
+                && cached.snapshot <= snapshot
+                && write_time_max <= cached.snapshot
+                && snapshot.seconds() < cached.next_expiry_seconds;
+            if exact {
+                self.n_scan_cache_hits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(cached.batch.clone());
+            }
+        }
+        let (def, view) = self.view_at(table, snapshot, &PartitionFilter::All, charge)?;
+        let next_expiry_seconds = view.next_expiry_after(snapshot.seconds())?;
+        let partitions = scan_all(&view, &def, snapshot.seconds())?;
+        drop(view);
+        let batch = crate::sql::to_record_batch(&def, &partitions)?;
+        let bytes = batch.get_array_memory_size();
+        if bytes <= self.scan_cache_bytes_max {
+            let mut cache = self.scan_cache.lock();
+            cache.remove(&table);
+            let held: usize = cache
+                .values()
+                .map(|c| c.batch.get_array_memory_size())
+                .sum();
+            if held + bytes > self.scan_cache_bytes_max {
+                cache.clear();
+            }
+            cache.insert(
+                table,
+                CachedScan {
+                    def,
+                    snapshot,
+                    next_expiry_seconds,
+                    batch: batch.clone(),
+                },
+            );
+        }
+        Ok(batch)
+    }
+
     /// The live partitions of `table` at `snapshot`, as the row store returns
     /// them, with expiry judged at the snapshot's second.
     ///
@@ -582,26 +707,7 @@ impl Replica {
             )?
             .into_iter()
             .collect(),
-            PartitionFilter::All => {
-                let mut partitions = Vec::new();
-                let mut cursor = None;
-                loop {
-                    let page = rows::scan_token_range(
-                        &view,
-                        &def,
-                        &TokenRange::full_ring(),
-                        cursor.as_ref(),
-                        SCAN_PAGE_ROWS,
-                        now_seconds,
-                    )?;
-                    append_page(&mut partitions, page.partitions);
-                    match page.next {
-                        Some(next) => cursor = Some(next),
-                        None => break,
-                    }
-                }
-                partitions
-            }
+            PartitionFilter::All => scan_all(&view, &def, now_seconds)?,
         };
         Ok((def, partitions))
     }
@@ -652,6 +758,28 @@ impl Replica {
         }
         Ok((def, CellView { cells: winners }))
     }
+}
+
+/// Every live partition of `def` in `view`.
+fn scan_all(view: &CellView, def: &TableDef, now_seconds: i64) -> Result<Vec<Partition>> {
+    let mut partitions = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = rows::scan_token_range(
+            view,
+            def,
+            &TokenRange::full_ring(),
+            cursor.as_ref(),
+            SCAN_PAGE_ROWS,
+            now_seconds,
+        )?;
+        append_page(&mut partitions, page.partitions);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    Ok(partitions)
 }
 
 /// Deletes segment files the manifest does not name: written by a merge that
@@ -772,6 +900,25 @@ fn without_dropped_columns(
 #[derive(Debug)]
 pub struct CellView {
     cells: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl CellView {
+    /// The earliest expiry (seconds) after `seconds` among the view's cells;
+    /// `i64::MAX` for none.
+    ///
+    /// # Errors
+    /// `Corruption` for a cell that does not decode.
+    fn next_expiry_after(&self, seconds: i64) -> Result<i64> {
+        let mut next = i64::MAX;
+        for cell in self.cells.values() {
+            if let Some(expiry) = cell::CellHeader::decode(cell)?.expiry
+                && expiry.expiry_seconds > seconds
+            {
+                next = next.min(expiry.expiry_seconds);
+            }
+        }
+        Ok(next)
+    }
 }
 
 impl ReadView for CellView {

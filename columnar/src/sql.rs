@@ -61,6 +61,9 @@ pub struct ColumnarOptions {
     pub analytics_threads: usize,
     /// Delta versions above which ingest merges into segments.
     pub delta_versions_max: usize,
+    /// Memory of whole-table scans kept as Arrow for later snapshots that
+    /// read the same rows (see `Replica::read_all_batch`).
+    pub scan_cache_bytes_max: usize,
 }
 
 impl Default for ColumnarOptions {
@@ -71,6 +74,7 @@ impl Default for ColumnarOptions {
             memory_pool_bytes: 1 << 30,
             analytics_threads: 2,
             delta_versions_max: crate::replica::DELTA_VERSIONS_MAX_DEFAULT,
+            scan_cache_bytes_max: crate::replica::SCAN_CACHE_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -110,6 +114,22 @@ pub trait PartitionSource: Send + Sync + std::fmt::Debug {
 
     /// Says what the scan reads, for `EXPLAIN`.
     fn describe(&self) -> String;
+
+    /// [`PartitionSource::read`] as a batch of the `projection` of
+    /// [`table_schema`] (`None`: every column).
+    ///
+    /// # Errors
+    /// As [`PartitionSource::read`]; as [`to_projected_batch`].
+    fn read_batch(
+        &self,
+        table: &Arc<TableDef>,
+        filter: &PartitionFilter,
+        projection: Option<&[usize]>,
+        charge: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<RecordBatch> {
+        let (def, partitions) = self.read(table, filter, charge)?;
+        to_projected_batch(&def, &partitions, projection)
+    }
 }
 
 /// The replica at one snapshot.
@@ -132,6 +152,32 @@ impl PartitionSource for ReplicaSource {
 
     fn describe(&self) -> String {
         format!("columnar replica at snapshot {}", self.snapshot.0)
+    }
+
+    fn read_batch(
+        &self,
+        table: &Arc<TableDef>,
+        filter: &PartitionFilter,
+        projection: Option<&[usize]>,
+        charge: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<RecordBatch> {
+        match filter {
+            PartitionFilter::All => {
+                let batch = self
+                    .replica
+                    .read_all_batch(table.id, self.snapshot, charge)?;
+                match projection {
+                    Some(projection) => batch.project(projection).map_err(|error| {
+                        Error::Internal(format!("project a cached scan: {error}"))
+                    }),
+                    None => Ok(batch),
+                }
+            }
+            PartitionFilter::Key(_) => {
+                let (def, partitions) = self.read(table, filter, charge)?;
+                to_projected_batch(&def, &partitions, projection)
+            }
+        }
     }
 }
 
@@ -160,7 +206,9 @@ impl Columnar {
     /// # Errors
     /// As [`Replica::open`]; `Io` if the runtime cannot start.
     pub fn open(dir: &std::path::Path, options: ColumnarOptions) -> Result<Columnar> {
-        let replica = Arc::new(Replica::open(dir, options.delta_versions_max)?);
+        let mut replica = Replica::open(dir, options.delta_versions_max)?;
+        replica.set_scan_cache_bytes_max(options.scan_cache_bytes_max);
+        let replica = Arc::new(replica);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(options.analytics_threads.max(1))
             .thread_name("concord-analytics")
@@ -687,17 +735,19 @@ impl TableProvider for SourceTable {
         let reservation =
             MemoryConsumer::new(format!("concord scan {}", self.def.qualified_name()))
                 .register(&state.runtime_env().memory_pool);
-        let (def, partitions) = self
+        let batch = self
             .source
-            .read(&self.def, &filter, &mut |bytes| {
-                reservation
-                    .try_grow(bytes)
-                    .map_err(|error| Error::ResourcesExhausted(error.to_string()))
-            })
+            .read_batch(
+                &self.def,
+                &filter,
+                projection.map(Vec::as_slice),
+                &mut |bytes| {
+                    reservation
+                        .try_grow(bytes)
+                        .map_err(|error| Error::ResourcesExhausted(error.to_string()))
+                },
+            )
             .map_err(external)?;
-        let batch = to_projected_batch(&def, &partitions, projection.map(Vec::as_slice))
-            .map_err(external)?;
-        drop(partitions);
         // The cell view is gone; keep what the batch holds.
         reservation.resize(0);
         reservation.try_grow(batch.get_array_memory_size())?;

@@ -254,3 +254,55 @@ fn unknown_tables_are_sql_errors_and_schema_changes_show() {
         .expect_err("unknown table");
     assert!(matches!(error, Error::Sql(_)), "{error}");
 }
+
+#[test]
+fn whole_table_scans_are_reused_until_a_write_or_an_expiry_changes_them() {
+    let table = model::table(model::model_table_options());
+    let mut node = Node::new(table.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    let columnar = open_columnar(dir.path(), ColumnarOptions::default());
+    columnar.replica().register_table(table.clone());
+    let replica = columnar.replica();
+    let catch_up = |node: &Node| {
+        replica
+            .catch_up(&node.engine, node.feed.frontier())
+            .expect("catch up");
+    };
+    node.write(row(&table, 1, 1), WriteTime(T0 + 1));
+    let mut expiring = row(&table, 2, 2);
+    let RowOp::Upsert { ttl, .. } = &mut expiring.ops[0] else {
+        panic!("an upsert")
+    };
+    *ttl = Ttl::Seconds(10);
+    node.write(expiring, WriteTime(T0 + 2));
+    catch_up(&node);
+    let at = |micros: i64| Snapshot::At(WriteTime(T0 + micros));
+    assert_eq!(count(&columnar, at(2)).expect("count"), 2);
+    let hits = replica.n_scan_cache_hits();
+    assert_eq!(count(&columnar, at(2)).expect("count"), 2);
+    assert_eq!(replica.n_scan_cache_hits(), hits + 1, "same snapshot");
+    // Later, with no write and no expiry in between: the same rows.
+    drop(node.feed.begin(|| WriteTime(T0 + 3_000_000)));
+    catch_up(&node);
+    assert_eq!(count(&columnar, at(3_000_000)).expect("count"), 2);
+    assert_eq!(replica.n_scan_cache_hits(), hits + 2, "nothing changed");
+    // Past the TTL the row is gone: the cached scan is not used.
+    drop(node.feed.begin(|| WriteTime(T0 + 11_000_000)));
+    catch_up(&node);
+    assert_eq!(count(&columnar, at(11_000_000)).expect("count"), 1);
+    assert_eq!(replica.n_scan_cache_hits(), hits + 2, "an expiry passed");
+    // A write invalidates it; an earlier snapshot never reads a later scan.
+    node.write(row(&table, 3, 3), WriteTime(T0 + 12_000_000));
+    catch_up(&node);
+    assert_eq!(count(&columnar, at(12_000_000)).expect("count"), 2);
+    assert_eq!(count(&columnar, at(2)).expect("count"), 2);
+    assert_eq!(count(&columnar, at(11_000_000)).expect("count"), 1);
+    assert_eq!(replica.n_scan_cache_hits(), hits + 2, "every scan re-read");
+    // A scan below the newest write is not reused (conservatively), one at
+    // or above it is.
+    assert_eq!(count(&columnar, at(11_000_000)).expect("count"), 1);
+    assert_eq!(replica.n_scan_cache_hits(), hits + 2);
+    assert_eq!(count(&columnar, at(12_000_000)).expect("count"), 2);
+    assert_eq!(count(&columnar, at(12_000_000)).expect("count"), 2);
+    assert_eq!(replica.n_scan_cache_hits(), hits + 3);
+}
