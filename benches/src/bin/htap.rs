@@ -6,9 +6,12 @@
 //! write path's cost of the change feed (analytics on vs off) and the
 //! freshness lag of default and bounded-staleness reads.
 //!
-//! Run: `cargo bench -p concord-benches --bench htap -- [--sf 0.01]
+//! Run: `cargo run --profile bench -p concord-benches --bin htap -- [--sf 0.01]
 //! [--clicks 100000] [--runs 3] [--no-duckdb]`. The first run creates a
-//! Python venv with `duckdb` (PyPI) under the target directory.
+//! Python venv with `duckdb` (PyPI) under the target directory. A binary, not
+//! a `[[bench]]` target: bench targets build with the crate's
+//! dev-dependencies, whose features force a second release build of the
+//! whole Arrow/DataFusion stack.
 //!
 //! Prints medians and the ratios replica/DuckDB and row-scan/replica, and the
 //! replica's first run (cold: it fills the scan cache, and later runs of an
