@@ -818,6 +818,30 @@ impl<E: Engine> Db<E> {
         )
     }
 
+    /// `ALTER KEYSPACE`.
+    ///
+    /// # Errors
+    /// As [`Schema::alter_keyspace`].
+    pub fn alter_keyspace(&self, def: KeyspaceDef) -> Result<()> {
+        self.change_schema(|schema| schema.alter_keyspace(def), |_, _| {})
+    }
+
+    /// `ALTER TABLE ... RENAME`.
+    ///
+    /// # Errors
+    /// As [`Schema::rename_columns`].
+    pub fn rename_columns(
+        &self,
+        keyspace: &str,
+        table: &str,
+        renames: &[(String, String)],
+    ) -> Result<Arc<TableDef>> {
+        self.change_schema(
+            |schema| schema.rename_columns(keyspace, table, renames),
+            |_, _| {},
+        )
+    }
+
     /// `ALTER TABLE ... WITH`.
     ///
     /// # Errors

@@ -369,6 +369,29 @@ impl Schema {
         }
     }
 
+    /// Replaces a keyspace's replication and `durable_writes`
+    /// (`ALTER KEYSPACE`); its types and tables stay.
+    ///
+    /// # Errors
+    /// `UnknownKeyspace`; `InvalidRequest` for a replication factor of 0.
+    pub fn alter_keyspace(&mut self, def: KeyspaceDef) -> Result<()> {
+        if let ReplicationStrategy::Simple {
+            replication_factor: 0,
+        } = def.replication
+        {
+            return Err(Error::InvalidRequest(
+                "replication_factor must be at least 1".into(),
+            ));
+        }
+        let keyspace = self
+            .keyspaces
+            .get_mut(&def.name)
+            .ok_or_else(|| Error::UnknownKeyspace(def.name.clone()))?;
+        keyspace.def = def;
+        self.version += 1;
+        Ok(())
+    }
+
     /// Creates a user-defined type. Returns false if it existed and lenient.
     ///
     /// # Errors
@@ -700,6 +723,46 @@ impl Schema {
             .iter()
             .map(|&idx| reindex(idx))
             .collect();
+        self.replace_table(table_def)
+    }
+
+    /// Renames primary key columns (`ALTER TABLE ... RENAME a TO b AND ...`).
+    /// Cells are stored by column id, so no data moves. As in Cassandra,
+    /// only primary key columns may be renamed.
+    ///
+    /// # Errors
+    /// `InvalidRequest` for a missing, non-key or taken name.
+    pub fn rename_columns(
+        &mut self,
+        keyspace: &str,
+        table: &str,
+        renames: &[(String, String)],
+    ) -> Result<Arc<TableDef>> {
+        let mut table_def = (**self.table(keyspace, table)?).clone();
+        for (from, to) in renames {
+            check_column_name(to)?;
+            let Some(position) = table_def.columns.iter().position(|c| c.name == *from) else {
+                return Err(Error::InvalidRequest(format!(
+                    "column {from} does not exist in {}",
+                    table_def.qualified_name()
+                )));
+            };
+            if matches!(
+                table_def.columns[position].kind,
+                ColumnKind::Regular | ColumnKind::Static
+            ) {
+                return Err(Error::InvalidRequest(format!(
+                    "cannot rename non primary key column {from}: only primary key columns can be renamed"
+                )));
+            }
+            if table_def.columns.iter().any(|c| c.name == *to) {
+                return Err(Error::InvalidRequest(format!(
+                    "cannot rename {from} to {to}: a column {to} already exists in {}",
+                    table_def.qualified_name()
+                )));
+            }
+            table_def.columns[position].name = to.clone();
+        }
         self.replace_table(table_def)
     }
 

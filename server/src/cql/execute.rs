@@ -2005,6 +2005,13 @@ fn keyspace_def(name: &str, properties: &[Property]) -> CqlResult<KeyspaceDef> {
         },
         durable_writes: true,
     };
+    apply_keyspace_properties(&mut def, properties)?;
+    Ok(def)
+}
+
+/// `WITH replication = {...} AND durable_writes = ...` over a keyspace
+/// definition (CREATE starts from the defaults, ALTER from the current one).
+fn apply_keyspace_properties(def: &mut KeyspaceDef, properties: &[Property]) -> CqlResult<()> {
     for property in properties {
         match property.name.as_str() {
             "replication" => {
@@ -2054,7 +2061,7 @@ fn keyspace_def(name: &str, properties: &[Property]) -> CqlResult<KeyspaceDef> {
             other => return Err(CqlError::Config(format!("unknown keyspace option {other}"))),
         }
     }
-    Ok(def)
+    Ok(())
 }
 
 fn apply_table_properties(options: &mut TableOptions, properties: &[Property]) -> CqlResult<()> {
@@ -2218,9 +2225,20 @@ fn execute_ddl(context: &mut Context<'_>, statement: &Statement) -> CqlResult<Re
                 None,
             )
         }
-        Statement::AlterKeyspace { name, .. } => invalid!(
-            "ALTER KEYSPACE {name} is not supported yet (replication is fixed at creation on a single node)"
-        ),
+        Statement::AlterKeyspace { name, properties } => {
+            if system::VIRTUAL_KEYSPACES.contains(&name.as_str()) {
+                invalid!("keyspace {name} is a system keyspace and cannot be altered");
+            }
+            let mut def = db.schema().keyspace(name)?.def.clone();
+            apply_keyspace_properties(&mut def, properties)?;
+            db.alter_keyspace(def)?;
+            schema_change(
+                SchemaChangeType::Updated,
+                SchemaChangeTarget::Keyspace,
+                name,
+                None,
+            )
+        }
         Statement::DropKeyspace {
             name,
             if_exists: flag,
@@ -2283,8 +2301,8 @@ fn execute_ddl(context: &mut Context<'_>, statement: &Statement) -> CqlResult<Re
                         db.drop_column(&keyspace, &table.name, column)?;
                     }
                 }
-                AlterTableAction::Rename(_) => {
-                    invalid!("ALTER TABLE ... RENAME is not supported yet")
+                AlterTableAction::Rename(renames) => {
+                    db.rename_columns(&keyspace, &table.name, renames)?;
                 }
                 AlterTableAction::With(properties) => {
                     let mut options = db.table(&keyspace, &table.name)?.options.clone();
