@@ -603,6 +603,15 @@ impl Node {
         if local.is_some_and(Status::is_final) {
             return Ok(());
         }
+        let watermark = match &knowledge.txn {
+            Some(txn) => self.durable_before_of(txn),
+            None => self.durable_before_all(),
+        };
+        if local.is_none() && txn_id.timestamp() < watermark {
+            // Collected here already (or never committable): an answer to an old question
+            // must not bring it back, least of all re-apply its writes over newer ones.
+            return Ok(());
+        }
         if knowledge.status == Status::Applied && knowledge.txn.is_none() && local.is_some() {
             // Collected by the peer: applied on every replica of its shards.
             return self.finish_collected_foreign(now, txn_id);

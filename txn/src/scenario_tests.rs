@@ -275,10 +275,12 @@ fn durability_round_fences_collects_and_survives_restart() {
     let mut net = Net::with_config(3, FastPathMode::Standard, config);
     let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
     let mut ids = Vec::new();
+    let mut txns = Vec::new();
     for request in 0..12u64 {
         let node = NodeId(1 + (request % 3) as u32);
         let key = Key::numbered(request % 4);
         let txn = Txn::new(vec![key.clone()], Update::Append(vec![(key, request)]));
+        txns.push(txn.clone());
         net.input(
             node,
             Input::Client {
@@ -359,4 +361,34 @@ fn durability_round_fences_collects_and_survives_restart() {
     });
     assert!(answered, "{:?}", net.in_flight);
     assert_eq!(net.nodes[&n2].command_count(), 0, "nothing was recreated");
+    // A late answer to an old CheckStatus about a collected transaction must not bring it
+    // back: re-applying its writes would overwrite newer ones (swarm seed 5010, 2,000 txns).
+    let stale: crate::txn::Writes = [(Key::numbered(0), Some(vec![0; 8]))].into_iter().collect();
+    net.input(
+        n2,
+        Input::Message {
+            from: n1,
+            message: Message::CheckStatusOk {
+                txn_id: ids[0],
+                knowledge: Some(Box::new(crate::messages::Knowledge {
+                    status: Status::Applied,
+                    txn: Some(txns[0].clone()),
+                    execute_at: ids[0].timestamp(),
+                    deps: crate::txn::Deps::new(),
+                    writes: Some(stale),
+                })),
+                durable_before: Vec::new(),
+            },
+        },
+    );
+    assert_eq!(
+        net.nodes[&n2].command_count(),
+        0,
+        "a collected txn came back"
+    );
+    let data = net.nodes[&n2].data.read(&[Key::numbered(0)]).expect("read");
+    let list = data[&Key::numbered(0)]
+        .clone()
+        .expect("key 0 was appended to");
+    assert_eq!(list.len(), 3 * 8, "key 0 holds its three appends");
 }

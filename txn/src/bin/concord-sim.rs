@@ -4,6 +4,7 @@
 //!   concord-sim --seeds 10000 [--first-seed 0] [--txns 500] [--bug DropDeps]
 //!   concord-sim --seed 42 [--txns 500]            replay one seed, print its report
 //!   concord-sim ... --plan recovery               SimConfig::recovery instead of swarm
+//!   concord-sim ... --no-gc                       without durability rounds / GC (bisecting)
 //!   concord-sim --measure                         messages per txn and fast-path share
 //!   concord-sim --long 1000000 [--calm]           bounded state: command/journal curve
 //! ```
@@ -40,12 +41,15 @@ fn main() -> ExitCode {
     let bug = value("--bug").and_then(|name| parse_bug(&name));
     // `--plan recovery`: `SimConfig::recovery` instead of `SimConfig::swarm`.
     let recovery_plan = value("--plan").as_deref() == Some("recovery");
+    let no_gc = args.iter().any(|arg| arg == "--no-gc");
     let config_for = |seed: u64| {
-        if recovery_plan {
+        let mut config = if recovery_plan {
             SimConfig::recovery(seed, txns)
         } else {
             SimConfig::swarm(seed, txns)
-        }
+        };
+        config.gc = !no_gc;
+        config
     };
     if args.iter().any(|arg| arg == "--measure") {
         measure(number("--measure-txns", 2_000) as usize);
