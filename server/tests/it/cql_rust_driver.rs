@@ -140,6 +140,37 @@ async fn run(node: &Node) -> Result<(), Box<dyn std::error::Error>> {
         .await
         .expect_err("unknown column");
     assert!(error.to_string().contains("nope"), "{error}");
+
+    // ALTER TABLE RENAME (primary key columns) and ALTER KEYSPACE: the
+    // rows stay, found under the new name; the driver sees the keyspace change.
+    session
+        .query_unpaged("ALTER TABLE rs.kv RENAME c TO position", &[])
+        .await?;
+    session
+        .query_unpaged(
+            "ALTER KEYSPACE rs WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
+            &[],
+        )
+        .await?;
+    session.await_schema_agreement().await?;
+    let (value,): (String,) = session
+        .query_unpaged("SELECT v FROM rs.kv WHERE k = 7 AND position = 249", &[])
+        .await?
+        .into_rows_result()?
+        .single_row()?;
+    assert_eq!(value, "v249");
+    let (replication,): (std::collections::HashMap<String, String>,) = session
+        .query_unpaged(
+            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = 'rs'",
+            &[],
+        )
+        .await?
+        .into_rows_result()?
+        .single_row()?;
+    assert_eq!(
+        replication.get("replication_factor").map(String::as_str),
+        Some("3")
+    );
     Ok(())
 }
 
