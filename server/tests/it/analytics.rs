@@ -43,7 +43,7 @@ fn fast_options() -> AnalyticsOptions {
     }
 }
 
-fn create_schema(db: &Db) -> Arc<TableDef> {
+fn create_schema<E: concord_storage::engine::Engine>(db: &Db<E>) -> Arc<TableDef> {
     db.create_keyspace(
         KeyspaceDef {
             name: "shop".into(),
@@ -408,4 +408,94 @@ fn an_analytic_query_over_the_memory_pool_fails_and_oltp_goes_on() {
         .expect("small lookup");
     assert_eq!(lookup.store, Store::RowStore);
     assert!(text(&lookup).contains("| 40 "), "{}", text(&lookup));
+}
+
+/// A fixed-seed generator (xorshift64), so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[test]
+fn through_the_db_the_replica_answers_as_the_row_store_after_every_delete_shape_and_ttl() {
+    use concord_storage::clock::ManualClock;
+    use concord_storage::rows::{Slice, SliceBound};
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000));
+    let mut db = Db::open_in_memory(clock.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    db.start_analytics(dir.path(), fast_options())
+        .expect("analytics");
+    let table = create_schema(&db);
+    let amount = table.column("amount").expect("amount").id;
+    let item = table.column("item").expect("item").id;
+    let queries = [
+        "SELECT customer, id, amount, item FROM shop.orders ORDER BY customer, id",
+        "SELECT customer, id, amount FROM shop.orders WHERE amount > 40 AND item <> 'item-3' ORDER BY customer, id",
+        "SELECT item, count(*) AS n, sum(amount) AS total, max(id) AS top FROM shop.orders GROUP BY item ORDER BY item",
+        "SELECT a.customer, count(*) AS n FROM shop.orders a JOIN shop.orders b \
+         ON a.item = b.item AND a.customer <> b.customer GROUP BY a.customer ORDER BY a.customer",
+    ];
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    for step in 0..300 {
+        let customer = rng.below(8) as i32;
+        let id = rng.below(12) as i64;
+        let mut mutation = order(&table, customer, id, rng.below(100) as i64);
+        mutation.ops = vec![match rng.below(10) {
+            0 => RowOp::DeleteRow {
+                clustering: vec![CqlValue::Bigint(id)],
+            },
+            1 => RowOp::DeleteRange(Slice {
+                start: SliceBound::Included(vec![CqlValue::Bigint(id)]),
+                end: SliceBound::Excluded(vec![CqlValue::Bigint(id + 3)]),
+            }),
+            2 if step % 5 == 0 => RowOp::DeletePartition,
+            3 => RowOp::Upsert {
+                clustering: vec![CqlValue::Bigint(id)],
+                liveness: Liveness::CellsOnly,
+                ttl: Ttl::Unlimited,
+                cells: vec![(amount, CellOp::Set(None))],
+            },
+            4 | 5 => RowOp::Upsert {
+                clustering: vec![CqlValue::Bigint(id)],
+                liveness: Liveness::RowMarker,
+                ttl: Ttl::Seconds(1 + rng.below(20) as u32),
+                cells: vec![
+                    (
+                        amount,
+                        CellOp::Set(Some(CqlValue::Bigint(rng.below(100) as i64))),
+                    ),
+                    (
+                        item,
+                        CellOp::Set(Some(CqlValue::Text(format!("item-{}", id % 4)))),
+                    ),
+                ],
+            },
+            _ => mutation.ops[0].clone(),
+        }];
+        db.write(vec![mutation]).expect("write");
+        if step % 3 == 0 {
+            clock.advance_micros(1_000_000);
+        }
+        if step % 100 == 99 {
+            for query in queries {
+                let answer = |hint: &str| {
+                    let result = db
+                        .sql(&query.replacen("SELECT", &format!("SELECT {hint}"), 1))
+                        .expect("query");
+                    text(&result)
+                };
+                assert_eq!(
+                    answer("/*+ COLUMNAR */"),
+                    answer("/*+ ROW_STORE */"),
+                    "step {step}: {query}"
+                );
+            }
+        }
+    }
 }
