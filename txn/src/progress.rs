@@ -67,18 +67,21 @@ impl Node {
                 // no definition: use one learned from a peer, and otherwise ask the peers of
                 // its own shards (an AcceptInvalidate reaches only home-shard replicas, so
                 // this node replicates the home shard).
-                match txn.or_else(|| self.learned.get(&txn_id).cloned()) {
-                    Some(txn) => self.start_recovery(now, txn_id, txn),
-                    None => {
-                        let own: Vec<_> = self
-                            .topology
-                            .shards
-                            .iter()
-                            .filter(|shard| shard.is_replica(self.id))
-                            .map(|shard| shard.id)
-                            .collect();
-                        self.check_status_at(txn_id, &own);
-                    }
+                // Ask the peers too: a command a late message brought back after it was
+                // collected gets no recovery replies, only a "collected" answer (and the
+                // peers' watermarks) that drop it.
+                if let Some(txn) = txn.or_else(|| self.learned.get(&txn_id).cloned()) {
+                    self.start_recovery(now, txn_id, txn);
+                }
+                {
+                    let own: Vec<_> = self
+                        .topology
+                        .shards
+                        .iter()
+                        .filter(|shard| shard.is_replica(self.id))
+                        .map(|shard| shard.id)
+                        .collect();
+                    self.check_status_at(txn_id, &own);
                 }
                 continue;
             }

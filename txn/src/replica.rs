@@ -613,7 +613,20 @@ impl Node {
             return Ok(());
         }
         if knowledge.status == Status::Applied && knowledge.txn.is_none() && local.is_some() {
-            // Collected by the peer: applied on every replica of its shards.
+            // Collected by the peer: final on every replica of its shards, or never
+            // committable. A stub without a definition here (made by a late AcceptInvalidate
+            // after this node collected it) is garbage: drop it.
+            let stub = self
+                .commands
+                .get(&txn_id)
+                .is_some_and(|command| command.txn.is_none());
+            if stub {
+                self.commands.remove(&txn_id);
+                self.journal.erase(&[txn_id])?;
+                self.erased.insert(txn_id);
+                self.changed.push_back(txn_id);
+                return Ok(());
+            }
             return self.finish_collected_foreign(now, txn_id);
         }
         match (knowledge.status, knowledge.txn) {

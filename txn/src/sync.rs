@@ -564,10 +564,10 @@ impl Node {
         self.collect_garbage()
     }
 
-    /// A command of a transaction that touches none of this node's keys (learned to follow a
-    /// dep) that is final on every replica of its shards: nothing is left to do here, so it
-    /// counts as applied. Commands with keys here are left alone (the round already saw them
-    /// final).
+    /// A non-final command below the DurableBefore watermark of every shard it touches. One
+    /// that touches none of this node's keys (learned to follow a dep) is final on every
+    /// replica of its shards: nothing is left to do here, so it counts as applied. One with
+    /// keys here was brought back by a late message after it was collected: it is dropped.
     pub(crate) fn finish_collected_foreign(&mut self, now: LocalTime, txn_id: TxnId) -> Result<()> {
         let Some(command) = self.commands.get(&txn_id) else {
             return Ok(());
@@ -576,7 +576,17 @@ impl Node {
             .txn
             .as_ref()
             .is_some_and(|txn| self.owned_keys(txn).is_empty());
-        if command.status.is_final() || !foreign {
+        if command.status.is_final() {
+            return Ok(());
+        }
+        if !foreign {
+            // Below the watermark every replica of its shards (this one included) had it
+            // final when the round checked, so this is a copy a late message (under a stale
+            // watermark) brought back after it was collected: drop it.
+            self.commands.remove(&txn_id);
+            self.journal.erase(&[txn_id])?;
+            self.erased.insert(txn_id);
+            self.changed.push_back(txn_id);
             return Ok(());
         }
         let command = self.commands.get_mut(&txn_id).expect("exists");
