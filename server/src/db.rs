@@ -39,8 +39,9 @@ use concord_storage::rows::{
 };
 use concord_storage::schema::{
     ColumnId, ColumnSpec, IfExists, KeyspaceDef, Schema, TableDef, TableOptions, TableSpec,
+    TypeChange,
 };
-use concord_storage::types::CqlType;
+use concord_storage::types::{CqlType, UdtDefinition};
 use concord_storage::value::CqlValue;
 use concord_storage_rocksdb::{RocksEngine, RocksTuning};
 use parking_lot::{Mutex, RwLock};
@@ -838,6 +839,23 @@ impl<E: Engine> Db<E> {
     ) -> Result<Arc<TableDef>> {
         self.change_schema(
             |schema| schema.rename_columns(keyspace, table, renames),
+            |_, _| {},
+        )
+    }
+
+    /// `ALTER TYPE`: adds or renames fields of a user type, rewriting the
+    /// tables that use it (their stored values are positional and stay).
+    ///
+    /// # Errors
+    /// As [`Schema::alter_type`].
+    pub fn alter_type(
+        &self,
+        keyspace: &str,
+        name: &str,
+        change: TypeChange,
+    ) -> Result<Arc<UdtDefinition>> {
+        self.change_schema(
+            |schema| schema.alter_type(keyspace, name, change),
             |_, _| {},
         )
     }

@@ -489,6 +489,133 @@ impl Schema {
         Ok(true)
     }
 
+    /// Changes a user-defined type (`ALTER TYPE`) and every type and table
+    /// column that embeds it. Values are stored by field position, so a
+    /// rename touches names only, and values written before an added field
+    /// read it as null.
+    ///
+    /// A field cannot be added to a type used (at any depth) in a primary key
+    /// column: a key's bytes hold its fields, so an old key without the field
+    /// and a new key with it null would be two different keys for one value.
+    ///
+    /// # Errors
+    /// `UnknownKeyspace`, `UnknownType`, `InvalidRequest` (unknown or
+    /// duplicate field, a type in a primary key), `InvalidType`.
+    pub fn alter_type(
+        &mut self,
+        keyspace_name: &str,
+        name: &str,
+        change: TypeChange,
+    ) -> Result<Arc<UdtDefinition>> {
+        let keyspace = self
+            .keyspaces
+            .get_mut(keyspace_name)
+            .ok_or_else(|| Error::UnknownKeyspace(keyspace_name.to_owned()))?;
+        let Some(position) = keyspace.types.iter().position(|udt| udt.name == name) else {
+            return Err(Error::UnknownType {
+                keyspace: keyspace_name.to_owned(),
+                name: name.to_owned(),
+            });
+        };
+        let mut definition = (*keyspace.types[position]).clone();
+        let field_names = |definition: &UdtDefinition| {
+            let names: Vec<&str> = definition.fields.iter().map(|(n, _)| n.as_str()).collect();
+            names.join(", ")
+        };
+        match change {
+            TypeChange::AddField(field_name, field_type) => {
+                check_column_name(&field_name)?;
+                if definition.fields.iter().any(|(n, _)| *n == field_name) {
+                    return Err(Error::InvalidRequest(format!(
+                        "type {keyspace_name}.{name} already has a field {field_name}"
+                    )));
+                }
+                check_frozen_type(&field_name, &field_type)?;
+                if field_type.is_multi_cell() {
+                    return Err(Error::InvalidType(format!(
+                        "field {field_name} of type {name}: non-frozen {field_type} is not allowed inside a user type, use frozen<{field_type}>"
+                    )));
+                }
+                if type_mentions(&field_type, name) {
+                    return Err(Error::InvalidRequest(format!(
+                        "field {field_name} of type {keyspace_name}.{name} cannot contain the type itself"
+                    )));
+                }
+                let in_key = keyspace.tables.values().find_map(|table| {
+                    table
+                        .columns
+                        .iter()
+                        .find(|column| {
+                            matches!(
+                                column.kind,
+                                ColumnKind::PartitionKey | ColumnKind::Clustering(_)
+                            ) && type_mentions(&column.ty, name)
+                        })
+                        .map(|column| (table.qualified_name(), column.name.clone()))
+                });
+                if let Some((table, column)) = in_key {
+                    return Err(Error::InvalidRequest(format!(
+                        "cannot add a field to type {keyspace_name}.{name}: primary key column {column} of {table} uses it, and keys written before would differ from equal keys written after"
+                    )));
+                }
+                definition.fields.push((field_name, field_type));
+            }
+            TypeChange::RenameFields(renames) => {
+                for (from, to) in renames {
+                    check_column_name(&to)?;
+                    let Some(field_idx) = definition.fields.iter().position(|(n, _)| *n == from)
+                    else {
+                        return Err(Error::InvalidRequest(format!(
+                            "type {keyspace_name}.{name} has no field {from}; its fields are: {}",
+                            field_names(&definition)
+                        )));
+                    };
+                    if definition.fields.iter().any(|(n, _)| *n == to) {
+                        return Err(Error::InvalidRequest(format!(
+                            "cannot rename field {from} to {to}: type {keyspace_name}.{name} already has a field {to}"
+                        )));
+                    }
+                    definition.fields[field_idx].0 = to;
+                }
+            }
+        }
+        let altered = Arc::new(definition);
+        // Types are kept in dependency order; rewrite every type that embeds
+        // the altered one (they come after it), then every table column.
+        let mut replaced: BTreeMap<String, Arc<UdtDefinition>> = BTreeMap::new();
+        replaced.insert(name.to_owned(), altered.clone());
+        for udt in &mut keyspace.types {
+            if udt.name == name {
+                *udt = altered.clone();
+            } else if replaced.keys().any(|other| type_mentions_udt(udt, other)) {
+                let mut rewritten = (**udt).clone();
+                for (_, field_type) in &mut rewritten.fields {
+                    *field_type = replace_udts(field_type, &replaced);
+                }
+                let rewritten = Arc::new(rewritten);
+                replaced.insert(rewritten.name.clone(), rewritten.clone());
+                *udt = rewritten;
+            }
+        }
+        // The added field may name a type created after this one.
+        keyspace.types = order_by_dependency(std::mem::take(&mut keyspace.types));
+        for table in keyspace.tables.values_mut() {
+            if table
+                .columns
+                .iter()
+                .any(|column| type_mentions(&column.ty, name))
+            {
+                let mut rewritten = (**table).clone();
+                for column in &mut rewritten.columns {
+                    column.ty = replace_udts(&column.ty, &replaced);
+                }
+                *table = Arc::new(rewritten);
+            }
+        }
+        self.version += 1;
+        Ok(altered)
+    }
+
     /// Creates a table. Returns `None` if it existed and lenient.
     ///
     /// # Errors
@@ -920,6 +1047,63 @@ impl Schema {
     }
 }
 
+/// How `ALTER TYPE` changes a user-defined type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypeChange {
+    /// `ADD field type`: a new last field.
+    AddField(String, CqlType),
+    /// `RENAME a TO b AND ...`.
+    RenameFields(Vec<(String, String)>),
+}
+
+fn type_mentions_udt(udt: &UdtDefinition, udt_name: &str) -> bool {
+    udt.fields
+        .iter()
+        .any(|(_, field_type)| type_mentions(field_type, udt_name))
+}
+
+/// `ty` with every user type named in `replaced` swapped for its new
+/// definition. A user type not in `replaced` embeds none of them.
+fn replace_udts(ty: &CqlType, replaced: &BTreeMap<String, Arc<UdtDefinition>>) -> CqlType {
+    let boxed = |inner: &CqlType| Box::new(replace_udts(inner, replaced));
+    match ty {
+        CqlType::Udt(udt) => match replaced.get(&udt.name) {
+            Some(new_definition) => CqlType::Udt(new_definition.clone()),
+            None => ty.clone(),
+        },
+        CqlType::List(inner) => CqlType::List(boxed(inner)),
+        CqlType::Set(inner) => CqlType::Set(boxed(inner)),
+        CqlType::Frozen(inner) => CqlType::Frozen(boxed(inner)),
+        CqlType::Map(key, value) => CqlType::Map(boxed(key), boxed(value)),
+        CqlType::Tuple(fields) => {
+            CqlType::Tuple(fields.iter().map(|f| replace_udts(f, replaced)).collect())
+        }
+        _ => ty.clone(),
+    }
+}
+
+/// Types ordered so each one's dependencies come first (the persisted form
+/// resolves field types in this order), keeping creation order otherwise.
+fn order_by_dependency(mut pending: Vec<Arc<UdtDefinition>>) -> Vec<Arc<UdtDefinition>> {
+    let mut ordered = Vec::with_capacity(pending.len());
+    while !pending.is_empty() {
+        let ready = pending.iter().position(|udt| {
+            pending
+                .iter()
+                .all(|other| other.name == udt.name || !type_mentions_udt(udt, &other.name))
+        });
+        match ready {
+            Some(position) => ordered.push(pending.remove(position)),
+            None => {
+                // A cycle cannot be created (ALTER TYPE refuses a type that
+                // contains itself); keep the rest as it was.
+                ordered.append(&mut pending);
+            }
+        }
+    }
+    ordered
+}
+
 fn type_mentions(ty: &CqlType, udt_name: &str) -> bool {
     match ty {
         CqlType::Udt(udt) => {
@@ -980,4 +1164,163 @@ struct PersistedColumn {
     name: String,
     ty: String,
     kind: ColumnKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyspace() -> KeyspaceDef {
+        KeyspaceDef {
+            name: "app".into(),
+            replication: ReplicationStrategy::Simple {
+                replication_factor: 1,
+            },
+            durable_writes: true,
+        }
+    }
+
+    fn udt(schema: &Schema, name: &str) -> Arc<UdtDefinition> {
+        let keyspace = schema.keyspace("app").expect("keyspace");
+        keyspace
+            .types
+            .iter()
+            .find(|udt| udt.name == name)
+            .cloned()
+            .expect("type")
+    }
+
+    fn table(schema: &mut Schema, name: &str, key: CqlType, value: CqlType) {
+        let column = |name: &str, ty: CqlType, kind| ColumnSpec {
+            name: name.into(),
+            ty,
+            kind,
+        };
+        let spec = TableSpec {
+            keyspace: "app".into(),
+            name: name.into(),
+            columns: vec![
+                column("id", key, ColumnKind::PartitionKey),
+                column("v", value, ColumnKind::Regular),
+            ],
+            options: TableOptions::default(),
+        };
+        schema
+            .create_table(spec, IfExists::Strict)
+            .expect("create table");
+    }
+
+    #[test]
+    fn alter_type_rewrites_embedding_types_and_tables_and_persists() {
+        let mut schema = Schema::new();
+        schema
+            .create_keyspace(keyspace(), IfExists::Strict)
+            .expect("keyspace");
+        let fields = vec![("street".to_owned(), CqlType::Text)];
+        schema
+            .create_type("app", "address", fields, IfExists::Strict)
+            .expect("address");
+        let frozen_address = CqlType::Frozen(Box::new(CqlType::Udt(udt(&schema, "address"))));
+        let fields = vec![("home".to_owned(), frozen_address.clone())];
+        schema
+            .create_type("app", "person", fields, IfExists::Strict)
+            .expect("person");
+        let fields = vec![("code".to_owned(), CqlType::Int)];
+        schema
+            .create_type("app", "zip", fields, IfExists::Strict)
+            .expect("zip");
+        let frozen_person = CqlType::Frozen(Box::new(CqlType::Udt(udt(&schema, "person"))));
+        table(
+            &mut schema,
+            "people",
+            CqlType::Int,
+            CqlType::List(Box::new(frozen_person)),
+        );
+        table(&mut schema, "keyed", frozen_address, CqlType::Int);
+
+        // A type used in a primary key cannot grow.
+        let zip = CqlType::Frozen(Box::new(CqlType::Udt(udt(&schema, "zip"))));
+        let refused = schema.alter_type(
+            "app",
+            "address",
+            TypeChange::AddField("zip".into(), zip.clone()),
+        );
+        assert!(
+            matches!(&refused, Err(Error::InvalidRequest(m)) if m.contains("primary key column id of app.keyed")),
+            "{refused:?}"
+        );
+        schema
+            .drop_table("app", "keyed", IfExists::Strict)
+            .expect("drop");
+
+        let version = schema.version;
+        schema
+            .alter_type("app", "address", TypeChange::AddField("zip".into(), zip))
+            .expect("add");
+        schema
+            .alter_type(
+                "app",
+                "address",
+                TypeChange::RenameFields(vec![("street".into(), "line".into())]),
+            )
+            .expect("rename");
+        assert_eq!(schema.version, version + 2);
+        let names = |udt: &UdtDefinition| -> Vec<String> {
+            udt.fields.iter().map(|(n, _)| n.clone()).collect()
+        };
+        assert_eq!(names(&udt(&schema, "address")), ["line", "zip"]);
+        // `person` embeds the new `address`; the table embeds the new `person`.
+        let person = udt(&schema, "person");
+        assert!(
+            matches!(&person.fields[0].1, CqlType::Frozen(inner) if **inner == CqlType::Udt(udt(&schema, "address")))
+        );
+        let people = schema.table("app", "people").expect("table");
+        let expected = CqlType::List(Box::new(CqlType::Frozen(Box::new(CqlType::Udt(person)))));
+        assert_eq!(people.columns[1].ty, expected);
+        // `address` now needs `zip`, created after it: the order follows.
+        let order: Vec<String> = schema
+            .keyspace("app")
+            .expect("ks")
+            .types
+            .iter()
+            .map(|u| u.name.clone())
+            .collect();
+        assert_eq!(order, ["zip", "address", "person"]);
+        let reloaded = Schema::from_bytes(&schema.to_bytes().expect("bytes")).expect("reload");
+        assert_eq!(reloaded, schema);
+
+        let unknown = schema.alter_type(
+            "app",
+            "address",
+            TypeChange::RenameFields(vec![("nope".into(), "x".into())]),
+        );
+        assert!(
+            matches!(&unknown, Err(Error::InvalidRequest(m)) if m.contains("fields are: line, zip")),
+            "{unknown:?}"
+        );
+        let duplicate = schema.alter_type(
+            "app",
+            "address",
+            TypeChange::AddField("zip".into(), CqlType::Int),
+        );
+        assert!(matches!(duplicate, Err(Error::InvalidRequest(_))));
+        let cycle = schema.alter_type(
+            "app",
+            "address",
+            TypeChange::AddField(
+                "owner".into(),
+                CqlType::Frozen(Box::new(CqlType::Udt(udt(&schema, "person")))),
+            ),
+        );
+        assert!(
+            matches!(&cycle, Err(Error::InvalidRequest(m)) if m.contains("cannot contain the type itself")),
+            "{cycle:?}"
+        );
+        let missing = schema.alter_type(
+            "app",
+            "nothing",
+            TypeChange::AddField("x".into(), CqlType::Int),
+        );
+        assert!(matches!(missing, Err(Error::UnknownType { .. })));
+    }
 }

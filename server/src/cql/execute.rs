@@ -21,14 +21,14 @@ use cassandra_protocol::query::QueryValues;
 use cassandra_protocol::types::CBytesShort;
 use cassandra_protocol::types::value::Value as WireValue;
 use concord_cql_parser::ast::{
-    AlterTableAction, Assignment, Condition, CreateTable, Delete, DeleteTarget, Insert,
-    InsertValues, Operator, Parsed, Property, QualifiedName, Relation, Statement, Term,
+    AlterTableAction, AlterTypeAction, Assignment, Condition, CreateTable, Delete, DeleteTarget,
+    Insert, InsertValues, Operator, Parsed, Property, QualifiedName, Relation, Statement, Term,
     TransactionCondition, Update, Using,
 };
 use concord_storage::rows::{CellOp, Liveness, Mutation, RowOp, Slice, SliceBound, Ttl};
 use concord_storage::schema::{
     ColumnKind, ColumnSpec, IfExists, KeyspaceDef, ReplicationStrategy, TableDef, TableOptions,
-    TableSpec as StorageTableSpec,
+    TableSpec as StorageTableSpec, TypeChange,
 };
 use concord_storage::types::CqlType;
 use concord_storage::value::{ClusteringOrder, CqlValue, native};
@@ -2357,8 +2357,21 @@ fn execute_ddl(context: &mut Context<'_>, statement: &Statement) -> CqlResult<Re
                 Some(&create.name.name),
             )
         }
-        Statement::AlterType { name, .. } => {
-            invalid!("ALTER TYPE {} is not supported yet", name.name)
+        Statement::AlterType { name, action } => {
+            let keyspace = context.keyspace_of(name)?;
+            let change = match action {
+                AlterTypeAction::Add(field, ty) => {
+                    TypeChange::AddField(field.clone(), resolve_type(context, &keyspace, &ty.0)?)
+                }
+                AlterTypeAction::Rename(renames) => TypeChange::RenameFields(renames.clone()),
+            };
+            db.alter_type(&keyspace, &name.name, change)?;
+            schema_change(
+                SchemaChangeType::Updated,
+                SchemaChangeTarget::Type,
+                &keyspace,
+                Some(&name.name),
+            )
         }
         Statement::DropType {
             name,
