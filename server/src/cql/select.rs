@@ -27,7 +27,8 @@ use concord_storage::partitioner::{self, MAX_TOKEN, MIN_TOKEN, Token, TokenRange
 use concord_storage::rows::{Partition, ReadOptions, Row};
 use concord_storage::schema::{ColumnKind, TableDef};
 use concord_storage::types::CqlType;
-use concord_storage::value::{CqlValue, native};
+use concord_storage::value::{CqlValue, Decimal, native};
+use num_bigint::BigInt;
 
 use crate::cql::error::{CqlError, CqlResult, invalid};
 use crate::cql::execute::{Context, column_spec, key_restriction, rows_result, slice_for};
@@ -1320,10 +1321,108 @@ fn aggregate_values(
                 }
                 CqlType::Float => CqlValue::Float(float_total as f32),
                 CqlType::Double => CqlValue::Double(float_total),
+                CqlType::Varint => {
+                    let total: BigInt = present
+                        .iter()
+                        .map(|v| match v {
+                            CqlValue::Varint(x) => x.clone(),
+                            _ => BigInt::from(0),
+                        })
+                        .sum();
+                    // As Cassandra: an integer average truncates toward zero.
+                    CqlValue::Varint(total / BigInt::from(divisor))
+                }
+                CqlType::Decimal => {
+                    let decimals = present.iter().filter_map(|v| match v {
+                        CqlValue::Decimal(x) => Some(x),
+                        _ => None,
+                    });
+                    let total = decimal_sum(decimals);
+                    if kind == Aggregate::Avg {
+                        CqlValue::Decimal(decimal_divide(&total, divisor as u64))
+                    } else {
+                        CqlValue::Decimal(total)
+                    }
+                }
                 other => invalid!("{kind:?} over {other} is not supported yet"),
             })
         }
     })
+}
+
+/// Significant digits of a decimal average, as Cassandra's (Java's
+/// `MathContext.DECIMAL128`).
+const DECIMAL_AVG_DIGITS: usize = 34;
+
+/// The exact sum of decimals, at the largest scale among them.
+fn decimal_sum<'a>(values: impl Iterator<Item = &'a Decimal> + Clone) -> Decimal {
+    let scale = values.clone().map(|d| d.scale).max().unwrap_or(0);
+    let unscaled = values
+        .map(|d| {
+            let shift = u32::try_from(i64::from(scale) - i64::from(d.scale)).unwrap_or(0);
+            &d.unscaled * BigInt::from(10).pow(shift)
+        })
+        .sum();
+    Decimal { unscaled, scale }
+}
+
+/// `total / divisor`: exact when the quotient has at most
+/// [`DECIMAL_AVG_DIGITS`] significant digits, otherwise rounded to that many,
+/// half to even (Java's `BigDecimal.divide(.., DECIMAL128)`).
+fn decimal_divide(total: &Decimal, divisor: u64) -> Decimal {
+    let divisor = BigInt::from(divisor.max(1));
+    let digits = |x: &BigInt| x.magnitude().to_string().len();
+    // Exact quotients first: the fewest extra decimal places that divide evenly.
+    let mut scaled = total.unscaled.clone();
+    for extra in 0..=(DECIMAL_AVG_DIGITS as i32) {
+        if (&scaled % &divisor) == BigInt::from(0) {
+            let quotient = &scaled / &divisor;
+            if digits(&quotient) <= DECIMAL_AVG_DIGITS {
+                return Decimal {
+                    unscaled: quotient,
+                    scale: total.scale + extra,
+                };
+            }
+            break;
+        }
+        scaled *= 10;
+    }
+    // Inexact: carry places until the truncated quotient has more than
+    // DECIMAL_AVG_DIGITS digits, then drop the surplus digits rounding half
+    // to even against the exact remainder.
+    let mut extra = 0i32;
+    let mut scaled = total.unscaled.clone();
+    while digits(&(&scaled / &divisor)) <= DECIMAL_AVG_DIGITS {
+        scaled *= 10;
+        extra += 1;
+    }
+    let surplus = digits(&(&scaled / &divisor)) - DECIMAL_AVG_DIGITS;
+    let denominator = &divisor * BigInt::from(10).pow(surplus as u32);
+    let mut quotient = &scaled / &denominator;
+    let remainder = &scaled % &denominator;
+    let twice = remainder.magnitude() * 2u32;
+    let away = match twice.cmp(denominator.magnitude()) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Equal => (&quotient % 2) != BigInt::from(0),
+        std::cmp::Ordering::Less => false,
+    };
+    if away {
+        quotient += if scaled.sign() == num_bigint::Sign::Minus {
+            -1
+        } else {
+            1
+        };
+    }
+    let mut scale = total.scale + extra - surplus as i32;
+    if digits(&quotient) > DECIMAL_AVG_DIGITS {
+        // Rounding up made 10^DECIMAL_AVG_DIGITS: one digit fewer, exactly.
+        quotient /= 10;
+        scale -= 1;
+    }
+    Decimal {
+        unscaled: quotient,
+        scale,
+    }
 }
 
 /// Server-side DESCRIBE (cqlsh 6 sends it as a statement).
@@ -1482,4 +1581,58 @@ pub fn execute_describe(context: &Context<'_>, describe: &Describe) -> CqlResult
         .map(|row| row.into_iter().map(|v| Some(CqlValue::Text(v))).collect())
         .collect();
     rows_result(&specs, &types, rows, None, context.version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decimal(text: &str) -> Decimal {
+        let (digits, scale) = match text.split_once('.') {
+            Some((whole, fraction)) => (format!("{whole}{fraction}"), fraction.len() as i32),
+            None => (text.to_owned(), 0),
+        };
+        Decimal {
+            unscaled: digits.parse().expect("digits"),
+            scale,
+        }
+    }
+
+    #[test]
+    fn decimal_sum_aligns_scales_and_divide_rounds_as_java_decimal128() {
+        let values = [decimal("1.5"), decimal("2.25"), decimal("-0.125")];
+        assert_eq!(decimal_sum(values.iter()), decimal("3.625"));
+        // Exact quotients keep the fewest places that divide evenly.
+        assert_eq!(decimal_divide(&decimal("3.75"), 2), decimal("1.875"));
+        assert_eq!(decimal_divide(&decimal("1"), 4), decimal("0.25"));
+        assert_eq!(decimal_divide(&decimal("-15"), 2), decimal("-7.5"));
+        // 5/3 to 34 significant digits, the last rounded up.
+        assert_eq!(
+            decimal_divide(&decimal("5"), 3),
+            decimal("1.666666666666666666666666666666667")
+        );
+        assert_eq!(
+            decimal_divide(&decimal("-5"), 3),
+            decimal("-1.666666666666666666666666666666667")
+        );
+        // 35 digits ending in 5: a tie, rounded to the even neighbour.
+        let tie = decimal("12345678901234567890123456789012345");
+        let rounded = decimal_divide(&tie, 1);
+        assert_eq!(
+            rounded.unscaled,
+            "1234567890123456789012345678901234".parse().expect("n")
+        );
+        assert_eq!(rounded.scale, -1);
+        let odd = decimal("12345678901234567890123456789012335");
+        let rounded = decimal_divide(&odd, 1);
+        assert_eq!(
+            rounded.unscaled,
+            "1234567890123456789012345678901234".parse().expect("n")
+        );
+        // 9.99..95 (35 nines and a 5 would carry): rounding up adds a digit.
+        let carry = decimal("99999999999999999999999999999999995");
+        let rounded = decimal_divide(&carry, 1);
+        assert_eq!(rounded.unscaled, BigInt::from(10).pow(33));
+        assert_eq!(rounded.scale, -2);
+    }
 }
