@@ -112,6 +112,30 @@ struct State {
     n_records_applied: u64,
 }
 
+impl State {
+    /// A held table readable at `snapshot`, with its definition.
+    ///
+    /// # Errors
+    /// `SnapshotTooOld` below the merge horizon; `UnknownTable` for a table
+    /// the replica does not hold (never registered, or dropped).
+    fn table_at(
+        &self,
+        table: TableId,
+        snapshot: WriteTime,
+    ) -> Result<(&TableState, Arc<TableDef>)> {
+        if snapshot < self.horizon {
+            return Err(Error::SnapshotTooOld {
+                snapshot: snapshot.0,
+                horizon: self.horizon.0,
+            });
+        }
+        let unknown = || Error::UnknownTable(format!("table id {}", table.0));
+        let table_state = self.tables.get(&table).ok_or_else(unknown)?;
+        let def = table_state.def.clone().ok_or_else(unknown)?;
+        Ok((table_state, def))
+    }
+}
+
 /// What one [`Replica::catch_up`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CatchUp {
@@ -611,20 +635,7 @@ impl Replica {
     ) -> Result<RecordBatch> {
         let (def, write_time_max) = {
             let state = self.state.read();
-            if snapshot < state.horizon {
-                return Err(Error::SnapshotTooOld {
-                    snapshot: snapshot.0,
-                    horizon: state.horizon.0,
-                });
-            }
-            let table_state = state
-                .tables
-                .get(&table)
-                .ok_or_else(|| Error::UnknownTable(format!("table id {}", table.0)))?;
-            let def = table_state
-                .def
-                .clone()
-                .ok_or_else(|| Error::UnknownTable(format!("table id {}", table.0)))?;
+            let (table_state, def) = state.table_at(table, snapshot)?;
             (def, table_state.write_time_max)
         };
         if let Some(cached) = self.scan_cache.lock().get(&table) {
@@ -720,21 +731,7 @@ impl Replica {
         charge: &mut dyn FnMut(usize) -> Result<()>,
     ) -> Result<(Arc<TableDef>, CellView)> {
         let state = self.state.read();
-        if snapshot < state.horizon {
-            return Err(Error::SnapshotTooOld {
-                snapshot: snapshot.0,
-                horizon: state.horizon.0,
-            });
-        }
-        let table_state = state
-            .tables
-            .get(&table)
-            .filter(|t| t.def.is_some())
-            .ok_or_else(|| Error::UnknownTable(format!("table id {}", table.0)))?;
-        let def = table_state
-            .def
-            .clone()
-            .ok_or_else(|| Error::UnknownTable(format!("table id {}", table.0)))?;
+        let (table_state, def) = state.table_at(table, snapshot)?;
         let range = match filter {
             PartitionFilter::All => KeyRange::prefix(&keys::table_prefix(table)),
             PartitionFilter::Key(key) => {
