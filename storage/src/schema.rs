@@ -258,6 +258,20 @@ fn check_column_type(column: &str, ty: &CqlType, in_collection: bool) -> Result<
 }
 
 /// Inside `frozen<>` and tuples everything is frozen; only counters are refused.
+/// Checks one field of a user type (`CREATE TYPE`, `ALTER TYPE ADD`): a valid
+/// name, no counter inside, and a frozen collection or type, since a field is
+/// stored as one value.
+fn check_type_field(type_name: &str, field_name: &str, field_type: &CqlType) -> Result<()> {
+    check_column_name(field_name)?;
+    check_frozen_type(field_name, field_type)?;
+    if field_type.is_multi_cell() {
+        return Err(Error::InvalidType(format!(
+            "field {field_name} of type {type_name}: non-frozen {field_type} is not allowed inside a user type, use frozen<{field_type}>"
+        )));
+    }
+    Ok(())
+}
+
 fn check_frozen_type(column: &str, ty: &CqlType) -> Result<()> {
     match ty {
         CqlType::Counter => Err(Error::InvalidType(format!(
@@ -423,19 +437,13 @@ impl Schema {
             )));
         }
         for (field_idx, (field_name, field_type)) in fields.iter().enumerate() {
-            check_column_name(field_name)?;
+            check_type_field(name, field_name, field_type)?;
             if fields[..field_idx]
                 .iter()
                 .any(|(other, _)| other == field_name)
             {
                 return Err(Error::InvalidRequest(format!(
                     "type {name} declares field {field_name} twice"
-                )));
-            }
-            check_frozen_type(field_name, field_type)?;
-            if field_type.is_multi_cell() {
-                return Err(Error::InvalidType(format!(
-                    "field {field_name} of type {name}: non-frozen {field_type} is not allowed inside a user type, use frozen<{field_type}>"
                 )));
             }
         }
@@ -524,16 +532,10 @@ impl Schema {
         };
         match change {
             TypeChange::AddField(field_name, field_type) => {
-                check_column_name(&field_name)?;
+                check_type_field(name, &field_name, &field_type)?;
                 if definition.fields.iter().any(|(n, _)| *n == field_name) {
                     return Err(Error::InvalidRequest(format!(
                         "type {keyspace_name}.{name} already has a field {field_name}"
-                    )));
-                }
-                check_frozen_type(&field_name, &field_type)?;
-                if field_type.is_multi_cell() {
-                    return Err(Error::InvalidType(format!(
-                        "field {field_name} of type {name}: non-frozen {field_type} is not allowed inside a user type, use frozen<{field_type}>"
                     )));
                 }
                 if type_mentions(&field_type, name) {
