@@ -10,45 +10,16 @@ use std::collections::BTreeMap;
 use arrow::array::RecordBatch;
 use arrow::util::display::array_value_to_string;
 use concord_columnar::sql::partition_rows;
-use concord_columnar::{Columnar, ColumnarOptions, Snapshot, types};
+use concord_columnar::{Columnar, ColumnarOptions, Snapshot};
 use concord_storage::cell::WriteTime;
 use concord_storage::rows::{self, Mutation, ReadOptions, Slice};
 use concord_storage::testing::model::{self, ModelOp, WriteTimeChoice};
 use concord_storage::value::CqlValue;
 use proptest::prelude::*;
 
-use crate::{Node, frontier, open_columnar, sorted};
+use crate::{Node, frontier, open_columnar, query_rows, sorted};
 
 const SELECT_COLUMNS: &str = "pk, ck1, ck2, s, v1, v2, l, st, m";
-
-fn query_rows(
-    columnar: &Columnar,
-    node: &Node,
-    sql: &str,
-    at: WriteTime,
-) -> Vec<Vec<Option<CqlValue>>> {
-    let result = columnar
-        .sql(sql, Snapshot::At(at))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    assert_eq!(result.snapshot, at);
-    let mut rows = Vec::new();
-    for batch in &result.batches {
-        let columns: Vec<Vec<Option<CqlValue>>> = batch
-            .schema()
-            .fields()
-            .iter()
-            .zip(batch.columns())
-            .map(|(field, array)| {
-                let ty = &node.table.column(field.name()).expect("column").ty;
-                types::from_array(ty, array.as_ref()).expect("from arrow")
-            })
-            .collect();
-        for row_idx in 0..batch.num_rows() {
-            rows.push(columns.iter().map(|c| c[row_idx].clone()).collect());
-        }
-    }
-    rows
-}
 
 fn text_rows(batches: &[RecordBatch]) -> Vec<String> {
     let mut rows = Vec::new();

@@ -12,7 +12,7 @@ mod types;
 
 use std::sync::Arc;
 
-use concord_columnar::{Columnar, ColumnarOptions};
+use concord_columnar::{Columnar, ColumnarOptions, Snapshot};
 use concord_storage::cell::WriteTime;
 use concord_storage::clock::ManualClock;
 use concord_storage::engine::{Durability, Engine, EngineOptions, WriteBatch};
@@ -104,6 +104,37 @@ impl Node {
         }
         (engine, partitions)
     }
+}
+
+/// Runs `sql` on the replica at exactly `at` and returns its rows as CQL
+/// values, each column converted back with the table's type.
+pub fn query_rows(
+    columnar: &Columnar,
+    node: &Node,
+    sql: &str,
+    at: WriteTime,
+) -> Vec<Vec<Option<CqlValue>>> {
+    let result = columnar
+        .sql(sql, Snapshot::At(at))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    assert_eq!(result.snapshot, at);
+    let mut rows = Vec::new();
+    for batch in &result.batches {
+        let columns: Vec<Vec<Option<CqlValue>>> = batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .map(|(field, array)| {
+                let ty = &node.table.column(field.name()).expect("column").ty;
+                concord_columnar::types::from_array(ty, array.as_ref()).expect("from arrow")
+            })
+            .collect();
+        for row_idx in 0..batch.num_rows() {
+            rows.push(columns.iter().map(|c| c[row_idx].clone()).collect());
+        }
+    }
+    rows
 }
 
 pub fn open_columnar(dir: &std::path::Path, options: ColumnarOptions) -> Columnar {

@@ -3,14 +3,14 @@
 //! into segments, and answers as the row store does.
 
 use concord_columnar::sql::partition_rows;
-use concord_columnar::{ColumnarOptions, Snapshot, types};
+use concord_columnar::{ColumnarOptions, Snapshot};
 use concord_storage::cell::WriteTime;
 use concord_storage::feed::FeedPosition;
 use concord_storage::rows::{CellOp, Liveness, Mutation, RowOp, Ttl};
 use concord_storage::testing::model;
 use concord_storage::value::CqlValue;
 
-use crate::{Node, frontier, open_columnar, sorted};
+use crate::{Node, frontier, open_columnar, query_rows, sorted};
 
 fn upsert(table: &concord_storage::schema::TableDef, key: i32, ck1: i32, v2: i64) -> Mutation {
     Mutation {
@@ -35,34 +35,12 @@ fn upsert(table: &concord_storage::schema::TableDef, key: i32, ck1: i32, v2: i64
 }
 
 fn answer(columnar: &concord_columnar::Columnar, node: &Node, at: WriteTime) -> Vec<String> {
-    let result = columnar
-        .sql(
-            "SELECT pk, ck1, ck2, s, v1, v2, l, st, m FROM ks.t",
-            Snapshot::At(at),
-        )
-        .expect("query");
-    let mut rows = Vec::new();
-    for batch in &result.batches {
-        let columns: Vec<_> = batch
-            .schema()
-            .fields()
-            .iter()
-            .zip(batch.columns())
-            .map(|(field, array)| {
-                let ty = &node.table.column(field.name()).expect("column").ty;
-                types::from_array(ty, array.as_ref()).expect("from arrow")
-            })
-            .collect();
-        for row_idx in 0..batch.num_rows() {
-            rows.push(
-                columns
-                    .iter()
-                    .map(|c: &Vec<Option<CqlValue>>| c[row_idx].clone())
-                    .collect(),
-            );
-        }
-    }
-    sorted(rows)
+    sorted(query_rows(
+        columnar,
+        node,
+        "SELECT pk, ck1, ck2, s, v1, v2, l, st, m FROM ks.t",
+        at,
+    ))
 }
 
 #[test]
