@@ -222,6 +222,14 @@ fn encode_txn(encoder: &mut Encoder, txn: &Txn) {
                 encoder.option_bytes(value.as_deref());
             }
         }
+        Update::Opaque { writes, body } => {
+            encoder.u8(4);
+            encoder.u32(writes.len() as u32);
+            for key in writes {
+                encoder.key(key);
+            }
+            encoder.bytes(body);
+        }
     }
 }
 
@@ -257,6 +265,20 @@ fn decode_txn(decoder: &mut Decoder<'_>) -> Result<Txn> {
             }
             Update::Put(puts)
         }
+        4 => {
+            let n = decoder.u32()?;
+            if n as usize > crate::txn::TXN_KEYS_MAX {
+                return Err(Error::Corruption(format!("opaque update writes {n} keys")));
+            }
+            let mut writes = Vec::new();
+            for _ in 0..n {
+                writes.push(decoder.key()?);
+            }
+            Update::Opaque {
+                writes,
+                body: decoder.bytes()?,
+            }
+        }
         tag => return Err(Error::Corruption(format!("bad update tag {tag}"))),
     };
     let keys = reads.iter().cloned().chain(update.keys()).count();
@@ -285,6 +307,19 @@ mod tests {
         let mut writes = Writes::new();
         writes.insert(Key::numbered(2), Some(vec![1, 2, 3]));
         command.writes = Some(writes);
+        let bytes = command.encode();
+        assert_eq!(Command::decode(&bytes, LocalTime(0)).unwrap(), command);
+        for cut in [0, 1, 10, bytes.len() - 1] {
+            assert!(Command::decode(&bytes[..cut], LocalTime(0)).is_err());
+        }
+
+        command.txn = Some(Txn::new(
+            vec![Key::numbered(1)],
+            Update::Opaque {
+                writes: vec![Key::numbered(2), Key::numbered(4)],
+                body: b"a body only the data store reads".to_vec(),
+            },
+        ));
         let bytes = command.encode();
         assert_eq!(Command::decode(&bytes, LocalTime(0)).unwrap(), command);
         for cut in [0, 1, 10, bytes.len() - 1] {

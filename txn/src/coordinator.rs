@@ -285,7 +285,7 @@ impl Node {
                     ..
                 },
             ) if reply_ballot == ballot => {
-                self.on_read_ok(now, txn_id, from, data);
+                self.on_read_ok(now, txn_id, from, data)?;
             }
             (
                 Phase::Execute,
@@ -507,7 +507,13 @@ impl Node {
         }
     }
 
-    fn on_read_ok(&mut self, now: LocalTime, txn_id: TxnId, from: NodeId, data: ReadData) {
+    fn on_read_ok(
+        &mut self,
+        now: LocalTime,
+        txn_id: TxnId,
+        from: NodeId,
+        data: ReadData,
+    ) -> Result<()> {
         let coordination = self.coordinations.get_mut(&txn_id).expect("exists");
         for shard_id in coordination.shards.clone() {
             if self.topology.shard(shard_id).is_replica(from) {
@@ -516,9 +522,9 @@ impl Node {
         }
         coordination.reads.extend(data);
         if coordination.shards_read.len() < coordination.shards.len() {
-            return;
+            return Ok(());
         }
-        coordination.writes = coordination.txn.update().compute(&coordination.reads);
+        coordination.writes = self.data.compute(&coordination.txn, &coordination.reads)?;
         if let Some(request_id) = coordination.client.take() {
             let reads: ReadData = coordination
                 .txn
@@ -534,6 +540,7 @@ impl Node {
             self.reply_client(request_id, outcome);
         }
         self.go_apply(now, txn_id);
+        Ok(())
     }
 
     fn go_apply(&mut self, now: LocalTime, txn_id: TxnId) {

@@ -9,6 +9,12 @@ pub enum Error {
     Storage(#[from] concord_storage::Error),
     #[error("corrupt journal record: {0}")]
     Corruption(String),
+    /// The data store cannot execute a transaction body (an [`Update::Opaque`] it does not
+    /// understand). Deterministic: every node would fail the same way.
+    ///
+    /// [`Update::Opaque`]: crate::txn::Update::Opaque
+    #[error("cannot execute the transaction body: {0}")]
+    Execution(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -431,7 +431,7 @@ impl Node {
             .clone()
             .expect("a decided command has its definition");
         if !pending_reads.is_empty() {
-            let data = self.data.read(&self.owned_keys(&txn))?;
+            let data = self.data.read(&txn, &self.owned_keys(&txn))?;
             for (coordinator, ballot) in pending_reads {
                 self.send(
                     coordinator,

@@ -5,16 +5,17 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use concord_storage::engine::EngineOptions;
+use concord_storage::engine::{EngineOptions, WriteBatch};
 use concord_storage::memory::MemoryEngine;
 
 use crate::command::Status;
+use crate::error::{Error, Result};
 use crate::messages::Message;
 use crate::node::{ClientRequestId, Effects, Input, Node, NodeConfig, Outcome, Timer};
-use crate::storage::{EngineJournal, KvDataStore};
-use crate::timestamp::{LocalTime, NodeId, TxnId};
+use crate::storage::{DataStore, EngineJournal, KvDataStore};
+use crate::timestamp::{LocalTime, NodeId, Timestamp, TxnId, TxnKind};
 use crate::topology::{FastPathMode, Topology};
-use crate::txn::{Key, Txn, Update};
+use crate::txn::{Key, ReadData, Txn, Update, Writes};
 
 /// A cluster whose network the test drives by hand.
 struct Net {
@@ -22,6 +23,8 @@ struct Net {
     config: NodeConfig,
     nodes: BTreeMap<NodeId, Node>,
     engines: BTreeMap<NodeId, Arc<MemoryEngine>>,
+    /// Nodes execute `Update::Opaque` bodies as compare-and-set (`CasStore`).
+    cas: bool,
     /// Sent but not yet delivered or dropped.
     in_flight: VecDeque<(NodeId, NodeId, Message)>,
     timers: BTreeMap<NodeId, Vec<(LocalTime, Timer)>>,
@@ -47,6 +50,7 @@ impl Net {
             config,
             nodes: BTreeMap::new(),
             engines: BTreeMap::new(),
+            cas: false,
             in_flight: VecDeque::new(),
             timers: BTreeMap::new(),
             replies: Vec::new(),
@@ -63,12 +67,17 @@ impl Net {
     /// Opens (or reopens, after a restart) `id` over its engine.
     fn open(&mut self, id: NodeId) {
         let engine = self.engines[&id].clone();
+        let data: Box<dyn DataStore> = if self.cas {
+            Box::new(CasStore(KvDataStore::new(engine.clone())))
+        } else {
+            Box::new(KvDataStore::new(engine.clone()))
+        };
         let (node, effects) = Node::open(
             id,
             self.topology.clone(),
             self.config.clone(),
-            Box::new(EngineJournal::new(engine.clone())),
-            Box::new(KvDataStore::new(engine)),
+            Box::new(EngineJournal::new(engine)),
+            data,
             LocalTime(self.now),
         )
         .expect("open");
@@ -386,9 +395,172 @@ fn durability_round_fences_collects_and_survives_restart() {
         0,
         "a collected txn came back"
     );
-    let data = net.nodes[&n2].data.read(&[Key::numbered(0)]).expect("read");
+    let data = net.nodes[&n2]
+        .data
+        .read(&txns[0], &[Key::numbered(0)])
+        .expect("read");
     let list = data[&Key::numbered(0)]
         .clone()
         .expect("key 0 was appended to");
     assert_eq!(list.len(), 3 * 8, "key 0 holds its three appends");
+}
+
+/// A data store that executes `Update::Opaque` bodies the way the server will execute CQL
+/// transactions: the body is the store's own language (here `expected ‖ 0xff ‖ new`, a
+/// compare-and-set of every written key), read and computed only by the store.
+#[derive(Debug)]
+struct CasStore(KvDataStore<MemoryEngine>);
+
+impl CasStore {
+    fn body(expected: Option<&[u8]>, new: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        if let Some(expected) = expected {
+            body.push(1);
+            body.push(expected.len() as u8);
+            body.extend_from_slice(expected);
+        } else {
+            body.push(0);
+        }
+        body.extend_from_slice(new);
+        body
+    }
+
+    fn parse(body: &[u8]) -> Option<(Option<&[u8]>, &[u8])> {
+        match body.split_first()? {
+            (0, new) => Some((None, new)),
+            (1, rest) => {
+                let (len, rest) = rest.split_first()?;
+                let (expected, new) = rest.split_at_checked(usize::from(*len))?;
+                Some((Some(expected), new))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl DataStore for CasStore {
+    fn read(&self, txn: &Txn, keys: &[Key]) -> Result<ReadData> {
+        self.0.read(txn, keys)
+    }
+
+    fn compute(&self, txn: &Txn, reads: &ReadData) -> Result<Writes> {
+        let Update::Opaque { writes, body } = txn.update() else {
+            return self.0.compute(txn, reads);
+        };
+        let (expected, new) =
+            CasStore::parse(body).ok_or_else(|| Error::Execution("bad CAS body".into()))?;
+        let mut out = Writes::new();
+        for key in writes {
+            if reads.get(key).cloned().flatten().as_deref() == expected {
+                out.insert(key.clone(), Some(new.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&self, writes: &Writes, execute_at: Timestamp, batch: &mut WriteBatch) {
+        self.0.write(writes, execute_at, batch);
+    }
+}
+
+/// Opaque bodies (the server's transactions) go through the whole protocol: the coordinator
+/// computes the writes with its data store from the reads at executeAt, every replica applies
+/// them, the client gets the values read, a read-only body is a read, and a restarted node
+/// replays the body from its journal.
+#[test]
+fn opaque_bodies_are_read_and_computed_by_the_data_store() {
+    let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
+    let mut net = Net::new(3, FastPathMode::CoordinatorVotes);
+    net.cas = true;
+    for id in [n1, n2, n3] {
+        net.open(id);
+    }
+    let key = Key::numbered(7);
+    let cas = |expected: Option<&[u8]>, new: &[u8]| {
+        Txn::new(
+            vec![key.clone()],
+            Update::Opaque {
+                writes: vec![key.clone()],
+                body: CasStore::body(expected, new),
+            },
+        )
+    };
+    let value_everywhere = |net: &Net| -> Vec<Option<Vec<u8>>> {
+        net.engines
+            .values()
+            .map(|engine| {
+                KvDataStore::new(engine.clone())
+                    .values(std::slice::from_ref(&key))
+                    .expect("read")[&key]
+                    .clone()
+            })
+            .collect()
+    };
+    let submit = |net: &mut Net, node: NodeId, request: u64, txn: Txn| -> Outcome {
+        net.input(
+            node,
+            Input::Client {
+                request_id: ClientRequestId(request),
+                txn,
+            },
+        );
+        net.heal(50);
+        net.replies
+            .iter()
+            .find(|(_, id, _)| *id == ClientRequestId(request))
+            .map(|(_, _, outcome)| outcome.clone())
+            .expect("the client got an answer")
+    };
+    let read_of = |outcome: &Outcome| match outcome {
+        Outcome::Committed { reads, .. } => reads[&key].clone(),
+        other => panic!("not committed: {other:?}"),
+    };
+
+    // Absent → "a": applied on every replica; the client read the value before.
+    let first = submit(&mut net, n1, 1, cas(None, b"a"));
+    assert_eq!(read_of(&first), None);
+    assert_eq!(value_everywhere(&net), vec![Some(b"a".to_vec()); 3]);
+
+    // Absent → "b" again: the condition fails at executeAt, nothing is written.
+    let second = submit(&mut net, n2, 2, cas(None, b"b"));
+    assert_eq!(read_of(&second), Some(b"a".to_vec()));
+    assert_eq!(value_everywhere(&net), vec![Some(b"a".to_vec()); 3]);
+
+    // A read-only body is a read (it does not conflict with reads).
+    let read_only = Txn::new(
+        vec![key.clone()],
+        Update::Opaque {
+            writes: Vec::new(),
+            body: CasStore::body(None, b""),
+        },
+    );
+    assert_eq!(read_only.kind(), TxnKind::Read);
+    assert_eq!(
+        read_of(&submit(&mut net, n3, 3, read_only)),
+        Some(b"a".to_vec())
+    );
+
+    // n3 restarts from its journal (the opaque body decodes), then "a" → "c" through n3.
+    net.open(n3);
+    let third = submit(&mut net, n3, 4, cas(Some(b"a"), b"c"));
+    assert_eq!(read_of(&third), Some(b"a".to_vec()));
+    assert_eq!(value_everywhere(&net), vec![Some(b"c".to_vec()); 3]);
+}
+
+/// A store that cannot execute an opaque body says so instead of writing nothing.
+#[test]
+fn a_store_without_an_executor_refuses_opaque_bodies() {
+    let engine = Arc::new(MemoryEngine::new(EngineOptions::default()));
+    let store = KvDataStore::new(engine);
+    let txn = Txn::new(
+        vec![Key::numbered(1)],
+        Update::Opaque {
+            writes: vec![Key::numbered(1)],
+            body: vec![0],
+        },
+    );
+    assert!(matches!(
+        store.compute(&txn, &ReadData::new()),
+        Err(Error::Execution(_))
+    ));
 }

@@ -20,10 +20,10 @@ use concord_storage::engine::{Direction, Durability, Engine, Family, KeyRange, W
 
 use crate::codec::Encoder;
 use crate::command::Command;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sync::Watermarks;
 use crate::timestamp::{LocalTime, Timestamp, TxnId};
-use crate::txn::{Key, ReadData, Writes};
+use crate::txn::{Key, ReadData, Txn, Writes};
 
 /// Durable command state.
 pub trait Journal: Debug {
@@ -69,12 +69,26 @@ pub trait Journal: Debug {
 
 /// The data transactions read and write.
 pub trait DataStore: Debug {
-    /// Reads `keys` in the current state, which the protocol guarantees is the state at the
-    /// reading transaction's executeAt.
+    /// Reads `keys` of `txn` in the current state, which the protocol guarantees is the state
+    /// at `txn`'s executeAt. A store that executes [`Update::Opaque`](crate::txn::Update::Opaque) bodies reads what the body
+    /// asks for; the built-in updates read each key's value.
     ///
     /// # Errors
     /// When storage fails.
-    fn read(&self, keys: &[Key]) -> Result<ReadData>;
+    fn read(&self, txn: &Txn, keys: &[Key]) -> Result<ReadData>;
+
+    /// Computes `txn`'s writes from the values read at its executeAt (every shard's reads
+    /// together). Must be a pure function of `txn` and `reads`: the coordinator, a recovery
+    /// coordinator and every replica must get the same writes.
+    ///
+    /// # Errors
+    /// `Execution` for an [`Update::Opaque`](crate::txn::Update::Opaque) body the store cannot
+    /// execute.
+    fn compute(&self, txn: &Txn, reads: &ReadData) -> Result<Writes> {
+        txn.update().compute(reads).ok_or_else(|| {
+            Error::Execution("this data store does not execute opaque transaction bodies".into())
+        })
+    }
 
     /// Adds `writes`, made at `execute_at`, to `batch`.
     fn write(&self, writes: &Writes, execute_at: Timestamp, batch: &mut WriteBatch);
@@ -173,6 +187,18 @@ impl<E: Engine + Debug> KvDataStore<E> {
     pub fn new(engine: Arc<E>) -> KvDataStore<E> {
         KvDataStore { engine }
     }
+
+    /// The current value of each key.
+    ///
+    /// # Errors
+    /// When storage fails.
+    pub fn values(&self, keys: &[Key]) -> Result<ReadData> {
+        let mut data = ReadData::new();
+        for key in keys {
+            data.insert(key.clone(), self.engine.get(Family::Rows, &data_key(key))?);
+        }
+        Ok(data)
+    }
 }
 
 fn data_key(key: &Key) -> Vec<u8> {
@@ -183,12 +209,8 @@ fn data_key(key: &Key) -> Vec<u8> {
 }
 
 impl<E: Engine + Debug> DataStore for KvDataStore<E> {
-    fn read(&self, keys: &[Key]) -> Result<ReadData> {
-        let mut data = ReadData::new();
-        for key in keys {
-            data.insert(key.clone(), self.engine.get(Family::Rows, &data_key(key))?);
-        }
-        Ok(data)
+    fn read(&self, _txn: &Txn, keys: &[Key]) -> Result<ReadData> {
+        self.values(keys)
     }
 
     fn write(&self, writes: &Writes, _execute_at: Timestamp, batch: &mut WriteBatch) {

@@ -60,14 +60,23 @@ pub enum Update {
     },
     /// Sets values blindly.
     Put(Vec<(Key, Option<Vec<u8>>)>),
+    /// A body only the node's [`DataStore`](crate::storage::DataStore) understands (the server's
+    /// CQL transactions): it reads the transaction's keys with
+    /// [`DataStore::read`](crate::storage::DataStore::read) and computes the writes with
+    /// [`DataStore::compute`](crate::storage::DataStore::compute), deterministically from the
+    /// body and the values read. `writes` names every key it may write; an empty `writes`
+    /// makes a read-only transaction.
+    Opaque { writes: Vec<Key>, body: Vec<u8> },
 }
 
 impl Update {
-    /// Computes the writes from the values read at executeAt. Deterministic.
-    pub fn compute(&self, reads: &ReadData) -> Writes {
+    /// Computes the writes from the values read at executeAt. Deterministic. `None` for an
+    /// [`Update::Opaque`] body, which only a data store can compute.
+    pub fn compute(&self, reads: &ReadData) -> Option<Writes> {
         let mut writes = Writes::new();
         match self {
             Update::None => {}
+            Update::Opaque { .. } => return None,
             Update::Append(appends) => {
                 for (key, value) in appends {
                     let current = writes
@@ -114,7 +123,7 @@ impl Update {
                 }
             }
         }
-        writes
+        Some(writes)
     }
 
     /// The keys the update may write.
@@ -124,6 +133,7 @@ impl Update {
             Update::Append(appends) => appends.iter().map(|(key, _)| key.clone()).collect(),
             Update::Transfer { from, to, .. } => vec![from.clone(), to.clone()],
             Update::Put(puts) => puts.iter().map(|(key, _)| key.clone()).collect(),
+            Update::Opaque { writes, .. } => writes.clone(),
         }
     }
 }
@@ -173,7 +183,7 @@ impl Txn {
         keys.sort_unstable();
         keys.dedup();
         assert!(!keys.is_empty() && keys.len() <= TXN_KEYS_MAX);
-        let kind = if update == Update::None {
+        let kind = if update.keys().is_empty() {
             TxnKind::Read
         } else {
             TxnKind::Write
@@ -279,7 +289,7 @@ mod tests {
         let mut reads = ReadData::new();
         reads.insert(a.clone(), Some(5u64.to_be_bytes().to_vec()));
         reads.insert(b.clone(), None);
-        let writes = append.compute(&reads);
+        let writes = append.compute(&reads).expect("built in");
         assert_eq!(
             decode_list(writes[&a].as_deref().unwrap_or_default()),
             Some(vec![5, 7])
@@ -295,7 +305,7 @@ mod tests {
             amount: 30,
             initial_balance: 100,
         };
-        let writes = transfer.compute(&ReadData::new());
+        let writes = transfer.compute(&ReadData::new()).expect("built in");
         assert_eq!(
             decode_balance(writes[&a].as_deref().unwrap_or_default()),
             Some(70)
@@ -310,6 +320,11 @@ mod tests {
             amount: 300,
             initial_balance: 100,
         };
-        assert!(too_much.compute(&ReadData::new()).is_empty());
+        assert!(
+            too_much
+                .compute(&ReadData::new())
+                .expect("built in")
+                .is_empty()
+        );
     }
 }

@@ -129,7 +129,7 @@ pub(crate) fn check_run(
             .map(|key| (key.clone(), model.get(key).cloned().flatten()))
             .collect();
         let expected = applied.txn.update().compute(&reads);
-        if expected != applied.writes {
+        if expected.as_ref() != Some(&applied.writes) {
             violations.push(Violation::new(
                 "serializability",
                 format!("{txn_id} at {execute_at}: writes differ from a serial replay"),

@@ -13,7 +13,7 @@ use super::{FaultPlan, SimConfig, SimRng, Workload};
 use crate::command::Status;
 use crate::messages::Message;
 use crate::node::{ClientRequestId, Effects, Input, Node, NodeConfig, Outcome, Timer};
-use crate::storage::{DataStore, EngineJournal, KvDataStore};
+use crate::storage::{EngineJournal, KvDataStore};
 use crate::timestamp::{LocalTime, NodeId, TxnId};
 use crate::topology::Topology;
 use crate::txn::{Key, Txn, Update};
@@ -754,7 +754,7 @@ impl Sim {
                 .cloned()
                 .collect();
             let store = KvDataStore::new(slot.engine.clone());
-            if let Ok(data) = store.read(&owned) {
+            if let Ok(data) = store.values(&owned) {
                 finals.insert(*node_id, data);
             }
         }
