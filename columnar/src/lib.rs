@@ -2,7 +2,8 @@
 //!
 //! **Owns**: the change-feed consumer ([`replica::Replica::catch_up`]), the
 //! per-table delta of recent cell versions and the stable layer of Parquet
-//! segments ([`segment`]), the applied watermark and snapshot reads at a
+//! segments ([`segment`]: merged cells; [`row_segment`]: typed rows read by
+//! DataFusion's Parquet scan), the applied watermark and snapshot reads at a
 //! timestamp, the CQL → Arrow type mapping ([`types`]), and the DataFusion
 //! catalog, table provider and query entry ([`Columnar::sql`]), which runs on
 //! its own runtime with bounded concurrency and a memory pool.
@@ -18,6 +19,7 @@
 
 pub mod follower;
 pub mod replica;
+pub mod row_segment;
 pub mod segment;
 pub mod sql;
 pub mod types;

@@ -24,7 +24,7 @@
 //! precede the last merge's position and whose write time is at or below the
 //! horizon are already in segments and are skipped; every other is applied.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +43,7 @@ use concord_storage::schema::{TableDef, TableId};
 use concord_storage::value::CqlValue;
 use parking_lot::{Condvar, Mutex, RwLock};
 
+use crate::row_segment::RowSegment;
 use crate::segment::{Manifest, Segment, SegmentCell};
 use crate::{Error, Result};
 
@@ -56,6 +57,14 @@ pub const SEGMENTS_PER_TABLE_MAX: usize = 8;
 pub const SCAN_CACHE_BYTES_MAX_DEFAULT: usize = 256 << 20;
 /// Rows per page of a replica scan.
 const SCAN_PAGE_ROWS: usize = 8192;
+/// Partitions a table may have merged into cell segments since its row
+/// segment's horizon (the `dirty` set every read leaves out of the row
+/// segment); past it the row segment is dropped until the next rewrite.
+pub const ROW_SEGMENT_DIRTY_PARTITIONS_MAX: usize = 64 * 1024;
+/// A merge rewrites a row segment whose dirty partitions pass this
+/// percentage of its rows (so a large table written a little is not
+/// rewritten at every merge).
+pub const ROW_SEGMENT_DIRTY_PERCENT_MAX_DEFAULT: usize = 10;
 
 #[derive(Debug, Clone)]
 struct Version {
@@ -72,6 +81,12 @@ struct TableState {
     write_time_max: WriteTime,
     delta: BTreeMap<Vec<u8>, Vec<Version>>,
     segments: Vec<Arc<Segment>>,
+    /// The table's rows at a past horizon as typed Parquet (see
+    /// [`crate::row_segment`]); `None` until a merge writes it.
+    rows: Option<Arc<RowSegment>>,
+    /// Partition prefixes merged into cell segments after `rows`' horizon:
+    /// their rows may differ from the row segment's.
+    dirty: BTreeSet<Vec<u8>>,
 }
 
 impl Default for TableState {
@@ -81,6 +96,34 @@ impl Default for TableState {
             write_time_max: WriteTime(i64::MIN),
             delta: BTreeMap::new(),
             segments: Vec::new(),
+            rows: None,
+            dirty: BTreeSet::new(),
+        }
+    }
+}
+
+impl TableState {
+    /// Drops the row segment (reads reconcile every row until a merge writes
+    /// a new one).
+    fn drop_rows(&mut self) {
+        if let Some(rows) = self.rows.take() {
+            rows.retire();
+        }
+        self.dirty.clear();
+    }
+
+    /// Whether a merge should (re)write the table's row segment: none, the
+    /// definition changed, or more than `dirty_percent_max` % of its rows'
+    /// count of partitions were merged since.
+    fn rows_need_writing(&self, dirty_percent_max: usize) -> bool {
+        match (&self.def, &self.rows) {
+            (Some(def), Some(rows)) => {
+                **def != *rows.def
+                    || self.dirty.len().saturating_mul(100)
+                        > rows.n_rows.saturating_mul(dirty_percent_max)
+            }
+            (Some(_), None) => true,
+            (None, _) => false,
         }
     }
 }
@@ -163,7 +206,9 @@ pub struct Replica {
     watermark_advanced: Condvar,
     scan_cache: Mutex<BTreeMap<TableId, CachedScan>>,
     scan_cache_bytes_max: usize,
+    row_segment_dirty_percent_max: usize,
     n_scan_cache_hits: std::sync::atomic::AtomicU64,
+    n_row_segment_scans: std::sync::atomic::AtomicU64,
 }
 
 /// Keeps a snapshot's versions from being merged away while it is held.
@@ -232,7 +277,9 @@ impl Replica {
             watermark_advanced: Condvar::new(),
             scan_cache: Mutex::new(BTreeMap::new()),
             scan_cache_bytes_max: SCAN_CACHE_BYTES_MAX_DEFAULT,
+            row_segment_dirty_percent_max: ROW_SEGMENT_DIRTY_PERCENT_MAX_DEFAULT,
             n_scan_cache_hits: std::sync::atomic::AtomicU64::new(0),
+            n_row_segment_scans: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -255,6 +302,9 @@ impl Replica {
             state.n_delta_versions -= removed.delta.values().map(Vec::len).sum::<usize>();
             self.store_manifest(&mut state)?;
             removed.segments.iter().for_each(|segment| segment.retire());
+            if let Some(rows) = removed.rows {
+                rows.retire();
+            }
         }
         Ok(())
     }
@@ -436,6 +486,7 @@ impl Replica {
         let mut retired = Vec::new();
         for table in state.tables.values_mut() {
             retired.append(&mut table.segments);
+            table.drop_rows();
             table.delta.clear();
             table.write_time_max = table.write_time_max.max(frontier.watermark);
         }
@@ -459,7 +510,8 @@ impl Replica {
         let mut watermark = self.watermark.lock();
         *watermark = (*watermark).max(frontier.watermark);
         self.watermark_advanced.notify_all();
-        Ok(())
+        drop(watermark);
+        self.write_row_segments()
     }
 
     /// Waits until the watermark reaches `snapshot`, at most `timeout`.
@@ -520,7 +572,10 @@ impl Replica {
         let oldest_snapshot = state.open_snapshots.keys().next().copied();
         let horizon = oldest_snapshot.map_or(watermark, |oldest| oldest.min(watermark));
         if horizon <= state.horizon {
-            return Ok(state.horizon);
+            let horizon = state.horizon;
+            drop(state);
+            self.write_row_segments()?;
+            return Ok(horizon);
         }
         let mut new_segments: Vec<(TableId, Arc<Segment>, Vec<Arc<Segment>>)> = Vec::new();
         for (table_id, table) in &state.tables {
@@ -560,6 +615,9 @@ impl Replica {
         }
         let mut n_removed = 0;
         for table in state.tables.values_mut() {
+            if table.rows.is_some() {
+                mark_dirty(table, horizon)?;
+            }
             table.delta.retain(|_, versions| {
                 let before = versions.len();
                 versions.retain(|v| v.write_time > horizon);
@@ -575,7 +633,129 @@ impl Replica {
         // keeps the new in-memory state, which is complete.
         self.store_manifest(&mut state)?;
         retired.iter().for_each(|segment| segment.retire());
+        drop(state);
+        self.write_row_segments()?;
         Ok(horizon)
+    }
+
+    /// Writes a row segment at the current horizon for every table whose row
+    /// segment is missing, stale (the definition changed) or dirty, from the
+    /// table's cell segments (which hold exactly the rows at the horizon).
+    /// Runs without the state lock; a segment is installed only if no merge
+    /// or rebuild moved the horizon meanwhile. A table whose row segment
+    /// cannot be written keeps none (logged; its reads reconcile the cells).
+    ///
+    /// # Errors
+    /// None today; `Result` so callers keep propagating.
+    fn write_row_segments(&self) -> Result<()> {
+        let (horizon, work) = {
+            let mut state = self.state.write();
+            let horizon = state.horizon;
+            let mut work = Vec::new();
+            let mut next_id = state.next_segment_id;
+            for (table_id, table) in &state.tables {
+                let needed = table.rows_need_writing(self.row_segment_dirty_percent_max);
+                if let (true, Some(def)) = (needed, &table.def) {
+                    work.push((*table_id, Arc::clone(def), table.segments.clone(), next_id));
+                    next_id += 1;
+                }
+            }
+            state.next_segment_id = next_id;
+            (horizon, work)
+        };
+        for (table_id, def, segments, id) in work {
+            // A row segment is a cache of the cell segments: a table whose
+            // rows cannot be written (a value outside its Arrow type, an I/O
+            // error) is read from the cells, and the next merge tries again.
+            let written = match self.write_row_segment(&def, &segments, horizon, id) {
+                Ok(written) => Arc::new(written),
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        table = def.qualified_name(),
+                        "columnar: row segment not written, reads reconcile the cells"
+                    );
+                    let _ =
+                        std::fs::remove_file(self.dir.join(RowSegment::file_name(table_id, id)));
+                    continue;
+                }
+            };
+            let mut state = self.state.write();
+            let current = state.horizon;
+            let installed = match state.tables.get_mut(&table_id) {
+                Some(table)
+                    if current == horizon
+                        && table.def.as_ref().is_some_and(|d| **d == *def)
+                        && table.segments.len() == segments.len()
+                        && table
+                            .segments
+                            .iter()
+                            .zip(&segments)
+                            .all(|(a, b)| Arc::ptr_eq(a, b)) =>
+                {
+                    table.drop_rows();
+                    table.rows = Some(Arc::clone(&written));
+                    true
+                }
+                _ => false,
+            };
+            if !installed {
+                written.retire();
+            }
+        }
+        Ok(())
+    }
+
+    /// Materialises `def`'s rows at `horizon` from its cell segments.
+    fn write_row_segment(
+        &self,
+        def: &Arc<TableDef>,
+        segments: &[Arc<Segment>],
+        horizon: WriteTime,
+        id: u64,
+    ) -> Result<RowSegment> {
+        let mut winners: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for segment in segments {
+            segment.read(None, None, &mut |key, cell| offer(&mut winners, key, cell))?;
+        }
+        let view = CellView { cells: winners };
+        let now_seconds = horizon.seconds();
+        let expiries = view.partition_expiries(def, now_seconds)?;
+        let mut writer = RowSegment::writer(&self.dir, Arc::clone(def), id, horizon)?;
+        let mut cursor = None;
+        loop {
+            let page = rows::scan_token_range(
+                &view,
+                def,
+                &TokenRange::full_ring(),
+                cursor.as_ref(),
+                SCAN_PAGE_ROWS,
+                now_seconds,
+            )?;
+            if !page.partitions.is_empty() {
+                let batch = crate::sql::to_record_batch(def, &page.partitions)?;
+                let prefixes: Vec<Vec<u8>> = page
+                    .partitions
+                    .iter()
+                    .map(|p| keys::encode_partition(def, &p.key).map(|e| e.prefix))
+                    .collect::<concord_storage::Result<_>>()?;
+                let mut row_prefixes: Vec<&[u8]> = Vec::with_capacity(batch.num_rows());
+                let mut row_expiries = Vec::with_capacity(batch.num_rows());
+                for (partition, prefix) in page.partitions.iter().zip(&prefixes) {
+                    let expiry = expiries.get(prefix).copied();
+                    for _ in 0..partition.rows.len().max(1) {
+                        row_prefixes.push(prefix);
+                        row_expiries.push(expiry);
+                    }
+                }
+                writer.append(&batch, &row_prefixes, &row_expiries)?;
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        writer.finish()
     }
 
     /// The feed position a restart resumes from: the node may drop feed
@@ -607,6 +787,12 @@ impl Replica {
         Ok(())
     }
 
+    /// Sets when a merge rewrites a row segment (see
+    /// [`ROW_SEGMENT_DIRTY_PERCENT_MAX_DEFAULT`]).
+    pub fn set_row_segment_dirty_percent_max(&mut self, percent: usize) {
+        self.row_segment_dirty_percent_max = percent;
+    }
+
     /// Sets the memory the scan cache may hold (whole-table scans kept as
     /// Arrow for later snapshots that read the same rows).
     pub fn set_scan_cache_bytes_max(&mut self, bytes: usize) {
@@ -618,6 +804,25 @@ impl Replica {
     pub fn n_scan_cache_hits(&self) -> u64 {
         self.n_scan_cache_hits
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Full scans read through a row segment since open (for tests and
+    /// metrics).
+    pub fn n_row_segment_scans(&self) -> u64 {
+        self.n_row_segment_scans
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether `table` has a row segment written for its current definition.
+    pub fn has_row_segment(&self, table: TableId) -> bool {
+        let state = self.state.read();
+        state
+            .tables
+            .get(&table)
+            .is_some_and(|t| match (&t.def, &t.rows) {
+                (Some(def), Some(rows)) => **def == *rows.def,
+                _ => false,
+            })
     }
 
     /// Every live row of `table` at `snapshot` as one batch of
@@ -723,6 +928,65 @@ impl Replica {
         Ok((def, partitions))
     }
 
+    /// A full scan of `table` at `snapshot` through its row segment, or
+    /// `None` when the table has no usable row segment (none written yet, or
+    /// the definition changed since): then read with
+    /// [`Replica::read_all_batch`]. `charge` is called for the cells of the
+    /// reconciled partitions, as in [`Replica::read_within`].
+    ///
+    /// # Errors
+    /// As [`Replica::read_within`]; `Io` / `Corruption` reading segments.
+    pub fn read_rows_scan(
+        &self,
+        table: TableId,
+        snapshot: WriteTime,
+        charge: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<Option<RowsScan>> {
+        let state = self.state.read();
+        let (table_state, def) = state.table_at(table, snapshot)?;
+        let Some(segment) = table_state.rows.clone() else {
+            return Ok(None);
+        };
+        if *segment.def != *def || segment.horizon > snapshot {
+            return Ok(None);
+        }
+        let mut touched = table_state.dirty.clone();
+        delta_partitions(table_state, &def, snapshot, &mut touched)?;
+        touched.extend(segment.expiring_partitions(snapshot.seconds())?);
+        let mut reconciled = Vec::new();
+        if !touched.is_empty() {
+            let mut winners: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            for cells in &table_state.segments {
+                cells.read_prefixes(&touched, &mut |key, cell| {
+                    charge_new(&winners, key, cell, charge)?;
+                    offer(&mut winners, key, cell)
+                })?;
+            }
+            for prefix in &touched {
+                let range = (Bound::Included(prefix.clone()), Bound::Unbounded);
+                for (key, versions) in table_state.delta.range::<Vec<u8>, _>(range) {
+                    if !key.starts_with(prefix) {
+                        break;
+                    }
+                    for version in versions.iter().filter(|v| v.write_time <= snapshot) {
+                        charge_new(&winners, key, &version.cell, charge)?;
+                        offer(&mut winners, key, &version.cell)?;
+                    }
+                }
+            }
+            let view = CellView { cells: winners };
+            reconciled = scan_all(&view, &def, snapshot.seconds())?;
+        }
+        self.n_row_segment_scans
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(RowsScan {
+            def,
+            segment,
+            excluded: touched.into_iter().collect(),
+            reconciled,
+        }))
+    }
+
     fn view_at(
         &self,
         table: TableId,
@@ -755,6 +1019,62 @@ impl Replica {
         }
         Ok((def, CellView { cells: winners }))
     }
+}
+
+/// The partition prefix of a row-store key of `def`.
+fn partition_prefix(def: &TableDef, key: &[u8]) -> Result<Vec<u8>> {
+    Ok(keys::decode_partition(def, key)?.0.prefix)
+}
+
+/// Adds to `out` the partitions of `table`'s delta keys that have a version
+/// at or below `at`.
+fn delta_partitions(
+    table: &TableState,
+    def: &TableDef,
+    at: WriteTime,
+    out: &mut BTreeSet<Vec<u8>>,
+) -> Result<()> {
+    let mut last: Option<Vec<u8>> = None;
+    for (key, versions) in &table.delta {
+        if last.as_ref().is_some_and(|prefix| key.starts_with(prefix)) {
+            continue;
+        }
+        if versions.iter().any(|version| version.write_time <= at) {
+            let prefix = partition_prefix(def, key)?;
+            out.insert(prefix.clone());
+            last = Some(prefix);
+        }
+    }
+    Ok(())
+}
+
+/// Records in `table.dirty` the partitions a merge to `horizon` folds into
+/// cell segments; drops the row segment when they pass
+/// [`ROW_SEGMENT_DIRTY_PARTITIONS_MAX`].
+fn mark_dirty(table: &mut TableState, horizon: WriteTime) -> Result<()> {
+    let Some(def) = table.def.clone() else {
+        table.drop_rows();
+        return Ok(());
+    };
+    let mut dirty = std::mem::take(&mut table.dirty);
+    delta_partitions(table, &def, horizon, &mut dirty)?;
+    table.dirty = dirty;
+    if table.dirty.len() > ROW_SEGMENT_DIRTY_PARTITIONS_MAX {
+        table.drop_rows();
+    }
+    Ok(())
+}
+
+/// A full scan through a row segment: the segment's rows less the
+/// `excluded` partitions, plus `reconciled`, those partitions' rows at the
+/// snapshot (read from the cells).
+#[derive(Debug)]
+pub struct RowsScan {
+    pub def: Arc<TableDef>,
+    pub segment: Arc<RowSegment>,
+    /// Sorted partition prefixes whose rows the segment must not supply.
+    pub excluded: Vec<Vec<u8>>,
+    pub reconciled: Vec<Partition>,
 }
 
 /// Every live partition of `def` in `view`.
@@ -793,7 +1113,11 @@ fn remove_orphan_segments(dir: &Path, manifest: &Manifest) -> Result<()> {
     })?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("segment-") && name.ends_with(".parquet") && !live.contains(&name) {
+        let orphan_cells =
+            name.starts_with("segment-") && name.ends_with(".parquet") && !live.contains(&name);
+        // Row segments are rewritten by the first merge after open.
+        let row_segment = name.starts_with("rows-") && name.ends_with(".parquet");
+        if orphan_cells || row_segment {
             std::fs::remove_file(entry.path()).map_err(|source| Error::Io {
                 context: format!("remove orphan segment {name}"),
                 source,
@@ -900,6 +1224,39 @@ pub struct CellView {
 }
 
 impl CellView {
+    /// Per partition prefix, the earliest expiry (seconds) after
+    /// `now_seconds` among its cells; partitions with none are left out.
+    ///
+    /// # Errors
+    /// `Corruption` for a cell or key that does not decode.
+    fn partition_expiries(
+        &self,
+        def: &TableDef,
+        now_seconds: i64,
+    ) -> Result<BTreeMap<Vec<u8>, i64>> {
+        let mut out: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+        let mut current: Option<Vec<u8>> = None;
+        for (key, cell) in &self.cells {
+            let Some(expiry) = cell::CellHeader::decode(cell)?.expiry else {
+                continue;
+            };
+            if expiry.expiry_seconds <= now_seconds {
+                continue;
+            }
+            let prefix = match &current {
+                Some(prefix) if key.starts_with(prefix) => prefix.clone(),
+                _ => {
+                    let prefix = partition_prefix(def, key)?;
+                    current = Some(prefix.clone());
+                    prefix
+                }
+            };
+            let slot = out.entry(prefix).or_insert(i64::MAX);
+            *slot = (*slot).min(expiry.expiry_seconds);
+        }
+        Ok(out)
+    }
+
     /// The earliest expiry (seconds) after `seconds` among the view's cells;
     /// `i64::MAX` for none.
     ///

@@ -154,6 +154,44 @@ impl Segment {
         end: Option<&[u8]>,
         visit: &mut CellVisitor<'_>,
     ) -> Result<usize> {
+        let in_range =
+            |key: &[u8]| start.is_none_or(|start| key >= start) && end.is_none_or(|end| key < end);
+        let overlaps = |min: &[u8], max: &[u8]| {
+            start.is_none_or(|start| max >= start) && end.is_none_or(|end| min < end)
+        };
+        self.read_where(&overlaps, &in_range, visit)
+    }
+
+    /// Calls `visit(key, cell)` for every cell whose key starts with one of
+    /// `prefixes`, reading only the row groups whose key statistics can hold
+    /// such a key. Partition prefixes never extend one another, so the
+    /// greatest prefix at or below a key is the only one it can start with.
+    ///
+    /// # Errors
+    /// As [`Segment::read`].
+    pub fn read_prefixes(
+        &self,
+        prefixes: &std::collections::BTreeSet<Vec<u8>>,
+        visit: &mut CellVisitor<'_>,
+    ) -> Result<usize> {
+        let covering = |key: &[u8]| {
+            prefixes
+                .range::<[u8], _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(key)))
+                .next_back()
+        };
+        let matches = |key: &[u8]| covering(key).is_some_and(|prefix| key.starts_with(prefix));
+        let overlaps = |min: &[u8], max: &[u8]| {
+            covering(max).is_some_and(|prefix| prefix.as_slice() >= min || min.starts_with(prefix))
+        };
+        self.read_where(&overlaps, &matches, visit)
+    }
+
+    fn read_where(
+        &self,
+        group_overlaps: &dyn Fn(&[u8], &[u8]) -> bool,
+        key_matches: &dyn Fn(&[u8]) -> bool,
+        visit: &mut CellVisitor<'_>,
+    ) -> Result<usize> {
         let file = File::open(&self.path).map_err(io_error("open segment", &self.path))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(parquet_error("read segment footer"))?;
@@ -161,17 +199,10 @@ impl Segment {
         let mut row_groups = Vec::new();
         for (group_idx, group) in metadata.row_groups().iter().enumerate() {
             let overlaps = match group.column(0).statistics() {
-                Some(Statistics::ByteArray(stats)) => {
-                    let below = match (stats.max_opt(), start) {
-                        (Some(max), Some(start)) => max.data() < start,
-                        _ => false,
-                    };
-                    let above = match (stats.min_opt(), end) {
-                        (Some(min), Some(end)) => min.data() >= end,
-                        _ => false,
-                    };
-                    !below && !above
-                }
+                Some(Statistics::ByteArray(stats)) => match (stats.min_opt(), stats.max_opt()) {
+                    (Some(min), Some(max)) => group_overlaps(min.data(), max.data()),
+                    _ => true,
+                },
                 _ => true,
             };
             if overlaps {
@@ -190,9 +221,7 @@ impl Segment {
             let cells = column::<BinaryArray>(&batch, 2)?;
             for row_idx in 0..batch.num_rows() {
                 let key = keys.value(row_idx);
-                let in_range =
-                    start.is_none_or(|start| key >= start) && end.is_none_or(|end| key < end);
-                if in_range {
+                if key_matches(key) {
                     visit(key, cells.value(row_idx))?;
                 }
             }

@@ -6,8 +6,11 @@
 //!   permit (queries_in_flight_max, else ResourcesExhausted)
 //!   T = resolve(snapshot): wait watermark ≥ T (≤ snapshot_wait_max, else SnapshotTimeout)
 //!   hold T (merges keep its versions) → SessionContext(memory pool) → catalog ks.table
-//!   SnapshotTable::scan(projection, filters): partition-key equality → one partition
-//!     (segment row groups pruned by key statistics) → rows at T → Arrow (types.rs)
+//!   SourceTable::scan(projection, filters): partition-key equality → one partition
+//!     (segment row groups pruned by key statistics) → rows at T → Arrow (types.rs);
+//!     full scan → the row segment's Parquet scan less the touched partitions
+//!     ∪ those partitions reconciled at T (Replica::read_rows_scan), or, with no
+//!     usable row segment, every row reconciled (scan cache)
 //!   collect on the analytics runtime
 //! ```
 
@@ -40,8 +43,19 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
-use crate::replica::{PartitionFilter, Replica};
+use crate::replica::{PartitionFilter, Replica, RowsScan};
+use crate::row_segment::{self, RowSegment};
 use crate::{Error, Result, types};
+use datafusion::common::DFSchema;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{Column, Literal, in_list};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::union::UnionExec;
 
 /// The hidden column with the newest write time of a row's live cells.
 pub const WRITE_TIME_COLUMN: &str = "_concord_write_time";
@@ -64,6 +78,10 @@ pub struct ColumnarOptions {
     /// Memory of whole-table scans kept as Arrow for later snapshots that
     /// read the same rows (see `Replica::read_all_batch`).
     pub scan_cache_bytes_max: usize,
+    /// A merge rewrites a table's row segment when the partitions merged
+    /// since it was written pass this percentage of its rows (reads
+    /// reconcile those partitions until then); see `Replica::merge`.
+    pub row_segment_dirty_percent_max: usize,
 }
 
 impl Default for ColumnarOptions {
@@ -75,6 +93,7 @@ impl Default for ColumnarOptions {
             analytics_threads: 2,
             delta_versions_max: crate::replica::DELTA_VERSIONS_MAX_DEFAULT,
             scan_cache_bytes_max: crate::replica::SCAN_CACHE_BYTES_MAX_DEFAULT,
+            row_segment_dirty_percent_max: crate::replica::ROW_SEGMENT_DIRTY_PERCENT_MAX_DEFAULT,
         }
     }
 }
@@ -115,6 +134,20 @@ pub trait PartitionSource: Send + Sync + std::fmt::Debug {
     /// Says what the scan reads, for `EXPLAIN`.
     fn describe(&self) -> String;
 
+    /// A full scan of `table` through a typed row segment (Parquet), when
+    /// the source has a usable one; `None` to read with
+    /// [`PartitionSource::read_batch`].
+    ///
+    /// # Errors
+    /// As [`PartitionSource::read`].
+    fn rows_scan(
+        &self,
+        _table: &Arc<TableDef>,
+        _charge: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<Option<RowsScan>> {
+        Ok(None)
+    }
+
     /// [`PartitionSource::read`] as a batch of the `projection` of
     /// [`table_schema`] (`None`: every column).
     ///
@@ -152,6 +185,14 @@ impl PartitionSource for ReplicaSource {
 
     fn describe(&self) -> String {
         format!("columnar replica at snapshot {}", self.snapshot.0)
+    }
+
+    fn rows_scan(
+        &self,
+        table: &Arc<TableDef>,
+        charge: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<Option<RowsScan>> {
+        self.replica.read_rows_scan(table.id, self.snapshot, charge)
     }
 
     fn read_batch(
@@ -208,6 +249,7 @@ impl Columnar {
     pub fn open(dir: &std::path::Path, options: ColumnarOptions) -> Result<Columnar> {
         let mut replica = Replica::open(dir, options.delta_versions_max)?;
         replica.set_scan_cache_bytes_max(options.scan_cache_bytes_max);
+        replica.set_row_segment_dirty_percent_max(options.row_segment_dirty_percent_max);
         let replica = Arc::new(replica);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(options.analytics_threads.max(1))
@@ -629,6 +671,9 @@ struct SourceTable {
     schema: SchemaRef,
     /// Memory of materialised scans, released when the query's context drops.
     reservations: Mutex<Vec<MemoryReservation>>,
+    /// Row segments the query's Parquet scans read: kept (so their files
+    /// stay) until the query's context drops.
+    row_segments: Mutex<Vec<Arc<RowSegment>>>,
 }
 
 impl SourceTable {
@@ -638,6 +683,7 @@ impl SourceTable {
             source,
             def,
             reservations: Mutex::new(Vec::new()),
+            row_segments: Mutex::new(Vec::new()),
         })
     }
 }
@@ -685,6 +731,102 @@ fn scalar_to_cql(scalar: &ScalarValue, ty: &concord_storage::types::CqlType) -> 
     types::from_array(ty, cast.as_ref()).ok()?.pop()?
 }
 
+impl SourceTable {
+    /// The plan of a full scan through a row segment: DataFusion's Parquet
+    /// scan of the segment (projection, the query's filters as a pruning
+    /// predicate, one byte range per analytics thread), less the excluded
+    /// partitions, in union with the reconciled rows of those partitions.
+    fn row_segment_plan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        rows_scan: RowsScan,
+        reservation: MemoryReservation,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let external = |error: Error| DataFusionError::External(Box::new(error));
+        let file_schema = row_segment::file_schema(&rows_scan.def).map_err(external)?;
+        let n_table_fields = self.schema.fields().len();
+        let projection: Vec<usize> = match projection {
+            Some(projection) => projection.clone(),
+            None => (0..n_table_fields).collect(),
+        };
+        let mut source = ParquetSource::new(Arc::clone(&file_schema));
+        if let Some(predicate) = datafusion::logical_expr::utils::conjunction(filters.to_vec()) {
+            let df_schema = DFSchema::try_from(Arc::clone(&file_schema))?;
+            // The predicate only prunes; DataFusion applies every filter above.
+            if let Ok(physical) = state.create_physical_expr(predicate, &df_schema) {
+                source = source.with_predicate(physical);
+            }
+        }
+        let segment = &rows_scan.segment;
+        let path = segment.path().to_string_lossy().into_owned();
+        let size = segment.size_bytes;
+        let n_ranges = (state.config().target_partitions().max(1) as u64).min(size.max(1));
+        let step = size.div_ceil(n_ranges).max(1);
+        let groups: Vec<FileGroup> = (0..n_ranges)
+            .map(|idx| {
+                let start = (idx * step).min(size) as i64;
+                let end = ((idx + 1) * step).min(size) as i64;
+                FileGroup::new(vec![PartitionedFile::new_with_range(
+                    path.clone(),
+                    size,
+                    start,
+                    end,
+                )])
+            })
+            .collect();
+        let mut file_projection = projection.clone();
+        let exclude = !rows_scan.excluded.is_empty();
+        if exclude {
+            file_projection.push(n_table_fields);
+        }
+        let config =
+            FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                .with_file_groups(groups)
+                .with_projection_indices(Some(file_projection))?
+                .build();
+        let mut plan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
+        if exclude {
+            let scanned = plan.schema();
+            let partition = Arc::new(Column::new(row_segment::PARTITION_COLUMN, projection.len()));
+            let list: Vec<Arc<dyn PhysicalExpr>> = rows_scan
+                .excluded
+                .iter()
+                .map(|prefix| {
+                    Arc::new(Literal::new(ScalarValue::Binary(Some(prefix.clone()))))
+                        as Arc<dyn PhysicalExpr>
+                })
+                .collect();
+            let keep = in_list(partition, list, &true, &scanned)?;
+            plan = Arc::new(FilterExec::try_new(keep, plan)?);
+            let columns: Vec<(Arc<dyn PhysicalExpr>, String)> = (0..projection.len())
+                .map(|idx| {
+                    let name = scanned.field(idx).name().clone();
+                    (
+                        Arc::new(Column::new(&name, idx)) as Arc<dyn PhysicalExpr>,
+                        name,
+                    )
+                })
+                .collect();
+            plan = Arc::new(ProjectionExec::try_new(columns, plan)?);
+        }
+        if !rows_scan.reconciled.is_empty() {
+            let batch =
+                to_projected_batch(&rows_scan.def, &rows_scan.reconciled, Some(&projection))
+                    .map_err(external)?;
+            reservation.try_grow(batch.get_array_memory_size())?;
+            let memory = MemorySourceConfig::try_new_exec(&[vec![batch]], plan.schema(), None)?;
+            plan = UnionExec::try_new(vec![plan, memory])?;
+        }
+        self.reservations.lock().push(reservation);
+        self.row_segments
+            .lock()
+            .push(Arc::clone(&rows_scan.segment));
+        Ok(plan)
+    }
+}
+
 #[async_trait]
 impl TableProvider for SourceTable {
     fn schema(&self) -> SchemaRef {
@@ -699,22 +841,10 @@ impl TableProvider for SourceTable {
         &self,
         filters: &[&Expr],
     ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
-        // Partition-key equalities narrow the scan; DataFusion still applies
-        // every filter, so Inexact is always correct.
-        Ok(filters
-            .iter()
-            .map(|filter| {
-                let on_key = self
-                    .def
-                    .partition_key()
-                    .any(|column| equality_literal(filter, &column.name).is_some());
-                if on_key {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
+        // Partition-key equalities narrow the scan, and every filter prunes
+        // row groups of a row segment; DataFusion still applies every
+        // filter, so Inexact is always correct.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 
     async fn scan(
@@ -729,6 +859,25 @@ impl TableProvider for SourceTable {
             None => PartitionFilter::All,
         };
         let external = |error: Error| DataFusionError::External(Box::new(error));
+        if filter == PartitionFilter::All {
+            let reservation =
+                MemoryConsumer::new(format!("concord scan {}", self.def.qualified_name()))
+                    .register(&state.runtime_env().memory_pool);
+            let rows_scan = self
+                .source
+                .rows_scan(&self.def, &mut |bytes| {
+                    reservation
+                        .try_grow(bytes)
+                        .map_err(|error| Error::ResourcesExhausted(error.to_string()))
+                })
+                .map_err(external)?;
+            if let Some(rows_scan) = rows_scan {
+                reservation.resize(0);
+                let plan =
+                    self.row_segment_plan(state, projection, filters, rows_scan, reservation)?;
+                return Ok(plan);
+            }
+        }
         // The cells read and the batch built are charged to the query's memory
         // pool as they grow, so an oversized scan fails with ResourcesExhausted
         // before it can exhaust the node.

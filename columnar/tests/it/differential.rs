@@ -57,7 +57,7 @@ fn opt(value: Option<i64>) -> String {
 }
 
 /// Checks every query shape at `at` against the row store.
-fn check(columnar: &Columnar, node: &Node, at: WriteTime) {
+pub(crate) fn check(columnar: &Columnar, node: &Node, at: WriteTime) {
     let (engine, partitions) = node.row_store_at(at);
     let expected = partition_rows(&node.table, &partitions);
     // Columns in table_schema order: pk ck1 ck2 s v1 v2 l st m.
@@ -195,6 +195,9 @@ fn run(ops: &[ModelOp], snapshot_picks: &[u16], merge_picks: u32) {
     let options = ColumnarOptions {
         // Small, so ingest spills the delta into segments mid-run.
         delta_versions_max: 48,
+        // Some merges keep the row segment and leave the merged partitions
+        // dirty, so reads exercise that path too.
+        row_segment_dirty_percent_max: 50,
         ..ColumnarOptions::default()
     };
     let columnar = open_columnar(dir.path(), options);
@@ -274,7 +277,11 @@ fn run(ops: &[ModelOp], snapshot_picks: &[u16], merge_picks: u32) {
         }
     }
     replica.merge().expect("merge");
+    assert!(replica.has_row_segment(node.table.id));
+    let row_segment_scans = replica.n_row_segment_scans();
     check(&columnar, &node, end);
+    // The full scans after the merge read the row segment (Parquet).
+    assert!(replica.n_row_segment_scans() > row_segment_scans);
 }
 
 proptest! {

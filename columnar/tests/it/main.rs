@@ -7,6 +7,7 @@
 mod differential;
 mod follower;
 mod restart;
+mod row_segments;
 mod sql;
 mod types;
 

@@ -143,33 +143,41 @@ fn check(ty: CqlType, value: CqlValue) -> Result<(), TestCaseError> {
         .catch_up(&node.engine, node.feed.frontier())
         .expect("catch up");
     let decimal = |ty: &CqlType| matches!(ty, CqlType::Decimal | CqlType::Varint);
-    match columnar.sql("SELECT v FROM ks.types", Snapshot::At(at)) {
-        Ok(result) => {
-            let batch = &result.batches[0];
-            let back = types::from_array(&ty, batch.column(0).as_ref()).expect("from arrow");
-            prop_assert_eq!(back.len(), 1);
-            match (&back[0], &held) {
-                (Some(back), Some(held)) if holds(&ty, &decimal) => {
-                    prop_assert_eq!(
-                        back.compare(held, &ty),
-                        Ordering::Equal,
-                        "{} {:?} {:?}",
-                        ty,
-                        back,
-                        held
-                    );
-                }
-                (Some(back), Some(held)) => {
-                    prop_assert!(values_identical(back, held), "{ty}: {back:?} != {held:?}");
-                }
-                (None, None) => {}
-                (back, held) => {
-                    prop_assert!(false, "{ty}: {back:?} but the row store holds {held:?}")
+    // From the cells (delta), then from the row segment (Parquet) a merge writes.
+    for merged in [false, true] {
+        if merged {
+            columnar.replica().merge().expect("merge");
+        }
+        match columnar.sql("SELECT v FROM ks.types", Snapshot::At(at)) {
+            Ok(result) => {
+                // Every value that converts is read from the row segment.
+                prop_assert_eq!(columnar.replica().has_row_segment(table.id), merged);
+                let batch = &result.batches[0];
+                let back = types::from_array(&ty, batch.column(0).as_ref()).expect("from arrow");
+                prop_assert_eq!(back.len(), 1);
+                match (&back[0], &held) {
+                    (Some(back), Some(held)) if holds(&ty, &decimal) => {
+                        prop_assert_eq!(
+                            back.compare(held, &ty),
+                            Ordering::Equal,
+                            "{} {:?} {:?}",
+                            ty,
+                            back,
+                            held
+                        );
+                    }
+                    (Some(back), Some(held)) => {
+                        prop_assert!(values_identical(back, held), "{ty}: {back:?} != {held:?}");
+                    }
+                    (None, None) => {}
+                    (back, held) => {
+                        prop_assert!(false, "{ty}: {back:?} but the row store holds {held:?}")
+                    }
                 }
             }
+            Err(Error::ValueOutOfRange { .. }) if holds(&ty, &decimal) => {}
+            Err(error) => prop_assert!(false, "{ty}: {error}"),
         }
-        Err(Error::ValueOutOfRange { .. }) if holds(&ty, &decimal) => {}
-        Err(error) => prop_assert!(false, "{ty}: {error}"),
     }
     Ok(())
 }

@@ -1,0 +1,232 @@
+//! Row segments (typed Parquet of a table's rows at a merge horizon) answer
+//! full scans with the delta merged on top: updates, every delete shape and
+//! new partitions after the segment, cells expiring between the segment's
+//! horizon and the snapshot, columns added after it, and a restart (row
+//! segments are rewritten by the first merge) all read as the row store.
+
+use concord_columnar::{ColumnarOptions, Snapshot};
+use concord_storage::cell::WriteTime;
+use concord_storage::rows::{CellOp, Liveness, Mutation, RowOp, Ttl};
+use concord_storage::schema::{ColumnKind, ColumnSpec, Schema};
+use concord_storage::testing::model;
+use concord_storage::types::CqlType;
+use concord_storage::value::CqlValue;
+
+use crate::differential::check;
+use crate::{Node, open_columnar, query_rows, sorted};
+
+/// Every column of the (altered) table at `at` equals the row store's.
+fn check_all_columns(columnar: &concord_columnar::Columnar, node: &Node, at: WriteTime) {
+    let (_, partitions) = node.row_store_at(at);
+    let expected = concord_columnar::sql::partition_rows(&node.table, &partitions);
+    let got = query_rows(
+        columnar,
+        node,
+        "SELECT pk, ck1, ck2, s, v1, v2, l, st, m, extra FROM ks.t",
+        at,
+    );
+    assert_eq!(sorted(got), sorted(expected), "all columns at {at:?}");
+}
+
+const T0: i64 = model::CLOCK_START_SECONDS * 1_000_000;
+const SECOND: i64 = 1_000_000;
+
+fn upsert(table: &concord_storage::schema::TableDef, key: i32, v2: i64, ttl: Ttl) -> Mutation {
+    let id = |name| model::column_id(table, name);
+    Mutation {
+        table: table.id,
+        partition_key: vec![CqlValue::Int(key)],
+        ops: vec![RowOp::Upsert {
+            clustering: vec![CqlValue::Int(key % 3), CqlValue::Text("a".into())],
+            liveness: Liveness::RowMarker,
+            ttl,
+            cells: vec![
+                (
+                    id("v1"),
+                    CellOp::Set(Some(CqlValue::Text(format!("v{key}")))),
+                ),
+                (id("v2"), CellOp::Set(Some(CqlValue::Bigint(v2)))),
+                (id("s"), CellOp::Set(Some(CqlValue::Int(key)))),
+            ],
+        }],
+    }
+}
+
+fn op(table: &concord_storage::schema::TableDef, key: i32, op: RowOp) -> Mutation {
+    Mutation {
+        table: table.id,
+        partition_key: vec![CqlValue::Int(key)],
+        ops: vec![op],
+    }
+}
+
+fn schema_with_model_table() -> (Schema, std::sync::Arc<concord_storage::schema::TableDef>) {
+    let table = model::table(model::model_table_options());
+    let mut schema = Schema::new();
+    schema
+        .create_keyspace(
+            concord_storage::schema::KeyspaceDef {
+                name: "ks".into(),
+                replication: concord_storage::schema::ReplicationStrategy::Local,
+                durable_writes: true,
+            },
+            concord_storage::schema::IfExists::Strict,
+        )
+        .expect("keyspace");
+    let spec = concord_storage::schema::TableSpec {
+        keyspace: "ks".into(),
+        name: "t".into(),
+        columns: table
+            .columns()
+            .iter()
+            .map(|c| ColumnSpec {
+                name: c.name.clone(),
+                ty: c.ty.clone(),
+                kind: c.kind,
+            })
+            .collect(),
+        options: model::model_table_options(),
+    };
+    let created = schema
+        .create_table(spec, concord_storage::schema::IfExists::Strict)
+        .expect("create")
+        .expect("new");
+    (schema, created)
+}
+
+#[test]
+fn row_segments_answer_scans_with_the_delta_expiry_and_schema_changes_on_top() {
+    let (mut schema, table) = schema_with_model_table();
+    let mut node = Node::new(table.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    let options = ColumnarOptions {
+        // Merges keep the row segment and leave merged partitions dirty.
+        row_segment_dirty_percent_max: 1000,
+        ..ColumnarOptions::default()
+    };
+    let columnar = open_columnar(dir.path(), options.clone());
+    columnar.replica().register_table(table.clone());
+    for key in 0..40 {
+        let ttl = if key == 5 {
+            Ttl::Seconds(5)
+        } else {
+            Ttl::Unlimited
+        };
+        node.write(
+            upsert(&table, key, i64::from(key), ttl),
+            WriteTime(T0 + i64::from(key)),
+        );
+    }
+    let catch_up = |columnar: &concord_columnar::Columnar, node: &Node| {
+        columnar
+            .replica()
+            .catch_up(&node.engine, node.feed.frontier())
+            .expect("catch up");
+    };
+    catch_up(&columnar, &node);
+    let replica = columnar.replica();
+    assert!(!replica.has_row_segment(table.id));
+    replica.merge().expect("merge");
+    assert!(replica.has_row_segment(table.id));
+    check(&columnar, &node, WriteTime(T0 + 39));
+
+    // The scan is DataFusion's Parquet scan, with the filter as its predicate.
+    let explain = columnar
+        .sql(
+            "EXPLAIN SELECT count(*) FROM ks.t WHERE v2 > 3",
+            Snapshot::Watermark,
+        )
+        .expect("explain");
+    let plan = arrow::util::pretty::pretty_format_batches(&explain.batches)
+        .expect("format")
+        .to_string();
+    assert!(plan.contains("file_type=parquet"), "{plan}");
+    assert!(plan.contains("predicate="), "{plan}");
+
+    // Versions newer than the segment: an update, a row delete, a partition
+    // delete, a range delete, a new partition.
+    node.write(upsert(&table, 3, 300, Ttl::Unlimited), WriteTime(T0 + 100));
+    node.write(
+        op(
+            &table,
+            4,
+            RowOp::DeleteRow {
+                clustering: vec![CqlValue::Int(1), CqlValue::Text("a".into())],
+            },
+        ),
+        WriteTime(T0 + 101),
+    );
+    node.write(op(&table, 6, RowOp::DeletePartition), WriteTime(T0 + 102));
+    node.write(
+        op(
+            &table,
+            7,
+            RowOp::DeleteRange(concord_storage::rows::Slice::all()),
+        ),
+        WriteTime(T0 + 103),
+    );
+    node.write(upsert(&table, 50, 50, Ttl::Unlimited), WriteTime(T0 + 104));
+    catch_up(&columnar, &node);
+    let scans = replica.n_row_segment_scans();
+    for at in [39, 100, 102, 104] {
+        check(&columnar, &node, WriteTime(T0 + at));
+    }
+    assert!(replica.n_row_segment_scans() > scans);
+    // Merged, the row segment stays and those partitions are dirty.
+    replica.merge().expect("merge");
+    check(&columnar, &node, WriteTime(T0 + 104));
+    node.write(upsert(&table, 8, 800, Ttl::Unlimited), WriteTime(T0 + 200));
+    catch_up(&columnar, &node);
+    check(&columnar, &node, WriteTime(T0 + 200));
+
+    // Partition 5's cells expire 5 s after T0: live at +4 s, gone at +6 s.
+    drop(node.feed.begin(|| WriteTime(T0 + 10 * SECOND)));
+    catch_up(&columnar, &node);
+    check(&columnar, &node, WriteTime(T0 + 4 * SECOND));
+    check(&columnar, &node, WriteTime(T0 + 6 * SECOND));
+    replica.merge().expect("merge");
+    check(&columnar, &node, WriteTime(T0 + 10 * SECOND));
+
+    // A column added after the segment: the segment is stale until a merge
+    // rewrites it; answers are exact throughout.
+    let added = schema
+        .add_column(
+            "ks",
+            "t",
+            ColumnSpec {
+                name: "extra".into(),
+                ty: CqlType::Int,
+                kind: ColumnKind::Regular,
+            },
+        )
+        .expect("add");
+    node.table = added.clone();
+    replica.register_table(added.clone());
+    assert!(!replica.has_row_segment(table.id));
+    node.write(
+        upsert(&added, 9, 900, Ttl::Unlimited),
+        WriteTime(T0 + 11 * SECOND),
+    );
+    catch_up(&columnar, &node);
+    check_all_columns(&columnar, &node, WriteTime(T0 + 11 * SECOND));
+    replica.merge().expect("merge");
+    assert!(replica.has_row_segment(table.id));
+    check_all_columns(&columnar, &node, WriteTime(T0 + 11 * SECOND));
+    node.write(
+        upsert(&added, 10, 1000, Ttl::Unlimited),
+        WriteTime(T0 + 12 * SECOND),
+    );
+    catch_up(&columnar, &node);
+    check_all_columns(&columnar, &node, WriteTime(T0 + 12 * SECOND));
+
+    // Restart: row segments are rewritten by the first merge after open.
+    drop(columnar);
+    let columnar = open_columnar(dir.path(), options);
+    columnar.replica().register_table(added.clone());
+    catch_up(&columnar, &node);
+    assert!(!columnar.replica().has_row_segment(table.id));
+    check_all_columns(&columnar, &node, WriteTime(T0 + 12 * SECOND));
+    columnar.replica().merge().expect("merge");
+    assert!(columnar.replica().has_row_segment(table.id));
+    check_all_columns(&columnar, &node, WriteTime(T0 + 12 * SECOND));
+}
