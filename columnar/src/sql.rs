@@ -56,6 +56,8 @@ use datafusion::physical_expr::expressions::{Column, Literal, in_list};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{self, VisitMut, VisitorMut};
 
 /// The hidden column with the newest write time of a row's live cells.
 pub const WRITE_TIME_COLUMN: &str = "_concord_write_time";
@@ -383,7 +385,7 @@ impl Columnar {
         }
         let context = self.session(Arc::new(NoData), tables)?;
         let pinned = self.runtime().block_on(async {
-            let plan = context.state().create_logical_plan(query).await?;
+            let plan = plan_query(&context, query, tables).await?;
             let plan = match plan {
                 LogicalPlan::Explain(explain) => explain.plan.as_ref().clone(),
                 LogicalPlan::Analyze(analyze) => analyze.input.as_ref().clone(),
@@ -432,7 +434,8 @@ impl Columnar {
         let context = self.session(source, tables)?;
         self.runtime()
             .block_on(async {
-                let frame = context.sql(query).await?;
+                let plan = plan_query(&context, query, tables).await?;
+                let frame = context.execute_logical_plan(plan).await?;
                 frame.collect().await
             })
             .map_err(map_datafusion_error)
@@ -479,6 +482,147 @@ impl Drop for Columnar {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Plans `query`: parsed, with `*` over a replica table not expanding to the
+/// hidden columns ([`hide_hidden_columns`]), then DataFusion's planner.
+async fn plan_query(
+    context: &SessionContext,
+    query: &str,
+    tables: &[Arc<TableDef>],
+) -> datafusion::error::Result<LogicalPlan> {
+    let state = context.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let mut statement = state.sql_to_statement(query, &dialect)?;
+    hide_hidden_columns(&mut statement, tables);
+    state.statement_to_plan(statement).await
+}
+
+/// Makes `*` leave out the hidden columns ([`WRITE_TIME_COLUMN`],
+/// [`DELETED_COLUMN`]), which stay selectable by name: `*` over a FROM with
+/// exactly one of `tables` gets `EXCLUDE (hidden)`, and `t.*` naming one of
+/// them too. A `*` over a join of two or more of them is left as is (an
+/// unqualified EXCLUDE would be ambiguous): name the columns, or use `a.*, b.*`.
+pub fn hide_hidden_columns(statement: &mut DfStatement, tables: &[Arc<TableDef>]) {
+    match statement {
+        DfStatement::Statement(statement) => {
+            let _ = statement.visit(&mut HideHidden { tables });
+        }
+        DfStatement::Explain(explain) => hide_hidden_columns(&mut explain.statement, tables),
+        _ => {}
+    }
+}
+
+struct HideHidden<'a> {
+    tables: &'a [Arc<TableDef>],
+}
+
+impl VisitorMut for HideHidden<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut ast::Query) -> std::ops::ControlFlow<()> {
+        self.set_expr(&mut query.body);
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+impl HideHidden<'_> {
+    fn set_expr(&self, body: &mut ast::SetExpr) {
+        match body {
+            ast::SetExpr::Select(select) => self.select(select),
+            ast::SetExpr::SetOperation { left, right, .. } => {
+                self.set_expr(left);
+                self.set_expr(right);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether `name` names one of the replica's tables.
+    fn is_replica_table(&self, name: &ast::ObjectName) -> bool {
+        let parts: Vec<&ast::Ident> = name.0.iter().filter_map(|part| part.as_ident()).collect();
+        let matches = |ident: &ast::Ident, text: &str| match ident.quote_style {
+            Some(_) => ident.value == text,
+            None => ident.value.eq_ignore_ascii_case(text),
+        };
+        let Some((table, qualifiers)) = parts.split_last() else {
+            return false;
+        };
+        self.tables.iter().any(|def| {
+            matches(table, &def.name)
+                && qualifiers
+                    .last()
+                    .is_none_or(|keyspace| matches(keyspace, &def.keyspace))
+        })
+    }
+
+    fn select(&self, select: &mut ast::Select) {
+        // (the name `t.*` may use, whether the relation is a replica table)
+        let mut relations: Vec<(Option<ast::Ident>, bool)> = Vec::new();
+        for from in &select.from {
+            for factor in
+                std::iter::once(&from.relation).chain(from.joins.iter().map(|j| &j.relation))
+            {
+                relations.push(match factor {
+                    ast::TableFactor::Table { name, alias, .. } => {
+                        let qualifier = match alias {
+                            Some(alias) => Some(alias.name.clone()),
+                            None => name.0.last().and_then(|part| part.as_ident()).cloned(),
+                        };
+                        (qualifier, self.is_replica_table(name))
+                    }
+                    ast::TableFactor::Derived { alias, .. } => {
+                        (alias.as_ref().map(|alias| alias.name.clone()), false)
+                    }
+                    _ => (None, false),
+                });
+            }
+        }
+        let n_replica = relations.iter().filter(|(_, replica)| *replica).count();
+        for item in &mut select.projection {
+            match item {
+                ast::SelectItem::Wildcard(options) if n_replica == 1 => exclude_hidden(options),
+                ast::SelectItem::QualifiedWildcard(
+                    ast::SelectItemQualifiedWildcardKind::ObjectName(name),
+                    options,
+                ) => {
+                    let named = name.0.last().and_then(|part| part.as_ident());
+                    let replica = relations.iter().any(|(qualifier, replica)| {
+                        *replica
+                            && qualifier
+                                .as_ref()
+                                .zip(named)
+                                .is_some_and(|(q, n)| q.value.eq_ignore_ascii_case(&n.value))
+                    });
+                    if replica {
+                        exclude_hidden(options);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn exclude_hidden(options: &mut ast::WildcardAdditionalOptions) {
+    let hidden = [WRITE_TIME_COLUMN, DELETED_COLUMN];
+    let mut names: Vec<ast::ObjectName> = match options.opt_exclude.take() {
+        Some(ast::ExcludeSelectItem::Single(name)) => vec![name],
+        Some(ast::ExcludeSelectItem::Multiple(names)) => names,
+        None => Vec::new(),
+    };
+    for column in hidden {
+        let named = names.iter().any(|name| {
+            name.0
+                .last()
+                .and_then(|part| part.as_ident())
+                .is_some_and(|ident| ident.value.eq_ignore_ascii_case(column))
+        });
+        if !named {
+            names.push(ast::ObjectName::from(vec![ast::Ident::new(column)]));
+        }
+    }
+    options.opt_exclude = Some(ast::ExcludeSelectItem::Multiple(names));
 }
 
 fn map_datafusion_error(error: DataFusionError) -> Error {

@@ -306,3 +306,72 @@ fn whole_table_scans_are_reused_until_a_write_or_an_expiry_changes_them() {
     assert_eq!(count(&columnar, at(12_000_000)).expect("count"), 2);
     assert_eq!(replica.n_scan_cache_hits(), hits + 3);
 }
+
+#[test]
+fn select_star_leaves_out_the_hidden_columns_which_stay_selectable_by_name() {
+    let table = model::table(model::model_table_options());
+    let mut node = Node::new(table.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    let columnar = open_columnar(dir.path(), ColumnarOptions::default());
+    columnar.replica().register_table(table.clone());
+    node.write(row(&table, 1, 7), WriteTime(T0 + 1));
+    columnar
+        .replica()
+        .catch_up(&node.engine, node.feed.frontier())
+        .expect("catch up");
+    let names = |sql: &str| -> Vec<String> {
+        let result = columnar
+            .sql(sql, Snapshot::Watermark)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let batch = &result.batches[0];
+        assert_eq!(batch.num_rows(), 1, "{sql}");
+        batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    };
+    let visible: Vec<String> = ["pk", "ck1", "ck2", "s", "v1", "v2", "l", "st", "m"]
+        .map(String::from)
+        .to_vec();
+    assert_eq!(names("SELECT * FROM ks.t"), visible);
+    assert_eq!(names("SELECT * FROM ks.t WHERE v2 = 7"), visible);
+    assert_eq!(names("SELECT a.* FROM ks.t a"), visible);
+    assert_eq!(names("SELECT ks.t.* FROM ks.t"), visible);
+    assert_eq!(
+        names("SELECT * FROM (SELECT * FROM ks.t) AS inner_rows"),
+        visible
+    );
+    let mut joined = visible.clone();
+    joined.push("k".into());
+    assert_eq!(
+        names("SELECT * FROM ks.t a JOIN (SELECT pk AS k FROM ks.t) b ON a.pk = b.k"),
+        joined
+    );
+    assert_eq!(
+        names("SELECT * EXCLUDE (m) FROM ks.t"),
+        visible[..visible.len() - 1].to_vec()
+    );
+    // By name they are there, with the row's write time.
+    assert_eq!(
+        names("SELECT pk, _concord_write_time, _concord_deleted FROM ks.t"),
+        vec!["pk", "_concord_write_time", "_concord_deleted"]
+    );
+    let mut with_time = visible.clone();
+    with_time.push("_concord_write_time".into());
+    assert_eq!(names("SELECT *, _concord_write_time FROM ks.t"), with_time);
+    let result = columnar
+        .sql(
+            "SELECT CAST(_concord_write_time AS BIGINT) AS w FROM ks.t",
+            Snapshot::Watermark,
+        )
+        .expect("write time");
+    let w = result.batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .expect("bigint")
+        .value(0);
+    assert_eq!(w, T0 + 1);
+}
