@@ -561,12 +561,23 @@ impl OrderedReader<'_> {
                 0x01 => V::Boolean(true),
                 other => return Err(corrupt(ty, format!("boolean byte {other:#04x}"))),
             },
-            CqlType::Float => V::Float(f32_from_order_bits(u32::from_be_bytes(
-                self.read_array(ty)?,
-            ))),
-            CqlType::Double => V::Double(f64_from_order_bits(u64::from_be_bytes(
-                self.read_array(ty)?,
-            ))),
+            CqlType::Float => {
+                let order_bits = u32::from_be_bytes(self.read_array(ty)?);
+                let number = f32_from_order_bits(order_bits);
+                // Every NaN encodes as the canonical one; other NaN bits are not an encoding.
+                if number.is_nan() && f32_order_bits(number) != order_bits {
+                    return Err(corrupt(ty, "a NaN other than the canonical NaN"));
+                }
+                V::Float(number)
+            }
+            CqlType::Double => {
+                let order_bits = u64::from_be_bytes(self.read_array(ty)?);
+                let number = f64_from_order_bits(order_bits);
+                if number.is_nan() && f64_order_bits(number) != order_bits {
+                    return Err(corrupt(ty, "a NaN other than the canonical NaN"));
+                }
+                V::Double(number)
+            }
             CqlType::Uuid => V::Uuid(uuid_from_order_key(&self.read_array(ty)?)),
             CqlType::Timeuuid => V::Timeuuid(timeuuid_from_order_key(&self.read_array(ty)?)),
             CqlType::Varint => V::Varint(self.decode_varint(ty)?),
@@ -1115,6 +1126,18 @@ mod tests {
             CqlType::Ascii,
             &[0xc3, 0xa9, 0x00, 0x01],
             expect!["corruption: ordered encoding of ascii: non-ascii byte"],
+        );
+        // Found by `decoding_arbitrary_bytes_never_panics` (CI, 2026-11-24): a NaN with a
+        // payload decoded and re-encoded as the canonical NaN, so two byte strings meant one key.
+        check_error(
+            CqlType::Float,
+            &[0xff, 0x80, 0x00, 0x01],
+            expect!["corruption: ordered encoding of float: a NaN other than the canonical NaN"],
+        );
+        check_error(
+            CqlType::Double,
+            &[0xff, 0xf0, 0, 0, 0, 0, 0, 0x01],
+            expect!["corruption: ordered encoding of double: a NaN other than the canonical NaN"],
         );
         check_error(
             CqlType::Boolean,
