@@ -55,6 +55,15 @@ pub struct Config {
     /// The most requests the node has in flight over all CQL connections;
     /// past it every connection stops reading (backpressure).
     pub cql_node_in_flight_requests_max: usize,
+    /// `host:port` of the Postgres wire endpoint (port 0: any free).
+    pub pg_listen_address: String,
+    /// The most concurrent Postgres connections; more are refused with
+    /// SQLSTATE 53300.
+    pub pg_connections_max: usize,
+    /// The longest SQL text a Postgres client may send, in bytes.
+    pub pg_query_bytes_max: usize,
+    /// `host:port` of the Arrow Flight SQL endpoint (port 0: any free).
+    pub flight_listen_address: String,
 }
 
 impl Default for Config {
@@ -70,6 +79,10 @@ impl Default for Config {
             cql_connections_max: crate::cql::CONNECTIONS_MAX_DEFAULT,
             cql_in_flight_requests_max: crate::cql::IN_FLIGHT_REQUESTS_MAX_DEFAULT,
             cql_node_in_flight_requests_max: crate::cql::NODE_IN_FLIGHT_REQUESTS_MAX_DEFAULT,
+            pg_listen_address: crate::pgwire::LISTEN_ADDRESS_DEFAULT.to_owned(),
+            pg_connections_max: crate::pgwire::CONNECTIONS_MAX_DEFAULT,
+            pg_query_bytes_max: crate::pgwire::QUERY_BYTES_MAX_DEFAULT,
+            flight_listen_address: crate::flight::LISTEN_ADDRESS_DEFAULT.to_owned(),
         }
     }
 }
@@ -118,6 +131,31 @@ impl Config {
                 self.cql_listen_address
             )));
         }
+        if self
+            .pg_listen_address
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return Err(Error::Config(format!(
+                "pg_listen_address {:?} is not host:port (e.g. 127.0.0.1:5433)",
+                self.pg_listen_address
+            )));
+        }
+        if self
+            .flight_listen_address
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return Err(Error::Config(format!(
+                "flight_listen_address {:?} is not host:port (e.g. 127.0.0.1:50051)",
+                self.flight_listen_address
+            )));
+        }
+        if self.pg_connections_max == 0 || self.pg_query_bytes_max == 0 {
+            return Err(Error::Config(
+                "pg_connections_max and pg_query_bytes_max must be at least 1".into(),
+            ));
+        }
         if self.cql_frame_bytes_max == 0
             || self.cql_connections_max == 0
             || self.cql_in_flight_requests_max == 0
@@ -159,5 +197,14 @@ mod tests {
         assert!(error.contains("cql_listen_address"), "{error}");
         let config = Config::from_toml("cql_listen_address = \"0.0.0.0:19042\"").unwrap();
         assert_eq!(config.cql_listen_address, "0.0.0.0:19042");
+        assert_eq!(Config::default().pg_listen_address, "127.0.0.1:5433");
+        let error = Config::from_toml("pg_listen_address = \"5433\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("pg_listen_address"), "{error}");
+        let error = Config::from_toml("pg_connections_max = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("pg_connections_max"), "{error}");
     }
 }

@@ -2,7 +2,9 @@
 //! issues land) the endpoints, the router and cluster metadata.
 //!
 //! **Owns**: [`db::Db`], the in-process database that every endpoint and the
-//! embedded mode use; [`config::Config`]; the `concord` binary.
+//! embedded mode use; [`config::Config`]; the `concord` binary; the
+//! endpoints: CQL ([`cql`]), Postgres wire ([`pgwire`]) and Arrow Flight SQL
+//! ([`flight`]), which all run SQL through [`db::Db::sql_with`].
 //!
 //! **Must never**: reach into RocksDB directly (it uses
 //! `concord_storage::engine`), or order writes any other way than through
@@ -15,6 +17,8 @@ pub mod config;
 pub mod cql;
 pub mod db;
 pub mod error;
+pub mod flight;
+pub mod pgwire;
 pub mod sql;
 
 pub use db::Db;

@@ -65,6 +65,12 @@ struct StartArgs {
     /// `host:port` for the CQL endpoint (default 127.0.0.1:9042; port 0 picks a free one).
     #[arg(long)]
     cql_listen_address: Option<String>,
+    /// `host:port` for the Postgres wire endpoint (default 127.0.0.1:5433; port 0 picks a free one).
+    #[arg(long)]
+    pg_listen_address: Option<String>,
+    /// `host:port` for Arrow Flight SQL (default 127.0.0.1:50051; port 0 picks a free one).
+    #[arg(long)]
+    flight_listen_address: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -170,6 +176,12 @@ fn load_config(args: &StartArgs) -> anyhow::Result<Config> {
     if let Some(address) = &args.cql_listen_address {
         config.cql_listen_address = address.clone();
     }
+    if let Some(address) = &args.pg_listen_address {
+        config.pg_listen_address = address.clone();
+    }
+    if let Some(address) = &args.flight_listen_address {
+        config.flight_listen_address = address.clone();
+    }
     if let Some(log_format) = args.log_format {
         config.log_format = match log_format {
             LogFormatArg::Text => LogFormat::Text,
@@ -239,10 +251,34 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listen for CQL on {cql_address}"))?;
     tracing::info!(address = %cql.local_address(), "cql endpoint listening");
     println!("cql: listening on {}", cql.local_address());
+    let pg_address: std::net::SocketAddr = config
+        .pg_listen_address
+        .parse()
+        .context("parse pg_listen_address")?;
+    let pg_limits = concord_server::pgwire::Limits {
+        connections_max: config.pg_connections_max,
+        query_bytes_max: config.pg_query_bytes_max,
+    };
+    let pg = concord_server::pgwire::PgServer::start(db.clone(), pg_address, pg_limits)
+        .await
+        .with_context(|| format!("listen for Postgres clients on {pg_address}"))?;
+    tracing::info!(address = %pg.local_address(), "postgres endpoint listening");
+    println!("postgres: listening on {}", pg.local_address());
+    let flight_address: std::net::SocketAddr = config
+        .flight_listen_address
+        .parse()
+        .context("parse flight_listen_address")?;
+    let (flight_address, flight) = concord_server::flight::serve(db.clone(), flight_address)
+        .await
+        .with_context(|| format!("listen for Flight SQL on {flight_address}"))?;
+    tracing::info!(address = %flight_address, "flight sql endpoint listening");
+    println!("flight sql: listening on {flight_address}");
     println!("ready");
     shutdown.wait().await?;
     tracing::info!("shutting down: flushing");
     cql.stop();
+    pg.stop();
+    flight.abort();
     db.flush().context("flush on shutdown")?;
     drop(db);
     tracing::info!("stopped cleanly");

@@ -23,7 +23,16 @@ fn start_serves_until_sigterm_then_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let mut child = Command::new(BINARY)
-        .args(["start", "--cql-listen-address", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "start",
+            "--cql-listen-address",
+            "127.0.0.1:0",
+            "--pg-listen-address",
+            "127.0.0.1:0",
+            "--flight-listen-address",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -50,6 +59,11 @@ fn start_serves_until_sigterm_then_stops_cleanly() {
         "{seen:?}"
     );
     assert!(data_dir.join("rocksdb").is_dir());
+    assert!(
+        seen.iter()
+            .any(|line| line.starts_with("postgres: listening on 127.0.0.1:")),
+        "{seen:?}"
+    );
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -13,6 +13,10 @@ const BINARY: &str = env!("CARGO_BIN_EXE_concord");
 pub struct Node {
     child: Child,
     pub address: SocketAddr,
+    /// The Postgres wire endpoint.
+    pub pg_address: SocketAddr,
+    /// The Arrow Flight SQL endpoint.
+    pub flight_address: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -23,7 +27,9 @@ impl Node {
         let config = dir.path().join("concord.toml");
         std::fs::write(
             &config,
-            format!("cql_listen_address = \"127.0.0.1:0\"\n{extra_config}\n"),
+            format!(
+                "cql_listen_address = \"127.0.0.1:0\"\npg_listen_address = \"127.0.0.1:0\"\nflight_listen_address = \"127.0.0.1:0\"\n{extra_config}\n"
+            ),
         )
         .unwrap();
         let mut child = Command::new(BINARY)
@@ -38,11 +44,19 @@ impl Node {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut address = None;
+        let mut pg_address = None;
+        let mut flight_address = None;
         let mut seen = Vec::new();
         for line in lines.by_ref() {
             let line = line.unwrap();
             if let Some(rest) = line.strip_prefix("cql: listening on ") {
                 address = Some(rest.parse().unwrap());
+            }
+            if let Some(rest) = line.strip_prefix("flight sql: listening on ") {
+                flight_address = Some(rest.parse().unwrap());
+            }
+            if let Some(rest) = line.strip_prefix("postgres: listening on ") {
+                pg_address = Some(rest.parse().unwrap());
             }
             seen.push(line.clone());
             if line == "ready" || Instant::now() > deadline {
@@ -52,9 +66,14 @@ impl Node {
         // Keep draining stdout so the node never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         let address = address.unwrap_or_else(|| panic!("no cql address in {seen:?}"));
+        let pg_address = pg_address.unwrap_or_else(|| panic!("no postgres address in {seen:?}"));
+        let flight_address =
+            flight_address.unwrap_or_else(|| panic!("no flight sql address in {seen:?}"));
         Node {
             child,
             address,
+            pg_address,
+            flight_address,
             _dir: dir,
         }
     }

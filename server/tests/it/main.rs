@@ -11,4 +11,5 @@ mod cql_protocol;
 mod cql_rust_driver;
 mod cql_transcripts;
 mod embedded;
+mod pg_clients;
 mod tidy;
