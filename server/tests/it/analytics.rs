@@ -276,6 +276,14 @@ fn restart_in_the_middle_of_ingest_loses_and_duplicates_nothing() {
                 idx
             })
         };
+        // Write until the replica has merged at least once (bounded), so the restart finds a
+        // segment however slow the machine is; the writer keeps going, leaving a tail.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while db.columnar().expect("replica").replica().n_segments() == 0
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         std::thread::sleep(Duration::from_millis(50));
         stop.store(true, Ordering::SeqCst);
         let written = writer.join().expect("writer");
