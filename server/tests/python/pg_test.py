@@ -186,8 +186,18 @@ if FLIGHT_PORT is not None:
                 raise AssertionError("unknown table did not fail")
             except flight_sql.Error as error:
                 assert "42P01" in str(error) and "NOT_FOUND" in str(error).upper().replace(" ", "_"), str(error)
+            try:
+                cursor.execute("SELEC 1")
+                cursor.fetch_arrow_table()
+                raise AssertionError("bad syntax did not fail")
+            except flight_sql.Error as error:
+                assert "42601" in str(error) and "INVALID_ARGUMENT" in str(error), str(error)
+            # The driver prepares every statement: this is the prepared path.
+            cursor.adbc_prepare("SELECT count(*) AS n FROM shop.orders")
             cursor.execute("SELECT count(*) AS n FROM shop.orders")
             assert cursor.fetch_arrow_table().column("n").to_pylist() == [15]
+        assert flight.adbc_get_info()["vendor_name"] == "Concord"
+        assert flight.adbc_get_table_types() == ["TABLE"]
         objects = flight.adbc_get_objects(depth="tables").read_all().to_pylist()
         tables = [
             (schema["db_schema_name"], table["table_name"])
