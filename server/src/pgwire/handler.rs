@@ -1057,3 +1057,50 @@ impl ExtendedQueryHandler for Service {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_statements_are_recognised() {
+        assert_eq!(
+            session_command("SET concord.freshness = '250ms'"),
+            Some(SessionCommand::Set {
+                name: "concord.freshness".into(),
+                value: "250ms".into()
+            })
+        );
+        assert_eq!(
+            session_command("/* x */ set session DateStyle to ISO;"),
+            Some(SessionCommand::Set {
+                name: "datestyle".into(),
+                value: "ISO".into()
+            })
+        );
+        assert_eq!(
+            session_command("SHOW concord.store"),
+            Some(SessionCommand::Show("concord.store".into()))
+        );
+        assert_eq!(session_command("BEGIN"), Some(SessionCommand::Begin));
+        assert_eq!(session_command("rollback;"), Some(SessionCommand::Rollback));
+        assert_eq!(session_command("SELECT 1"), None);
+        assert_eq!(session_command("settle"), None);
+    }
+
+    #[test]
+    fn freshness_values_parse_or_are_refused() {
+        assert_eq!(parse_freshness("latest"), Some(Freshness::Latest));
+        assert_eq!(parse_freshness("WATERMARK"), Some(Freshness::Watermark));
+        assert_eq!(
+            parse_freshness("2s"),
+            Some(Freshness::BoundedStaleness(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            parse_freshness("250"),
+            Some(Freshness::BoundedStaleness(Duration::from_millis(250)))
+        );
+        assert_eq!(parse_freshness("soon"), None);
+        assert_eq!(parse_freshness("5 years"), None);
+    }
+}
