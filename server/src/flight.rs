@@ -22,10 +22,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::datatypes::{Schema, SchemaRef};
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::flight_service_server::FlightServiceServer;
+use arrow_flight::sql::DoPutPreparedStatementResult;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
@@ -35,6 +38,9 @@ use arrow_flight::sql::{
 use arrow_flight::{
     FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket,
 };
+use datafusion::common::ScalarValue;
+use datafusion::sql::sqlparser::ast::{Expr, Value, visit_expressions_mut};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use futures::{Stream, TryStreamExt};
@@ -63,7 +69,8 @@ type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send 
 pub struct FlightSql {
     db: Arc<Db>,
     catalog: Catalog,
-    prepared: Mutex<HashMap<u64, String>>,
+    /// Handle → (query with `$n` placeholders, bound parameter literals).
+    prepared: Mutex<HashMap<u64, (String, Vec<Expr>)>>,
     next_handle: AtomicU64,
     sql_info: SqlInfoData,
 }
@@ -142,7 +149,117 @@ fn info_for(
     Ok(Response::new(info))
 }
 
+fn handle_id(handle: &[u8]) -> Result<u64, Status> {
+    <[u8; 8]>::try_from(handle)
+        .map(u64::from_be_bytes)
+        .map_err(|_| Status::invalid_argument("malformed prepared statement handle"))
+}
+
+/// `?` placeholders (the ADBC / JDBC convention) as `$1`, `$2`, ... in
+/// text order, so DataFusion can plan them.
+fn number_placeholders(query: &str) -> Result<String, Status> {
+    let mut statements = Parser::parse_sql(&GenericDialect {}, query).map_err(|error| {
+        Status::invalid_argument(format!(
+            "[{}] syntax error: {error}",
+            sqlstate::SYNTAX_ERROR
+        ))
+    })?;
+    if statements.len() != 1 {
+        return Err(Status::invalid_argument(format!(
+            "[{}] send exactly one statement (got {})",
+            sqlstate::SYNTAX_ERROR,
+            statements.len()
+        )));
+    }
+    let mut statement = statements.remove(0);
+    let mut next = 0usize;
+    let mut questions = false;
+    let _ = visit_expressions_mut(&mut statement, |expr| {
+        if let Expr::Value(value) = expr
+            && let Value::Placeholder(name) = &mut value.value
+            && name == "?"
+        {
+            next += 1;
+            questions = true;
+            *name = format!("${next}");
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    Ok(if questions {
+        statement.to_string()
+    } else {
+        query.to_owned()
+    })
+}
+
+/// A bound Arrow parameter as a SQL literal.
+fn scalar_literal(value: &ScalarValue) -> Expr {
+    if value.is_null() {
+        return Expr::value(Value::Null);
+    }
+    match value {
+        ScalarValue::Boolean(Some(b)) => Expr::value(Value::Boolean(*b)),
+        ScalarValue::Int8(_)
+        | ScalarValue::Int16(_)
+        | ScalarValue::Int32(_)
+        | ScalarValue::Int64(_)
+        | ScalarValue::UInt8(_)
+        | ScalarValue::UInt16(_)
+        | ScalarValue::UInt32(_)
+        | ScalarValue::UInt64(_)
+        | ScalarValue::Float32(_)
+        | ScalarValue::Float64(_) => Expr::value(Value::Number(value.to_string(), false)),
+        other => Expr::value(Value::SingleQuotedString(other.to_string())),
+    }
+}
+
 impl FlightSql {
+    /// The result schema and the parameter schema (`$1`, `$2`, ...) of
+    /// `query`, planned without reading data.
+    async fn plan_with_parameters(&self, query: &str) -> Result<(SchemaRef, Schema), Status> {
+        self.check(query)?;
+        let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, query).map_err(|error| {
+            Status::invalid_argument(format!(
+                "[{}] syntax error: {error}",
+                sqlstate::SYNTAX_ERROR
+            ))
+        })?;
+        let statement = statements
+            .pop()
+            .ok_or_else(|| Status::invalid_argument("[42601] empty statement"))?;
+        if crate::pgwire::dml::is_dml(&statement) {
+            return Err(Status::unimplemented(
+                "[0A000] the Flight SQL endpoint is read-only: write through CQL, the gRPC API or the Postgres endpoint",
+            ));
+        }
+        let plan = self.catalog.plan(&statement).await.map_err(status)?;
+        let mut parameters: Vec<(usize, Option<arrow::datatypes::DataType>)> = plan
+            .get_parameter_types()
+            .map_err(|error| status(sqlstate::from_datafusion(&error)))?
+            .into_iter()
+            .filter_map(|(name, ty)| {
+                name.strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .map(|n| (n, ty))
+            })
+            .collect();
+        parameters.sort_by_key(|(n, _)| *n);
+        let fields: Vec<arrow::datatypes::Field> = parameters
+            .into_iter()
+            .map(|(n, ty)| {
+                arrow::datatypes::Field::new(
+                    format!("${n}"),
+                    ty.unwrap_or(arrow::datatypes::DataType::Utf8),
+                    true,
+                )
+            })
+            .collect();
+        Ok((
+            Arc::new(plan.schema().as_arrow().clone()),
+            Schema::new(fields),
+        ))
+    }
+
     fn check(&self, query: &str) -> Result<(), Status> {
         if query.len() > QUERY_BYTES_MAX {
             return Err(Status::resource_exhausted(format!(
@@ -195,13 +312,26 @@ impl FlightSql {
         Ok(Response::new(stream_batches(schema, result.batches)))
     }
 
+    /// The prepared statement's query with its bound parameters substituted.
     fn prepared_query(&self, handle: &[u8]) -> Result<String, Status> {
-        let id = <[u8; 8]>::try_from(handle)
-            .map(u64::from_be_bytes)
-            .map_err(|_| Status::invalid_argument("malformed prepared statement handle"))?;
-        self.prepared.lock().get(&id).cloned().ok_or_else(|| {
+        let id = handle_id(handle)?;
+        let (query, params) = self.prepared.lock().get(&id).cloned().ok_or_else(|| {
             Status::not_found("unknown prepared statement handle (closed or never created)")
-        })
+        })?;
+        if params.is_empty() {
+            return Ok(query);
+        }
+        let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, &query).map_err(|error| {
+            Status::invalid_argument(format!(
+                "[{}] syntax error: {error}",
+                sqlstate::SYNTAX_ERROR
+            ))
+        })?;
+        let mut statement = statements
+            .pop()
+            .ok_or_else(|| Status::invalid_argument("[42601] empty statement"))?;
+        crate::pgwire::handler::substitute(&mut statement, &params).map_err(status)?;
+        Ok(statement.to_string())
     }
 
     fn tables(&self) -> Vec<(String, String, SchemaRef)> {
@@ -253,7 +383,13 @@ impl FlightSqlService for FlightSql {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let schema = self.plan_schema(&query.query).await?;
+        let numbered = number_placeholders(&query.query)?;
+        let (schema, parameter_types) = self.plan_with_parameters(&numbered).await?;
+        let IpcMessage(parameter_schema) = SchemaAsIpc::new(&parameter_types, &Default::default())
+            .try_into()
+            .map_err(|error: arrow::error::ArrowError| {
+                Status::internal(format!("encode schema: {error}"))
+            })?;
         let IpcMessage(dataset_schema) = SchemaAsIpc::new(&schema, &Default::default())
             .try_into()
             .map_err(|error: arrow::error::ArrowError| {
@@ -267,12 +403,12 @@ impl FlightSqlService for FlightSql {
                     "{PREPARED_STATEMENTS_MAX} prepared statements are open (PREPARED_STATEMENTS_MAX): close some"
                 )));
             }
-            prepared.insert(id, query.query);
+            prepared.insert(id, (numbered, Vec::new()));
         }
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: id.to_be_bytes().to_vec().into(),
             dataset_schema,
-            parameter_schema: Default::default(),
+            parameter_schema,
         })
     }
 
@@ -281,11 +417,48 @@ impl FlightSqlService for FlightSql {
         query: ActionClosePreparedStatementRequest,
         _request: Request<arrow_flight::Action>,
     ) -> Result<(), Status> {
-        let id = <[u8; 8]>::try_from(query.prepared_statement_handle.as_ref())
-            .map(u64::from_be_bytes)
-            .map_err(|_| Status::invalid_argument("malformed prepared statement handle"))?;
+        let id = handle_id(&query.prepared_statement_handle)?;
         self.prepared.lock().remove(&id);
         Ok(())
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        command: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let id = handle_id(&command.prepared_statement_handle)?;
+        let stream = FlightRecordBatchStream::new_from_flight_data(
+            request
+                .into_inner()
+                .map_err(arrow_flight::error::FlightError::from),
+        );
+        let batches: Vec<arrow::array::RecordBatch> = stream
+            .try_collect()
+            .await
+            .map_err(|error| Status::invalid_argument(format!("parameters: {error}")))?;
+        let rows: usize = batches.iter().map(|batch| batch.num_rows()).sum();
+        if rows > 1 {
+            return Err(Status::unimplemented(
+                "[0A000] bind one row of parameters per execution",
+            ));
+        }
+        let mut params = Vec::new();
+        if let Some(batch) = batches.iter().find(|batch| batch.num_rows() == 1) {
+            for column in batch.columns() {
+                let value = ScalarValue::try_from_array(column, 0)
+                    .map_err(|error| Status::invalid_argument(format!("parameter: {error}")))?;
+                params.push(scalar_literal(&value));
+            }
+        }
+        let mut prepared = self.prepared.lock();
+        let entry = prepared.get_mut(&id).ok_or_else(|| {
+            Status::not_found("unknown prepared statement handle (closed or never created)")
+        })?;
+        entry.1 = params;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(command.prepared_statement_handle),
+        })
     }
 
     async fn get_flight_info_prepared_statement(

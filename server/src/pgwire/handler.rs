@@ -447,7 +447,10 @@ fn literal<S: Clone>(portal: &Portal<S>, idx: usize, ty: &Type) -> PgWireResult<
 }
 
 /// Replaces `$n` placeholders with `values`.
-fn substitute(statement: &mut Statement, values: &[Expr]) -> PgWireResult<()> {
+///
+/// # Errors
+/// `08P01` when a placeholder has no value.
+pub fn substitute(statement: &mut Statement, values: &[Expr]) -> PgWireResult<()> {
     let mut missing = None;
     let _ = visit_expressions_mut(statement, |expr| {
         if let Expr::Value(value) = expr

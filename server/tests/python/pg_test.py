@@ -196,6 +196,8 @@ if FLIGHT_PORT is not None:
             cursor.adbc_prepare("SELECT count(*) AS n FROM shop.orders")
             cursor.execute("SELECT count(*) AS n FROM shop.orders")
             assert cursor.fetch_arrow_table().column("n").to_pylist() == [15]
+            cursor.execute("SELECT customer FROM shop.orders WHERE id = ?", parameters=(400,))
+            assert cursor.fetch_arrow_table().column("customer").to_pylist() == ["hal"]
         assert flight.adbc_get_info()["vendor_name"] == "Concord"
         assert flight.adbc_get_table_types() == ["TABLE"]
         objects = flight.adbc_get_objects(depth="tables").read_all().to_pylist()
