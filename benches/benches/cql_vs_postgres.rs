@@ -694,6 +694,7 @@ impl ConcordNode {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--cql-listen-address", "127.0.0.1:0"])
+            .args(["--grpc-listen-address", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .spawn()
             .context("spawn concord start")?;

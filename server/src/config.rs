@@ -11,6 +11,8 @@ use crate::{Error, Result};
 pub const DATA_DIR_DEFAULT: &str = "concord-data";
 /// Where the CQL endpoint listens when not configured (Cassandra's port).
 pub const CQL_LISTEN_ADDRESS_DEFAULT: &str = "127.0.0.1:9042";
+/// Where the gRPC endpoint (Concord API, Flight SQL) listens when not configured.
+pub const GRPC_LISTEN_ADDRESS_DEFAULT: &str = crate::grpc::GRPC_LISTEN_ADDRESS_DEFAULT;
 
 /// How writes reach disk before they are acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -62,8 +64,17 @@ pub struct Config {
     pub pg_connections_max: usize,
     /// The longest SQL text a Postgres client may send, in bytes.
     pub pg_query_bytes_max: usize,
-    /// `host:port` of the Arrow Flight SQL endpoint (port 0: any free).
-    pub flight_listen_address: String,
+    /// `host:port` of the gRPC endpoint: the Concord API and Arrow Flight SQL
+    /// on one port (port 0: any free). `flight_listen_address` is the same key.
+    #[serde(alias = "flight_listen_address")]
+    pub grpc_listen_address: String,
+    /// The largest gRPC request or response message, in bytes.
+    pub grpc_message_bytes_max: usize,
+    /// The most concurrent calls (HTTP/2 streams) per gRPC connection.
+    pub grpc_concurrent_streams_max: usize,
+    /// Change-stream messages buffered per subscription before the node waits
+    /// for the client.
+    pub grpc_change_stream_buffer: usize,
 }
 
 impl Default for Config {
@@ -82,7 +93,10 @@ impl Default for Config {
             pg_listen_address: crate::pgwire::LISTEN_ADDRESS_DEFAULT.to_owned(),
             pg_connections_max: crate::pgwire::CONNECTIONS_MAX_DEFAULT,
             pg_query_bytes_max: crate::pgwire::QUERY_BYTES_MAX_DEFAULT,
-            flight_listen_address: crate::flight::LISTEN_ADDRESS_DEFAULT.to_owned(),
+            grpc_listen_address: GRPC_LISTEN_ADDRESS_DEFAULT.to_owned(),
+            grpc_message_bytes_max: crate::grpc::MESSAGE_BYTES_MAX_DEFAULT,
+            grpc_concurrent_streams_max: crate::grpc::CONCURRENT_STREAMS_MAX_DEFAULT,
+            grpc_change_stream_buffer: crate::grpc::CHANGE_STREAM_BUFFER_DEFAULT,
         }
     }
 }
@@ -141,16 +155,6 @@ impl Config {
                 self.pg_listen_address
             )));
         }
-        if self
-            .flight_listen_address
-            .parse::<std::net::SocketAddr>()
-            .is_err()
-        {
-            return Err(Error::Config(format!(
-                "flight_listen_address {:?} is not host:port (e.g. 127.0.0.1:50051)",
-                self.flight_listen_address
-            )));
-        }
         if self.pg_connections_max == 0 || self.pg_query_bytes_max == 0 {
             return Err(Error::Config(
                 "pg_connections_max and pg_query_bytes_max must be at least 1".into(),
@@ -163,6 +167,24 @@ impl Config {
         {
             return Err(Error::Config(
                 "cql_frame_bytes_max, cql_connections_max, cql_in_flight_requests_max and cql_node_in_flight_requests_max must be at least 1".into(),
+            ));
+        }
+        if self
+            .grpc_listen_address
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return Err(Error::Config(format!(
+                "grpc_listen_address {:?} is not host:port (e.g. 127.0.0.1:50051)",
+                self.grpc_listen_address
+            )));
+        }
+        if self.grpc_message_bytes_max == 0
+            || self.grpc_concurrent_streams_max == 0
+            || self.grpc_change_stream_buffer == 0
+        {
+            return Err(Error::Config(
+                "grpc_message_bytes_max, grpc_concurrent_streams_max and grpc_change_stream_buffer must be at least 1".into(),
             ));
         }
         if self.data_dir.as_os_str().is_empty() {
@@ -206,5 +228,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("pg_connections_max"), "{error}");
+        assert_eq!(Config::default().grpc_listen_address, "127.0.0.1:50051");
+        let config = Config::from_toml("grpc_listen_address = \"0.0.0.0:0\"").unwrap();
+        assert_eq!(config.grpc_listen_address, "0.0.0.0:0");
+        let error = Config::from_toml("grpc_listen_address = \"nowhere\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("grpc_listen_address"), "{error}");
+        let error = Config::from_toml("grpc_message_bytes_max = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("grpc_message_bytes_max"), "{error}");
     }
 }

@@ -53,8 +53,6 @@ use crate::pgwire::catalog::{Catalog, DATABASE_NAME};
 use crate::pgwire::sqlstate;
 use crate::sql::SqlOptions;
 
-/// Where Flight SQL listens when not configured: the gRPC port.
-pub const LISTEN_ADDRESS_DEFAULT: &str = "127.0.0.1:50051";
 /// Prepared statements held at once over all clients; more fail with
 /// `RESOURCE_EXHAUSTED` until some are closed.
 pub const PREPARED_STATEMENTS_MAX: usize = 1024;
@@ -625,38 +623,4 @@ impl FlightSqlService for FlightSql {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
-}
-
-/// Serves [`service`] alone on `address` (until the node's gRPC server
-/// hosts it beside the Concord API); returns the bound address.
-///
-/// # Errors
-/// The bind failure.
-pub async fn serve(
-    db: Arc<Db>,
-    address: std::net::SocketAddr,
-) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    let local = listener.local_addr()?;
-    let service = service(db).map_err(|error| std::io::Error::other(error.to_string()))?;
-    let task = tokio::spawn(async move {
-        let incoming = tokio_stream_listener(listener);
-        if let Err(error) = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming)
-            .await
-        {
-            tracing::error!(%error, "flight sql server stopped");
-        }
-    });
-    Ok((local, task))
-}
-
-fn tokio_stream_listener(
-    listener: tokio::net::TcpListener,
-) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(stream, _)| stream);
-        Some((accepted, listener))
-    })
 }

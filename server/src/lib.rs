@@ -1,5 +1,5 @@
-//! The Concord node: the embedded database, configuration, and (as their
-//! issues land) the endpoints, the router and cluster metadata.
+//! The Concord node: the embedded database, configuration, the endpoints
+//! (CQL, gRPC) and the SQL router; cluster metadata as its issue lands.
 //!
 //! **Owns**: [`db::Db`], the in-process database that every endpoint and the
 //! embedded mode use; [`config::Config`]; the `concord` binary; the
@@ -18,6 +18,7 @@ pub mod cql;
 pub mod db;
 pub mod error;
 pub mod flight;
+pub mod grpc;
 pub mod pgwire;
 pub mod sql;
 

@@ -68,9 +68,10 @@ struct StartArgs {
     /// `host:port` for the Postgres wire endpoint (default 127.0.0.1:5433; port 0 picks a free one).
     #[arg(long)]
     pg_listen_address: Option<String>,
-    /// `host:port` for Arrow Flight SQL (default 127.0.0.1:50051; port 0 picks a free one).
-    #[arg(long)]
-    flight_listen_address: Option<String>,
+    /// `host:port` for the gRPC endpoint, the Concord API and Arrow Flight
+    /// SQL on one port (default 127.0.0.1:50051; port 0 picks a free one).
+    #[arg(long, alias = "flight-listen-address")]
+    grpc_listen_address: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -179,8 +180,8 @@ fn load_config(args: &StartArgs) -> anyhow::Result<Config> {
     if let Some(address) = &args.pg_listen_address {
         config.pg_listen_address = address.clone();
     }
-    if let Some(address) = &args.flight_listen_address {
-        config.flight_listen_address = address.clone();
+    if let Some(address) = &args.grpc_listen_address {
+        config.grpc_listen_address = address.clone();
     }
     if let Some(log_format) = args.log_format {
         config.log_format = match log_format {
@@ -264,21 +265,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listen for Postgres clients on {pg_address}"))?;
     tracing::info!(address = %pg.local_address(), "postgres endpoint listening");
     println!("postgres: listening on {}", pg.local_address());
-    let flight_address: std::net::SocketAddr = config
-        .flight_listen_address
+    let grpc_address: std::net::SocketAddr = config
+        .grpc_listen_address
         .parse()
-        .context("parse flight_listen_address")?;
-    let (flight_address, flight) = concord_server::flight::serve(db.clone(), flight_address)
+        .context("parse grpc_listen_address")?;
+    let grpc_limits = concord_server::grpc::Limits {
+        message_bytes_max: config.grpc_message_bytes_max,
+        concurrent_streams_max: config.grpc_concurrent_streams_max,
+        change_stream_buffer: config.grpc_change_stream_buffer,
+    };
+    let grpc = concord_server::grpc::GrpcServer::start(db.clone(), grpc_address, grpc_limits)
         .await
-        .with_context(|| format!("listen for Flight SQL on {flight_address}"))?;
-    tracing::info!(address = %flight_address, "flight sql endpoint listening");
-    println!("flight sql: listening on {flight_address}");
+        .with_context(|| format!("listen for gRPC on {grpc_address}"))?;
+    tracing::info!(address = %grpc.local_address(), "grpc endpoint listening");
+    println!("grpc: listening on {}", grpc.local_address());
+    println!("flight sql: listening on {}", grpc.local_address());
     println!("ready");
     shutdown.wait().await?;
     tracing::info!("shutting down: flushing");
+    grpc.stop();
     cql.stop();
     pg.stop();
-    flight.abort();
     db.flush().context("flush on shutdown")?;
     drop(db);
     tracing::info!("stopped cleanly");

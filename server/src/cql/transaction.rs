@@ -123,6 +123,28 @@ fn flip(operator: CompareOp) -> CompareOp {
     }
 }
 
+/// A transaction block planned into one [`Transaction`], and what its result
+/// needs (the CQL endpoint's `execute_block`, the gRPC `Transact`).
+#[derive(Debug)]
+pub struct PlannedBlock {
+    /// The reads (LETs first, in block order), condition and writes.
+    pub transaction: Transaction,
+    /// Each LET's name, its index in `transaction.reads` and its table.
+    pub lets: Vec<(String, usize, Arc<TableDef>)>,
+    returning: Option<Vec<Returned>>,
+    query_read: Option<(usize, Box<Select>)>,
+}
+
+/// A returned `row.column`: its name, read, column id, kind, type, table.
+type Returned = (
+    String,
+    usize,
+    concord_storage::schema::ColumnId,
+    ColumnKind,
+    CqlType,
+    Arc<TableDef>,
+);
+
 /// Runs a transaction block.
 ///
 /// # Errors
@@ -132,6 +154,82 @@ pub fn execute_block(
     context: &mut Context<'_>,
     block: &TransactionBlock,
 ) -> CqlResult<ResResultBody> {
+    let planned = plan_block(context, block)?;
+    let result = context.shared.db.execute(planned.transaction)?;
+    let (returning, query_read) = (planned.returning, planned.query_read);
+    if let Some((read, select)) = query_read {
+        let partition = match result.reads.get(read) {
+            Some(ReadResult::Partition(partition)) => partition.clone(),
+            _ => None,
+        };
+        return crate::cql::select::rows_from_partition(context, &select, partition);
+    }
+    let Some(columns) = returning else {
+        if block.condition.is_some() {
+            let spec = vec![column_spec("", "", "[applied]", &CqlType::Boolean)];
+            return rows_result(
+                &spec,
+                &[CqlType::Boolean],
+                vec![vec![Some(CqlValue::Boolean(result.applied))]],
+                None,
+                context.version,
+            );
+        }
+        return Ok(ResResultBody::Void);
+    };
+    let mut specs = Vec::new();
+    let mut types = Vec::new();
+    let mut row = Vec::new();
+    for (name, read, column, kind, ty, table) in columns {
+        specs.push(column_spec(&table.keyspace, &table.name, &name, &ty));
+        types.push(ty.clone());
+        let value = match result.reads.get(read) {
+            Some(ReadResult::Row(Some(found))) => lookup(&table, found, column, kind, None),
+            Some(ReadResult::Partition(Some(partition))) => partition
+                .rows
+                .first()
+                .and_then(|found| lookup(&table, found, column, kind, Some(&partition.key)))
+                .or_else(|| {
+                    partition
+                        .static_row
+                        .as_ref()
+                        .and_then(|s| s.columns.get(&column).map(|c| c.value.clone()))
+                }),
+            _ => None,
+        };
+        row.push(value);
+    }
+    rows_result(&specs, &types, vec![row], None, context.version).map_err(|error| match error {
+        CqlError::Server(message) => CqlError::Server(format!("transaction result: {message}")),
+        other => other,
+    })
+}
+
+fn lookup(
+    table: &TableDef,
+    row: &concord_storage::rows::Row,
+    column: concord_storage::schema::ColumnId,
+    kind: ColumnKind,
+    partition_key: Option<&Vec<CqlValue>>,
+) -> Option<CqlValue> {
+    match kind {
+        ColumnKind::Clustering(_) => {
+            let position = table.clustering().position(|c| c.id == column)?;
+            row.clustering.get(position).cloned()
+        }
+        ColumnKind::PartitionKey => {
+            let position = table.partition_key().position(|c| c.id == column)?;
+            partition_key.and_then(|key| key.get(position).cloned())
+        }
+        _ => row.columns.get(&column).map(|cell| cell.value.clone()),
+    }
+}
+
+/// Plans a transaction block into one [`Transaction`] without running it.
+///
+/// # Errors
+/// As [`execute_block`]: invalid blocks are refused before anything runs.
+pub fn plan_block(context: &Context<'_>, block: &TransactionBlock) -> CqlResult<PlannedBlock> {
     let mut transaction = Transaction::default();
     let mut lets = HashMap::new();
     for binding in &block.lets {
@@ -280,71 +378,14 @@ pub fn execute_block(
         }
         transaction.writes.extend(plan.mutations);
     }
-    let result = context.shared.db.execute(transaction)?;
-    if let Some((read, select)) = query_read {
-        let partition = match result.reads.get(read) {
-            Some(ReadResult::Partition(partition)) => partition.clone(),
-            _ => None,
-        };
-        return crate::cql::select::rows_from_partition(context, &select, partition);
-    }
-    let Some(columns) = returning else {
-        if block.condition.is_some() {
-            let spec = vec![column_spec("", "", "[applied]", &CqlType::Boolean)];
-            return rows_result(
-                &spec,
-                &[CqlType::Boolean],
-                vec![vec![Some(CqlValue::Boolean(result.applied))]],
-                None,
-                context.version,
-            );
-        }
-        return Ok(ResResultBody::Void);
-    };
-    let mut specs = Vec::new();
-    let mut types = Vec::new();
-    let mut row = Vec::new();
-    for (name, read, column, kind, ty, table) in columns {
-        specs.push(column_spec(&table.keyspace, &table.name, &name, &ty));
-        types.push(ty.clone());
-        let value = match result.reads.get(read) {
-            Some(ReadResult::Row(Some(found))) => lookup(&table, found, column, kind, None),
-            Some(ReadResult::Partition(Some(partition))) => partition
-                .rows
-                .first()
-                .and_then(|found| lookup(&table, found, column, kind, Some(&partition.key)))
-                .or_else(|| {
-                    partition
-                        .static_row
-                        .as_ref()
-                        .and_then(|s| s.columns.get(&column).map(|c| c.value.clone()))
-                }),
-            _ => None,
-        };
-        row.push(value);
-    }
-    rows_result(&specs, &types, vec![row], None, context.version).map_err(|error| match error {
-        CqlError::Server(message) => CqlError::Server(format!("transaction result: {message}")),
-        other => other,
+    let lets = lets
+        .into_iter()
+        .map(|(name, binding)| (name, binding.read, binding.table))
+        .collect();
+    Ok(PlannedBlock {
+        transaction,
+        lets,
+        returning,
+        query_read,
     })
-}
-
-fn lookup(
-    table: &TableDef,
-    row: &concord_storage::rows::Row,
-    column: concord_storage::schema::ColumnId,
-    kind: ColumnKind,
-    partition_key: Option<&Vec<CqlValue>>,
-) -> Option<CqlValue> {
-    match kind {
-        ColumnKind::Clustering(_) => {
-            let position = table.clustering().position(|c| c.id == column)?;
-            row.clustering.get(position).cloned()
-        }
-        ColumnKind::PartitionKey => {
-            let position = table.partition_key().position(|c| c.id == column)?;
-            partition_key.and_then(|key| key.get(position).cloned())
-        }
-        _ => row.columns.get(&column).map(|cell| cell.value.clone()),
-    }
 }

@@ -29,7 +29,7 @@ fn start_serves_until_sigterm_then_stops_cleanly() {
             "127.0.0.1:0",
             "--pg-listen-address",
             "127.0.0.1:0",
-            "--flight-listen-address",
+            "--grpc-listen-address",
             "127.0.0.1:0",
             "--data-dir",
         ])
@@ -56,6 +56,11 @@ fn start_serves_until_sigterm_then_stops_cleanly() {
     assert!(
         seen.iter()
             .any(|line| line.starts_with("data dir: ") && line.ends_with("data")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|line| line.starts_with("grpc: listening on 127.0.0.1:")),
         "{seen:?}"
     );
     assert!(data_dir.join("rocksdb").is_dir());

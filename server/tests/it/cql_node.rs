@@ -17,6 +17,8 @@ pub struct Node {
     pub pg_address: SocketAddr,
     /// The Arrow Flight SQL endpoint.
     pub flight_address: SocketAddr,
+    /// The gRPC endpoint (Concord API, Flight SQL).
+    pub grpc_address: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -28,7 +30,7 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "cql_listen_address = \"127.0.0.1:0\"\npg_listen_address = \"127.0.0.1:0\"\nflight_listen_address = \"127.0.0.1:0\"\n{extra_config}\n"
+                "cql_listen_address = \"127.0.0.1:0\"\npg_listen_address = \"127.0.0.1:0\"\ngrpc_listen_address = \"127.0.0.1:0\"\n{extra_config}\n"
             ),
         )
         .unwrap();
@@ -46,6 +48,7 @@ impl Node {
         let mut address = None;
         let mut pg_address = None;
         let mut flight_address = None;
+        let mut grpc_address = None;
         let mut seen = Vec::new();
         for line in lines.by_ref() {
             let line = line.unwrap();
@@ -58,6 +61,9 @@ impl Node {
             if let Some(rest) = line.strip_prefix("postgres: listening on ") {
                 pg_address = Some(rest.parse().unwrap());
             }
+            if let Some(rest) = line.strip_prefix("grpc: listening on ") {
+                grpc_address = Some(rest.parse().unwrap());
+            }
             seen.push(line.clone());
             if line == "ready" || Instant::now() > deadline {
                 break;
@@ -69,11 +75,13 @@ impl Node {
         let pg_address = pg_address.unwrap_or_else(|| panic!("no postgres address in {seen:?}"));
         let flight_address =
             flight_address.unwrap_or_else(|| panic!("no flight sql address in {seen:?}"));
+        let grpc_address = grpc_address.unwrap_or_else(|| panic!("no grpc address in {seen:?}"));
         Node {
             child,
-            address,
             pg_address,
             flight_address,
+            address,
+            grpc_address,
             _dir: dir,
         }
     }

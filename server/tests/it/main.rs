@@ -11,5 +11,6 @@ mod cql_protocol;
 mod cql_rust_driver;
 mod cql_transcripts;
 mod embedded;
+mod grpc_sdk;
 mod pg_clients;
 mod tidy;

@@ -20,6 +20,8 @@ fn layers() -> BTreeMap<&'static str, u32> {
         ("concord-checker", 0),
         ("concord-cql-parser", 0),
         ("concord-cql-wire", 0),
+        ("concord-api", 0),
+        ("concord-client", 1),
         ("concord-storage-rocksdb", 1),
         ("concord-txn", 1),
         ("concord-columnar", 1),
@@ -37,6 +39,22 @@ const ROCKSDB_FREE: [&str; 6] = [
     "concord-txn",
     "concord-columnar",
     "concord-checker",
+];
+
+/// Client-side crates (the gRPC API and the SDK, which `jepsen/` and
+/// applications link): they must not depend on the engine, RocksDB or
+/// DataFusion, in any section but dev-dependencies.
+const CLIENT_SIDE: [&str; 2] = ["concord-api", "concord-client"];
+const ENGINE_CRATES: [&str; 9] = [
+    "concord-storage",
+    "concord-storage-rocksdb",
+    "concord-txn",
+    "concord-columnar",
+    "concord-server",
+    "rocksdb",
+    "librocksdb-sys",
+    "datafusion",
+    "parquet",
 ];
 
 fn manifests() -> Vec<(String, toml::Table)> {
@@ -88,6 +106,14 @@ fn dependencies_point_down_the_layers() {
                 }
                 let links_rocksdb =
                     dependency == "rocksdb" || dependency == "concord-storage-rocksdb";
+                if section != "dev-dependencies"
+                    && CLIENT_SIDE.contains(&name.as_str())
+                    && ENGINE_CRATES.contains(&dependency.as_str())
+                {
+                    violations.push(format!(
+                        "{name} is client-side and must not depend on {dependency} in [{section}]"
+                    ));
+                }
                 if section == "dependencies"
                     && links_rocksdb
                     && ROCKSDB_FREE.contains(&name.as_str())
