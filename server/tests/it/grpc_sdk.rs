@@ -540,18 +540,9 @@ async fn a_change_stream_from_a_position_retention_dropped_is_position_expired()
         codes::POSITION_EXPIRED,
         "dropped by retention",
     );
-    // From the oldest retained position the stream works and ends current.
-    let mut stream = client.subscribe("bank", "t", StartAt::Now).await.unwrap();
-    client
-        .write_rows("bank", "t", vec![Row::new().with("id", 99).with("v", 1)])
-        .await
-        .unwrap();
-    let change = tokio::time::timeout(Duration::from_secs(10), stream.next())
-        .await
-        .expect("in time")
-        .expect("open")
-        .expect("change");
-    assert_eq!(change.partition_key.get("id"), Some(&Value::Int(99)));
+    // Retention does not wait for subscribers (design/api.md): with this
+    // aggressive retention a live stream may itself end in POSITION_EXPIRED,
+    // so the live stream is tested in the first test, with default retention.
     server.stop();
 }
 
