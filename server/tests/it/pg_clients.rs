@@ -177,11 +177,29 @@ fn malformed_messages_and_too_many_connections_hurt_no_other_client() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    // Two idle connections fill pg_connections_max = 2: a third is refused
-    // with 53300's message; once one closes, clients connect again.
-    let first = TcpStream::connect(address).unwrap();
-    let second = TcpStream::connect(address).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Two connections past their startup fill pg_connections_max = 2: a third is
+    // refused with 53300's message; once one closes, clients connect again. Each
+    // holder waits for the authentication reply, which proves it holds a slot (the
+    // connections closed above may still hold theirs for a moment on a loaded
+    // machine; a holder refused meanwhile tries again).
+    let hold = || -> TcpStream {
+        for _ in 0..100 {
+            let mut stream = TcpStream::connect(address).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            stream.write_all(&packet).unwrap();
+            let mut reply = [0u8; 256];
+            let read = stream.read(&mut reply).unwrap_or(0);
+            if read > 0 && reply[0] == b'R' {
+                return stream;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no connection slot came free");
+    };
+    let first = hold();
+    let second = hold();
     let output = psql(&node, &["SELECT 1"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
