@@ -231,17 +231,7 @@ impl FlightSql {
             ));
         }
         let plan = self.catalog.plan(&statement).await.map_err(status)?;
-        let mut parameters: Vec<(usize, Option<arrow::datatypes::DataType>)> = plan
-            .get_parameter_types()
-            .map_err(|error| status(sqlstate::from_datafusion(&error)))?
-            .into_iter()
-            .filter_map(|(name, ty)| {
-                name.strip_prefix('$')
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .map(|n| (n, ty))
-            })
-            .collect();
-        parameters.sort_by_key(|(n, _)| *n);
+        let parameters = Catalog::ordered_parameters(&plan).map_err(status)?;
         let fields: Vec<arrow::datatypes::Field> = parameters
             .into_iter()
             .map(|(n, ty)| {

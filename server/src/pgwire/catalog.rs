@@ -115,6 +115,28 @@ impl Catalog {
         Ok(context)
     }
 
+    /// The plan's positional parameters (`$1`, `$2`, ...) in order, with the type the
+    /// planner inferred for each (`None` when it could not).
+    ///
+    /// # Errors
+    /// The planner's error as a SQLSTATE.
+    pub fn ordered_parameters(
+        plan: &LogicalPlan,
+    ) -> Result<Vec<(usize, Option<DataType>)>, PgWireError> {
+        let mut parameters: Vec<(usize, Option<DataType>)> = plan
+            .get_parameter_types()
+            .map_err(|error| sqlstate::from_datafusion(&error))?
+            .into_iter()
+            .filter_map(|(name, ty)| {
+                name.strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .map(|n| (n, ty))
+            })
+            .collect();
+        parameters.sort_by_key(|(n, _)| *n);
+        Ok(parameters)
+    }
+
     /// Plans `statement` here (no data read), with `*` over a table leaving
     /// out the hidden columns as `Db::sql` does, so the planned schema is the
     /// schema of the rows `Db::sql` returns.

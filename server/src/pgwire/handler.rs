@@ -8,7 +8,7 @@
 //! `SET concord.store = 'auto' | 'row_store' | 'columnar'` become the
 //! `SqlOptions` of every query of that connection.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
@@ -587,18 +587,7 @@ impl Inner {
     /// parameter types and result schema.
     async fn describe(&self, statement: &Statement) -> PgWireResult<(Vec<Type>, SchemaRef)> {
         let plan = self.catalog.plan(statement).await?;
-        let parameters: HashMap<String, Option<arrow::datatypes::DataType>> = plan
-            .get_parameter_types()
-            .map_err(|error| sqlstate::from_datafusion(&error))?;
-        let mut ordered: Vec<(usize, Option<arrow::datatypes::DataType>)> = parameters
-            .into_iter()
-            .filter_map(|(name, ty)| {
-                name.strip_prefix('$')
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .map(|n| (n, ty))
-            })
-            .collect();
-        ordered.sort_by_key(|(n, _)| *n);
+        let ordered = Catalog::ordered_parameters(&plan)?;
         let mut types = Vec::new();
         for (_, ty) in ordered {
             types.push(match ty {
