@@ -25,14 +25,16 @@ fn layers() -> BTreeMap<&'static str, u32> {
         ("concord-storage-rocksdb", 1),
         ("concord-txn", 1),
         ("concord-columnar", 1),
-        ("concord-server", 2),
-        ("concord-jepsen", 3),
-        ("concord-benches", 3),
+        ("concord-cluster", 2),
+        ("concord-server", 3),
+        ("concord-jepsen", 4),
+        ("concord-benches", 4),
     ])
 }
 
 /// Crates that must not pull in RocksDB (or anything that links it).
-const ROCKSDB_FREE: [&str; 6] = [
+const ROCKSDB_FREE: [&str; 7] = [
+    "concord-cluster",
     "concord-cql-parser",
     "concord-cql-wire",
     "concord-storage",
