@@ -330,6 +330,31 @@ impl Node {
             .count()
     }
 
+    /// The lowest timestamp at which a write this node has not applied yet may still execute,
+    /// if this node coordinates every transaction it replicates (one node): the minimum over
+    /// unfinished write commands of executeAt once decided, TxnId before (executeAt is never
+    /// below it), and otherwise the next timestamp its clock can issue (every new TxnId is
+    /// above every timestamp the clock issued or witnessed). Every write below the floor is
+    /// applied here. With peers it is not a bound: a peer's PreAccept may carry a lower t0
+    /// (design/cluster.md, "Change feed frontier").
+    pub fn apply_floor(&self) -> Timestamp {
+        let next = self.hlc.next_floor();
+        self.commands
+            .values()
+            .filter(|command| {
+                !command.status.is_final()
+                    && command.txn_id.kind() == crate::timestamp::TxnKind::Write
+            })
+            .map(|command| {
+                if command.status.is_decided() {
+                    command.execute_at
+                } else {
+                    command.txn_id.timestamp()
+                }
+            })
+            .fold(next, Timestamp::min)
+    }
+
     /// Handles one input and returns what to do.
     ///
     /// # Errors

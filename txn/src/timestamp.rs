@@ -239,6 +239,17 @@ impl Hlc {
         timestamp
     }
 
+    /// A timestamp at or below the next one [`Hlc::unique_now`] can return: every timestamp
+    /// this clock issues from now on is at or above it.
+    pub fn next_floor(&self) -> Timestamp {
+        Timestamp {
+            epoch: self.epoch,
+            hlc: self.last.saturating_add(1),
+            flags: 0,
+            node: NodeId(0),
+        }
+    }
+
     /// Ratchets the clock past a timestamp seen in a message.
     pub fn witness(&mut self, timestamp: Timestamp) {
         if timestamp.epoch > self.epoch {

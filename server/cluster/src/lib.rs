@@ -12,3 +12,5 @@
 //! `concord_txn::storage::DataStore`); put data transactions through Raft;
 //! block the thread that owns the `Node` on the network or on an fsync outside
 //! the journal's group commit; drop a protocol message without counting it.
+
+pub mod runtime;

@@ -1,0 +1,282 @@
+//! Tests of the Accord runtime on the in-memory engine: commits and replies, admission
+//! control (a full queue refuses), and journal replay on restart (K4).
+
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use concord_storage::engine::{Durability, EngineOptions, WriteBatch};
+use concord_storage::memory::MemoryEngine;
+use concord_txn::command::{Command, Status};
+use concord_txn::node::{NodeConfig, Outcome};
+use concord_txn::storage::{EngineJournal, Journal, KvDataStore};
+use concord_txn::sync::Watermarks;
+use concord_txn::timestamp::{LocalTime, NodeId, Timestamp, TxnId};
+use concord_txn::topology::{FastPathMode, Topology};
+use concord_txn::txn::{Key, Txn, Update, decode_list};
+
+use super::*;
+
+fn config() -> RuntimeConfig {
+    RuntimeConfig {
+        node: NodeId(1),
+        topology: Arc::new(Topology::ring(1, 1, 1, FastPathMode::CoordinatorVotes)),
+        node_config: NodeConfig::default(),
+    }
+}
+
+fn engine() -> Arc<MemoryEngine> {
+    Arc::new(MemoryEngine::new(EngineOptions::default()))
+}
+
+fn start(engine: &Arc<MemoryEngine>, observer: Box<dyn StepObserver>) -> Runtime {
+    Runtime::start(
+        config(),
+        Box::new(EngineJournal::new(engine.clone())),
+        Box::new(KvDataStore::new(engine.clone())),
+        Box::new(Loopback::default()),
+        observer,
+    )
+    .expect("the runtime starts")
+}
+
+fn append(key: &Key, value: u64) -> Txn {
+    Txn::new(
+        vec![key.clone()],
+        Update::Append(vec![(key.clone(), value)]),
+    )
+}
+
+fn list(engine: &Arc<MemoryEngine>, key: &Key) -> Vec<u64> {
+    let values = KvDataStore::new(engine.clone())
+        .values(std::slice::from_ref(key))
+        .expect("read");
+    values[key]
+        .as_deref()
+        .map(|bytes| decode_list(bytes).expect("a list"))
+        .unwrap_or_default()
+}
+
+fn committed(outcome: &Outcome) -> (Timestamp, Option<Vec<u8>>) {
+    match outcome {
+        Outcome::Committed {
+            execute_at, reads, ..
+        } => (*execute_at, reads.values().next().cloned().flatten()),
+        other => panic!("not committed: {other:?}"),
+    }
+}
+
+#[test]
+fn transactions_commit_and_replies_arrive() {
+    let engine = engine();
+    let runtime = start(&engine, Box::new(NoObserver));
+    let key = Key::numbered(1);
+    let mut last = Timestamp::ZERO;
+    for value in 1..=20 {
+        let outcome = runtime.execute(append(&key, value)).expect("an outcome");
+        let (execute_at, read) = committed(&outcome);
+        assert!(execute_at > last, "executeAt increases");
+        last = execute_at;
+        // Each transaction read the list as its predecessors left it.
+        let before: Vec<u64> = (1..value).collect();
+        assert_eq!(
+            read.as_deref()
+                .map(|bytes| decode_list(bytes).expect("list")),
+            (value > 1).then_some(before)
+        );
+    }
+    // One node: applied before the reply was handed out.
+    assert_eq!(list(&engine, &key), (1..=20).collect::<Vec<_>>());
+    // Submissions from many threads at once all commit.
+    std::thread::scope(|scope| {
+        for thread in 0..4u64 {
+            let runtime = &runtime;
+            scope.spawn(move || {
+                let key = Key::numbered(100 + thread);
+                for value in 0..10 {
+                    let outcome = runtime.execute(append(&key, value)).expect("an outcome");
+                    committed(&outcome);
+                }
+            });
+        }
+    });
+    for thread in 0..4u64 {
+        assert_eq!(
+            list(&engine, &Key::numbered(100 + thread)),
+            (0..10).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(runtime.stats().committed.load(Ordering::Relaxed), 60);
+    assert!(runtime.stats().committed_max_hlc.load(Ordering::Relaxed) >= last.hlc);
+}
+
+/// Blocks the Node's thread in its first step until the test releases it.
+struct Gate {
+    entered: Option<mpsc::SyncSender<()>>,
+    release: Option<mpsc::Receiver<()>>,
+}
+
+impl StepObserver for Gate {
+    fn before_step(&mut self, _floor: Timestamp) {
+        if let (Some(entered), Some(release)) = (self.entered.take(), self.release.take()) {
+            let _ = entered.send(());
+            let _ = release.recv();
+        }
+    }
+    fn after_step(&mut self, _floor: Timestamp) {}
+}
+
+#[test]
+fn a_full_queue_refuses_new_work_and_loses_none() {
+    let engine = engine();
+    let (entered_tx, entered_rx) = mpsc::sync_channel(1);
+    let (release_tx, release_rx) = mpsc::sync_channel(1);
+    let runtime = start(
+        &engine,
+        Box::new(Gate {
+            entered: Some(entered_tx),
+            release: Some(release_rx),
+        }),
+    );
+    let key = Key::numbered(9);
+    // The thread takes the first input (a submission, or the progress timer) and blocks.
+    let first = runtime.submit(append(&key, 0)).expect("queued");
+    entered_rx.recv().expect("the thread entered a step");
+    let mut queued = vec![first];
+    let mut value = 1;
+    let refused = loop {
+        match runtime.submit(append(&key, value)) {
+            Ok(submission) => queued.push(submission),
+            Err(error) => break error,
+        }
+        value += 1;
+        assert!(
+            queued.len() <= INPUT_QUEUE_CAPACITY + 1,
+            "the queue is bounded"
+        );
+    };
+    assert_eq!(refused, RuntimeError::Overloaded);
+    assert!(
+        queued.len() >= INPUT_QUEUE_CAPACITY,
+        "{} queued",
+        queued.len()
+    );
+    assert_eq!(
+        runtime.deliver(NodeId(1), Vec::new()),
+        Err(RuntimeError::Overloaded)
+    );
+    assert_eq!(runtime.stats().refused_clients.load(Ordering::Relaxed), 1);
+    release_tx.send(()).expect("release");
+    // Every accepted submission commits; the refused one left nothing behind.
+    let accepted = queued.len() as u64;
+    for submission in queued {
+        committed(&submission.wait(CLIENT_REPLY_TIMEOUT).expect("an outcome"));
+    }
+    assert_eq!(list(&engine, &key), (0..accepted).collect::<Vec<_>>());
+}
+
+/// A journal that fails like a crash at the first Applied record: the PreApplied record
+/// (synced) is in the journal, the data writes of the apply are not.
+#[derive(Debug)]
+struct CrashBeforeApply(EngineJournal<MemoryEngine>);
+
+impl Journal for CrashBeforeApply {
+    fn record(
+        &mut self,
+        command: &Command,
+        data: WriteBatch,
+        durability: Durability,
+    ) -> concord_txn::Result<()> {
+        if command.status == Status::Applied {
+            return Err(concord_txn::Error::Execution("crash".into()));
+        }
+        self.0.record(command, data, durability)
+    }
+    fn erase(&mut self, txn_ids: &[TxnId]) -> concord_txn::Result<()> {
+        self.0.erase(txn_ids)
+    }
+    fn record_watermarks(&mut self, watermarks: &Watermarks) -> concord_txn::Result<()> {
+        self.0.record_watermarks(watermarks)
+    }
+    fn watermarks(&self) -> concord_txn::Result<Watermarks> {
+        self.0.watermarks()
+    }
+    fn replay(&self, now: LocalTime) -> concord_txn::Result<Vec<Command>> {
+        self.0.replay(now)
+    }
+    fn record_count(&self) -> concord_txn::Result<u64> {
+        self.0.record_count()
+    }
+}
+
+#[test]
+fn a_restart_replays_the_journal_before_taking_input() {
+    let engine = engine();
+    let key = Key::numbered(3);
+    let before = {
+        let runtime = start(&engine, Box::new(NoObserver));
+        committed(&runtime.execute(append(&key, 1)).expect("an outcome")).0
+    };
+    // The node "crashes" while applying the second transaction: no reply, no data.
+    {
+        let runtime = Runtime::start(
+            config(),
+            Box::new(CrashBeforeApply(EngineJournal::new(engine.clone()))),
+            Box::new(KvDataStore::new(engine.clone())),
+            Box::new(Loopback::default()),
+            Box::new(NoObserver),
+        )
+        .expect("starts");
+        let outcome = runtime.execute(append(&key, 2));
+        assert!(
+            matches!(outcome, Err(RuntimeError::Stopped(_))),
+            "{outcome:?}"
+        );
+        assert_eq!(list(&engine, &key), vec![1]);
+    }
+    // Restart: replay applies the journaled transaction before any input is taken.
+    let runtime = start(&engine, Box::new(NoObserver));
+    assert_eq!(list(&engine, &key), vec![1, 2]);
+    let (after, read) = committed(&runtime.execute(append(&key, 3)).expect("an outcome"));
+    assert!(after > before, "the clock witnessed the journal");
+    assert_eq!(
+        read.as_deref()
+            .map(|bytes| decode_list(bytes).expect("list")),
+        Some(vec![1, 2])
+    );
+    assert_eq!(list(&engine, &key), vec![1, 2, 3]);
+}
+
+/// Records the floors the runtime reports.
+struct Floors(mpsc::Sender<(Timestamp, Timestamp)>, Timestamp);
+
+impl StepObserver for Floors {
+    fn before_step(&mut self, floor: Timestamp) {
+        self.1 = floor;
+    }
+    fn after_step(&mut self, floor: Timestamp) {
+        let _ = self.0.send((self.1, floor));
+    }
+}
+
+#[test]
+fn the_apply_floor_passes_every_applied_write_and_never_goes_back() {
+    let engine = engine();
+    let (floors_tx, floors_rx) = mpsc::channel();
+    let runtime = start(&engine, Box::new(Floors(floors_tx, Timestamp::ZERO)));
+    let key = Key::numbered(4);
+    let mut executed = Vec::new();
+    for value in 0..10 {
+        executed.push(committed(&runtime.execute(append(&key, value)).expect("outcome")).0);
+    }
+    drop(runtime);
+    let floors: Vec<(Timestamp, Timestamp)> = floors_rx.try_iter().collect();
+    assert!(!floors.is_empty());
+    let mut last = Timestamp::ZERO;
+    for (before, after) in &floors {
+        assert!(*before >= last && after >= before, "monotonic: {floors:?}");
+        last = *after;
+    }
+    // After the last step every transaction is applied: the floor is above them all.
+    let last_execute_at = executed.last().copied().expect("ten");
+    assert!(last > last_execute_at);
+}
