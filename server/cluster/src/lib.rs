@@ -13,4 +13,6 @@
 //! block the thread that owns the `Node` on the network or on an fsync outside
 //! the journal's group commit; drop a protocol message without counting it.
 
+/// Cluster metadata on openraft (design/cluster.md, "Metadata (as built)").
+pub mod meta;
 pub mod runtime;

@@ -1,0 +1,480 @@
+//! The replicated cluster state and the commands that change it: the pure,
+//! deterministic part of the metadata state machine (no I/O, no clock).
+//!
+//! Every node applies the same commands in the same (Raft log) order, so
+//! every node computes the same [`ClusterState`]. A command that does not
+//! apply (an unknown node, a token already taken) is rejected the same way on
+//! every node and changes nothing: [`ClusterState::apply`] validates before
+//! it mutates.
+//!
+//! ```text
+//!   AddNode ─► member Joining (tokens recorded, not in the ring)
+//!   NodeUp  ─► member Up (tokens enter the ring)          epoch + 1
+//!   RemoveNode ─► member gone                              epoch + 1 if it was Up
+//!   SetReplication ─► keyspace RF                          epoch + 1
+//!   Schema ─► DDL appended to the log, schema_version + 1  (epoch unchanged)
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use concord_storage::partitioner::{MIN_TOKEN, Token, serialize_partition_key, token};
+use concord_txn::topology::REPLICAS_PER_SHARD_MAX;
+use serde::{Deserialize, Serialize};
+
+/// Tokens (virtual nodes) a node takes on the ring when none are given.
+pub const VNODES_PER_NODE_DEFAULT: usize = 16;
+/// The most tokens one node may own.
+pub const VNODES_PER_NODE_MAX: usize = 256;
+/// The largest replication factor a keyspace may ask for (the transaction
+/// layer sizes its quorum trackers for at most this many replicas).
+pub const REPLICATION_FACTOR_MAX: u32 = REPLICAS_PER_SHARD_MAX as u32;
+/// The longest keyspace name, in bytes (Cassandra's limit).
+pub const KEYSPACE_NAME_BYTES_MAX: usize = 48;
+/// The longest node address (`host:port`), in bytes.
+pub const ADDRESS_BYTES_MAX: usize = 256;
+/// The largest schema change (one DDL statement), in bytes.
+pub const DDL_BYTES_MAX: usize = 64 * 1024;
+
+/// A node's identifier: the same number in the Raft group (as `u64`) and in
+/// the transaction layer (`concord_txn::timestamp::NodeId`).
+pub type NodeIdx = u32;
+
+/// Where a member is in its life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeStatus {
+    /// Registered with its tokens; catching up as a Raft learner; owns no
+    /// range yet.
+    Joining,
+    /// A voter that owns its tokens' ranges.
+    Up,
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// `host:port` of the node's cluster (Raft and transport) endpoint.
+    pub address: String,
+    pub status: NodeStatus,
+    /// The node's tokens, ascending; each ends the ring range it owns.
+    pub tokens: Vec<Token>,
+}
+
+/// One schema change as the log recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaChange {
+    /// The schema version this change produced (1 for the first).
+    pub version: u64,
+    /// The epoch in force when it was applied.
+    pub epoch: u64,
+    /// The DDL statement, opaque to the cluster layer.
+    pub ddl: String,
+    /// The proposer's request id: a retried proposal with the same id
+    /// applies once.
+    pub request: u64,
+}
+
+/// The replicated cluster metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// The topology epoch: bumped by every change of placement.
+    pub epoch: u64,
+    pub members: BTreeMap<NodeIdx, Member>,
+    /// Keyspace name → replication factor.
+    pub keyspaces: BTreeMap<String, u32>,
+    /// The number of schema changes applied.
+    pub schema_version: u64,
+    /// Every schema change, in log order.
+    pub schema: Vec<SchemaChange>,
+}
+
+/// A change to the cluster state: the payload of a Raft log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Registers a node (status `Joining`) with its address and tokens.
+    /// Repeating it with the same address and tokens is a no-op.
+    AddNode {
+        node: NodeIdx,
+        address: String,
+        tokens: Vec<Token>,
+    },
+    /// A joining node became a voter: its tokens enter the ring.
+    NodeUp { node: NodeIdx },
+    /// Removes a member and its tokens.
+    RemoveNode { node: NodeIdx },
+    /// Creates a keyspace or changes its replication factor.
+    SetReplication {
+        keyspace: String,
+        replication_factor: u32,
+    },
+    /// Appends one DDL statement to the schema log, once per `request` id
+    /// (a proposal retried after a leader change is not applied twice).
+    Schema { ddl: String, request: u64 },
+}
+
+/// What applying a command did (the Raft response of an entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Applied; the epoch and schema version afterwards.
+    Applied { epoch: u64, schema_version: u64 },
+    /// Nothing to do (a repeated command, or a Raft-internal entry).
+    Unchanged { epoch: u64, schema_version: u64 },
+    /// Refused; the state is unchanged.
+    Rejected(String),
+}
+
+/// The default tokens of `node`: `count` Murmur3 tokens of
+/// `("concord-vnode", node, index)`, the same on every node.
+pub fn default_tokens(node: NodeIdx, count: usize) -> Vec<Token> {
+    let mut tokens = BTreeSet::new();
+    let mut index: u32 = 0;
+    while tokens.len() < count {
+        let node_bytes = node.to_be_bytes();
+        let index_bytes = index.to_be_bytes();
+        let key = serialize_partition_key(&[b"concord-vnode", &node_bytes, &index_bytes]);
+        let candidate = token(&key);
+        if candidate != MIN_TOKEN {
+            tokens.insert(candidate);
+        }
+        index += 1;
+    }
+    tokens.into_iter().collect()
+}
+
+impl ClusterState {
+    /// Members whose tokens are in the ring.
+    pub fn up_nodes(&self) -> impl Iterator<Item = NodeIdx> + '_ {
+        self.members
+            .iter()
+            .filter(|(_, member)| member.status == NodeStatus::Up)
+            .map(|(node, _)| *node)
+    }
+
+    /// Checks `command` against the state without changing it.
+    ///
+    /// # Errors
+    /// A message saying why the command cannot apply.
+    pub fn validate(&self, command: &Command) -> Result<(), String> {
+        match command {
+            Command::AddNode {
+                node,
+                address,
+                tokens,
+            } => {
+                if address.is_empty() || address.len() > ADDRESS_BYTES_MAX {
+                    return Err(format!(
+                        "node {node}: address must be 1..={ADDRESS_BYTES_MAX} bytes \
+                         (ADDRESS_BYTES_MAX), got {}",
+                        address.len()
+                    ));
+                }
+                if tokens.is_empty() || tokens.len() > VNODES_PER_NODE_MAX {
+                    return Err(format!(
+                        "node {node}: 1..={VNODES_PER_NODE_MAX} tokens (VNODES_PER_NODE_MAX), \
+                         got {}",
+                        tokens.len()
+                    ));
+                }
+                let distinct: BTreeSet<Token> = tokens.iter().copied().collect();
+                if distinct.len() != tokens.len() || distinct.contains(&MIN_TOKEN) {
+                    return Err(format!(
+                        "node {node}: tokens must be distinct and not the minimum token"
+                    ));
+                }
+                if let Some(existing) = self.members.get(node) {
+                    if existing.address != *address || existing.tokens != sorted(tokens) {
+                        return Err(format!(
+                            "node {node} is already a member at {} with other tokens",
+                            existing.address
+                        ));
+                    }
+                    return Ok(());
+                }
+                for (other, member) in &self.members {
+                    if member.address == *address {
+                        return Err(format!("address {address} is taken by node {other}"));
+                    }
+                    if let Some(taken) = member.tokens.iter().find(|t| distinct.contains(t)) {
+                        return Err(format!("token {taken} is owned by node {other}"));
+                    }
+                }
+                Ok(())
+            }
+            Command::NodeUp { node } => match self.members.get(node) {
+                Some(_) => Ok(()),
+                None => Err(format!("node {node} is not a member")),
+            },
+            Command::RemoveNode { node } => {
+                let Some(member) = self.members.get(node) else {
+                    return Err(format!("node {node} is not a member"));
+                };
+                if member.status == NodeStatus::Up && self.up_nodes().count() == 1 {
+                    return Err(format!("node {node} is the last node that is up"));
+                }
+                Ok(())
+            }
+            Command::SetReplication {
+                keyspace,
+                replication_factor,
+            } => {
+                if keyspace.is_empty() || keyspace.len() > KEYSPACE_NAME_BYTES_MAX {
+                    return Err(format!(
+                        "keyspace name must be 1..={KEYSPACE_NAME_BYTES_MAX} bytes \
+                         (KEYSPACE_NAME_BYTES_MAX), got {}",
+                        keyspace.len()
+                    ));
+                }
+                if *replication_factor == 0 || *replication_factor > REPLICATION_FACTOR_MAX {
+                    return Err(format!(
+                        "keyspace {keyspace}: replication factor must be \
+                         1..={REPLICATION_FACTOR_MAX} (REPLICATION_FACTOR_MAX), got \
+                         {replication_factor}"
+                    ));
+                }
+                Ok(())
+            }
+            Command::Schema { ddl, .. } => {
+                if ddl.is_empty() || ddl.len() > DDL_BYTES_MAX {
+                    return Err(format!(
+                        "a schema change must be 1..={DDL_BYTES_MAX} bytes (DDL_BYTES_MAX), got {}",
+                        ddl.len()
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies `command`: validates it, then changes the state. Deterministic:
+    /// the same state and command give the same result on every node.
+    pub fn apply(&mut self, command: &Command) -> CommandResult {
+        if let Err(reason) = self.validate(command) {
+            return CommandResult::Rejected(reason);
+        }
+        let changed = match command {
+            Command::AddNode {
+                node,
+                address,
+                tokens,
+            } => {
+                if self.members.contains_key(node) {
+                    false
+                } else {
+                    self.members.insert(
+                        *node,
+                        Member {
+                            address: address.clone(),
+                            status: NodeStatus::Joining,
+                            tokens: sorted(tokens),
+                        },
+                    );
+                    true
+                }
+            }
+            Command::NodeUp { node } => match self.members.get_mut(node) {
+                Some(member) if member.status == NodeStatus::Joining => {
+                    member.status = NodeStatus::Up;
+                    self.epoch += 1;
+                    true
+                }
+                _ => false,
+            },
+            Command::RemoveNode { node } => {
+                let removed = self.members.remove(node);
+                if removed.is_some_and(|member| member.status == NodeStatus::Up) {
+                    self.epoch += 1;
+                }
+                true
+            }
+            Command::SetReplication {
+                keyspace,
+                replication_factor,
+            } => {
+                let previous = self.keyspaces.insert(keyspace.clone(), *replication_factor);
+                if previous == Some(*replication_factor) {
+                    false
+                } else {
+                    self.epoch += 1;
+                    true
+                }
+            }
+            Command::Schema { ddl, request } => {
+                if self.schema.iter().any(|change| change.request == *request) {
+                    false
+                } else {
+                    self.schema_version += 1;
+                    self.schema.push(SchemaChange {
+                        version: self.schema_version,
+                        epoch: self.epoch,
+                        ddl: ddl.clone(),
+                        request: *request,
+                    });
+                    true
+                }
+            }
+        };
+        if changed {
+            CommandResult::Applied {
+                epoch: self.epoch,
+                schema_version: self.schema_version,
+            }
+        } else {
+            self.unchanged()
+        }
+    }
+
+    /// The result of an entry that changes nothing.
+    pub fn unchanged(&self) -> CommandResult {
+        CommandResult::Unchanged {
+            epoch: self.epoch,
+            schema_version: self.schema_version,
+        }
+    }
+}
+
+fn sorted(tokens: &[Token]) -> Vec<Token> {
+    let mut tokens = tokens.to_vec();
+    tokens.sort_unstable();
+    tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(node: NodeIdx) -> Command {
+        Command::AddNode {
+            node,
+            address: format!("127.0.0.1:{}", 7000 + node),
+            tokens: default_tokens(node, VNODES_PER_NODE_DEFAULT),
+        }
+    }
+
+    #[test]
+    fn epochs_move_with_placement_only() {
+        let mut state = ClusterState::default();
+        assert!(matches!(
+            state.apply(&add(1)),
+            CommandResult::Applied { epoch: 0, .. }
+        ));
+        assert!(matches!(
+            state.apply(&Command::NodeUp { node: 1 }),
+            CommandResult::Applied { epoch: 1, .. }
+        ));
+        // Repeating a join is a no-op, not a new epoch.
+        assert!(matches!(
+            state.apply(&add(1)),
+            CommandResult::Unchanged { epoch: 1, .. }
+        ));
+        assert!(matches!(
+            state.apply(&Command::NodeUp { node: 1 }),
+            CommandResult::Unchanged { epoch: 1, .. }
+        ));
+        let ks = Command::SetReplication {
+            keyspace: "ks".into(),
+            replication_factor: 3,
+        };
+        assert!(matches!(
+            state.apply(&ks),
+            CommandResult::Applied { epoch: 2, .. }
+        ));
+        assert!(matches!(
+            state.apply(&ks),
+            CommandResult::Unchanged { epoch: 2, .. }
+        ));
+        let ddl = Command::Schema {
+            ddl: "CREATE TABLE ks.t (k int PRIMARY KEY)".into(),
+            request: 7,
+        };
+        assert_eq!(
+            state.apply(&ddl),
+            CommandResult::Applied {
+                epoch: 2,
+                schema_version: 1
+            }
+        );
+        // The same request again (a retried proposal) applies once.
+        assert!(matches!(
+            state.apply(&ddl),
+            CommandResult::Unchanged {
+                schema_version: 1,
+                ..
+            }
+        ));
+        assert_eq!(state.schema[0].epoch, 2);
+        // Removing a joining node does not change placement.
+        state.apply(&add(2));
+        assert!(matches!(
+            state.apply(&Command::RemoveNode { node: 2 }),
+            CommandResult::Applied { epoch: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn bad_commands_are_rejected_and_change_nothing() {
+        let mut state = ClusterState::default();
+        state.apply(&add(1));
+        state.apply(&Command::NodeUp { node: 1 });
+        let before = state.clone();
+        let stolen = Command::AddNode {
+            node: 2,
+            address: "127.0.0.1:9".into(),
+            tokens: vec![default_tokens(1, 1)[0]],
+        };
+        let cases = [
+            stolen,
+            Command::AddNode {
+                node: 2,
+                address: "127.0.0.1:7001".into(),
+                tokens: default_tokens(2, 4),
+            },
+            Command::AddNode {
+                node: 2,
+                address: String::new(),
+                tokens: default_tokens(2, 4),
+            },
+            Command::NodeUp { node: 9 },
+            Command::RemoveNode { node: 9 },
+            Command::RemoveNode { node: 1 },
+            Command::SetReplication {
+                keyspace: "ks".into(),
+                replication_factor: 0,
+            },
+            Command::SetReplication {
+                keyspace: "ks".into(),
+                replication_factor: REPLICATION_FACTOR_MAX + 1,
+            },
+            Command::SetReplication {
+                keyspace: "k".repeat(KEYSPACE_NAME_BYTES_MAX + 1),
+                replication_factor: 1,
+            },
+            Command::Schema {
+                ddl: String::new(),
+                request: 1,
+            },
+            Command::Schema {
+                ddl: "x".repeat(DDL_BYTES_MAX + 1),
+                request: 2,
+            },
+        ];
+        for command in cases {
+            let result = state.apply(&command);
+            assert!(
+                matches!(result, CommandResult::Rejected(_)),
+                "{command:?} gave {result:?}"
+            );
+            assert_eq!(state, before, "{command:?} changed the state");
+        }
+    }
+
+    #[test]
+    fn default_tokens_are_stable_and_distinct() {
+        let first = default_tokens(1, VNODES_PER_NODE_DEFAULT);
+        assert_eq!(first, default_tokens(1, VNODES_PER_NODE_DEFAULT));
+        assert_eq!(first.len(), VNODES_PER_NODE_DEFAULT);
+        assert!(first.windows(2).all(|pair| pair[0] < pair[1]));
+        let second: BTreeSet<Token> = default_tokens(2, VNODES_PER_NODE_DEFAULT)
+            .into_iter()
+            .collect();
+        assert!(first.iter().all(|t| !second.contains(t)));
+    }
+}
