@@ -16,3 +16,4 @@
 /// Cluster metadata on openraft (design/cluster.md, "Metadata (as built)").
 pub mod meta;
 pub mod runtime;
+pub mod transport;

@@ -1,8 +1,12 @@
-//! Regenerates `server/api/src/v1.rs` from `proto/concord/v1/concord.proto`:
-//! `protox` compiles the .proto (no `protoc`), `tonic-prost-build` generates
-//! the prost messages and tonic stubs. The header records the .proto's
-//! FNV-1a hash, which `concord-api`'s `tests/generated.rs` checks, so an
-//! edited .proto without regenerated code fails the tests.
+//! Regenerates the checked-in gRPC code of the workspace from its `.proto`
+//! files: `server/api/src/v1.rs` (package `concord.v1`, the client API) and
+//! `server/cluster/src/transport/peer_v1.rs` (package `concord.cluster.v1`,
+//! the node-to-node transport). `protox` compiles each .proto (no `protoc`),
+//! `tonic-prost-build` generates the prost messages and tonic stubs. Each
+//! header records its .proto's FNV-1a hash, which a test of the owning crate
+//! checks (`concord-api`'s `tests/generated.rs`, `concord-cluster`'s
+//! `tests/transport.rs`), so an edited .proto without regenerated code fails
+//! the tests.
 
 use std::path::Path;
 
@@ -15,27 +19,68 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     hash
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let api = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let proto = api.join("proto/concord/v1/concord.proto");
-    let out = std::env::temp_dir().join(format!("concord-api-codegen-{}", std::process::id()));
+/// One generated file: the crate directory (relative to `server/`), the
+/// .proto under its `proto/` directory, the package, the output under the
+/// crate directory.
+struct Job {
+    krate: &'static str,
+    proto: &'static str,
+    package: &'static str,
+    output: &'static str,
+}
+
+const JOBS: [Job; 2] = [
+    Job {
+        krate: "api",
+        proto: "concord/v1/concord.proto",
+        package: "concord.v1",
+        output: "src/v1.rs",
+    },
+    Job {
+        krate: "cluster",
+        proto: "concord/cluster/v1/peer.proto",
+        package: "concord.cluster.v1",
+        output: "src/transport/peer_v1.rs",
+    },
+];
+
+fn generate(server: &Path, job: &Job) -> Result<(), Box<dyn std::error::Error>> {
+    let root = server.join(job.krate);
+    let proto = root.join("proto").join(job.proto);
+    let out = std::env::temp_dir().join(format!(
+        "concord-codegen-{}-{}",
+        job.krate,
+        std::process::id()
+    ));
     std::fs::create_dir_all(&out)?;
-    let descriptors = protox::compile([&proto], [api.join("proto")])?;
+    let descriptors = protox::compile([&proto], [root.join("proto")])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .out_dir(&out)
         .compile_fds(descriptors)?;
-    let generated = std::fs::read_to_string(out.join("concord.v1.rs"))?;
+    let generated = std::fs::read_to_string(out.join(format!("{}.rs", job.package)))?;
     std::fs::remove_dir_all(&out)?;
     let hash = fnv1a(&std::fs::read(&proto)?);
     let header = format!(
-        "//! Generated from `proto/concord/v1/concord.proto` by `tonic-prost-build`\n\
+        "//! Generated from `proto/{}` by `tonic-prost-build`\n\
          //! (through `protox`); do not edit: `cargo run --manifest-path\n\
          //! server/api/codegen/Cargo.toml` rewrites it.\n\
-         //! proto-fnv1a: {hash:016x}\n\n"
+         //! proto-fnv1a: {hash:016x}\n\n",
+        job.proto
     );
-    std::fs::write(api.join("src/v1.rs"), format!("{header}{generated}"))?;
-    println!("wrote src/v1.rs (proto-fnv1a {hash:016x})");
+    std::fs::write(root.join(job.output), format!("{header}{generated}"))?;
+    println!(
+        "wrote server/{}/{} (proto-fnv1a {hash:016x})",
+        job.krate, job.output
+    );
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let server = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for job in &JOBS {
+        generate(&server, job)?;
+    }
     Ok(())
 }

@@ -1,0 +1,576 @@
+//! The node-to-node transport over loopback: real tonic servers and clients
+//! on ephemeral ports, three nodes at most, short backoff. Each test bounds
+//! its waits (generously, for a loaded CI machine); none measures speed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use concord_cluster::transport::peer_v1::peer_client::PeerClient;
+use concord_cluster::transport::peer_v1::{Envelope, Hello, PeerFrame, peer_frame, peer_reply};
+use concord_cluster::transport::{
+    Inbound, Limits, SendError, StartError, TRANSPORT_VERSION, Transport, TransportConfig,
+};
+use concord_txn::timestamp::{Epoch, NodeId};
+use tokio::sync::mpsc;
+
+const CODEC_VERSION: u32 = 7;
+/// The longest any test waits for something that should happen.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn limits() -> Limits {
+    Limits {
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(200),
+        ..Limits::default()
+    }
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn start_at(
+    cluster: &str,
+    node: u32,
+    listen: SocketAddr,
+    limits: Limits,
+) -> (Transport, mpsc::Receiver<Inbound>) {
+    Transport::start(TransportConfig {
+        cluster_id: cluster.to_owned(),
+        node: NodeId(node),
+        listen,
+        codec_version: CODEC_VERSION,
+        limits,
+    })
+    .await
+    .unwrap()
+}
+
+async fn start(node: u32, limits: Limits) -> (Transport, mpsc::Receiver<Inbound>) {
+    start_at("test-cluster", node, loopback(), limits).await
+}
+
+/// A loopback port nobody listens on (bound, then released).
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+async fn receive(rx: &mut mpsc::Receiver<Inbound>, n: usize) -> Vec<Inbound> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match tokio::time::timeout(PATIENCE, rx.recv()).await {
+            Ok(Some(inbound)) => out.push(inbound),
+            Ok(None) => panic!("inbound closed after {} of {n}", out.len()),
+            Err(_) => panic!(
+                "only {} of {n} messages arrived within {PATIENCE:?}",
+                out.len()
+            ),
+        }
+    }
+    out
+}
+
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {PATIENCE:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn text(inbound: &Inbound) -> String {
+    String::from_utf8(inbound.payload.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn three_nodes_exchange_messages_both_ways() {
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(id, limits()).await);
+    }
+    for (transport, _) in &nodes {
+        for (peer, _) in &nodes {
+            transport.add_peer(peer.node(), peer.local_address());
+        }
+        transport.set_epoch(Epoch(5));
+        // Adding itself is ignored: self-sends take the local path.
+        assert_eq!(transport.peers().len(), 2);
+    }
+    const EACH: usize = 50;
+    for (transport, _) in &nodes {
+        for i in 0..EACH {
+            for to in 1..=3 {
+                let payload = format!("{}->{to}:{i}", transport.node().0).into_bytes();
+                transport.send(NodeId(to), payload).unwrap();
+            }
+        }
+    }
+    for (transport, rx) in &mut nodes {
+        let me = transport.node().0;
+        let got = receive(rx, 3 * EACH).await;
+        for from in 1..=3u32 {
+            let texts: Vec<String> = got
+                .iter()
+                .filter(|inbound| inbound.from == NodeId(from))
+                .map(text)
+                .collect();
+            let expected: Vec<String> = (0..EACH).map(|i| format!("{from}->{me}:{i}")).collect();
+            assert_eq!(
+                texts, expected,
+                "at n{me} from n{from}: in order, each once"
+            );
+        }
+        assert!(got.iter().all(|inbound| inbound.epoch == Epoch(5)));
+        assert!(rx.try_recv().is_err(), "nothing beyond what was sent");
+    }
+    for (transport, _) in &nodes {
+        let stats = transport.stats();
+        for peer in 1..=3 {
+            let stats = &stats[&NodeId(peer)];
+            assert_eq!(
+                stats.sent,
+                EACH as u64,
+                "n{} to n{peer}",
+                transport.node().0
+            );
+            assert_eq!(stats.received, EACH as u64);
+            assert_eq!(stats.dropped, 0);
+            assert_eq!(stats.protocol_errors, 0);
+        }
+    }
+    for (transport, _) in &nodes {
+        transport.shutdown().await;
+        assert_eq!(
+            transport.send(NodeId(1), b"late".to_vec()),
+            Err(SendError::Closed)
+        );
+    }
+}
+
+#[tokio::test]
+async fn many_small_sends_travel_in_few_envelopes_in_order() {
+    let limits = Limits {
+        messages_per_envelope_max: 100,
+        ..limits()
+    };
+    let (a, _a_rx) = start(1, limits.clone()).await;
+    let (b, mut b_rx) = start(2, limits).await;
+    a.add_peer(b.node(), b.local_address());
+    eventually("a connects to b", || a.peer_stats(b.node()).connected).await;
+    // No await between the sends: on this single-threaded runtime the
+    // sending task cannot run, so all of them wait in the queue.
+    for i in 0..2000u32 {
+        a.send(b.node(), i.to_be_bytes().to_vec()).unwrap();
+    }
+    let got = receive(&mut b_rx, 2000).await;
+    let values: Vec<u32> = got
+        .iter()
+        .map(|inbound| u32::from_be_bytes(inbound.payload.clone().try_into().unwrap()))
+        .collect();
+    assert_eq!(values, (0..2000).collect::<Vec<_>>());
+    // Envelopes of exactly 100, numbered 1..=20 on one session.
+    let seqs: Vec<u64> = got.iter().map(|inbound| inbound.seq).collect();
+    let expected: Vec<u64> = (1..=20).flat_map(|seq| [seq; 100]).collect();
+    assert_eq!(seqs, expected);
+    assert!(got.iter().all(|inbound| inbound.session == got[0].session));
+    let sent = a.peer_stats(b.node());
+    assert_eq!((sent.sent, sent.sent_envelopes), (2000, 20));
+    let received = b.peer_stats(a.node());
+    assert_eq!((received.received, received.received_envelopes), (2000, 20));
+}
+
+#[tokio::test]
+async fn envelopes_respect_the_byte_bound() {
+    // 4 payloads of 1000 bytes fit 4096 with the overheads; a fifth does not.
+    let limits = Limits {
+        envelope_bytes_max: 4096,
+        grpc_message_bytes_max: 4096,
+        ..limits()
+    };
+    let (a, _a_rx) = start(1, limits.clone()).await;
+    let (b, mut b_rx) = start(2, limits).await;
+    a.add_peer(b.node(), b.local_address());
+    eventually("a connects to b", || a.peer_stats(b.node()).connected).await;
+    for i in 0..40u8 {
+        a.send(b.node(), vec![i; 1000]).unwrap();
+    }
+    let got = receive(&mut b_rx, 40).await;
+    for (i, inbound) in got.iter().enumerate() {
+        assert_eq!(inbound.payload, vec![i as u8; 1000]);
+        assert_eq!(inbound.seq, i as u64 / 4 + 1);
+    }
+    assert_eq!(b.peer_stats(a.node()).received_envelopes, 10);
+}
+
+#[tokio::test]
+async fn a_peer_down_then_up_gets_the_queued_messages_and_the_link_recovers() {
+    let limits = limits();
+    let address = free_port();
+    let (a, _a_rx) = start(1, limits.clone()).await;
+    a.add_peer(NodeId(2), address);
+    for i in 0..10u8 {
+        a.send(NodeId(2), vec![i]).unwrap();
+    }
+    eventually("a retries the absent peer with backoff", || {
+        a.peer_stats(NodeId(2)).connect_failures >= 3
+    })
+    .await;
+    let stats = a.peer_stats(NodeId(2));
+    assert_eq!((stats.queued, stats.sent, stats.connected), (10, 0, false));
+    assert!(stats.last_error.unwrap().contains("connect to n2"));
+
+    // The peer starts: the queued messages arrive, in order, within the
+    // backoff bound (plus slack for a loaded machine).
+    let (b, mut b_rx) = start_at("test-cluster", 2, address, limits.clone()).await;
+    let got = receive(&mut b_rx, 10).await;
+    let payloads: Vec<Vec<u8>> = got.iter().map(|inbound| inbound.payload.clone()).collect();
+    assert_eq!(payloads, (0..10u8).map(|i| vec![i]).collect::<Vec<_>>());
+    let first_session = got[0].session;
+    let stats = a.peer_stats(NodeId(2));
+    assert_eq!((stats.sent, stats.queued, stats.reconnects), (10, 0, 0));
+
+    // The peer goes away: a notices, queues, and delivers after the restart
+    // on a new session whose envelopes count from 1 again.
+    b.shutdown().await;
+    drop(b_rx);
+    eventually("a notices the peer is gone", || {
+        !a.peer_stats(NodeId(2)).connected
+    })
+    .await;
+    for i in 10..15u8 {
+        a.send(NodeId(2), vec![i]).unwrap();
+    }
+    let (b, mut b_rx) = start_at("test-cluster", 2, address, limits).await;
+    let got = receive(&mut b_rx, 5).await;
+    let payloads: Vec<Vec<u8>> = got.iter().map(|inbound| inbound.payload.clone()).collect();
+    assert_eq!(payloads, (10..15u8).map(|i| vec![i]).collect::<Vec<_>>());
+    assert!(got[0].session > first_session);
+    assert_eq!(got[0].seq, 1);
+    let stats = a.peer_stats(NodeId(2));
+    assert_eq!((stats.sent, stats.dropped, stats.reconnects), (15, 0, 1));
+    assert!(stats.connected);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_without_blocking() {
+    let limits = Limits {
+        queue_messages_max: 8,
+        queue_bytes_max: 64 * 1024 * 1024,
+        ..limits()
+    };
+    let (a, _a_rx) = start(1, limits).await;
+    // Nobody listens there: everything stays queued.
+    a.add_peer(NodeId(2), free_port());
+    let mut refused = 0;
+    for i in 0..20u8 {
+        match a.send(NodeId(2), vec![i; 10]) {
+            Ok(()) => assert!(i < 8, "message {i} was queued beyond the bound"),
+            Err(SendError::QueueFull {
+                peer,
+                messages,
+                bytes,
+            }) => {
+                assert_eq!((peer, messages, bytes), (NodeId(2), 8, 80));
+                refused += 1;
+            }
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(refused, 12);
+    let stats = a.peer_stats(NodeId(2));
+    assert_eq!((stats.dropped, stats.queued, stats.sent), (12, 8, 0));
+    // Removing the peer discards (and counts) what it held.
+    a.remove_peer(NodeId(2));
+    let stats = a.peer_stats(NodeId(2));
+    assert_eq!((stats.discarded, stats.queued), (8, 0));
+    assert_eq!(
+        a.send(NodeId(2), vec![1]),
+        Err(SendError::UnknownPeer(NodeId(2)))
+    );
+}
+
+#[tokio::test]
+async fn the_byte_bound_of_a_queue_drops_too() {
+    let limits = Limits {
+        envelope_bytes_max: 2000,
+        grpc_message_bytes_max: 2000,
+        queue_bytes_max: 3000,
+        ..limits()
+    };
+    let (a, _a_rx) = start(1, limits).await;
+    a.add_peer(NodeId(2), free_port());
+    a.send(NodeId(2), vec![0; 1500]).unwrap();
+    a.send(NodeId(2), vec![1; 1500]).unwrap();
+    let error = a.send(NodeId(2), vec![2; 1]).unwrap_err();
+    assert_eq!(
+        error,
+        SendError::QueueFull {
+            peer: NodeId(2),
+            messages: 2,
+            bytes: 3000
+        }
+    );
+    assert!(error.to_string().contains("dropped"));
+    assert_eq!(a.peer_stats(NodeId(2)).dropped, 1);
+}
+
+#[tokio::test]
+async fn a_node_of_another_cluster_is_refused() {
+    let (a, _a_rx) = start_at("alpha", 1, loopback(), limits()).await;
+    let (b, mut b_rx) = start_at("beta", 2, loopback(), limits()).await;
+    a.add_peer(b.node(), b.local_address());
+    a.send(b.node(), b"hello".to_vec()).unwrap();
+    eventually("b refuses a's handshake", || {
+        a.peer_stats(b.node()).handshakes_refused >= 1
+    })
+    .await;
+    let stats = a.peer_stats(b.node());
+    let error = stats.last_error.unwrap();
+    assert!(
+        error.contains("cluster id mismatch")
+            && error.contains("\"alpha\"")
+            && error.contains("\"beta\""),
+        "{error}"
+    );
+    assert!(!stats.connected);
+    assert_eq!((stats.sent, stats.queued), (0, 1));
+    assert!(b.refused_handshakes() >= 1);
+    assert!(b_rx.try_recv().is_err());
+
+    // The right cluster but the wrong node id at that address: refused too.
+    let (c, _c_rx) = start_at("beta", 3, loopback(), limits()).await;
+    c.add_peer(NodeId(4), b.local_address());
+    eventually("b refuses c's handshake", || {
+        c.peer_stats(NodeId(4)).handshakes_refused >= 1
+    })
+    .await;
+    let error = c.peer_stats(NodeId(4)).last_error.unwrap();
+    assert!(error.contains("node id mismatch"), "{error}");
+    assert!(b_rx.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn an_oversized_payload_is_refused_and_the_largest_allowed_arrives() {
+    let limits = Limits {
+        envelope_bytes_max: 64 * 1024,
+        grpc_message_bytes_max: 64 * 1024,
+        ..limits()
+    };
+    let largest = limits.payload_bytes_max();
+    let (a, _a_rx) = start(1, limits.clone()).await;
+    let (b, mut b_rx) = start(2, limits).await;
+    a.add_peer(b.node(), b.local_address());
+    let error = a.send(b.node(), vec![7; largest + 1]).unwrap_err();
+    assert_eq!(
+        error,
+        SendError::TooLarge {
+            len: largest + 1,
+            limit: largest
+        }
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("exceeds the transport's payload limit")
+    );
+    assert_eq!(a.peer_stats(b.node()).refused_too_large, 1);
+    // The largest payload fits an envelope and the gRPC message bound.
+    a.send(b.node(), vec![7; largest]).unwrap();
+    a.send(b.node(), vec![8; largest]).unwrap();
+    let got = receive(&mut b_rx, 2).await;
+    assert_eq!(got[0].payload, vec![7; largest]);
+    assert_eq!(got[1].payload, vec![8; largest]);
+    assert_eq!(b.peer_stats(a.node()).received_envelopes, 2);
+}
+
+#[tokio::test]
+async fn self_sends_arrive_locally() {
+    let (a, mut a_rx) = start(1, limits()).await;
+    a.set_epoch(Epoch(3));
+    a.send(a.node(), b"me".to_vec()).unwrap();
+    let got = receive(&mut a_rx, 1).await;
+    assert_eq!(
+        (got[0].from, got[0].epoch, got[0].payload.as_slice()),
+        (NodeId(1), Epoch(3), &b"me"[..])
+    );
+}
+
+/// The next frame of a raw peer stream, within [`PATIENCE`].
+async fn next_reply(
+    replies: &mut tonic::Streaming<concord_cluster::transport::peer_v1::PeerReply>,
+) -> Result<Option<concord_cluster::transport::peer_v1::PeerReply>, tonic::Status> {
+    tokio::time::timeout(PATIENCE, replies.message())
+        .await
+        .expect("the peer answered within the patience")
+}
+
+fn hello(to: u32, boot: u64, session: u64) -> PeerFrame {
+    PeerFrame {
+        kind: Some(peer_frame::Kind::Hello(Hello {
+            cluster_id: "test-cluster".to_owned(),
+            from: 9,
+            to,
+            transport_version: TRANSPORT_VERSION,
+            codec_version: CODEC_VERSION,
+            boot,
+            session,
+        })),
+    }
+}
+
+fn envelope(seq: u64, message: &[u8]) -> PeerFrame {
+    PeerFrame {
+        kind: Some(peer_frame::Kind::Envelope(Envelope {
+            from: 9,
+            epoch: 1,
+            seq,
+            messages: vec![message.to_vec()],
+        })),
+    }
+}
+
+/// Opens a raw peer stream with the generated client and sends `frames`.
+async fn raw_stream(
+    address: SocketAddr,
+    frames: Vec<PeerFrame>,
+) -> Result<tonic::Streaming<concord_cluster::transport::peer_v1::PeerReply>, tonic::Status> {
+    let mut client = PeerClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(frames.len() + 1);
+    for frame in frames {
+        tx.send(frame).await.unwrap();
+    }
+    // Keep the request stream open for the call's life.
+    tokio::spawn(async move {
+        tx.closed().await;
+    });
+    let response = tokio::time::timeout(
+        PATIENCE,
+        client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .expect("the peer answered within the patience")?;
+    Ok(response.into_inner())
+}
+
+#[tokio::test]
+async fn sequence_gaps_and_stale_sessions_are_refused() {
+    let (b, mut b_rx) = start(2, limits()).await;
+    let address = b.local_address();
+
+    // A gap: envelope 2 first. The welcome comes, then the stream fails.
+    let mut replies = raw_stream(address, vec![hello(2, 77, 5), envelope(2, b"x")])
+        .await
+        .unwrap();
+    let welcome = next_reply(&mut replies).await.unwrap().unwrap();
+    assert!(
+        matches!(welcome.kind, Some(peer_reply::Kind::Welcome(w)) if w.node == 2 && w.session == 5)
+    );
+    let status = next_reply(&mut replies).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("envelope sequence 2 where 1 was expected"),
+        "{status}"
+    );
+    assert!(b_rx.try_recv().is_err());
+
+    // An older session of the same boot after session 5: refused.
+    let status = raw_stream(address, vec![hello(2, 77, 4), envelope(1, b"y")])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(status.message().contains("stale session 4"), "{status}");
+
+    // A newer session delivers; a new boot may start from session 1 again.
+    let mut replies = raw_stream(address, vec![hello(2, 77, 6), envelope(1, b"z")])
+        .await
+        .unwrap();
+    next_reply(&mut replies).await.unwrap().unwrap();
+    let got = receive(&mut b_rx, 1).await;
+    assert_eq!((got[0].from, got[0].session, got[0].seq), (NodeId(9), 6, 1));
+    let mut replies = raw_stream(address, vec![hello(2, 78, 1), envelope(1, b"w")])
+        .await
+        .unwrap();
+    next_reply(&mut replies).await.unwrap().unwrap();
+    let got = receive(&mut b_rx, 1).await;
+    assert_eq!(got[0].payload, b"w");
+    let stats = b.peer_stats(NodeId(9));
+    assert_eq!((stats.received, stats.protocol_errors), (2, 2));
+    assert_eq!(b.refused_handshakes(), 1);
+
+    // A Hello where an envelope belongs breaks the protocol too.
+    let mut replies = raw_stream(address, vec![hello(2, 79, 1), hello(2, 79, 1)])
+        .await
+        .unwrap();
+    next_reply(&mut replies).await.unwrap().unwrap();
+    let status = next_reply(&mut replies).await.unwrap_err();
+    assert!(status.message().contains("not an Envelope"), "{status}");
+}
+
+#[tokio::test]
+async fn inconsistent_limits_do_not_start() {
+    let error = Transport::start(TransportConfig {
+        cluster_id: "c".to_owned(),
+        node: NodeId(1),
+        listen: loopback(),
+        codec_version: 1,
+        limits: Limits {
+            envelope_bytes_max: 8 * 1024 * 1024,
+            ..Limits::default()
+        },
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(error, StartError::Config(_)));
+    assert!(
+        error.to_string().contains("grpc_message_bytes_max"),
+        "{error}"
+    );
+    let error = Transport::start(TransportConfig {
+        cluster_id: String::new(),
+        node: NodeId(1),
+        listen: loopback(),
+        codec_version: 1,
+        limits: Limits::default(),
+    })
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("cluster id is empty"), "{error}");
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// The checked-in generated code (`src/transport/peer_v1.rs`) was made from
+/// the .proto as it is now (`server/api/codegen` writes the hash header).
+#[test]
+fn generated_code_is_from_the_current_proto() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let proto = std::fs::read(root.join("proto/concord/cluster/v1/peer.proto")).unwrap();
+    let generated = std::fs::read_to_string(root.join("src/transport/peer_v1.rs")).unwrap();
+    let expected = format!("//! proto-fnv1a: {:016x}\n", fnv1a(&proto));
+    assert!(
+        generated.contains(&expected),
+        "src/transport/peer_v1.rs is stale (no {expected:?}): run cargo run --manifest-path server/api/codegen/Cargo.toml"
+    );
+    assert!(generated.contains("pub struct PeerClient"));
+    assert!(generated.contains("pub trait Peer"));
+}
