@@ -44,7 +44,7 @@ impl Status {
         matches!(self, Status::Applied | Status::Invalidated)
     }
 
-    fn to_u8(self) -> u8 {
+    pub(crate) fn to_u8(self) -> u8 {
         match self {
             Status::PreAccepted => 1,
             Status::Accepted => 2,
@@ -58,7 +58,7 @@ impl Status {
         }
     }
 
-    fn from_u8(value: u8) -> Option<Status> {
+    pub(crate) fn from_u8(value: u8) -> Option<Status> {
         Some(match value {
             1 => Status::PreAccepted,
             2 => Status::Accepted,
@@ -187,7 +187,7 @@ impl Command {
 
 const RECORD_VERSION: u8 = 1;
 
-fn encode_txn(encoder: &mut Encoder, txn: &Txn) {
+pub(crate) fn encode_txn(encoder: &mut Encoder, txn: &Txn) {
     encoder.u32(txn.reads().len() as u32);
     for key in txn.reads() {
         encoder.key(key);
@@ -233,7 +233,7 @@ fn encode_txn(encoder: &mut Encoder, txn: &Txn) {
     }
 }
 
-fn decode_txn(decoder: &mut Decoder<'_>) -> Result<Txn> {
+pub(crate) fn decode_txn(decoder: &mut Decoder<'_>) -> Result<Txn> {
     let n_reads = decoder.u32()?;
     let mut reads = Vec::new();
     for _ in 0..n_reads {

@@ -32,6 +32,7 @@ pub mod sync;
 pub mod timestamp;
 pub mod topology;
 pub mod txn;
+pub mod wire;
 
 pub use error::{Error, Result};
 

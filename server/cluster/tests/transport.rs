@@ -574,3 +574,132 @@ fn generated_code_is_from_the_current_proto() {
     assert!(generated.contains("pub struct PeerClient"));
     assert!(generated.contains("pub trait Peer"));
 }
+
+mod accord {
+    //! Three Accord runtimes (RF=3, one shard) talking only through three
+    //! transports: transactions coordinated by different nodes commit, and
+    //! every replica applies them.
+
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use concord_cluster::runtime::{NoObserver, Runtime, RuntimeConfig};
+    use concord_cluster::transport::accord::{
+        ACCORD_CODEC_VERSION, AccordWireStats, TransportPeers, spawn_delivery,
+    };
+    use concord_cluster::transport::{Transport, TransportConfig};
+    use concord_storage::engine::EngineOptions;
+    use concord_storage::memory::MemoryEngine;
+    use concord_txn::node::{NodeConfig, Outcome};
+    use concord_txn::storage::{EngineJournal, KvDataStore};
+    use concord_txn::timestamp::NodeId;
+    use concord_txn::topology::{FastPathMode, Topology};
+    use concord_txn::txn::{Key, Txn, Update, decode_list};
+
+    use super::{eventually, limits, loopback};
+
+    fn list(engine: &Arc<MemoryEngine>, key: &Key) -> Vec<u64> {
+        let values = KvDataStore::new(engine.clone())
+            .values(std::slice::from_ref(key))
+            .unwrap();
+        values[key]
+            .as_deref()
+            .map(|bytes| decode_list(bytes).unwrap())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_runtimes_commit_over_the_transport() {
+        let topology = Arc::new(Topology::ring(3, 1, 3, FastPathMode::CoordinatorVotes));
+        let mut transports = Vec::new();
+        let mut receivers = Vec::new();
+        for id in 1..=3 {
+            let (transport, rx) = Transport::start(TransportConfig {
+                cluster_id: "accord".to_owned(),
+                node: NodeId(id),
+                listen: loopback(),
+                codec_version: ACCORD_CODEC_VERSION,
+                limits: limits(),
+            })
+            .await
+            .unwrap();
+            transports.push(transport);
+            receivers.push(rx);
+        }
+        for transport in &transports {
+            for peer in &transports {
+                transport.add_peer(peer.node(), peer.local_address());
+            }
+        }
+        let mut nodes = Vec::new();
+        for (transport, rx) in transports.iter().zip(receivers) {
+            let engine = Arc::new(MemoryEngine::new(EngineOptions::default()));
+            let stats = Arc::new(AccordWireStats::default());
+            let runtime = Arc::new(
+                Runtime::start(
+                    RuntimeConfig {
+                        node: transport.node(),
+                        topology: topology.clone(),
+                        node_config: NodeConfig::default(),
+                    },
+                    Box::new(EngineJournal::new(engine.clone())),
+                    Box::new(KvDataStore::new(engine.clone())),
+                    Box::new(TransportPeers::new(transport.clone(), stats.clone())),
+                    Box::new(NoObserver),
+                )
+                .unwrap(),
+            );
+            let delivery = spawn_delivery(rx, runtime.clone(), stats.clone());
+            nodes.push((runtime, engine, stats, delivery));
+        }
+        let key = Key::numbered(42);
+        // Appends coordinated by each node in turn, one after another.
+        for value in 0..9u64 {
+            let runtime = nodes[value as usize % 3].0.clone();
+            let txn = Txn::new(
+                vec![key.clone()],
+                Update::Append(vec![(key.clone(), value)]),
+            );
+            let outcome = tokio::task::spawn_blocking(move || runtime.execute(txn))
+                .await
+                .unwrap()
+                .unwrap();
+            let Outcome::Committed { reads, .. } = outcome else {
+                panic!("value {value} did not commit: {outcome:?}");
+            };
+            let read = reads[&key]
+                .as_deref()
+                .map(|bytes| decode_list(bytes).unwrap());
+            assert_eq!(read.unwrap_or_default(), (0..value).collect::<Vec<_>>());
+        }
+        // Every replica applies every append, in the same order.
+        for (_, engine, _, _) in &nodes {
+            eventually("every replica applied the nine appends", || {
+                list(engine, &key) == (0..9).collect::<Vec<_>>()
+            })
+            .await;
+        }
+        for (runtime, _, stats, _) in &nodes {
+            assert_eq!(stats.undecodable.load(Ordering::Relaxed), 0);
+            assert_eq!(stats.unsent.load(Ordering::Relaxed), 0);
+            assert_eq!(runtime.stats().refused_messages.load(Ordering::Relaxed), 0);
+        }
+        let committed: u64 = nodes
+            .iter()
+            .map(|(runtime, ..)| runtime.stats().committed.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(committed, 9);
+        for transport in &transports {
+            let sent: u64 = transport.stats().values().map(|stats| stats.sent).sum();
+            assert!(sent > 0, "{:?} sent nothing", transport.node());
+            transport.shutdown().await;
+        }
+        for (runtime, _, _, delivery) in nodes {
+            delivery.abort();
+            let _ = delivery.await;
+            tokio::task::spawn_blocking(move || drop(runtime))
+                .await
+                .unwrap();
+        }
+    }
+}

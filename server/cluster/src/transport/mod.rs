@@ -18,6 +18,7 @@
 //! number and numbers its envelopes 1, 2, ...; a receiver refuses a gap, a
 //! repeat or a connection older than the newest it accepted from that node.
 
+pub mod accord;
 mod inbound;
 mod limits;
 mod outbound;
