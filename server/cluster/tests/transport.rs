@@ -196,11 +196,20 @@ async fn envelopes_respect_the_byte_bound() {
     };
     let (a, _a_rx) = start(1, limits.clone()).await;
     let (b, mut b_rx) = start(2, limits).await;
-    a.add_peer(b.node(), b.local_address());
+    // From a plain thread, as the Accord runtime's thread calls it.
+    let (sender, node, address) = (a.clone(), b.node(), b.local_address());
+    std::thread::spawn(move || sender.add_peer(node, address))
+        .join()
+        .unwrap();
     eventually("a connects to b", || a.peer_stats(b.node()).connected).await;
-    for i in 0..40u8 {
-        a.send(b.node(), vec![i; 1000]).unwrap();
-    }
+    let (sender, node) = (a.clone(), b.node());
+    std::thread::spawn(move || {
+        for i in 0..40u8 {
+            sender.send(node, vec![i; 1000]).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
     let got = receive(&mut b_rx, 40).await;
     for (i, inbound) in got.iter().enumerate() {
         assert_eq!(inbound.payload, vec![i as u8; 1000]);

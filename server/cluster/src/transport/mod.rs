@@ -213,6 +213,9 @@ pub(crate) struct Shared {
     pub sessions: Mutex<BTreeMap<NodeId, (u64, u64, u64)>>,
     pub shutdown: watch::Sender<bool>,
     closed: AtomicBool,
+    /// The tokio runtime `start` ran on: peer tasks are spawned there, so
+    /// `add_peer` works from any thread (the Node's, the metadata's).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Shared {
@@ -282,6 +285,7 @@ impl Transport {
             sessions: Mutex::new(BTreeMap::new()),
             shutdown,
             closed: AtomicBool::new(false),
+            runtime: tokio::runtime::Handle::current(),
         });
         let server = inbound::serve(Arc::clone(&shared), listener);
         Ok((
@@ -311,7 +315,8 @@ impl Transport {
     }
 
     /// Starts sending to `node` at `address` (dialling now, redialling with
-    /// backoff). Adding a known peer with a new address replaces its link;
+    /// backoff). Callable from any thread: the dialler runs on the tokio
+    /// runtime `start` ran on. Adding a known peer with a new address replaces its link;
     /// payloads queued for the old address are discarded (counted).
     pub fn add_peer(&self, node: NodeId, address: SocketAddr) {
         if self.shared.closed.load(Ordering::Acquire) || node == self.shared.config.node {
@@ -323,7 +328,7 @@ impl Transport {
         }
         let counters = self.shared.counters(node);
         let outbox = Arc::new(outbound::Outbox::default());
-        let task = tokio::spawn(outbound::run(
+        let task = self.shared.runtime.spawn(outbound::run(
             Arc::clone(&self.shared),
             node,
             address,
