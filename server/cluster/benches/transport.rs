@@ -4,7 +4,10 @@
 //! handshake, per-peer queue) and (b) over a bare tokio TCP connection with
 //! length-prefixed frames fed by a bounded channel (the least a transport
 //! can do). Each is run `RUNS` times, interleaved; the medians and their
-//! ratio are printed. Run with `cargo bench -p concord-cluster --bench transport`.
+//! ratio are printed. Then the latency of one message on an idle link: `PINGS`
+//! round trips (A sends, B answers), through the transport and over bare
+//! TCP, p50 and p99 of each. Run with
+//! `cargo bench -p concord-cluster --bench transport`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
@@ -20,6 +23,7 @@ const MESSAGES: usize = 200_000;
 const PAYLOAD_BYTES: usize = 64;
 const RUNS: usize = 5;
 const RAW_CHANNEL: usize = 16 * 1024;
+const PINGS: usize = 2_000;
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -123,6 +127,87 @@ async fn raw_run() -> f64 {
     elapsed
 }
 
+/// Round-trip times (µs) of `PINGS` one-message pings through two transports.
+async fn transport_pings() -> Vec<f64> {
+    let config = |node| TransportConfig {
+        cluster_id: "bench".to_owned(),
+        node: NodeId(node),
+        listen: loopback(),
+        codec_version: 1,
+        limits: Limits::default(),
+    };
+    let (a, mut a_rx) = Transport::start(config(1)).await.unwrap();
+    let (b, mut b_rx) = Transport::start(config(2)).await.unwrap();
+    a.add_peer(b.node(), b.local_address());
+    b.add_peer(a.node(), a.local_address());
+    let echo = b.clone();
+    let echoer = tokio::spawn(async move {
+        while let Some(inbound) = b_rx.recv().await {
+            echo.send(inbound.from, inbound.payload).unwrap();
+        }
+    });
+    let mut times = Vec::with_capacity(PINGS);
+    for i in 0..PINGS + 100 {
+        let started = Instant::now();
+        a.send(b.node(), vec![7; PAYLOAD_BYTES]).unwrap();
+        a_rx.recv().await.unwrap();
+        // The first 100 warm up (and wait out the connections' setup).
+        if i >= 100 {
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    echoer.abort();
+    times
+}
+
+/// Round-trip times (µs) of `PINGS` pings over bare TCP (length-prefixed).
+async fn raw_pings() -> Vec<f64> {
+    let listener = TcpListener::bind(loopback()).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let echoer = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        socket.set_nodelay(true).unwrap();
+        let mut buffer = vec![0u8; PAYLOAD_BYTES];
+        loop {
+            let Ok(len) = socket.read_u32().await else {
+                return;
+            };
+            buffer.resize(len as usize, 0);
+            socket.read_exact(&mut buffer).await.unwrap();
+            let mut frame = (len).to_be_bytes().to_vec();
+            frame.extend_from_slice(&buffer);
+            socket.write_all(&frame).await.unwrap();
+        }
+    });
+    let mut socket = TcpStream::connect(address).await.unwrap();
+    socket.set_nodelay(true).unwrap();
+    let mut times = Vec::with_capacity(PINGS);
+    let mut frame = (PAYLOAD_BYTES as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&[7; PAYLOAD_BYTES]);
+    let mut buffer = vec![0u8; PAYLOAD_BYTES];
+    for i in 0..PINGS + 100 {
+        let started = Instant::now();
+        socket.write_all(&frame).await.unwrap();
+        let len = socket.read_u32().await.unwrap() as usize;
+        buffer.resize(len, 0);
+        socket.read_exact(&mut buffer).await.unwrap();
+        if i >= 100 {
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    drop(socket);
+    let _ = echoer.await;
+    times
+}
+
+fn percentile(mut values: Vec<f64>, fraction: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let index = ((values.len() - 1) as f64 * fraction).round() as usize;
+    values[index]
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -151,5 +236,16 @@ fn main() {
         MESSAGES as f64 / transport,
         MESSAGES as f64 / raw,
         raw / transport
+    );
+    let transport = runtime.block_on(transport_pings());
+    let raw = runtime.block_on(raw_pings());
+    let (t50, t99) = (
+        percentile(transport.clone(), 0.5),
+        percentile(transport, 0.99),
+    );
+    let (r50, r99) = (percentile(raw.clone(), 0.5), percentile(raw, 0.99));
+    eprintln!(
+        "{PINGS} round trips of one {PAYLOAD_BYTES}-byte message on an idle link: transport p50 {t50:.0} µs p99 {t99:.0} µs, raw tcp p50 {r50:.0} µs p99 {r99:.0} µs, transport/raw p50 {:.2}",
+        t50 / r50
     );
 }
