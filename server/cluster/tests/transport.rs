@@ -452,24 +452,70 @@ async fn raw_stream(
     address: SocketAddr,
     frames: Vec<PeerFrame>,
 ) -> Result<tonic::Streaming<concord_cluster::transport::peer_v1::PeerReply>, tonic::Status> {
-    let mut client = PeerClient::connect(format!("http://{address}"))
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(frames.len() + 1);
-    for frame in frames {
-        tx.send(frame).await.unwrap();
-    }
+    let (replies, tx) = raw_stream_open(address, frames).await?;
     // Keep the request stream open for the call's life.
     tokio::spawn(async move {
         tx.closed().await;
     });
+    Ok(replies)
+}
+
+/// As [`raw_stream`], and returns the sender of further frames.
+async fn raw_stream_open(
+    address: SocketAddr,
+    frames: Vec<PeerFrame>,
+) -> Result<
+    (
+        tonic::Streaming<concord_cluster::transport::peer_v1::PeerReply>,
+        mpsc::Sender<PeerFrame>,
+    ),
+    tonic::Status,
+> {
+    let mut client = PeerClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(frames.len() + 8);
+    for frame in frames {
+        tx.send(frame).await.unwrap();
+    }
     let response = tokio::time::timeout(
         PATIENCE,
         client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
     )
     .await
     .expect("the peer answered within the patience")?;
-    Ok(response.into_inner())
+    Ok((response.into_inner(), tx))
+}
+
+#[tokio::test]
+async fn a_newer_session_supersedes_the_open_older_one() {
+    let (b, mut b_rx) = start(2, limits()).await;
+    let address = b.local_address();
+    let (mut old, old_tx) = raw_stream_open(address, vec![hello(2, 50, 1), envelope(1, b"a")])
+        .await
+        .unwrap();
+    next_reply(&mut old).await.unwrap().unwrap();
+    let got = receive(&mut b_rx, 1).await;
+    assert_eq!((got[0].session, got[0].payload.as_slice()), (1, &b"a"[..]));
+    // The dialler reconnected (session 2) while session 1 is still open.
+    let (mut new, new_tx) = raw_stream_open(address, vec![hello(2, 50, 2), envelope(1, b"b")])
+        .await
+        .unwrap();
+    next_reply(&mut new).await.unwrap().unwrap();
+    let got = receive(&mut b_rx, 1).await;
+    assert_eq!((got[0].session, got[0].payload.as_slice()), (2, &b"b"[..]));
+    // A late envelope on the old connection is discarded, counted, and ends it.
+    old_tx.send(envelope(2, b"late")).await.unwrap();
+    assert!(next_reply(&mut old).await.unwrap().is_none());
+    new_tx.send(envelope(2, b"c")).await.unwrap();
+    let got = receive(&mut b_rx, 1).await;
+    assert_eq!(
+        (got[0].session, got[0].seq, got[0].payload.as_slice()),
+        (2, 2, &b"c"[..])
+    );
+    let stats = b.peer_stats(NodeId(9));
+    assert_eq!((stats.received, stats.discarded), (3, 1));
+    assert!(b_rx.try_recv().is_err());
 }
 
 #[tokio::test]
