@@ -11,7 +11,8 @@ use std::time::Duration;
 use concord_cluster::transport::peer_v1::peer_client::PeerClient;
 use concord_cluster::transport::peer_v1::{Envelope, Hello, PeerFrame, peer_frame, peer_reply};
 use concord_cluster::transport::{
-    Inbound, Limits, SendError, StartError, TRANSPORT_VERSION, Transport, TransportConfig,
+    Inbound, InboundReceiver, Limits, SendError, StartError, TRANSPORT_VERSION, Transport,
+    TransportConfig,
 };
 use concord_txn::timestamp::{Epoch, NodeId};
 use tokio::sync::mpsc;
@@ -37,7 +38,7 @@ async fn start_at(
     node: u32,
     listen: SocketAddr,
     limits: Limits,
-) -> (Transport, mpsc::Receiver<Inbound>) {
+) -> (Transport, InboundReceiver) {
     Transport::start(TransportConfig {
         cluster_id: cluster.to_owned(),
         node: NodeId(node),
@@ -49,7 +50,7 @@ async fn start_at(
     .unwrap()
 }
 
-async fn start(node: u32, limits: Limits) -> (Transport, mpsc::Receiver<Inbound>) {
+async fn start(node: u32, limits: Limits) -> (Transport, InboundReceiver) {
     start_at("test-cluster", node, loopback(), limits).await
 }
 
@@ -59,7 +60,7 @@ fn free_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-async fn receive(rx: &mut mpsc::Receiver<Inbound>, n: usize) -> Vec<Inbound> {
+async fn receive(rx: &mut InboundReceiver, n: usize) -> Vec<Inbound> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         match tokio::time::timeout(PATIENCE, rx.recv()).await {
@@ -330,6 +331,43 @@ async fn the_byte_bound_of_a_queue_drops_too() {
     );
     assert!(error.to_string().contains("dropped"));
     assert_eq!(a.peer_stats(NodeId(2)).dropped, 1);
+}
+
+#[tokio::test]
+async fn a_slow_consumer_holds_back_senders_within_the_inbound_byte_bound() {
+    // Room for three 1000-byte payloads between the transport and its consumer.
+    let limits = Limits {
+        envelope_bytes_max: 2000,
+        grpc_message_bytes_max: 2000,
+        inbound_bytes_max: 3000,
+        ..limits()
+    };
+    let (a, _a_rx) = start(1, limits.clone()).await;
+    let (b, mut b_rx) = start(2, limits).await;
+    a.add_peer(b.node(), b.local_address());
+    for i in 0..8u8 {
+        a.send(b.node(), vec![i; 1000]).unwrap();
+    }
+    eventually("three payloads wait for the consumer", || {
+        b.peer_stats(a.node()).received == 3
+    })
+    .await;
+    // The bound holds: nothing more is taken off the connection meanwhile.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(b.peer_stats(a.node()).received, 3);
+    // A self-send that does not fit is refused and counted, never waited for.
+    assert!(matches!(
+        b.send(b.node(), vec![0; 1000]),
+        Err(SendError::QueueFull { bytes: 3000, .. })
+    ));
+    assert_eq!(b.peer_stats(b.node()).dropped, 1);
+    // Consuming frees the room: everything arrives, in order, nothing lost.
+    let got = receive(&mut b_rx, 8).await;
+    for (i, inbound) in got.iter().enumerate() {
+        assert_eq!(inbound.payload, vec![i as u8; 1000]);
+    }
+    let stats = a.peer_stats(b.node());
+    assert_eq!((stats.sent, stats.dropped), (8, 0));
 }
 
 #[tokio::test]

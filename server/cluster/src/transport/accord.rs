@@ -14,10 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use concord_txn::messages::Message;
 use concord_txn::timestamp::NodeId;
 use concord_txn::wire::{MESSAGE_CODEC_VERSION, decode_message, encode_message};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Inbound, Transport};
+use super::{Inbound, InboundReceiver, Transport};
 use crate::runtime::{Peers, Runtime, RuntimeError};
 
 /// The codec version to put in [`super::TransportConfig::codec_version`] when
@@ -69,7 +68,7 @@ impl Peers for TransportPeers {
 /// runtime stops: decodes each payload and delivers consecutive messages of
 /// one sender together (up to [`DELIVERY_BATCH_MAX`]).
 pub fn spawn_delivery(
-    mut inbound: mpsc::Receiver<Inbound>,
+    mut inbound: InboundReceiver,
     runtime: Arc<Runtime>,
     stats: Arc<AccordWireStats>,
 ) -> JoinHandle<()> {

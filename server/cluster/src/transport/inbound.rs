@@ -2,7 +2,7 @@
 //! connection's `Hello` (cluster id, node id, versions, session), answers
 //! `Welcome`, then reads envelopes, checks their sequence numbers and hands
 //! their payloads to the node's inbound receiver, waiting when that is full
-//! (so backpressure reaches the sender's bounded queue; nothing is dropped
+//! in messages or bytes (so backpressure reaches the sender's bounded queue; nothing is dropped
 //! here).
 
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::peer_v1::peer_server::{Peer, PeerServer};
 use super::peer_v1::{Hello, PeerFrame, PeerReply, Welcome, peer_frame, peer_reply};
-use super::{Counters, Inbound, Shared, TRANSPORT_VERSION};
+use super::{Counters, Inbound, Shared, TRANSPORT_VERSION, inbound_cost};
 
 /// Serves the peer service on `listener` until the returned sender fires.
 pub(crate) fn serve(
@@ -254,9 +254,25 @@ async fn read(
                 seq,
                 payload,
             };
-            let delivered = tokio::select! {
-                sent = shared.inbound.send(inbound) => sent.is_ok(),
-                _ = shutdown.wait_for(|stop| *stop) => false,
+            let cost = inbound_cost(&inbound);
+            // Room in bytes first, then in messages; each wait ends at shutdown.
+            let room = tokio::select! {
+                permit = shared.inbound_bytes.acquire_many(cost) => permit.ok(),
+                _ = shutdown.wait_for(|stop| *stop) => None,
+            };
+            let delivered = match room {
+                Some(permit) => {
+                    permit.forget();
+                    let sent = tokio::select! {
+                        sent = shared.inbound.send(inbound) => sent.is_ok(),
+                        _ = shutdown.wait_for(|stop| *stop) => false,
+                    };
+                    if !sent {
+                        shared.inbound_bytes.add_permits(cost as usize);
+                    }
+                    sent
+                }
+                None => false,
             };
             if !delivered {
                 Counters::add(&counters.discarded, 1);

@@ -22,6 +22,10 @@ pub const QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// control pushes back to the senders, whose bounded queues then drop and
 /// count.
 pub const INBOUND_QUEUE_MAX: usize = 16 * 1024;
+/// Default: payload bytes received and not yet taken by the consumer (all
+/// peers together); bounds the receiver's memory as `INBOUND_QUEUE_MAX` bounds
+/// its message count. Full: the receiving streams wait, as above.
+pub const INBOUND_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Default: envelopes handed to a connection's gRPC stream and not yet
 /// written. Small on purpose: while the stream is busy, messages wait in the
 /// outbound queue and the next envelope takes them all (that is the batching).
@@ -61,6 +65,7 @@ pub struct Limits {
     pub queue_messages_max: usize,
     pub queue_bytes_max: usize,
     pub inbound_queue_max: usize,
+    pub inbound_bytes_max: usize,
     pub stream_buffer_envelopes: usize,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -80,6 +85,7 @@ impl Default for Limits {
             queue_messages_max: QUEUE_MESSAGES_MAX,
             queue_bytes_max: QUEUE_BYTES_MAX,
             inbound_queue_max: INBOUND_QUEUE_MAX,
+            inbound_bytes_max: INBOUND_BYTES_MAX,
             stream_buffer_envelopes: STREAM_BUFFER_ENVELOPES,
             backoff_min: BACKOFF_MIN,
             backoff_max: BACKOFF_MAX,
@@ -132,6 +138,16 @@ impl Limits {
                 "transport limit queue_bytes_max ({}) is below the largest payload ({})",
                 self.queue_bytes_max,
                 self.payload_bytes_max()
+            ));
+        }
+        if self.inbound_bytes_max < self.payload_bytes_max()
+            || self.inbound_bytes_max > tokio::sync::Semaphore::MAX_PERMITS
+        {
+            return Err(format!(
+                "transport limit inbound_bytes_max ({}) is below the largest payload ({}) or above {}",
+                self.inbound_bytes_max,
+                self.payload_bytes_max(),
+                tokio::sync::Semaphore::MAX_PERMITS
             ));
         }
         if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {

@@ -35,14 +35,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use concord_txn::timestamp::{Epoch, NodeId};
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use limits::{
     BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, ENVELOPE_BYTES_MAX, ENVELOPE_OVERHEAD_BYTES,
-    GRPC_MESSAGE_BYTES_MAX, HANDSHAKE_TIMEOUT, INBOUND_QUEUE_MAX, Jitter, KEEPALIVE_INTERVAL,
-    KEEPALIVE_TIMEOUT, Limits, MESSAGE_OVERHEAD_BYTES, MESSAGES_PER_ENVELOPE_MAX, QUEUE_BYTES_MAX,
-    QUEUE_MESSAGES_MAX, SHUTDOWN_GRACE, STREAM_BUFFER_ENVELOPES, backoff,
+    GRPC_MESSAGE_BYTES_MAX, HANDSHAKE_TIMEOUT, INBOUND_BYTES_MAX, INBOUND_QUEUE_MAX, Jitter,
+    KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Limits, MESSAGE_OVERHEAD_BYTES,
+    MESSAGES_PER_ENVELOPE_MAX, QUEUE_BYTES_MAX, QUEUE_MESSAGES_MAX, SHUTDOWN_GRACE,
+    STREAM_BUFFER_ENVELOPES, backoff,
 };
 
 /// The transport's own wire version (framing and handshake), checked in the
@@ -78,6 +79,50 @@ pub struct Inbound {
     /// The envelope's number within the session (1, 2, ...).
     pub seq: u64,
     pub payload: Vec<u8>,
+}
+
+/// The receiving end of a transport: every payload sent to this node, as
+/// [`Inbound`]s. Bounded in messages (`inbound_queue_max`) and payload bytes
+/// (`inbound_bytes_max`); taking a payload frees its room.
+#[derive(Debug)]
+pub struct InboundReceiver {
+    receiver: mpsc::Receiver<Inbound>,
+    bytes: Arc<Semaphore>,
+}
+
+impl InboundReceiver {
+    /// The next payload; `None` once the transport is gone.
+    pub async fn recv(&mut self) -> Option<Inbound> {
+        let inbound = self.receiver.recv().await?;
+        self.release(&inbound);
+        Some(inbound)
+    }
+
+    /// The next payload if one is waiting.
+    ///
+    /// # Errors
+    /// `Empty` when none is waiting, `Disconnected` once the transport is gone.
+    pub fn try_recv(&mut self) -> Result<Inbound, mpsc::error::TryRecvError> {
+        let inbound = self.receiver.try_recv()?;
+        self.release(&inbound);
+        Ok(inbound)
+    }
+
+    /// The next payload, blocking this (non-async) thread until one comes.
+    pub fn blocking_recv(&mut self) -> Option<Inbound> {
+        let inbound = self.receiver.blocking_recv()?;
+        self.release(&inbound);
+        Some(inbound)
+    }
+
+    fn release(&self, inbound: &Inbound) {
+        self.bytes.add_permits(inbound_cost(inbound) as usize);
+    }
+}
+
+/// The room a payload takes in the inbound byte bound.
+pub(crate) fn inbound_cost(inbound: &Inbound) -> u32 {
+    u32::try_from(inbound.payload.len()).unwrap_or(u32::MAX)
 }
 
 /// Why `send` refused a payload. Nothing was queued.
@@ -206,6 +251,9 @@ pub(crate) struct Shared {
     peers: Mutex<BTreeMap<NodeId, PeerLink>>,
     counters: Mutex<BTreeMap<NodeId, Arc<Counters>>>,
     pub inbound: mpsc::Sender<Inbound>,
+    /// Payload bytes the inbound channel may still take
+    /// (`inbound_bytes_max`); [`InboundReceiver`] gives them back.
+    pub inbound_bytes: Arc<Semaphore>,
     /// Inbound handshakes refused, whoever the caller claimed to be.
     pub refused_inbound: AtomicU64,
     /// The newest accepted inbound connection per node: `(boot, session,
@@ -256,7 +304,7 @@ impl Transport {
     /// [`StartError::Bind`] when the address cannot be bound.
     pub async fn start(
         config: TransportConfig,
-    ) -> Result<(Transport, mpsc::Receiver<Inbound>), StartError> {
+    ) -> Result<(Transport, InboundReceiver), StartError> {
         config.limits.validate().map_err(StartError::Config)?;
         if config.cluster_id.is_empty() {
             return Err(StartError::Config("the cluster id is empty".to_owned()));
@@ -273,6 +321,11 @@ impl Transport {
             source,
         })?;
         let (inbound, receiver) = mpsc::channel(config.limits.inbound_queue_max);
+        let inbound_bytes = Arc::new(Semaphore::new(config.limits.inbound_bytes_max));
+        let receiver = InboundReceiver {
+            receiver,
+            bytes: Arc::clone(&inbound_bytes),
+        };
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             boot: boot_nonce(config.node),
@@ -281,6 +334,7 @@ impl Transport {
             peers: Mutex::new(BTreeMap::new()),
             counters: Mutex::new(BTreeMap::new()),
             inbound,
+            inbound_bytes,
             refused_inbound: AtomicU64::new(0),
             sessions: Mutex::new(BTreeMap::new()),
             shutdown,
@@ -420,8 +474,21 @@ impl Transport {
             seq: 0,
             payload,
         };
+        let Ok(permit) = shared
+            .inbound_bytes
+            .try_acquire_many(inbound_cost(&inbound))
+        else {
+            Counters::add(&counters.dropped, 1);
+            return Err(SendError::QueueFull {
+                peer: node,
+                messages: shared.config.limits.inbound_queue_max - shared.inbound.capacity(),
+                bytes: shared.config.limits.inbound_bytes_max
+                    - shared.inbound_bytes.available_permits(),
+            });
+        };
         match shared.inbound.try_send(inbound) {
             Ok(()) => {
+                permit.forget();
                 Counters::add(&counters.sent, 1);
                 Counters::add(&counters.received, 1);
                 Ok(())
