@@ -772,8 +772,16 @@ mod accord {
             })
             .await;
         }
-        for (runtime, _, stats, _) in &nodes {
-            assert_eq!(stats.undecodable.load(Ordering::Relaxed), 0);
+        // A payload that is no message is counted at the receiver, not delivered.
+        transports[0].send(NodeId(2), vec![0xde, 0xad]).unwrap();
+        let undecodable = nodes[1].2.clone();
+        eventually("n2 counts the undecodable payload", || {
+            undecodable.undecodable.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        for (index, (runtime, _, stats, _)) in nodes.iter().enumerate() {
+            let expected = u64::from(index == 1);
+            assert_eq!(stats.undecodable.load(Ordering::Relaxed), expected);
             assert_eq!(stats.unsent.load(Ordering::Relaxed), 0);
             assert_eq!(runtime.stats().refused_messages.load(Ordering::Relaxed), 0);
         }
