@@ -152,6 +152,10 @@ async fn three_nodes_exchange_messages_both_ways() {
             transport.send(NodeId(1), b"late".to_vec()),
             Err(SendError::Closed)
         );
+        // Nothing dials after shutdown.
+        assert!(transport.peers().is_empty());
+        transport.add_peer(NodeId(9), loopback());
+        assert!(transport.peers().is_empty());
     }
 }
 

@@ -373,11 +373,15 @@ impl Transport {
     /// runtime `start` ran on. Adding a known peer with a new address replaces its link;
     /// payloads queued for the old address are discarded (counted).
     pub fn add_peer(&self, node: NodeId, address: SocketAddr) {
-        if self.shared.closed.load(Ordering::Acquire) || node == self.shared.config.node {
+        if node == self.shared.config.node {
             return;
         }
         let mut peers = self.shared.peers.lock();
-        if peers.get(&node).is_some_and(|link| link.address == address) {
+        // Checked under the lock `shutdown` takes the links with, so no link
+        // is added after it stopped them.
+        if self.shared.closed.load(Ordering::Acquire)
+            || peers.get(&node).is_some_and(|link| link.address == address)
+        {
             return;
         }
         let counters = self.shared.counters(node);
@@ -540,9 +544,12 @@ impl Transport {
     /// peer tasks (their queued payloads are discarded, counted) and refuses
     /// later sends. Idempotent.
     pub async fn shutdown(&self) {
-        self.shared.closed.store(true, Ordering::Release);
         self.shared.shutdown.send_replace(true);
-        let peers = std::mem::take(&mut *self.shared.peers.lock());
+        let peers = {
+            let mut peers = self.shared.peers.lock();
+            self.shared.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *peers)
+        };
         for (node, link) in peers {
             discard(&link, &self.shared.counters(node));
         }
