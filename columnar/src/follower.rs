@@ -1,20 +1,32 @@
 //! The follower: a background thread that keeps the replica up with the
-//! node's change feed and merges its delta into segments.
+//! node's change feed and merges its delta into cell segments, and a row
+//! writer thread that rewrites the typed row segments after merges.
 //!
 //! ```text
-//! loop every poll_interval (until stopped):
+//! follower, every poll_interval (until stopped):
 //!   frontier = feed.frontier()            (before the snapshot: nothing below it can appear)
 //!   replica.catch_up(engine.snapshot(), frontier)
 //!     FeedTruncated (retention passed the replica) →
 //!       (frontier, snapshot) = feed.quiesce(|f| (f, engine.snapshot()))   (short: no I/O inside)
 //!       replica.rebuild(snapshot, frontier)
-//!   every merge_interval: replica.merge()
+//!     (a delta past its bound: merge_cells(), then a row-segment request)
+//!   every merge_interval: replica.merge_cells(); replica.request_row_segments()
+//! row writer (attached to the replica), on request (requests made while it
+//! writes coalesce into one more pass):
+//!   replica.write_row_segments()          (no state lock held while it writes)
 //! ```
 //!
-//! It only reads the engine, so OLTP never waits for it; a follower that falls
-//! behind shows as a trailing watermark (queries at a fresh snapshot wait, up
-//! to their bound). Errors are logged here, where they are handled, and the
-//! loop retries after `poll_interval`.
+//! A row-segment rewrite materialises a whole table, which takes seconds for
+//! a large one; on its own thread it no longer holds up catch-up, so the
+//! watermark keeps following the feed while it runs. Reads stay exact
+//! meanwhile: they leave the partitions merged since the old row segment
+//! (`dirty`) out of it, and a rewrite that a newer merge overtook is not
+//! installed (see [`Replica::write_row_segments`]).
+//!
+//! Neither thread writes the engine, so OLTP never waits for them; a
+//! follower that falls behind shows as a trailing watermark (queries at a
+//! fresh snapshot wait, up to their bound). Errors are logged here, where
+//! they are handled, and the loops retry.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,11 +55,13 @@ impl Default for FollowerOptions {
     }
 }
 
-/// A running follower; dropping it stops and joins the thread.
+/// A running follower; dropping it stops and joins both threads.
 #[derive(Debug)]
 pub struct Follower {
     stop: Arc<AtomicBool>,
+    replica: Arc<Replica>,
     thread: Option<JoinHandle<()>>,
+    row_writer: Option<JoinHandle<()>>,
 }
 
 impl Follower {
@@ -62,14 +76,32 @@ impl Follower {
         options: FollowerOptions,
     ) -> Result<Follower> {
         let stop = Arc::new(AtomicBool::new(false));
+        let row_writer = {
+            let (replica, stopping) = (Arc::clone(&replica), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("concord-columnar-rows".into())
+                .spawn(move || {
+                    while replica.next_row_segment_request(&stopping) {
+                        if let Err(error) = replica.write_row_segments() {
+                            tracing::warn!(%error, "columnar row writer: row segments not written");
+                        }
+                    }
+                })
+                .map_err(|source| Error::Io {
+                    context: "spawn the columnar row writer".into(),
+                    source,
+                })?
+        };
+        replica.attach_row_writer();
         let stopping = Arc::clone(&stop);
+        let following = Arc::clone(&replica);
         let thread = std::thread::Builder::new()
             .name("concord-columnar-follower".into())
             .spawn(move || {
                 let mut last_merge = Instant::now();
                 while !stopping.load(Ordering::Acquire) {
                     let frontier = feed.frontier();
-                    match replica.catch_up(&engine.snapshot(), frontier) {
+                    match following.catch_up(&engine.snapshot(), frontier) {
                         Ok(_) => {}
                         Err(Error::FeedTruncated { next, floor }) => {
                             tracing::warn!(
@@ -79,7 +111,7 @@ impl Follower {
                             );
                             let (frontier, snapshot) =
                                 feed.quiesce(|frontier| (frontier, engine.snapshot()));
-                            if let Err(error) = replica.rebuild(&snapshot, frontier) {
+                            if let Err(error) = following.rebuild(&snapshot, frontier) {
                                 tracing::warn!(%error, "columnar follower: rebuild failed, retrying");
                             }
                         }
@@ -88,9 +120,13 @@ impl Follower {
                         }
                     }
                     if last_merge.elapsed() >= options.merge_interval {
-                        if let Err(error) = replica.merge() {
+                        if let Err(error) = following.merge_cells() {
                             tracing::warn!(%error, "columnar follower: merge failed, retrying");
                         }
+                        // Also after a merge that moved nothing: a table may
+                        // still lack a row segment (a new definition, a failed
+                        // write).
+                        following.request_row_segments();
                         last_merge = Instant::now();
                     }
                     std::thread::sleep(options.poll_interval);
@@ -99,10 +135,23 @@ impl Follower {
             .map_err(|source| Error::Io {
                 context: "spawn the columnar follower".into(),
                 source,
-            })?;
+            });
+        let thread = match thread {
+            Ok(thread) => thread,
+            Err(error) => {
+                stop.store(true, Ordering::Release);
+                replica.request_row_segments();
+                // A panicked row writer already reported itself.
+                let _ = row_writer.join();
+                replica.detach_row_writer();
+                return Err(error);
+            }
+        };
         Ok(Follower {
             stop,
+            replica,
             thread: Some(thread),
+            row_writer: Some(row_writer),
         })
     }
 }
@@ -114,5 +163,12 @@ impl Drop for Follower {
             // A panicked follower already reported itself; nothing to add.
             let _ = thread.join();
         }
+        // Wakes the row writer, which sees `stop` (a pass under way
+        // finishes first).
+        self.replica.request_row_segments();
+        if let Some(row_writer) = self.row_writer.take() {
+            let _ = row_writer.join();
+        }
+        self.replica.detach_row_writer();
     }
 }

@@ -209,6 +209,19 @@ pub struct Replica {
     row_segment_dirty_percent_max: usize,
     n_scan_cache_hits: std::sync::atomic::AtomicU64,
     n_row_segment_scans: std::sync::atomic::AtomicU64,
+    row_writer: Mutex<RowWriterRequests>,
+    row_writer_requested: Condvar,
+}
+
+/// Row-segment passes asked of a row writer thread (the follower's): while
+/// one is attached, the merges catch-up and the follower run leave their row
+/// segments to it instead of writing them inline.
+#[derive(Debug, Default)]
+struct RowWriterRequests {
+    n_attached: usize,
+    /// One pending flag: requests made while a pass runs coalesce into one
+    /// more pass.
+    pending: bool,
 }
 
 /// Keeps a snapshot's versions from being merged away while it is held.
@@ -280,7 +293,59 @@ impl Replica {
             row_segment_dirty_percent_max: ROW_SEGMENT_DIRTY_PERCENT_MAX_DEFAULT,
             n_scan_cache_hits: std::sync::atomic::AtomicU64::new(0),
             n_row_segment_scans: std::sync::atomic::AtomicU64::new(0),
+            row_writer: Mutex::new(RowWriterRequests::default()),
+            row_writer_requested: Condvar::new(),
         })
+    }
+
+    /// Registers a row writer thread: until [`Replica::detach_row_writer`],
+    /// the merges [`Replica::catch_up`] runs under pressure write only cell
+    /// segments and ask for a row-segment pass
+    /// ([`Replica::request_row_segments`]) instead of writing row segments
+    /// inline. [`Replica::merge`] always writes them inline.
+    pub fn attach_row_writer(&self) {
+        self.row_writer.lock().n_attached += 1;
+    }
+
+    /// Undoes one [`Replica::attach_row_writer`] (after its thread stopped).
+    pub fn detach_row_writer(&self) {
+        let mut requests = self.row_writer.lock();
+        requests.n_attached = requests.n_attached.saturating_sub(1);
+    }
+
+    /// Asks the attached row writer for a pass of
+    /// [`Replica::write_row_segments`]; also wakes it to see a stop flag.
+    pub fn request_row_segments(&self) {
+        self.row_writer.lock().pending = true;
+        self.row_writer_requested.notify_all();
+    }
+
+    /// The row writer's wait: returns `true` when a pass was requested
+    /// (taking the request), `false` once `stop` is set (checked whenever it
+    /// wakes; set it, then call [`Replica::request_row_segments`]).
+    pub fn next_row_segment_request(&self, stop: &std::sync::atomic::AtomicBool) -> bool {
+        let mut requests = self.row_writer.lock();
+        loop {
+            if stop.load(std::sync::atomic::Ordering::Acquire) {
+                return false;
+            }
+            if requests.pending {
+                requests.pending = false;
+                return true;
+            }
+            self.row_writer_requested.wait(&mut requests);
+        }
+    }
+
+    /// After a cell merge: hands the row segments to the attached row writer,
+    /// or writes them inline when none is attached.
+    fn row_segments_after_merge(&self) -> Result<()> {
+        if self.row_writer.lock().n_attached > 0 {
+            self.request_row_segments();
+            Ok(())
+        } else {
+            self.write_row_segments()
+        }
     }
 
     /// Adds a table, or replaces its definition after `ALTER TABLE` (added
@@ -387,7 +452,8 @@ impl Replica {
             let over = state.n_delta_versions > self.delta_versions_max;
             drop(state);
             if over {
-                self.merge()?;
+                self.merge_cells()?;
+                self.row_segments_after_merge()?;
             }
         }
         let mut watermark = self.watermark.lock();
@@ -560,22 +626,37 @@ impl Replica {
 
     /// Folds delta versions at or below min(watermark, oldest open snapshot)
     /// into a new segment per table, compacts tables with too many segments,
-    /// and records the result in the manifest. Returns the new horizon.
+    /// records the result in the manifest, then writes the row segments that
+    /// need writing ([`Replica::merge_cells`], then
+    /// [`Replica::write_row_segments`]). Returns the new horizon.
+    ///
+    /// # Errors
+    /// As [`Replica::merge_cells`].
+    pub fn merge(&self) -> Result<WriteTime> {
+        let horizon = self.merge_cells()?;
+        self.write_row_segments()?;
+        Ok(horizon)
+    }
+
+    /// The cell half of [`Replica::merge`]: folds the delta into cell
+    /// segments and stores the manifest, leaving row segments to
+    /// [`Replica::write_row_segments`] (the follower's row writer thread runs
+    /// that, so a long rewrite does not hold up feed catch-up).
+    /// Until then reads leave the merged partitions (`dirty`) out of the old
+    /// row segment, or reconcile the cells, exactly as after any merge.
+    /// Returns the new horizon.
     ///
     /// # Errors
     /// `Io` / `Corruption` writing or reading segments (then nothing changed),
     /// or storing the manifest (then memory moved on and the durable state is
     /// the previous one: both are complete).
-    pub fn merge(&self) -> Result<WriteTime> {
+    pub fn merge_cells(&self) -> Result<WriteTime> {
         let watermark = self.watermark();
         let mut state = self.state.write();
         let oldest_snapshot = state.open_snapshots.keys().next().copied();
         let horizon = oldest_snapshot.map_or(watermark, |oldest| oldest.min(watermark));
         if horizon <= state.horizon {
-            let horizon = state.horizon;
-            drop(state);
-            self.write_row_segments()?;
-            return Ok(horizon);
+            return Ok(state.horizon);
         }
         let mut new_segments: Vec<(TableId, Arc<Segment>, Vec<Arc<Segment>>)> = Vec::new();
         for (table_id, table) in &state.tables {
@@ -633,21 +714,23 @@ impl Replica {
         // keeps the new in-memory state, which is complete.
         self.store_manifest(&mut state)?;
         retired.iter().for_each(|segment| segment.retire());
-        drop(state);
-        self.write_row_segments()?;
         Ok(horizon)
     }
 
     /// Writes a row segment at the current horizon for every table whose row
     /// segment is missing, stale (the definition changed) or dirty, from the
     /// table's cell segments (which hold exactly the rows at the horizon).
-    /// Runs without the state lock; a segment is installed only if no merge
-    /// or rebuild moved the horizon meanwhile. A table whose row segment
-    /// cannot be written keeps none (logged; its reads reconcile the cells).
+    /// Runs without the state lock (catch-up and reads go on meanwhile); a
+    /// segment is installed only if no merge or rebuild moved the horizon or
+    /// changed the table's cell segments meanwhile (the next call rewrites
+    /// it). Safe to call from any thread, concurrently with itself: every
+    /// installed segment is exactly its table's rows at the current horizon.
+    /// A table whose row segment cannot be written keeps none (logged; its
+    /// reads reconcile the cells).
     ///
     /// # Errors
     /// None today; `Result` so callers keep propagating.
-    fn write_row_segments(&self) -> Result<()> {
+    pub fn write_row_segments(&self) -> Result<()> {
         let (horizon, work) = {
             let mut state = self.state.write();
             let horizon = state.horizon;

@@ -1,8 +1,10 @@
 //! The follower thread keeps the replica up with the feed: a query at the
 //! feed's watermark right after a write sees it (the learner read), and the
-//! follower's merges move the delta into segments.
+//! follower's merges move the delta into segments, and its row writer thread
+//! writes the row segment.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use concord_columnar::follower::{Follower, FollowerOptions};
@@ -12,10 +14,37 @@ use concord_storage::engine::{Durability, Engine, WriteBatch};
 use concord_storage::feed::ChangeFeed;
 use concord_storage::memory::MemoryEngine;
 use concord_storage::rows::{self, CellOp, Liveness, Mutation, RowOp, Ttl};
+use concord_storage::schema::TableDef;
 use concord_storage::testing::model;
 use concord_storage::value::CqlValue;
 
 use crate::{engine_options, open_columnar};
+
+const T0: i64 = model::CLOCK_START_SECONDS * 1_000_000;
+
+/// Commits row `idx` (partition `idx`, `v2 = idx`) at `T0 + idx`, feed record
+/// and rows in one batch, as the node's apply path does.
+fn write(table: &Arc<TableDef>, engine: &MemoryEngine, feed: &ChangeFeed, idx: i64) {
+    let mutation = Mutation {
+        table: table.id,
+        partition_key: vec![CqlValue::Int(idx as i32)],
+        ops: vec![RowOp::Upsert {
+            clustering: vec![CqlValue::Int(0), CqlValue::Text("a".into())],
+            liveness: Liveness::RowMarker,
+            ttl: Ttl::Unlimited,
+            cells: vec![(
+                model::column_id(table, "v2"),
+                CellOp::Set(Some(CqlValue::Bigint(idx))),
+            )],
+        }],
+    };
+    let ticket = feed.begin(|| WriteTime(T0 + idx));
+    let mut batch = WriteBatch::new();
+    rows::write_mutation(table, &mutation, ticket.write_time(), &mut batch).expect("rows");
+    feed.append(&ticket, &mut batch, table, &mutation)
+        .expect("feed");
+    engine.write(batch, Durability::Sync).expect("write");
+}
 
 #[test]
 fn queries_at_the_latest_commit_see_it_through_the_follower() {
@@ -36,28 +65,9 @@ fn queries_at_the_latest_commit_see_it_through_the_follower() {
         options,
     )
     .expect("spawn");
-    let t0 = model::CLOCK_START_SECONDS * 1_000_000;
+    let t0 = T0;
     for idx in 0..20i64 {
-        let mutation = Mutation {
-            table: table.id,
-            partition_key: vec![CqlValue::Int(idx as i32)],
-            ops: vec![RowOp::Upsert {
-                clustering: vec![CqlValue::Int(0), CqlValue::Text("a".into())],
-                liveness: Liveness::RowMarker,
-                ttl: Ttl::Unlimited,
-                cells: vec![(
-                    model::column_id(&table, "v2"),
-                    CellOp::Set(Some(CqlValue::Bigint(idx))),
-                )],
-            }],
-        };
-        let ticket = feed.begin(|| WriteTime(t0 + idx));
-        let mut batch = WriteBatch::new();
-        rows::write_mutation(&table, &mutation, ticket.write_time(), &mut batch).expect("rows");
-        feed.append(&ticket, &mut batch, &table, &mutation)
-            .expect("feed");
-        engine.write(batch, Durability::Sync).expect("write");
-        drop(ticket);
+        write(&table, engine.as_ref(), &feed, idx);
         // The default read: at the latest commit, waiting for the replica.
         let latest = feed.frontier().watermark;
         let result = columnar
@@ -73,7 +83,15 @@ fn queries_at_the_latest_commit_see_it_through_the_follower() {
             "{text}"
         );
     }
-    std::thread::sleep(Duration::from_millis(50));
+    // The follower's merges leave the row segment to its row writer thread.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !columnar.replica().has_row_segment(table.id) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the row writer never wrote the table's row segment"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     drop(follower);
     assert!(columnar.replica().n_segments() >= 1, "the follower merged");
     assert_eq!(columnar.replica().watermark(), WriteTime(t0 + 19));
@@ -101,4 +119,58 @@ fn async_callers_query_without_blocking_their_runtime() {
     assert_eq!(batches[0].num_rows(), 1);
     // The last reference may drop inside an async context.
     endpoint.block_on(async move { drop(columnar) });
+}
+
+#[test]
+fn merges_under_delta_pressure_leave_row_segments_to_an_attached_row_writer() {
+    let table = model::table(model::model_table_options());
+    let engine = MemoryEngine::new(engine_options(&table));
+    let feed = ChangeFeed::open(&engine).expect("feed");
+    let dir = tempfile::tempdir().expect("dir");
+    let options = ColumnarOptions {
+        delta_versions_max: 4,
+        ..ColumnarOptions::default()
+    };
+    let columnar = open_columnar(dir.path(), options);
+    let replica = columnar.replica();
+    replica.register_table(table.clone());
+    replica.attach_row_writer();
+    // A merge folds versions up to the watermark, which a catch-up advances
+    // at its end: the second catch-up's delta bound merges the first's rows.
+    for rows in [0..10i64, 10..20] {
+        for idx in rows {
+            write(&table, &engine, &feed, idx);
+        }
+        replica
+            .catch_up(&engine.snapshot(), feed.frontier())
+            .expect("catch up");
+    }
+    assert!(replica.n_segments() >= 1, "the delta bound merged");
+    assert!(
+        !replica.has_row_segment(table.id),
+        "the row segment is left to the row writer"
+    );
+    let stop = AtomicBool::new(false);
+    assert!(
+        replica.next_row_segment_request(&stop),
+        "a pass was requested"
+    );
+    replica.write_row_segments().expect("row segments");
+    assert!(replica.has_row_segment(table.id));
+    let result = columnar
+        .sql(
+            "SELECT count(*), sum(v2) FROM ks.t",
+            Snapshot::At(WriteTime(T0 + 19)),
+        )
+        .expect("query");
+    let text = arrow::util::pretty::pretty_format_batches(&result.batches)
+        .expect("format")
+        .to_string();
+    assert!(text.contains("| 20 ") && text.contains(" 190 "), "{text}");
+    stop.store(true, Ordering::Release);
+    assert!(
+        !replica.next_row_segment_request(&stop),
+        "a stopped writer ends"
+    );
+    replica.detach_row_writer();
 }
