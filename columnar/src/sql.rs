@@ -228,6 +228,9 @@ impl PartitionSource for ReplicaSource {
 #[derive(Debug)]
 pub struct QueryResult {
     pub snapshot: WriteTime,
+    /// The result's schema, also when no batch came back (an empty result
+    /// still tells a client its columns).
+    pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
 }
 
@@ -314,9 +317,10 @@ impl Columnar {
             replica: Arc::clone(&self.replica),
             snapshot: at,
         });
-        let batches = self.run(query, source, &self.replica.tables())?;
+        let (schema, batches) = self.run(query, source, &self.replica.tables())?;
         Ok(QueryResult {
             snapshot: at,
+            schema,
             batches,
         })
     }
@@ -331,7 +335,7 @@ impl Columnar {
         query: &str,
         source: Arc<dyn PartitionSource>,
         tables: &[Arc<TableDef>],
-    ) -> Result<Vec<RecordBatch>> {
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let _permit = self.permit()?;
         self.run(query, source, tables)
     }
@@ -430,13 +434,18 @@ impl Columnar {
         query: &str,
         source: Arc<dyn PartitionSource>,
         tables: &[Arc<TableDef>],
-    ) -> Result<Vec<RecordBatch>> {
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let context = self.session(source, tables)?;
         self.runtime()
             .block_on(async {
                 let plan = plan_query(&context, query, tables).await?;
                 let frame = context.execute_logical_plan(plan).await?;
-                frame.collect().await
+                let planned: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+                let batches = frame.collect().await?;
+                // The batches' own schema when there are any (what an IPC
+                // writer must announce); the plan's otherwise.
+                let schema = batches.first().map_or(planned, RecordBatch::schema);
+                Ok((schema, batches))
             })
             .map_err(map_datafusion_error)
     }

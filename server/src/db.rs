@@ -19,6 +19,7 @@
 //! timestamp has been applied before it reads, and none with a lower one can
 //! follow: reads see exactly the state at the transaction's timestamp.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -281,7 +282,52 @@ pub struct Db<E: Engine = RocksEngine> {
     durability: Durability,
     periodic_sync: Option<Background>,
     feed: Arc<ChangeFeed>,
+    feed_holds: Arc<FeedHolds>,
     analytics: Option<Analytics>,
+}
+
+/// The feed positions live change streams still need: retention keeps every
+/// record at or above the lowest of them, up to `feed_retained_records_max`
+/// (past it a stream ends with `POSITION_EXPIRED` rather than the feed
+/// growing without bound).
+#[derive(Debug, Default)]
+pub struct FeedHolds {
+    inner: Mutex<FeedHoldsInner>,
+}
+
+#[derive(Debug, Default)]
+struct FeedHoldsInner {
+    next_id: u64,
+    positions: BTreeMap<u64, FeedPosition>,
+}
+
+impl FeedHolds {
+    /// The lowest position held, if any.
+    pub fn lowest(&self) -> Option<FeedPosition> {
+        self.inner.lock().positions.values().min().copied()
+    }
+}
+
+/// One change stream's hold on the feed, released on drop.
+#[derive(Debug)]
+pub struct FeedHold {
+    holds: Arc<FeedHolds>,
+    id: u64,
+}
+
+impl FeedHold {
+    /// The stream has read every record below `position`.
+    pub fn advance(&self, position: FeedPosition) {
+        if let Some(held) = self.holds.inner.lock().positions.get_mut(&self.id) {
+            *held = (*held).max(position);
+        }
+    }
+}
+
+impl Drop for FeedHold {
+    fn drop(&mut self) {
+        self.holds.inner.lock().positions.remove(&self.id);
+    }
 }
 
 impl<E: Engine> std::fmt::Debug for Db<E> {
@@ -387,6 +433,7 @@ fn spawn_periodic_sync<E: Engine>(engine: Arc<E>, period_ms: u64) -> Background 
 fn spawn_feed_retention<E: Engine>(
     engine: Arc<E>,
     feed: Arc<ChangeFeed>,
+    holds: Arc<FeedHolds>,
     columnar: Arc<Columnar>,
     interval: Duration,
     retained_records_max: u64,
@@ -398,9 +445,13 @@ fn spawn_feed_retention<E: Engine>(
         .spawn(move || {
             while !thread_stop.load(Ordering::SeqCst) {
                 std::thread::park_timeout(interval);
-                if let Err(error) =
-                    truncate_feed(engine.as_ref(), &feed, &columnar, retained_records_max)
-                {
+                if let Err(error) = truncate_feed(
+                    engine.as_ref(),
+                    &feed,
+                    holds.lowest(),
+                    &columnar,
+                    retained_records_max,
+                ) {
                     tracing::error!(%error, "feed retention failed");
                 }
             }
@@ -415,16 +466,20 @@ fn spawn_feed_retention<E: Engine>(
     })
 }
 
-/// One retention step: returns the new retention floor.
+/// One retention step: returns the new retention floor. Keeps what the
+/// replica has not made durable and what a live change stream (`held`) has
+/// not read, but never more than `retained_records_max` records.
 fn truncate_feed<E: Engine>(
     engine: &E,
     feed: &ChangeFeed,
+    held: Option<FeedPosition>,
     columnar: &Columnar,
     retained_records_max: u64,
 ) -> Result<FeedPosition> {
     let durable = columnar.replica().durable_position();
+    let needed = held.map_or(durable, |held| held.min(durable));
     let end = feed.frontier().position_end;
-    let keep_from = FeedPosition(durable.0.max(end.0.saturating_sub(retained_records_max)));
+    let keep_from = FeedPosition(needed.0.max(end.0.saturating_sub(retained_records_max)));
     let floor = feed::retention_floor(engine)?;
     if keep_from <= floor {
         return Ok(floor);
@@ -474,6 +529,7 @@ impl<E: Engine> Db<E> {
         let feed = Arc::new(ChangeFeed::open(engine.as_ref())?);
         Ok(Db {
             feed,
+            feed_holds: Arc::new(FeedHolds::default()),
             analytics: None,
             engine,
             schema: RwLock::new(Arc::new(schema)),
@@ -533,6 +589,7 @@ impl<E: Engine> Db<E> {
         let retention = spawn_feed_retention(
             self.engine.clone(),
             self.feed.clone(),
+            self.feed_holds.clone(),
             columnar.clone(),
             options.feed_retention_interval,
             options.feed_retained_records_max,
@@ -553,6 +610,21 @@ impl<E: Engine> Db<E> {
     /// The node's change feed.
     pub fn feed(&self) -> &Arc<ChangeFeed> {
         &self.feed
+    }
+
+    /// Holds the feed from `from` on for a change stream: retention keeps
+    /// the records the stream has not read (up to the retention cap) until
+    /// the hold advances or is dropped. Take the hold before checking the
+    /// retention floor, so no truncation slips between the two.
+    pub fn hold_feed(&self, from: FeedPosition) -> FeedHold {
+        let mut inner = self.feed_holds.inner.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.positions.insert(id, from);
+        FeedHold {
+            holds: self.feed_holds.clone(),
+            id,
+        }
     }
 
     /// A fresh commit timestamp that every write committed before this call
@@ -619,13 +691,14 @@ impl<E: Engine> Db<E> {
                 }
             }
         };
-        let (snapshot, mut batches) = match store {
+        let (snapshot, mut schema, mut batches) = match store {
             Store::RowStore => {
                 let source = Arc::new(RowStoreSource {
                     engine: self.engine.clone(),
                     now_seconds: self.clock.now_seconds(),
                 });
-                (None, columnar.sql_over(query, source, &tables)?)
+                let (schema, batches) = columnar.sql_over(query, source, &tables)?;
+                (None, schema, batches)
             }
             Store::Columnar => {
                 let snapshot = match options.freshness {
@@ -638,17 +711,19 @@ impl<E: Engine> Db<E> {
                     },
                 };
                 let result = columnar.sql(query, snapshot)?;
-                (Some(result.snapshot), result.batches)
+                (Some(result.snapshot), result.schema, result.batches)
             }
         };
         if crate::sql::is_explain(query) {
             let route = crate::sql::route_batch(&batches, store, snapshot, reason)?;
+            schema = route.schema();
             batches.insert(0, route);
         }
         Ok(SqlResult {
             store,
             snapshot,
             reason,
+            schema,
             batches,
         })
     }

@@ -293,11 +293,7 @@ impl FlightSql {
                 .await
                 .map_err(|error| Status::internal(format!("query task failed: {error}")))?
                 .map_err(|error| status(sqlstate::from_sql(&error)))?;
-        let schema = match result.batches.first() {
-            Some(batch) => batch.schema(),
-            None => self.plan_schema(&query).await?,
-        };
-        Ok(Response::new(stream_batches(schema, result.batches)))
+        Ok(Response::new(stream_batches(result.schema, result.batches)))
     }
 
     /// The prepared statement's query with its bound parameters substituted.

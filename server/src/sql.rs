@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use concord_columnar::replica::append_page;
 use concord_columnar::{PartitionFilter, PartitionSource};
 use concord_storage::cell::WriteTime;
@@ -105,6 +105,8 @@ pub struct SqlResult {
     pub snapshot: Option<WriteTime>,
     /// Why the router chose `store`.
     pub reason: &'static str,
+    /// The result's schema, also when `batches` is empty.
+    pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
 }
 

@@ -190,6 +190,8 @@ pub struct SqlOptions {
 pub struct SqlResult {
     /// `row_store` or `columnar`.
     pub store: String,
+    /// The result's columns, also when no row came back.
+    pub schema: arrow::datatypes::SchemaRef,
     pub batches: Vec<RecordBatch>,
 }
 
@@ -756,15 +758,21 @@ impl Client {
             .await?;
         let mut batches = Vec::new();
         let mut store = String::new();
+        let mut schema = std::sync::Arc::new(arrow::datatypes::Schema::empty());
         while let Some(message) = stream.message().await? {
             store = message.store;
             let reader = arrow::ipc::reader::StreamReader::try_new(message.ipc.as_slice(), None)
                 .map_err(|error| Error::Decode(error.to_string()))?;
+            schema = reader.schema();
             for batch in reader {
                 batches.push(batch.map_err(|error| Error::Decode(error.to_string()))?);
             }
         }
-        Ok(SqlResult { store, batches })
+        Ok(SqlResult {
+            store,
+            schema,
+            batches,
+        })
     }
 
     /// Subscribes to the changes of `keyspace.table` from `from`. The stream

@@ -44,7 +44,7 @@ use crate::cql::connection::Session;
 use crate::cql::execute::{Context, execute_statement, prepare_statement};
 use crate::cql::values::BoundValues;
 use crate::cql::{NodeInFlight, Shared};
-use crate::db::ReadResult;
+use crate::db::{FeedHold, ReadResult};
 use crate::grpc::error::{ApiError, ApiResult};
 use crate::grpc::values::{cql_type, from_cql, to_cql};
 use crate::grpc::{
@@ -348,13 +348,18 @@ fn store_choice(store: &str) -> ApiResult<StoreChoice> {
     }
 }
 
-/// One record batch as a complete Arrow IPC stream (schema + batch).
-fn ipc_bytes(batch: &arrow::record_batch::RecordBatch) -> ApiResult<Vec<u8>> {
+/// A complete Arrow IPC stream: the schema, then `batches` (none for an
+/// empty result).
+fn ipc_stream(
+    schema: &arrow::datatypes::Schema,
+    batches: &[arrow::record_batch::RecordBatch],
+) -> ApiResult<Vec<u8>> {
     let mut bytes = Vec::new();
-    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema())
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, schema)
         .map_err(|error| ApiError::internal(format!("arrow ipc: {error}")))?;
-    writer
-        .write(batch)
+    batches
+        .iter()
+        .try_for_each(|batch| writer.write(batch))
         .and_then(|()| writer.finish())
         .map_err(|error| ApiError::internal(format!("arrow ipc: {error}")))?;
     drop(writer);
@@ -593,11 +598,17 @@ impl Concord for Service {
                 },
             };
             let result = db.sql_with(&request.query, &options)?;
-            let messages = result
-                .batches
-                .iter()
-                .map(ipc_bytes)
-                .collect::<ApiResult<Vec<_>>>()?;
+            let messages = if result.batches.is_empty() {
+                // No rows: one message with the schema alone, so a client
+                // still learns the result's columns.
+                vec![ipc_stream(&result.schema, &[])?]
+            } else {
+                result
+                    .batches
+                    .iter()
+                    .map(|batch| ipc_stream(&batch.schema(), std::slice::from_ref(batch)))
+                    .collect::<ApiResult<Vec<_>>>()?
+            };
             Ok((result.store.name(), messages))
         })
         .await?;
@@ -619,6 +630,10 @@ impl Concord for Service {
         let request = request.into_inner();
         let db = self.shared.db.clone();
         let table = table(&db, &request.keyspace, &request.table)?;
+        // The stream holds the feed from the start (retention keeps what it
+        // has not read); the hold comes before the floor check, so no
+        // truncation slips between them.
+        let hold = db.hold_feed(FeedPosition(0));
         let start = {
             let db = db.clone();
             blocking(move || {
@@ -627,8 +642,9 @@ impl Concord for Service {
             })
             .await?
         };
+        hold.advance(start);
         let (sender, receiver) = mpsc::channel(self.limits.change_stream_buffer);
-        tokio::spawn(follow(db, table, start, sender));
+        tokio::spawn(follow(db, table, start, hold, sender));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
@@ -667,9 +683,11 @@ async fn follow(
     db: Arc<Db>,
     table: Arc<TableDef>,
     mut next: FeedPosition,
+    hold: FeedHold,
     sender: mpsc::Sender<Result<v1::SubscribeResponse, Status>>,
 ) {
     loop {
+        hold.advance(next);
         let end = db.feed().frontier().position_end;
         if next >= end {
             if sender.is_closed() {

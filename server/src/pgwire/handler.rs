@@ -779,7 +779,7 @@ impl Inner {
                 let schema = match (result.batches.first(), described) {
                     (Some(batch), _) => batch.schema(),
                     (None, Some(schema)) => Arc::clone(schema),
-                    (None, None) => self.describe(statement).await?.1,
+                    (None, None) => result.schema,
                 };
                 encode(schema, result.batches, format)
             }

@@ -540,9 +540,93 @@ async fn a_change_stream_from_a_position_retention_dropped_is_position_expired()
         codes::POSITION_EXPIRED,
         "dropped by retention",
     );
-    // Retention does not wait for subscribers (design/api.md): with this
-    // aggressive retention a live stream may itself end in POSITION_EXPIRED,
-    // so the live stream is tested in the first test, with default retention.
+    server.stop();
+}
+
+/// A live change stream holds the feed: with retention running every 10 ms
+/// and the replica merging every 20 ms, a subscriber that reads nothing until
+/// every write is merged still gets every change, in order; once it is
+/// dropped, retention moves past what it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_change_stream_holds_feed_retention_until_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let analytics = AnalyticsOptions {
+        follower: FollowerOptions {
+            poll_interval: Duration::from_millis(1),
+            merge_interval: Duration::from_millis(20),
+        },
+        feed_retention_interval: Duration::from_millis(10),
+        ..AnalyticsOptions::default()
+    };
+    let db = Arc::new(Db::open_with_analytics(&config(dir.path()), analytics).expect("open"));
+    // A small stream buffer and 2 KB changes: most of the stream cannot sit
+    // in the server's channel or HTTP/2 windows, it must stay in the feed.
+    let server = GrpcServer::start(
+        db.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        Limits {
+            change_stream_buffer: 1,
+            ..Limits::default()
+        },
+    )
+    .await
+    .expect("grpc server");
+    let client = Client::connect(&format!("http://{}", server.local_address()))
+        .await
+        .expect("connect");
+    client.execute("", KEYSPACE, vec![]).await.unwrap();
+    client
+        .execute(
+            "bank",
+            "CREATE TABLE t (id int PRIMARY KEY, v text)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let mut changes = client.subscribe("bank", "t", StartAt::Now).await.unwrap();
+    let writes = 300;
+    let payload = "x".repeat(2048);
+    for id in 0..writes {
+        client
+            .write_rows(
+                "bank",
+                "t",
+                vec![Row::new().with("id", id).with("v", payload.as_str())],
+            )
+            .await
+            .unwrap();
+    }
+    // Every write merged and durable in the replica, and retention has run
+    // many times since: without the hold it would have dropped them.
+    let end = db.feed().frontier().position_end;
+    let replica = db.columnar().unwrap().replica().clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while replica.durable_position() < end {
+        assert!(Instant::now() < deadline, "the replica never merged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut seen = Vec::new();
+    while seen.len() < writes as usize {
+        let change = tokio::time::timeout(Duration::from_secs(10), changes.next())
+            .await
+            .expect("a change within 10 s")
+            .expect("the stream is open")
+            .expect("no POSITION_EXPIRED while the stream holds the feed");
+        seen.push(change.partition_key);
+    }
+    let expected: Vec<Row> = (0..writes).map(|id| Row::new().with("id", id)).collect();
+    assert_eq!(seen, expected);
+    // Dropped, the stream releases its hold: retention drops the records.
+    drop(changes);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while concord_storage::feed::retention_floor(db.engine().as_ref()).unwrap() < end {
+        assert!(
+            Instant::now() < deadline,
+            "retention never moved past a dropped stream's hold"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server.stop();
 }
 

@@ -219,3 +219,155 @@ fn malformed_messages_and_too_many_connections_hurt_no_other_client() {
         "clients could not connect after the idle ones closed"
     );
 }
+
+/// What `read_everywhere.py` printed for one client.
+#[derive(Debug, PartialEq)]
+struct ClientAnswer {
+    columns: Vec<String>,
+    rows: Vec<Vec<serde_json::Value>>,
+}
+
+/// psycopg's and ADBC Flight SQL's answers to `query`, by client name.
+fn python_answers(node: &Node, query: &str) -> std::collections::BTreeMap<String, ClientAnswer> {
+    let output = Command::new(venv_bin().join("python"))
+        .arg(repository_root().join("server/tests/python/read_everywhere.py"))
+        .arg(node.pg_address.ip().to_string())
+        .arg(node.pg_address.port().to_string())
+        .arg(node.flight_address.port().to_string())
+        .arg(query)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "read_everywhere.py failed on {query}\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            let columns = value["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|column| column.as_str().unwrap().to_owned())
+                .collect();
+            let rows = value["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| row.as_array().unwrap().clone())
+                .collect();
+            (
+                value["client"].as_str().unwrap().to_owned(),
+                ClientAnswer { columns, rows },
+            )
+        })
+        .collect()
+}
+
+/// The issue's acceptance test: one write through CQL (the real cqlsh),
+/// then the same row read through the Rust SDK (gRPC), psql, psycopg and
+/// ADBC Flight SQL, all against one started node; and a query with no rows
+/// still reports its columns through each.
+#[test]
+fn a_cql_write_is_visible_through_the_sdk_psql_psycopg_and_flight_sql() {
+    use concord_client::{Client, Row, SqlOptions};
+    let node = Node::start("");
+    cqlsh(
+        &node,
+        "CREATE KEYSPACE crm WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1};
+         CREATE TABLE crm.accounts (id int PRIMARY KEY, owner text, balance bigint);
+         INSERT INTO crm.accounts (id, owner, balance) VALUES (41, 'ines', 1234);",
+    );
+    let query = "SELECT id, owner, balance FROM crm.accounts WHERE balance > 1000";
+
+    // The Rust SDK: a typed point read (row store) and the SQL scan (replica).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (rows, scan, empty) = runtime.block_on(async {
+        let client = Client::connect(&format!("http://{}", node.grpc_address))
+            .await
+            .unwrap();
+        let rows = client
+            .read_rows("crm", "accounts", Row::new().with("id", 41))
+            .await
+            .unwrap();
+        let scan = client.sql_with(query, SqlOptions::default()).await.unwrap();
+        let empty = client
+            .sql_with(
+                "SELECT id, owner FROM crm.accounts WHERE balance < 0",
+                SqlOptions::default(),
+            )
+            .await
+            .unwrap();
+        (rows, scan, empty)
+    });
+    assert_eq!(
+        rows,
+        [Row::new()
+            .with("id", 41)
+            .with("owner", "ines")
+            .with("balance", 1234)]
+    );
+    assert_eq!(scan.store, "columnar", "a scan is the replica's");
+    assert_eq!(scan.num_rows(), 1);
+    let batch = &scan.batches[0];
+    let owner = arrow::array::cast::as_string_array(batch.column_by_name("owner").unwrap());
+    assert_eq!(owner.value(0), "ines");
+    assert_eq!(empty.num_rows(), 0);
+    let empty_columns: Vec<&str> = empty
+        .schema
+        .fields()
+        .iter()
+        .map(|field| field.name().as_str())
+        .collect();
+    assert_eq!(
+        empty_columns,
+        ["id", "owner"],
+        "an empty result keeps its schema"
+    );
+
+    // psql (Debian's client), unaligned output.
+    let output = psql(&node, &["\\pset format unaligned", query]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "psql failed: {stdout}");
+    assert!(
+        stdout.contains("id|owner|balance\n41|ines|1234\n(1 row)"),
+        "psql printed:\n{stdout}"
+    );
+    let output = psql(
+        &node,
+        &[
+            "\\pset format unaligned",
+            "SELECT id, owner FROM crm.accounts WHERE balance < 0",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("id|owner\n(0 rows)"),
+        "psql printed:\n{stdout}"
+    );
+
+    // psycopg and ADBC Flight SQL from Python.
+    let answers = python_answers(&node, query);
+    let expected = ClientAnswer {
+        columns: vec!["id".into(), "owner".into(), "balance".into()],
+        rows: vec![vec![41.into(), "ines".into(), 1234.into()]],
+    };
+    assert_eq!(answers.get("psycopg"), Some(&expected), "{answers:?}");
+    assert_eq!(answers.get("flight_sql"), Some(&expected), "{answers:?}");
+    let answers = python_answers(
+        &node,
+        "SELECT id, owner FROM crm.accounts WHERE balance < 0",
+    );
+    let expected = ClientAnswer {
+        columns: vec!["id".into(), "owner".into()],
+        rows: vec![],
+    };
+    assert_eq!(answers.get("psycopg"), Some(&expected), "{answers:?}");
+    assert_eq!(answers.get("flight_sql"), Some(&expected), "{answers:?}");
+}

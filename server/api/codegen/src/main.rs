@@ -6,7 +6,8 @@
 //! header records its .proto's FNV-1a hash, which a test of the owning crate
 //! checks (`concord-api`'s `tests/generated.rs`, `concord-cluster`'s
 //! `tests/transport.rs`), so an edited .proto without regenerated code fails
-//! the tests.
+//! the tests. The output is formatted with rustfmt, so an unchanged .proto
+//! regenerates the same bytes.
 
 use std::path::Path;
 
@@ -69,7 +70,18 @@ fn generate(server: &Path, job: &Job) -> Result<(), Box<dyn std::error::Error>> 
          //! proto-fnv1a: {hash:016x}\n\n",
         job.proto
     );
-    std::fs::write(root.join(job.output), format!("{header}{generated}"))?;
+    let target = root.join(job.output);
+    std::fs::write(&target, format!("{header}{generated}"))?;
+    // The checked-in files are rustfmt's layout (the workspace's `cargo fmt
+    // --check` covers them), so regenerating an unchanged .proto changes
+    // nothing.
+    let status = std::process::Command::new("rustfmt")
+        .args(["--edition", "2024"])
+        .arg(&target)
+        .status()?;
+    if !status.success() {
+        return Err(format!("rustfmt {} failed: {status}", target.display()).into());
+    }
     println!(
         "wrote server/{}/{} (proto-fnv1a {hash:016x})",
         job.krate, job.output
