@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use concord_cluster::meta::rpc::AdminError;
 use concord_cluster::meta::state::{NodeIdx, NodeStatus};
 use concord_cluster::meta::view::ClusterView;
 use concord_cluster::meta::{MetaConfig, MetaError, MetaNode};
@@ -245,6 +246,57 @@ async fn removed_node_leaves_ring_and_voters() {
     match nodes[0].meta.remove_node(3).await {
         Err(MetaError::Admin(error)) => assert!(error.to_string().contains("not a member")),
         other => panic!("removing a removed node: {other:?}"),
+    }
+    shutdown(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_hands_over_and_bad_requests_change_nothing() {
+    let nodes = three_nodes(|id| config(id, any_port())).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let old_leader = leader_of(&all).await;
+    let survivors: Vec<&Node> = all
+        .iter()
+        .copied()
+        .filter(|node| node.meta.id() != old_leader)
+        .collect();
+    // Asked through a follower; the leader removes itself and steps down.
+    let reply = survivors[0]
+        .meta
+        .remove_node(old_leader)
+        .await
+        .expect("remove the leader");
+    let views = converged(&survivors, reply.log_index).await;
+    assert!(!views[0].state.members.contains_key(&old_leader));
+    let new_leader = leader_of(&survivors).await;
+    assert_ne!(new_leader, old_leader);
+    // A refused request travels back through forwarding and changes nothing.
+    let before = survivors[1].meta.view();
+    for attempt in [
+        survivors[1].meta.set_replication("ks", 0).await,
+        survivors[1].meta.set_replication("ks", 10).await,
+        survivors[1].meta.schema_change("").await,
+    ] {
+        match attempt {
+            Err(MetaError::Admin(AdminError::Rejected(reason))) => {
+                assert!(
+                    reason.contains("_MAX"),
+                    "the reason names the limit: {reason}"
+                );
+            }
+            other => panic!("a bad request was not rejected: {other:?}"),
+        }
+    }
+    let reply = survivors[1]
+        .meta
+        .schema_change("CREATE KEYSPACE after")
+        .await
+        .expect("commit");
+    let views = converged(&survivors, reply.log_index).await;
+    for view in &views {
+        assert_eq!(view.epoch(), before.epoch());
+        assert_eq!(view.state.keyspaces, before.state.keyspaces);
+        assert_eq!(view.schema_version(), before.schema_version() + 1);
     }
     shutdown(&nodes).await;
 }

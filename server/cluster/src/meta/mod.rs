@@ -472,7 +472,11 @@ impl MetaNode {
             MetaClient::new(seed).map_err(|e| AdminError::Unreachable(e.to_string()))?;
         let deadline = Instant::now() + self.admin_timeout;
         loop {
-            match client.admin(&request, true).await {
+            let attempt = client.admin(&request, true);
+            match self
+                .within(deadline, "joining through the seed", attempt)
+                .await?
+            {
                 Err(AdminError::NotLeader { .. } | AdminError::Unreachable(_))
                     if Instant::now() < deadline =>
                 {
@@ -485,7 +489,8 @@ impl MetaNode {
 
     /// Runs an operator request on the leader, from any node: here if this
     /// node leads, else forwarded to the leader; retried while there is no
-    /// leader (an election) until the admin timeout.
+    /// leader (an election) or it cannot be reached, until the admin timeout
+    /// (which also bounds each attempt).
     ///
     /// # Errors
     /// The leader's refusal ([`AdminError::Rejected`]), a Raft failure, or a
@@ -493,7 +498,8 @@ impl MetaNode {
     pub async fn admin(&self, request: AdminRequest) -> Result<AdminReply, MetaError> {
         let deadline = Instant::now() + self.admin_timeout;
         loop {
-            match self.shared.admin_call(request.clone(), true).await {
+            let attempt = self.shared.admin_call(request.clone(), true);
+            match self.within(deadline, "an admin request", attempt).await? {
                 Err(AdminError::NotLeader { .. } | AdminError::Unreachable(_))
                     if Instant::now() < deadline =>
                 {
@@ -502,6 +508,23 @@ impl MetaNode {
                 other => return other.map_err(MetaError::from),
             }
         }
+    }
+
+    /// Runs `attempt` until `deadline` (a forwarded call to a leader that
+    /// stopped answering must not hang the caller).
+    async fn within<T>(
+        &self,
+        deadline: Instant,
+        what: &str,
+        attempt: impl Future<Output = T>,
+    ) -> Result<T, MetaError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        tokio::time::timeout(remaining.max(ADMIN_RETRY_INTERVAL), attempt)
+            .await
+            .map_err(|_elapsed| MetaError::Timeout {
+                waited: self.admin_timeout,
+                what: what.to_string(),
+            })
     }
 
     /// Appends a schema change (one DDL statement) to the replicated schema
