@@ -38,6 +38,19 @@ fn fast_analytics() -> AnalyticsOptions {
     }
 }
 
+/// The replica merges every 20 ms and retention runs every 10 ms: the feed
+/// is dropped as soon as nothing holds it.
+fn eager_retention() -> AnalyticsOptions {
+    AnalyticsOptions {
+        follower: FollowerOptions {
+            poll_interval: Duration::from_millis(1),
+            merge_interval: Duration::from_millis(20),
+        },
+        feed_retention_interval: Duration::from_millis(10),
+        ..AnalyticsOptions::default()
+    }
+}
+
 /// An embedded node: the database and its gRPC endpoint on a free port.
 async fn embedded(
     dir: &std::path::Path,
@@ -499,14 +512,7 @@ async fn bad_input_gets_status_codes_and_error_details() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_stream_from_a_position_retention_dropped_is_position_expired() {
     let dir = tempfile::tempdir().unwrap();
-    let analytics = AnalyticsOptions {
-        follower: FollowerOptions {
-            poll_interval: Duration::from_millis(1),
-            merge_interval: Duration::from_millis(20),
-        },
-        feed_retention_interval: Duration::from_millis(10),
-        ..AnalyticsOptions::default()
-    };
+    let analytics = eager_retention();
     let (db, server, client) = embedded(dir.path(), analytics).await;
     client.execute("", KEYSPACE, vec![]).await.unwrap();
     client
@@ -550,14 +556,7 @@ async fn a_change_stream_from_a_position_retention_dropped_is_position_expired()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_change_stream_holds_feed_retention_until_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let analytics = AnalyticsOptions {
-        follower: FollowerOptions {
-            poll_interval: Duration::from_millis(1),
-            merge_interval: Duration::from_millis(20),
-        },
-        feed_retention_interval: Duration::from_millis(10),
-        ..AnalyticsOptions::default()
-    };
+    let analytics = eager_retention();
     let db = Arc::new(Db::open_with_analytics(&config(dir.path()), analytics).expect("open"));
     // A small stream buffer and 2 KB changes: most of the stream cannot sit
     // in the server's channel or HTTP/2 windows, it must stay in the feed.

@@ -3,10 +3,9 @@
 //! `server/cluster/src/transport/peer_v1.rs` (package `concord.cluster.v1`,
 //! the node-to-node transport). `protox` compiles each .proto (no `protoc`),
 //! `tonic-prost-build` generates the prost messages and tonic stubs. Each
-//! header records its .proto's FNV-1a hash, which a test of the owning crate
-//! checks (`concord-api`'s `tests/generated.rs`, `concord-cluster`'s
-//! `tests/transport.rs`), so an edited .proto without regenerated code fails
-//! the tests. The output is formatted with rustfmt, so an unchanged .proto
+//! header records its .proto's FNV-1a hash, which `concord-api`'s
+//! `tests/generated.rs` checks for every file, so an edited .proto without
+//! regenerated code fails the tests. The output is formatted with rustfmt, so an unchanged .proto
 //! regenerates the same bytes.
 
 use std::path::Path;
