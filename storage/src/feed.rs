@@ -128,12 +128,32 @@ impl FeedTicket<'_> {
 
 impl Drop for FeedTicket<'_> {
     fn drop(&mut self) {
-        let mut state = self.feed.state.lock();
-        let removed = state.in_flight.remove(&self.id);
-        assert!(removed.is_some(), "change feed: ticket finished twice");
-        if state.in_flight.is_empty() {
-            self.feed.drained.notify_all();
-        }
+        self.feed.end_ticket(self.id);
+    }
+}
+
+/// A ticket that owns a reference to its feed, for a writer that keeps it across calls: the
+/// Accord runtime holds one over a step of its Node (`ChangeFeed::begin_shared`), during which
+/// several transactions may apply, each at its own executeAt at or above the ticket's write
+/// time ([`ChangeFeed::append_at`]).
+#[derive(Debug)]
+#[must_use = "hold the ticket until the batches are written; dropping it finishes them"]
+pub struct SharedFeedTicket {
+    feed: std::sync::Arc<ChangeFeed>,
+    id: u64,
+    write_time: WriteTime,
+}
+
+impl SharedFeedTicket {
+    /// The lowest write time this ticket may append at.
+    pub fn write_time(&self) -> WriteTime {
+        self.write_time
+    }
+}
+
+impl Drop for SharedFeedTicket {
+    fn drop(&mut self) {
+        self.feed.end_ticket(self.id);
     }
 }
 
@@ -199,6 +219,69 @@ impl ChangeFeed {
     /// If more than `FEED_IN_FLIGHT_MAX` tickets are open (a leak in the
     /// caller), or `allocate` goes below a write time already finished.
     pub fn begin(&self, allocate: impl FnOnce() -> WriteTime) -> FeedTicket<'_> {
+        let (id, write_time) = self.begin_ticket(allocate);
+        FeedTicket {
+            feed: self,
+            id,
+            write_time,
+        }
+    }
+
+    /// As [`ChangeFeed::begin`], for a ticket kept across calls: its write time is a floor,
+    /// and [`ChangeFeed::append_at`] appends at any write time at or above it.
+    ///
+    /// # Panics
+    /// As [`ChangeFeed::begin`].
+    pub fn begin_shared(
+        self: &std::sync::Arc<Self>,
+        allocate: impl FnOnce() -> WriteTime,
+    ) -> SharedFeedTicket {
+        let (id, write_time) = self.begin_ticket(allocate);
+        SharedFeedTicket {
+            feed: self.clone(),
+            id,
+            write_time,
+        }
+    }
+
+    /// Adds `mutation`'s feed record, written at `write_time` (at or above the ticket's), to
+    /// `batch`: the frontier's watermark stays below the ticket's write time until it drops.
+    ///
+    /// # Errors
+    /// As [`ChangeFeed::append`]; `Internal` for a write time below the ticket's, or a ticket
+    /// of another feed.
+    pub fn append_at(
+        &self,
+        ticket: &SharedFeedTicket,
+        write_time: WriteTime,
+        batch: &mut WriteBatch,
+        table: &TableDef,
+        mutation: &Mutation,
+    ) -> Result<FeedPosition> {
+        if !std::ptr::eq(std::sync::Arc::as_ptr(&ticket.feed), self) {
+            return Err(Error::Internal(
+                "feed append with another feed's ticket".into(),
+            ));
+        }
+        if write_time < ticket.write_time {
+            return Err(Error::Internal(format!(
+                "feed append at {write_time:?} below its ticket's floor {:?}",
+                ticket.write_time
+            )));
+        }
+        self.append_inner(ticket.id, write_time, batch, table, mutation)
+    }
+
+    fn end_ticket(&self, id: u64) {
+        let mut state = self.state.lock();
+        let removed = state.in_flight.remove(&id);
+        assert!(removed.is_some(), "change feed: ticket finished twice");
+        if state.in_flight.is_empty() {
+            self.drained.notify_all();
+        }
+    }
+
+    fn begin_ticket(&self, allocate: impl FnOnce() -> WriteTime) -> (u64, WriteTime) {
         let mut state = self.state.lock();
         assert!(
             state.in_flight.len() < FEED_IN_FLIGHT_MAX,
@@ -221,11 +304,7 @@ impl ChangeFeed {
                 first_position: None,
             },
         );
-        FeedTicket {
-            feed: self,
-            id,
-            write_time,
-        }
+        (id, write_time)
     }
 
     /// Adds `mutation`'s feed record to `batch` (the batch that holds its
@@ -241,6 +320,17 @@ impl ChangeFeed {
         table: &TableDef,
         mutation: &Mutation,
     ) -> Result<FeedPosition> {
+        self.append_inner(ticket.id, ticket.write_time, batch, table, mutation)
+    }
+
+    fn append_inner(
+        &self,
+        ticket: u64,
+        write_time: WriteTime,
+        batch: &mut WriteBatch,
+        table: &TableDef,
+        mutation: &Mutation,
+    ) -> Result<FeedPosition> {
         if mutation.table != table.id {
             return Err(Error::InvalidRequest(format!(
                 "feed record for table {} names table id {}",
@@ -249,12 +339,12 @@ impl ChangeFeed {
             )));
         }
         let resolved = resolve_ttl(table, mutation);
-        let bytes = encode_record(ticket.write_time, &resolved)?;
+        let bytes = encode_record(write_time, &resolved)?;
         let mut state = self.state.lock();
         let position = state.next_position;
         let in_flight = state
             .in_flight
-            .get_mut(&ticket.id)
+            .get_mut(&ticket)
             .ok_or_else(|| Error::Internal("feed append with a finished ticket".into()))?;
         in_flight.first_position.get_or_insert(position);
         state.next_position += 1;
@@ -373,7 +463,9 @@ fn decode_position(key: &[u8]) -> Result<FeedPosition> {
     Ok(FeedPosition(u64::from_be_bytes(bytes)))
 }
 
-fn resolve_ttl(table: &TableDef, mutation: &Mutation) -> Mutation {
+/// `mutation` with every upsert's TTL resolved against `table`'s default (`Seconds` or
+/// `Unlimited`), as the feed records it.
+pub fn resolve_ttl(table: &TableDef, mutation: &Mutation) -> Mutation {
     let mut resolved = mutation.clone();
     for op in &mut resolved.ops {
         if let RowOp::Upsert { ttl, .. } = op {
@@ -597,6 +689,55 @@ fn push_fixed(tag: u8, bytes: &[u8], out: &mut Vec<u8>) {
 // ---------------------------------------------------------------------------
 // Decoding: every malformed input is `Corruption`, never a panic.
 // ---------------------------------------------------------------------------
+
+/// Appends `values` in the feed's self-describing value encoding (for other codecs that carry
+/// CQL values: the server's transaction bodies).
+///
+/// # Errors
+/// `LimitExceeded` when a length does not fit the format's `u32`.
+pub fn encode_values_into(values: &[CqlValue], out: &mut Vec<u8>) -> Result<()> {
+    encode_values(values, out)
+}
+
+/// Appends a clustering slice in the feed's encoding.
+///
+/// # Errors
+/// As [`encode_values_into`].
+pub fn encode_slice_into(slice: &Slice, out: &mut Vec<u8>) -> Result<()> {
+    encode_bound(&slice.start, out)?;
+    encode_bound(&slice.end, out)
+}
+
+/// Decodes values written by [`encode_values_into`] at `*offset`, advancing it.
+///
+/// # Errors
+/// `Corruption` for bytes that are not such values.
+pub fn decode_values_from(bytes: &[u8], offset: &mut usize) -> Result<Vec<CqlValue>> {
+    let mut reader = Reader {
+        bytes,
+        offset: *offset,
+    };
+    let values = reader.values(0)?;
+    *offset = reader.offset;
+    Ok(values)
+}
+
+/// Decodes a slice written by [`encode_slice_into`] at `*offset`, advancing it.
+///
+/// # Errors
+/// `Corruption` for bytes that are not a slice.
+pub fn decode_slice_from(bytes: &[u8], offset: &mut usize) -> Result<Slice> {
+    let mut reader = Reader {
+        bytes,
+        offset: *offset,
+    };
+    let slice = Slice {
+        start: reader.bound()?,
+        end: reader.bound()?,
+    };
+    *offset = reader.offset;
+    Ok(slice)
+}
 
 /// Decodes a record's value read at `position`.
 ///
@@ -1096,6 +1237,72 @@ mod tests {
         assert!(failed().is_err());
         assert_eq!(feed.frontier().watermark, WriteTime(30));
         assert_eq!(feed.frontier().position_end, FeedPosition(3));
+    }
+
+    #[test]
+    fn shared_tickets_hold_the_watermark_below_their_floor() {
+        let engine = MemoryEngine::new(EngineOptions::default());
+        let table = table(0);
+        let feed = std::sync::Arc::new(ChangeFeed::open(&engine).expect("open"));
+        let step = feed.begin_shared(|| WriteTime(100));
+        let mut batch = WriteBatch::new();
+        // Two transactions of one step, each at its own executeAt at or above the floor.
+        for (key, at) in [(1, 105), (2, 100)] {
+            feed.append_at(
+                &step,
+                WriteTime(at),
+                &mut batch,
+                &table,
+                &upsert(&table, key, Ttl::Unlimited),
+            )
+            .expect("append");
+        }
+        assert!(
+            feed.append_at(
+                &step,
+                WriteTime(99),
+                &mut batch,
+                &table,
+                &upsert(&table, 3, Ttl::Unlimited)
+            )
+            .is_err(),
+            "below the floor"
+        );
+        assert_eq!(feed.frontier().watermark, WriteTime(99));
+        assert_eq!(feed.frontier().position_end, FeedPosition(0));
+        engine.write(batch, Durability::Sync).expect("write");
+        drop(step);
+        assert_eq!(feed.frontier().position_end, FeedPosition(2));
+        let records = read_from(&engine, FeedPosition(0), FeedPosition(2), 10).expect("read");
+        let times: Vec<WriteTime> = records.iter().map(|record| record.write_time).collect();
+        assert_eq!(times, vec![WriteTime(105), WriteTime(100)]);
+        // After the step the pacer's heartbeat sets the watermark to what is applied.
+        feed.finish(feed.begin(|| WriteTime(105)));
+        assert_eq!(feed.frontier().watermark, WriteTime(105));
+    }
+
+    #[test]
+    fn values_and_slices_round_trip_through_the_public_codec() {
+        let values = vec![CqlValue::Int(7), CqlValue::Text("x".into())];
+        let slice = Slice {
+            start: SliceBound::Included(vec![CqlValue::Int(1)]),
+            end: SliceBound::Unbounded,
+        };
+        let mut bytes = Vec::new();
+        encode_values_into(&values, &mut bytes).expect("encode");
+        encode_slice_into(&slice, &mut bytes).expect("encode");
+        let mut offset = 0;
+        assert_eq!(
+            decode_values_from(&bytes, &mut offset).expect("decode"),
+            values
+        );
+        assert_eq!(
+            decode_slice_from(&bytes, &mut offset).expect("decode"),
+            slice
+        );
+        assert_eq!(offset, bytes.len());
+        let mut truncated = 0;
+        assert!(decode_values_from(&bytes[..3], &mut truncated).is_err());
     }
 
     #[test]

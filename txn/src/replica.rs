@@ -431,7 +431,8 @@ impl Node {
             .clone()
             .expect("a decided command has its definition");
         if !pending_reads.is_empty() {
-            let data = self.data.read(&txn, &self.owned_keys(&txn))?;
+            let execute_at = command.execute_at;
+            let data = self.data.read(&txn, &self.owned_keys(&txn), execute_at)?;
             for (coordinator, ballot) in pending_reads {
                 self.send(
                     coordinator,

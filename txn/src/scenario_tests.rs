@@ -397,7 +397,7 @@ fn durability_round_fences_collects_and_survives_restart() {
     );
     let data = net.nodes[&n2]
         .data
-        .read(&txns[0], &[Key::numbered(0)])
+        .read(&txns[0], &[Key::numbered(0)], Timestamp::ZERO)
         .expect("read");
     let list = data[&Key::numbered(0)]
         .clone()
@@ -439,8 +439,8 @@ impl CasStore {
 }
 
 impl DataStore for CasStore {
-    fn read(&self, txn: &Txn, keys: &[Key]) -> Result<ReadData> {
-        self.0.read(txn, keys)
+    fn read(&self, txn: &Txn, keys: &[Key], execute_at: Timestamp) -> Result<ReadData> {
+        self.0.read(txn, keys, execute_at)
     }
 
     fn compute(&self, txn: &Txn, reads: &ReadData) -> Result<Writes> {

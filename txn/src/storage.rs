@@ -70,12 +70,13 @@ pub trait Journal: Debug {
 /// The data transactions read and write.
 pub trait DataStore: Debug {
     /// Reads `keys` of `txn` in the current state, which the protocol guarantees is the state
-    /// at `txn`'s executeAt. A store that executes [`Update::Opaque`](crate::txn::Update::Opaque) bodies reads what the body
+    /// at `txn`'s executeAt (given: a store that judges expiry by time uses it, so every
+    /// replica reads the same). A store that executes [`Update::Opaque`](crate::txn::Update::Opaque) bodies reads what the body
     /// asks for; the built-in updates read each key's value.
     ///
     /// # Errors
     /// When storage fails.
-    fn read(&self, txn: &Txn, keys: &[Key]) -> Result<ReadData>;
+    fn read(&self, txn: &Txn, keys: &[Key], execute_at: Timestamp) -> Result<ReadData>;
 
     /// Computes `txn`'s writes from the values read at its executeAt (every shard's reads
     /// together). Must be a pure function of `txn` and `reads`: the coordinator, a recovery
@@ -209,7 +210,7 @@ fn data_key(key: &Key) -> Vec<u8> {
 }
 
 impl<E: Engine + Debug> DataStore for KvDataStore<E> {
-    fn read(&self, _txn: &Txn, keys: &[Key]) -> Result<ReadData> {
+    fn read(&self, _txn: &Txn, keys: &[Key], _execute_at: Timestamp) -> Result<ReadData> {
         self.values(keys)
     }
 
