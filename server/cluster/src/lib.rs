@@ -14,6 +14,8 @@
 //! the journal's group commit; drop a protocol message without counting it.
 
 /// Cluster metadata on openraft (design/cluster.md, "Metadata (as built)").
+/// The Accord journal on its own segmented log (design/cluster.md, "Journal").
+pub mod journal;
 pub mod meta;
 pub mod runtime;
 pub mod transport;
