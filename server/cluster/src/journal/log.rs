@@ -5,7 +5,9 @@
 //! (`{lsn:020}.log`) and rolled once they reach [`JOURNAL_SEGMENT_BYTES`]. One writer thread
 //! owns the files: appenders hand it their payload through a bounded queue, it drains whatever
 //! is waiting (up to [`MAX_GROUP_RECORDS`] / [`MAX_GROUP_BYTES`]), writes the group and makes
-//! it durable with one `fdatasync`, and only then answers each appender (group commit).
+//! it durable with one `fdatasync`, and only then answers each appender (group commit). The
+//! write and sync are either `write` + `fdatasync` calls or a linked io_uring pair
+//! ([`Backend`], `super::uring`).
 //!
 //! On open, every segment is read back in order; a torn or corrupt tail of the last segment
 //! is cut (the file is truncated to its last whole record). A bad record anywhere else is
@@ -18,6 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
+
+use super::uring::Ring;
 
 /// The size at which the writer rolls to a new segment file.
 pub const JOURNAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -49,17 +53,32 @@ pub enum LogError {
     Stopped,
 }
 
-/// Sizes of a log; tests use small segments to exercise rolling and truncation.
+/// How the writer writes and syncs a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `write` + `fdatasync` system calls.
+    PlainFile,
+    /// A linked io_uring `Write` + `Fsync(DATASYNC)` pair; opening fails where io_uring is
+    /// unavailable.
+    IoUring,
+    /// io_uring where `io_uring_setup` works, plain files elsewhere.
+    Auto,
+}
+
+/// Sizes and backend of a log; tests use small segments to exercise rolling and truncation.
 #[derive(Debug, Clone, Copy)]
 pub struct LogConfig {
     /// Roll to a new segment once the current one reaches this many bytes.
     pub segment_bytes: u64,
+    /// How groups are written and synced.
+    pub backend: Backend,
 }
 
 impl Default for LogConfig {
     fn default() -> LogConfig {
         LogConfig {
             segment_bytes: JOURNAL_SEGMENT_BYTES,
+            backend: Backend::PlainFile,
         }
     }
 }
@@ -69,7 +88,7 @@ impl Default for LogConfig {
 pub struct LogStats {
     /// Records made durable.
     pub records: AtomicU64,
-    /// `fdatasync` calls made for appends (one per group, plus one per segment roll).
+    /// `fdatasync`s made for appends (one per group, plus one per segment roll in a group).
     pub syncs: AtomicU64,
     /// Groups committed.
     pub groups: AtomicU64,
@@ -89,6 +108,7 @@ enum Request {
 #[derive(Debug, Clone)]
 pub struct Log {
     queue: SyncSender<Request>,
+    backend: Backend,
     stats: Arc<LogStats>,
     _writer: Arc<WriterThread>,
 }
@@ -160,6 +180,22 @@ impl Log {
             Some((_, path)) => OpenOptions::new().append(true).open(path)?,
             None => create_segment(dir, next_lsn)?,
         };
+        let ring = match config.backend {
+            Backend::PlainFile => None,
+            Backend::IoUring => Some(Ring::probe()?),
+            Backend::Auto => match Ring::probe() {
+                Ok(ring) => Some(ring),
+                Err(error) => {
+                    tracing::info!(%error, "io_uring unavailable; the journal writes plain files");
+                    None
+                }
+            },
+        };
+        let backend = if ring.is_some() {
+            Backend::IoUring
+        } else {
+            Backend::PlainFile
+        };
         let stats = Arc::new(LogStats::default());
         let (queue, requests) = mpsc::sync_channel(JOURNAL_QUEUE_CAPACITY);
         let mut writer = Writer {
@@ -168,6 +204,7 @@ impl Log {
             segments: segments.iter().map(|(lsn, _)| *lsn).collect(),
             current,
             current_len: tail_len,
+            ring,
             next_lsn,
             stats: stats.clone(),
         };
@@ -183,6 +220,7 @@ impl Log {
         Ok((
             Log {
                 queue,
+                backend,
                 stats,
                 _writer: Arc::new(handle),
             },
@@ -220,6 +258,11 @@ impl Log {
         answer.recv().map_err(|_| LogError::Stopped)?
     }
 
+    /// The backend in use (`PlainFile` or `IoUring`; `Auto` is resolved on open).
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     /// The writer's counters.
     pub fn stats(&self) -> &LogStats {
         &self.stats
@@ -233,6 +276,8 @@ struct Writer {
     segments: Vec<Lsn>,
     current: File,
     current_len: u64,
+    /// `Some` when groups go through io_uring.
+    ring: Option<Ring>,
     next_lsn: Lsn,
     stats: Arc<LogStats>,
 }
@@ -297,21 +342,19 @@ impl Writer {
         let mut buf = Vec::new();
         for (payload, _) in group {
             let frame_len = (HEADER_BYTES + payload.len()) as u64;
-            if self.current_len + buf.len() as u64 + frame_len > self.config.segment_bytes
-                && self.current_len + buf.len() as u64 > 0
-            {
-                self.current.write_all(&buf)?;
-                self.current_len += buf.len() as u64;
+            let pending = self.current_len + buf.len() as u64;
+            if pending + frame_len > self.config.segment_bytes && pending > 0 {
+                // The full segment is made durable before the next one starts.
+                self.persist(&buf)?;
                 buf.clear();
-                self.roll()?;
+                self.current = create_segment(&self.dir, self.next_lsn)?;
+                self.current_len = 0;
+                self.segments.push(self.next_lsn);
             }
             frame(self.next_lsn, payload, &mut buf);
             self.next_lsn += 1;
         }
-        self.current.write_all(&buf)?;
-        self.current_len += buf.len() as u64;
-        self.current.sync_data()?;
-        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.persist(&buf)?;
         self.stats.groups.fetch_add(1, Ordering::Relaxed);
         self.stats
             .records
@@ -319,13 +362,20 @@ impl Writer {
         Ok(first_lsn)
     }
 
-    /// Makes the current segment durable and starts a new one at `next_lsn`.
-    fn roll(&mut self) -> Result<(), LogError> {
-        self.current.sync_data()?;
+    /// Writes `buf` at the end of the current segment and `fdatasync`s it.
+    fn persist(&mut self, buf: &[u8]) -> Result<(), LogError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match &mut self.ring {
+            Some(ring) => ring.write_and_sync(&self.current, self.current_len, buf)?,
+            None => {
+                self.current.write_all(buf)?;
+                self.current.sync_data()?;
+            }
+        }
+        self.current_len += buf.len() as u64;
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-        self.current = create_segment(&self.dir, self.next_lsn)?;
-        self.current_len = 0;
-        self.segments.push(self.next_lsn);
         Ok(())
     }
 

@@ -14,6 +14,7 @@
 //! split, see the design note).
 
 pub mod log;
+mod uring;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -12,7 +12,7 @@ use concord_txn::storage::Journal;
 use concord_txn::timestamp::{Domain, Epoch, LocalTime, NodeId, Timestamp, TxnId, TxnKind};
 
 use super::LogJournal;
-use super::log::{Log, LogConfig, LogError, MAX_RECORD_BYTES, Record};
+use super::log::{Backend, Log, LogConfig, LogError, MAX_RECORD_BYTES, Record};
 
 fn payload(i: u64) -> Vec<u8> {
     format!("record-{i}-{}", "x".repeat((i % 37) as usize)).into_bytes()
@@ -99,7 +99,10 @@ fn torn_or_corrupt_tail_is_cut_and_earlier_records_survive() {
 #[test]
 fn corruption_before_the_last_segment_fails_the_open() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { segment_bytes: 256 };
+    let config = LogConfig {
+        segment_bytes: 256,
+        ..LogConfig::default()
+    };
     let (log, _) = Log::open(dir.path(), config).unwrap();
     for i in 0..40 {
         log.append(payload(i)).unwrap();
@@ -118,7 +121,10 @@ fn corruption_before_the_last_segment_fails_the_open() {
 #[test]
 fn truncation_removes_whole_segments_below_the_watermark() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { segment_bytes: 256 };
+    let config = LogConfig {
+        segment_bytes: 256,
+        ..LogConfig::default()
+    };
     let (log, _) = Log::open(dir.path(), config).unwrap();
     for i in 0..60 {
         log.append(payload(i)).unwrap();
@@ -221,7 +227,10 @@ fn command(hlc: u64) -> Command {
 #[test]
 fn log_journal_keeps_the_latest_state_forgets_erased_and_truncates() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { segment_bytes: 512 };
+    let config = LogConfig {
+        segment_bytes: 512,
+        ..LogConfig::default()
+    };
     let mut journal = LogJournal::open(dir.path(), config).unwrap();
     for hlc in 1..=20 {
         journal
@@ -267,4 +276,79 @@ fn log_journal_keeps_the_latest_state_forgets_erased_and_truncates() {
     assert_eq!(replayed[0], updated);
     assert_eq!(replayed[2], command(20));
     assert_eq!(journal.record_count().unwrap(), 3);
+}
+
+/// Concurrent appends across segment rolls through `backend`, read back by a plain-file open
+/// (the format does not depend on the backend).
+fn concurrent_rolling_appends(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 4096,
+        backend,
+    };
+    let (log, _) = Log::open(dir.path(), config).unwrap();
+    let handles: Vec<_> = (0..8u64)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                (0..40u64)
+                    .map(|i| (log.append(payload(t * 1000 + i)).unwrap(), t * 1000 + i))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut written: Vec<(u64, u64)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    written.sort();
+    assert!(segments(dir.path()).len() > 1);
+    drop(log);
+    let plain = LogConfig {
+        backend: Backend::PlainFile,
+        ..config
+    };
+    let (_, records) = Log::open(dir.path(), plain).unwrap();
+    let expected: Vec<Record> = written
+        .iter()
+        .map(|(lsn, i)| Record {
+            lsn: *lsn,
+            payload: payload(*i),
+        })
+        .collect();
+    assert_eq!(records, expected);
+}
+
+#[test]
+fn io_uring_backend_writes_the_same_log_or_falls_back() {
+    concurrent_rolling_appends(Backend::PlainFile);
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        backend: Backend::IoUring,
+        ..LogConfig::default()
+    };
+    let auto = LogConfig {
+        backend: Backend::Auto,
+        ..LogConfig::default()
+    };
+    match Log::open(dir.path(), config) {
+        Ok((log, _)) => {
+            assert_eq!(log.backend(), Backend::IoUring);
+            drop(log);
+            concurrent_rolling_appends(Backend::IoUring);
+            let (log, _) = Log::open(tempfile::tempdir().unwrap().path(), auto).unwrap();
+            assert_eq!(
+                log.backend(),
+                Backend::IoUring,
+                "Auto picks io_uring where it works"
+            );
+        }
+        Err(error) => {
+            // Where io_uring_setup fails, Auto must fall back to plain files and still work.
+            assert!(matches!(error, LogError::Io(_)), "{error}");
+            let (log, _) = Log::open(tempfile::tempdir().unwrap().path(), auto).unwrap();
+            assert_eq!(log.backend(), Backend::PlainFile);
+            concurrent_rolling_appends(Backend::Auto);
+        }
+    }
 }
