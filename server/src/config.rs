@@ -75,6 +75,15 @@ pub struct Config {
     /// Change-stream messages buffered per subscription before the node waits
     /// for the client.
     pub grpc_change_stream_buffer: usize,
+    /// This node's id in its cluster (at least 1; unique per cluster).
+    pub node_id: u32,
+    /// `host:port` of the cluster metadata service (Raft, design/cluster.md).
+    /// Unset: the node runs alone, without it.
+    pub cluster_listen_address: Option<String>,
+    /// `host:port` of the metadata service of any member of the cluster to
+    /// join. Unset (with `cluster_listen_address` set): the node starts a new
+    /// cluster, or resumes the one its data directory holds.
+    pub join: Option<String>,
 }
 
 impl Default for Config {
@@ -97,6 +106,9 @@ impl Default for Config {
             grpc_message_bytes_max: crate::grpc::MESSAGE_BYTES_MAX_DEFAULT,
             grpc_concurrent_streams_max: crate::grpc::CONCURRENT_STREAMS_MAX_DEFAULT,
             grpc_change_stream_buffer: crate::grpc::CHANGE_STREAM_BUFFER_DEFAULT,
+            node_id: 1,
+            cluster_listen_address: None,
+            join: None,
         }
     }
 }
@@ -190,6 +202,21 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(Error::Config("data_dir must not be empty".into()));
         }
+        if self.node_id == 0 {
+            return Err(Error::Config("node_id must be at least 1".into()));
+        }
+        if let Some(address) = &self.cluster_listen_address
+            && address.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(Error::Config(format!(
+                "cluster_listen_address {address:?} is not host:port (e.g. 127.0.0.1:7000)"
+            )));
+        }
+        if self.join.is_some() && self.cluster_listen_address.is_none() {
+            return Err(Error::Config(
+                "join needs cluster_listen_address (where the other nodes reach this one)".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -239,5 +266,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("grpc_message_bytes_max"), "{error}");
+        assert_eq!(Config::default().cluster_listen_address, None);
+        let config = Config::from_toml(
+            "node_id = 2\ncluster_listen_address = \"127.0.0.1:0\"\njoin = \"127.0.0.1:7000\"",
+        )
+        .unwrap();
+        assert_eq!(config.node_id, 2);
+        assert_eq!(config.join.as_deref(), Some("127.0.0.1:7000"));
+        let error = Config::from_toml("node_id = 0").unwrap_err().to_string();
+        assert!(error.contains("node_id"), "{error}");
+        let error = Config::from_toml("cluster_listen_address = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cluster_listen_address"), "{error}");
+        let error = Config::from_toml("join = \"127.0.0.1:7000\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("join needs cluster_listen_address"),
+            "{error}"
+        );
     }
 }

@@ -72,6 +72,16 @@ struct StartArgs {
     /// SQL on one port (default 127.0.0.1:50051; port 0 picks a free one).
     #[arg(long, alias = "flight-listen-address")]
     grpc_listen_address: Option<String>,
+    /// This node's id in its cluster (default 1).
+    #[arg(long)]
+    node_id: Option<u32>,
+    /// `host:port` of the cluster metadata service (default: none, the node
+    /// runs alone; port 0 picks a free one).
+    #[arg(long)]
+    cluster_listen_address: Option<String>,
+    /// Join the cluster of the node whose cluster service is at `host:port`.
+    #[arg(long)]
+    join: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -183,6 +193,15 @@ fn load_config(args: &StartArgs) -> anyhow::Result<Config> {
     if let Some(address) = &args.grpc_listen_address {
         config.grpc_listen_address = address.clone();
     }
+    if let Some(node_id) = args.node_id {
+        config.node_id = node_id;
+    }
+    if let Some(address) = &args.cluster_listen_address {
+        config.cluster_listen_address = Some(address.clone());
+    }
+    if let Some(seed) = &args.join {
+        config.join = Some(seed.clone());
+    }
     if let Some(log_format) = args.log_format {
         config.log_format = match log_format {
             LogFormatArg::Text => LogFormat::Text,
@@ -280,9 +299,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(address = %grpc.local_address(), "grpc endpoint listening");
     println!("grpc: listening on {}", grpc.local_address());
     println!("flight sql: listening on {}", grpc.local_address());
+    let meta = match &config.cluster_listen_address {
+        Some(address) => Some(start_cluster(&config, address, db.engine().clone()).await?),
+        None => None,
+    };
     println!("ready");
     shutdown.wait().await?;
     tracing::info!("shutting down: flushing");
+    if let Some(meta) = meta {
+        meta.shutdown().await.context("stop the cluster service")?;
+    }
     grpc.stop();
     cql.stop();
     pg.stop();
@@ -291,6 +317,54 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("stopped cleanly");
     println!("stopped");
     Ok(())
+}
+
+/// Starts the cluster metadata service on the node's engine, then joins
+/// `config.join` or (without it) bootstraps a cluster of this node, which on
+/// a data directory that already holds a cluster resumes it. Prints the
+/// view it reached: `cluster: node N at ADDR, epoch E, nodes up: 1,2`.
+async fn start_cluster<E: concord_storage::engine::Engine>(
+    config: &Config,
+    address: &str,
+    engine: std::sync::Arc<E>,
+) -> anyhow::Result<concord_cluster::meta::MetaNode> {
+    use concord_cluster::meta::{MetaConfig, MetaNode};
+    let listen: std::net::SocketAddr = address.parse().context("parse cluster_listen_address")?;
+    let meta = MetaNode::start(MetaConfig::new(config.node_id, listen), engine)
+        .await
+        .with_context(|| format!("start the cluster service on {address}"))?;
+    let reply = match &config.join {
+        Some(seed) => meta
+            .join(seed, None)
+            .await
+            .with_context(|| format!("join the cluster through {seed}"))?,
+        None => meta
+            .bootstrap(None)
+            .await
+            .context("bootstrap the cluster")?,
+    };
+    let view = meta
+        .wait_for_view(
+            concord_cluster::meta::ADMIN_TIMEOUT_DEFAULT,
+            "this node's join to apply here",
+            |view| view.applied_index >= reply.log_index,
+        )
+        .await?;
+    let up: Vec<String> = view.state.up_nodes().map(|node| node.to_string()).collect();
+    tracing::info!(
+        node = meta.id(),
+        address = meta.address(),
+        epoch = view.epoch(),
+        "cluster member"
+    );
+    println!(
+        "cluster: node {} at {}, epoch {}, nodes up: {}",
+        meta.id(),
+        meta.address(),
+        view.epoch(),
+        up.join(",")
+    );
+    Ok(meta)
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, listened for from the moment of creation.

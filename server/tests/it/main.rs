@@ -5,6 +5,7 @@
 
 mod analytics;
 mod binary;
+mod cluster;
 mod cql_clients;
 mod cql_node;
 mod cql_protocol;

@@ -1,0 +1,149 @@
+//! `concord start` as a cluster member, over real processes: node 1
+//! bootstraps a cluster, node 2 joins it with `--join`, both stop cleanly on
+//! SIGTERM, and node 2 restarted on its data directory (without `--join`)
+//! resumes the cluster it stored.
+
+use std::io::{BufRead, BufReader, Lines};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_concord");
+const STARTUP: Duration = Duration::from_secs(60);
+
+struct Started {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    output: Vec<String>,
+}
+
+fn start(data_dir: &Path, node_id: u32, cluster_listen: &str, join: Option<&str>) -> Started {
+    let mut command = Command::new(BINARY);
+    command
+        .args([
+            "start",
+            "--cql-listen-address",
+            "127.0.0.1:0",
+            "--pg-listen-address",
+            "127.0.0.1:0",
+            "--grpc-listen-address",
+            "127.0.0.1:0",
+            "--node-id",
+            &node_id.to_string(),
+            "--cluster-listen-address",
+            cluster_listen,
+            "--data-dir",
+        ])
+        .arg(data_dir);
+    if let Some(seed) = join {
+        command.args(["--join", seed]);
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + STARTUP;
+    let mut output = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        output.push(line.clone());
+        if line == "ready" || Instant::now() > deadline {
+            break;
+        }
+    }
+    assert_eq!(
+        output.last().map(String::as_str),
+        Some("ready"),
+        "{output:?}"
+    );
+    Started {
+        child,
+        lines,
+        output,
+    }
+}
+
+impl Started {
+    /// The `cluster:` line: (address, epoch, nodes up).
+    fn cluster_line(&self) -> (String, u64, String) {
+        let line = self
+            .output
+            .iter()
+            .find(|line| line.starts_with("cluster: node "))
+            .unwrap_or_else(|| panic!("no cluster line in {:?}", self.output));
+        // cluster: node N at ADDR, epoch E, nodes up: A,B
+        let rest = line.split(" at ").nth(1).unwrap();
+        let (address, rest) = rest.split_once(", epoch ").unwrap();
+        let (epoch, up) = rest.split_once(", nodes up: ").unwrap();
+        (address.to_string(), epoch.parse().unwrap(), up.to_string())
+    }
+
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let rest: Vec<String> = self.lines.map(|line| line.unwrap()).collect();
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "exit status {exit:?}");
+        assert_eq!(rest.last().map(String::as_str), Some("stopped"), "{rest:?}");
+    }
+}
+
+#[test]
+fn a_second_node_joins_and_a_restart_resumes_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let node1 = start(&dir.path().join("n1"), 1, "127.0.0.1:0", None);
+    let (seed, epoch, up) = node1.cluster_line();
+    assert_eq!((epoch, up.as_str()), (1, "1"));
+
+    let node2 = start(&dir.path().join("n2"), 2, "127.0.0.1:0", Some(&seed));
+    let (node2_address, epoch, up) = node2.cluster_line();
+    assert_eq!((epoch, up.as_str()), (2, "1,2"));
+    node2.stop();
+
+    // Restarted without --join on the same address: it resumes the stored
+    // cluster (it does not bootstrap a new one) and sees both nodes.
+    let node2 = start(&dir.path().join("n2"), 2, &node2_address, None);
+    let (_, epoch, up) = node2.cluster_line();
+    assert_eq!((epoch, up.as_str()), (2, "1,2"));
+    node2.stop();
+    node1.stop();
+}
+
+#[test]
+fn joining_an_unreachable_seed_fails_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1 of the loopback address.
+    let output = Command::new(BINARY)
+        .args([
+            "start",
+            "--cql-listen-address",
+            "127.0.0.1:0",
+            "--pg-listen-address",
+            "127.0.0.1:0",
+            "--grpc-listen-address",
+            "127.0.0.1:0",
+            "--node-id",
+            "2",
+            "--cluster-listen-address",
+            "127.0.0.1:0",
+            "--join",
+            "127.0.0.1:1",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("n2"))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("join the cluster through 127.0.0.1:1"),
+        "{stderr}"
+    );
+}
