@@ -27,6 +27,19 @@ pub enum CommitSync {
     Periodic,
 }
 
+/// How `Db::execute` orders transactions (design/cluster.md, "Transaction modes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TxnMode {
+    /// A local sequencer assigns the timestamp and the transaction executes
+    /// in the calling thread (one node only). The default.
+    #[default]
+    Direct,
+    /// Every transaction goes through the Accord protocol core, driven by a
+    /// one-node runtime: the same code path as a cluster node.
+    Accord,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -42,6 +55,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub commit_sync: CommitSync,
     pub periodic_sync_ms: u64,
+    /// `direct` (default) or `accord`: how transactions are ordered.
+    pub txn_mode: TxnMode,
     /// A `tracing` filter, e.g. `info` or `concord_server=debug,info`.
     pub log_filter: String,
     pub log_format: LogFormat,
@@ -92,6 +107,7 @@ impl Default for Config {
             data_dir: PathBuf::from(DATA_DIR_DEFAULT),
             commit_sync: CommitSync::Batch,
             periodic_sync_ms: 100,
+            txn_mode: TxnMode::default(),
             log_filter: "info".to_owned(),
             log_format: LogFormat::Text,
             cql_listen_address: CQL_LISTEN_ADDRESS_DEFAULT.to_owned(),

@@ -47,8 +47,16 @@ use concord_storage::value::CqlValue;
 use concord_storage_rocksdb::{RocksEngine, RocksTuning};
 use parking_lot::{Mutex, RwLock};
 
-use crate::config::{CommitSync, Config};
+use concord_cluster::runtime::{Loopback, Runtime, RuntimeConfig, RuntimeError};
+use concord_storage::engine::ReadView;
+use concord_txn::node::{NodeConfig, Outcome};
+use concord_txn::storage::EngineJournal;
+use concord_txn::timestamp::NodeId;
+use concord_txn::topology::{FastPathMode, Topology};
+
+use crate::config::{CommitSync, Config, TxnMode};
 use crate::sql::{Freshness, RowStoreSource, SqlError, SqlOptions, SqlResult, Store, StoreChoice};
+use crate::txn_store::{self, CqlStore, FeedPacer, PacerObserver};
 use crate::{Error, Result};
 
 /// How often the retention thread looks for feed records to drop.
@@ -284,6 +292,15 @@ pub struct Db<E: Engine = RocksEngine> {
     feed: Arc<ChangeFeed>,
     feed_holds: Arc<FeedHolds>,
     analytics: Option<Analytics>,
+    /// `Some` in accord mode: every `execute` goes through this runtime.
+    accord: Option<Accord>,
+}
+
+/// The one-node Accord runtime of a database in accord mode.
+#[derive(Debug)]
+struct Accord {
+    runtime: Runtime,
+    pacer: Arc<FeedPacer>,
 }
 
 /// The feed positions live change streams still need: retention keeps every
@@ -334,6 +351,7 @@ impl<E: Engine> std::fmt::Debug for Db<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Db")
             .field("durability", &self.durability)
+            .field("accord", &self.accord.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -390,6 +408,9 @@ impl Db<RocksEngine> {
             CommitSync::Periodic => Durability::Buffered,
         };
         let mut db = Db::from_engine(Arc::new(engine), clock, registry, durability)?;
+        if config.txn_mode == TxnMode::Accord {
+            db.start_accord()?;
+        }
         let columnar_dir = config.data_dir.join("columnar");
         if analytics.enabled {
             db.start_analytics(&columnar_dir, analytics)?;
@@ -506,7 +527,72 @@ impl Db<MemoryEngine> {
     }
 }
 
+impl<E: Engine + std::fmt::Debug> Db<E> {
+    /// Switches the database to accord mode: from now on every
+    /// [`Db::execute`] goes through a one-node Accord runtime on this engine
+    /// (journal in `Family::Txn`, replayed first). Call it right after
+    /// opening, before any write and before [`Db::start_analytics`].
+    ///
+    /// # Errors
+    /// `Io` when the runtime cannot start (journal replay failed); calling it
+    /// twice is `InvalidRequest`.
+    pub fn start_accord(&mut self) -> Result<()> {
+        if self.accord.is_some() {
+            return Err(concord_storage::Error::InvalidRequest(
+                "the accord runtime is already started".into(),
+            )
+            .into());
+        }
+        let pacer = FeedPacer::new(self.feed.clone(), self.analytics.is_some());
+        let config = RuntimeConfig {
+            node: NodeId(1),
+            topology: Arc::new(Topology::ring(1, 1, 1, FastPathMode::CoordinatorVotes)),
+            node_config: NodeConfig::default(),
+        };
+        let runtime = Runtime::start(
+            config,
+            Box::new(EngineJournal::new(self.engine.clone())),
+            Box::new(CqlStore::new(
+                self.engine.clone(),
+                self.registry.clone(),
+                pacer.clone(),
+            )),
+            Box::new(Loopback::default()),
+            Box::new(PacerObserver(pacer.clone())),
+        )
+        .map_err(|error| Error::Io {
+            context: "start the accord runtime".into(),
+            source: std::io::Error::other(error.to_string()),
+        })?;
+        self.accord = Some(Accord { runtime, pacer });
+        Ok(())
+    }
+}
+
+impl Db<MemoryEngine> {
+    /// Opens an empty in-memory database whose transactions run in `mode`.
+    pub fn open_in_memory_with_mode(clock: Arc<dyn Clock>, mode: TxnMode) -> Db<MemoryEngine> {
+        let mut db = Db::open_in_memory(clock);
+        if mode == TxnMode::Accord
+            && let Err(error) = db.start_accord()
+        {
+            // A new memory engine has an empty journal: nothing to replay.
+            unreachable!("starting accord on an empty memory engine failed: {error}");
+        }
+        db
+    }
+}
+
 impl<E: Engine> Db<E> {
+    /// The mode [`Db::execute`] runs transactions in.
+    pub fn txn_mode(&self) -> TxnMode {
+        if self.accord.is_some() {
+            TxnMode::Accord
+        } else {
+            TxnMode::Direct
+        }
+    }
+
     /// Wraps an opened engine, loading its schema.
     ///
     /// # Errors
@@ -542,6 +628,7 @@ impl<E: Engine> Db<E> {
             isolation: RwLock::new(()),
             durability,
             periodic_sync: None,
+            accord: None,
         })
     }
 
@@ -586,6 +673,9 @@ impl<E: Engine> Db<E> {
             self.feed.clone(),
             options.follower,
         )?;
+        if let Some(accord) = &self.accord {
+            accord.pacer.enable();
+        }
         let retention = spawn_feed_retention(
             self.engine.clone(),
             self.feed.clone(),
@@ -631,6 +721,18 @@ impl<E: Engine> Db<E> {
     /// is at or below (and none in flight is): the snapshot of a read that
     /// must see them all. Also the feed's heartbeat while idle.
     pub fn commit_timestamp(&self) -> WriteTime {
+        if let Some(accord) = &self.accord {
+            // Accord mode: every answered transaction executed at or below the
+            // highest executeAt answered; the feed's watermark (paced by the
+            // runtime) is the heartbeat while idle.
+            let committed = accord
+                .runtime
+                .stats()
+                .committed_max_hlc
+                .load(Ordering::SeqCst);
+            let committed = WriteTime(i64::try_from(committed).unwrap_or(i64::MAX));
+            return committed.max(self.feed.frontier().watermark);
+        }
         let ticket = self.feed.begin(|| self.sequencer.next(self.clock.as_ref()));
         ticket.write_time()
     }
@@ -1012,6 +1114,9 @@ impl<E: Engine> Db<E> {
                 })
             })
             .collect::<concord_storage::Result<_>>()?;
+        if let Some(accord) = &self.accord {
+            return self.execute_accord(accord, transaction, &tables);
+        }
         // Reads need every lower timestamp applied first; blind writes can
         // go side by side and share an fsync.
         let _shared;
@@ -1028,13 +1133,11 @@ impl<E: Engine> Db<E> {
         let now_seconds = execute_at.seconds();
         let mut reads = Vec::with_capacity(transaction.reads.len());
         for read in &transaction.reads {
-            reads.push(self.read_at(read, now_seconds)?);
+            reads.push(read_one(self.engine.as_ref(), read, now_seconds)?);
         }
-        let applied = evaluate_condition(&transaction.condition, &transaction.reads, &reads)?;
-        let mut writes = transaction.writes;
-        if applied {
-            apply_derived(&transaction.derived, &reads, &tables, &mut writes)?;
-        }
+        let outcome = evaluate(&transaction, &tables, &reads)?;
+        let applied = outcome.is_some();
+        let writes = outcome.unwrap_or_default();
         if applied && !writes.is_empty() {
             let mut batch = WriteBatch::new();
             let feed_on = self.analytics.is_some();
@@ -1054,6 +1157,58 @@ impl<E: Engine> Db<E> {
         })
     }
 
+    /// `execute` in accord mode: the transaction becomes an Accord
+    /// transaction (`txn_store`), the runtime orders and applies it, and the
+    /// outcome's reads are evaluated again here (the same function the
+    /// replicas computed the writes with) to tell `applied` and errors.
+    fn execute_accord(
+        &self,
+        accord: &Accord,
+        transaction: Transaction,
+        tables: &[Arc<TableDef>],
+    ) -> Result<TransactionResult> {
+        if transaction.reads.is_empty() && transaction.writes.is_empty() {
+            let applied = evaluate(&transaction, tables, &[])?.is_some();
+            return Ok(TransactionResult {
+                execute_at: self.commit_timestamp(),
+                reads: Vec::new(),
+                applied,
+            });
+        }
+        // A mutation that does not fit its table fails before it is ordered.
+        let mut scratch = WriteBatch::new();
+        for (mutation, table) in transaction.writes.iter().zip(tables) {
+            rows::write_mutation(table, mutation, WriteTime(0), &mut scratch)?;
+        }
+        let txn = txn_store::build_txn(&transaction, tables)?;
+        let outcome = accord.runtime.execute(txn).map_err(|error| match error {
+            RuntimeError::Overloaded => Error::Overloaded(error.to_string()),
+            RuntimeError::Timeout(_) => Error::Unavailable(error.to_string()),
+            RuntimeError::Stopped(_) | RuntimeError::Open(_) => {
+                Error::Storage(concord_storage::Error::Engine(error.to_string()))
+            }
+        })?;
+        match outcome {
+            Outcome::Committed {
+                execute_at, reads, ..
+            } => {
+                let results = txn_store::read_results(&transaction, tables, &reads)?;
+                let applied = txn_store::execute_body(&transaction, tables, &results)?.is_some();
+                Ok(TransactionResult {
+                    execute_at: txn_store::write_time(execute_at),
+                    reads: results,
+                    applied,
+                })
+            }
+            Outcome::Unknown => Err(Error::Unavailable(
+                "the coordinator gave up; the transaction may or may not execute".into(),
+            )),
+            Outcome::Overloaded => Err(Error::Overloaded(
+                "too many transactions in flight on this node".into(),
+            )),
+        }
+    }
+
     /// Applies mutations as one transaction and returns their write time.
     ///
     /// # Errors
@@ -1065,41 +1220,6 @@ impl<E: Engine> Db<E> {
                 ..Transaction::default()
             })?
             .execute_at)
-    }
-
-    fn read_at(&self, read: &Read, now_seconds: i64) -> Result<ReadResult> {
-        let view = self.engine.as_ref();
-        Ok(match read {
-            Read::Row {
-                table,
-                partition_key,
-                clustering,
-            } => ReadResult::Row(rows::read_row(
-                view,
-                table,
-                partition_key,
-                clustering,
-                now_seconds,
-            )?),
-            Read::Partition {
-                table,
-                partition_key,
-                slice,
-                limit_rows,
-            } => {
-                let options = ReadOptions {
-                    limit_rows: *limit_rows,
-                    ..ReadOptions::at(now_seconds)
-                };
-                ReadResult::Partition(rows::read_partition(
-                    view,
-                    table,
-                    partition_key,
-                    slice,
-                    options,
-                )?)
-            }
-        })
     }
 
     /// Reads one row at the latest applied state (consistency level ONE).
@@ -1180,6 +1300,59 @@ impl<E: Engine> Db<E> {
         self.engine.flush()?;
         Ok(())
     }
+}
+
+/// Executes one read of a transaction at `now_seconds` (expiry is judged
+/// at the transaction's timestamp).
+pub(crate) fn read_one(view: &dyn ReadView, read: &Read, now_seconds: i64) -> Result<ReadResult> {
+    Ok(match read {
+        Read::Row {
+            table,
+            partition_key,
+            clustering,
+        } => ReadResult::Row(rows::read_row(
+            view,
+            table,
+            partition_key,
+            clustering,
+            now_seconds,
+        )?),
+        Read::Partition {
+            table,
+            partition_key,
+            slice,
+            limit_rows,
+        } => {
+            let options = ReadOptions {
+                limit_rows: *limit_rows,
+                ..ReadOptions::at(now_seconds)
+            };
+            ReadResult::Partition(rows::read_partition(
+                view,
+                table,
+                partition_key,
+                slice,
+                options,
+            )?)
+        }
+    })
+}
+
+/// Evaluates a transaction over its read results: `Some(writes)`, with the
+/// derived cells computed, when the condition holds; `None` when it does not.
+/// Deterministic: the direct path, and in accord mode every replica and the
+/// waiting client, call it on the same reads.
+pub(crate) fn evaluate(
+    transaction: &Transaction,
+    tables: &[Arc<TableDef>],
+    results: &[ReadResult],
+) -> Result<Option<Vec<Mutation>>> {
+    if !evaluate_condition(&transaction.condition, &transaction.reads, results)? {
+        return Ok(None);
+    }
+    let mut writes = transaction.writes.clone();
+    apply_derived(&transaction.derived, results, tables, &mut writes)?;
+    Ok(Some(writes))
 }
 
 /// Evaluates a transaction's condition on its reads; an empty condition
@@ -1458,6 +1631,8 @@ fn compare(
 
 impl<E: Engine> Drop for Db<E> {
     fn drop(&mut self) {
+        // The runtime applies writes (and feed records): stop it first.
+        self.accord.take();
         self.analytics.take();
         self.periodic_sync.take();
         if let Err(error) = self.engine.sync_wal() {

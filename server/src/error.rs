@@ -11,6 +11,14 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The transaction layer refused new work (its input queue is full);
+    /// nothing was started, the client may retry.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// The transaction layer gave no outcome in time: the transaction may or
+    /// may not have executed (a CQL write timeout).
+    #[error("transaction outcome unknown: {0}")]
+    Unavailable(String),
     /// An I/O failure outside the engine (data directory, config file).
     #[error("{context}: {source}")]
     Io {

@@ -21,6 +21,7 @@ pub mod flight;
 pub mod grpc;
 pub mod pgwire;
 pub mod sql;
+pub mod txn_store;
 
 pub use db::Db;
 pub use error::{Error, Result};

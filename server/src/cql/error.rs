@@ -121,7 +121,10 @@ impl From<crate::Error> for CqlError {
         match error {
             crate::Error::Storage(error) => error.into(),
             crate::Error::Config(message) => CqlError::Config(message),
-            crate::Error::Io { .. } => CqlError::Server(error.to_string()),
+            crate::Error::Overloaded(_) => CqlError::Overloaded(error.to_string()),
+            crate::Error::Io { .. } | crate::Error::Unavailable(_) => {
+                CqlError::Server(error.to_string())
+            }
         }
     }
 }

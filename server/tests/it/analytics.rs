@@ -11,7 +11,7 @@ use arrow::util::pretty::pretty_format_batches;
 use concord_columnar::ColumnarOptions;
 use concord_columnar::follower::FollowerOptions;
 use concord_server::Db;
-use concord_server::config::{CommitSync, Config};
+use concord_server::config::{CommitSync, Config, TxnMode};
 use concord_server::db::AnalyticsOptions;
 use concord_server::sql::{Freshness, SqlOptions, Store, StoreChoice};
 use concord_storage::feed;
@@ -512,5 +512,85 @@ fn through_the_db_the_replica_answers_as_the_row_store_after_every_delete_shape_
                 );
             }
         }
+    }
+}
+
+/// The change feed's frontier rule in both transaction modes: a frontier
+/// sampled at any time covers every write at or below its watermark (its
+/// record lies below `position_end`), so a snapshot at T never misses a write
+/// with executeAt ≤ T that applies later; and a `Latest` query after the
+/// writers return sees every write.
+#[test]
+fn the_feed_frontier_covers_every_write_at_or_below_its_watermark() {
+    for mode in [TxnMode::Direct, TxnMode::Accord] {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = Config {
+            txn_mode: mode,
+            ..config(dir.path())
+        };
+        let options = AnalyticsOptions {
+            // Keep every record for the check at the end.
+            feed_retention_interval: Duration::from_secs(3600),
+            ..fast_options()
+        };
+        let db = Db::open_with_analytics(&config, options).expect("open");
+        assert_eq!(db.txn_mode(), mode);
+        let table = create_schema(&db);
+        let stop = AtomicBool::new(false);
+        let (writers, samples) = std::thread::scope(|scope| {
+            let sampler = scope.spawn(|| {
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    samples.push(db.feed().frontier());
+                    std::thread::yield_now();
+                }
+                samples
+            });
+            let writers: Vec<_> = (0..4i64)
+                .map(|writer| {
+                    let (db, table) = (&db, &table);
+                    scope.spawn(move || {
+                        for idx in 0..25 {
+                            let id = writer * 1_000 + idx;
+                            let at = db
+                                .write(vec![order(table, (id % 5) as i32, id, 1)])
+                                .expect("write");
+                            // Answered: a `Latest` snapshot taken now includes it.
+                            assert!(db.commit_timestamp() >= at, "{mode:?}");
+                        }
+                    })
+                })
+                .collect();
+            for writer in writers {
+                writer.join().expect("writer");
+            }
+            stop.store(true, Ordering::SeqCst);
+            (4 * 25, sampler.join().expect("sampler"))
+        });
+        let end = db.feed().frontier().position_end;
+        let records = feed::read_from(db.engine().as_ref(), feed::FeedPosition(0), end, 10_000)
+            .expect("records");
+        assert_eq!(records.len(), writers, "{mode:?}");
+        assert!(!samples.is_empty());
+        for sample in &samples {
+            for record in &records {
+                if record.write_time <= sample.watermark {
+                    assert!(
+                        record.position < sample.position_end,
+                        "{mode:?}: record {record:?} at or below the watermark of {sample:?} \
+                         but not below its position_end"
+                    );
+                }
+            }
+        }
+        let latest = SqlOptions {
+            freshness: Freshness::Latest,
+            ..SqlOptions::default()
+        };
+        assert_eq!(
+            totals(&db, &latest, "/*+ COLUMNAR */").1,
+            format!("{writers} {writers}"),
+            "{mode:?}"
+        );
     }
 }

@@ -18,6 +18,7 @@ use cassandra_protocol::frame::message_result::{
 };
 use cassandra_protocol::query::QueryParams;
 use concord_server::Db;
+use concord_server::config::{Config, TxnMode};
 use concord_server::cql::connection::Session;
 use concord_server::cql::{Limits, Shared, execute, values};
 use concord_storage::types::{CqlType, UdtDefinition};
@@ -127,9 +128,16 @@ fn render(response: Result<ResponseBody, concord_server::cql::error::CqlError>) 
     }
 }
 
-fn transcript(input: &str) -> String {
+/// Runs `input` on a fresh database whose transactions run in `mode`: every
+/// transcript passes in both modes against the same expected file.
+fn transcript(input: &str, mode: TxnMode) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(Db::open(&dir.path().join("data")).unwrap());
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        txn_mode: mode,
+        ..Config::default()
+    };
+    let db = Arc::new(Db::open_with_config(&config).unwrap());
     let (schema_events, _) = tokio::sync::broadcast::channel(16);
     let shared = Shared {
         db,
@@ -159,24 +167,71 @@ fn transcript(input: &str) -> String {
     out
 }
 
+fn check(expected: expect_test::ExpectFile, input: &str, mode: TxnMode) {
+    expected.assert_eq(&transcript(input, mode));
+}
+
 #[test]
 fn ddl() {
-    expect_file!["../cql/ddl.expected"].assert_eq(&transcript(include_str!("../cql/ddl.cql")));
+    check(
+        expect_file!["../cql/ddl.expected"],
+        include_str!("../cql/ddl.cql"),
+        TxnMode::Direct,
+    );
 }
 
 #[test]
 fn dml() {
-    expect_file!["../cql/dml.expected"].assert_eq(&transcript(include_str!("../cql/dml.cql")));
+    check(
+        expect_file!["../cql/dml.expected"],
+        include_str!("../cql/dml.cql"),
+        TxnMode::Direct,
+    );
 }
 
 #[test]
 fn select() {
-    expect_file!["../cql/select.expected"]
-        .assert_eq(&transcript(include_str!("../cql/select.cql")));
+    check(
+        expect_file!["../cql/select.expected"],
+        include_str!("../cql/select.cql"),
+        TxnMode::Direct,
+    );
 }
 
 #[test]
 fn transactions() {
-    expect_file!["../cql/transactions.expected"]
-        .assert_eq(&transcript(include_str!("../cql/transactions.cql")));
+    check(
+        expect_file!["../cql/transactions.expected"],
+        include_str!("../cql/transactions.cql"),
+        TxnMode::Direct,
+    );
+}
+
+// The same transcripts with every transaction through the Accord runtime.
+
+#[test]
+fn dml_accord() {
+    check(
+        expect_file!["../cql/dml.expected"],
+        include_str!("../cql/dml.cql"),
+        TxnMode::Accord,
+    );
+}
+
+#[test]
+fn select_accord() {
+    check(
+        expect_file!["../cql/select.expected"],
+        include_str!("../cql/select.cql"),
+        TxnMode::Accord,
+    );
+}
+
+#[test]
+fn transactions_accord() {
+    check(
+        expect_file!["../cql/transactions.expected"],
+        include_str!("../cql/transactions.cql"),
+        TxnMode::Accord,
+    );
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use concord_server::Db;
+use concord_server::config::TxnMode;
 use concord_server::db::{Read, ReadResult, Transaction};
 use concord_storage::clock::ManualClock;
 use concord_storage::partitioner::TokenRange;
@@ -169,9 +170,23 @@ fn ddl_errors_are_typed_and_if_not_exists_is_lenient() {
     );
 }
 
+/// A fresh in-memory database in each transaction mode: the tests of
+/// `Db::execute` run in both.
+fn each_mode(test: impl Fn(Db<concord_storage::memory::MemoryEngine>)) {
+    for mode in [TxnMode::Direct, TxnMode::Accord] {
+        let db =
+            Db::open_in_memory_with_mode(Arc::new(ManualClock::new(1_700_000_000_000_000)), mode);
+        assert_eq!(db.txn_mode(), mode);
+        test(db);
+    }
+}
+
 #[test]
 fn bad_mutations_are_rejected_and_write_nothing() {
-    let db = Db::open_in_memory(Arc::new(ManualClock::new(1_700_000_000_000_000)));
+    each_mode(bad_mutations_are_rejected_in);
+}
+
+fn bad_mutations_are_rejected_in(db: Db<concord_storage::memory::MemoryEngine>) {
     db.create_keyspace(keyspace("app"), IfExists::Strict)
         .unwrap();
     let table = db
@@ -213,7 +228,10 @@ fn bad_mutations_are_rejected_and_write_nothing() {
 
 #[test]
 fn transactions_read_the_state_before_their_own_writes() {
-    let db = Db::open_in_memory(Arc::new(ManualClock::new(1_700_000_000_000_000)));
+    each_mode(transactions_read_the_state_in);
+}
+
+fn transactions_read_the_state_in(db: Db<concord_storage::memory::MemoryEngine>) {
     db.create_keyspace(keyspace("app"), IfExists::Strict)
         .unwrap();
     let table = db
@@ -289,4 +307,34 @@ fn drop_and_truncate_delete_data_and_recreated_tables_start_empty() {
         !db.drop_table("app", "events_missing", IfExists::Lenient)
             .unwrap()
     );
+}
+
+/// Accord mode on RocksDB: rows, and the journal's clock, survive a restart;
+/// later transactions execute above every earlier one.
+#[test]
+fn accord_mode_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = concord_server::config::Config {
+        data_dir: dir.path().to_path_buf(),
+        txn_mode: TxnMode::Accord,
+        ..concord_server::config::Config::default()
+    };
+    let before = {
+        let db = Db::open_with_config(&config).unwrap();
+        assert_eq!(db.txn_mode(), TxnMode::Accord);
+        db.create_keyspace(keyspace("app"), IfExists::Strict)
+            .unwrap();
+        let table = db
+            .create_table(events_spec(), IfExists::Strict)
+            .unwrap()
+            .unwrap();
+        db.write(vec![insert(&table, 1, 1_000, "login")]).unwrap();
+        db.write(vec![insert(&table, 1, 2_000, "click")]).unwrap()
+    };
+    let db = Db::open_with_config(&config).unwrap();
+    let table = db.table("app", "events").unwrap();
+    assert_eq!(kinds(&db, &table, 1), ["click", "login"]);
+    let after = db.write(vec![insert(&table, 1, 3_000, "logout")]).unwrap();
+    assert!(after > before, "{after:?} after {before:?}");
+    assert_eq!(kinds(&db, &table, 1), ["logout", "click", "login"]);
 }
