@@ -409,7 +409,9 @@ impl Db<RocksEngine> {
         };
         let mut db = Db::from_engine(Arc::new(engine), clock, registry, durability)?;
         if config.txn_mode == TxnMode::Accord {
-            db.start_accord()?;
+            // Journal replay applies writes: their feed records must be
+            // written if the replica will follow the feed.
+            db.start_accord_with_feed(analytics.enabled)?;
         }
         let columnar_dir = config.data_dir.join("columnar");
         if analytics.enabled {
@@ -537,13 +539,17 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
     /// `Io` when the runtime cannot start (journal replay failed); calling it
     /// twice is `InvalidRequest`.
     pub fn start_accord(&mut self) -> Result<()> {
+        self.start_accord_with_feed(self.analytics.is_some())
+    }
+
+    fn start_accord_with_feed(&mut self, feed_on: bool) -> Result<()> {
         if self.accord.is_some() {
             return Err(concord_storage::Error::InvalidRequest(
                 "the accord runtime is already started".into(),
             )
             .into());
         }
-        let pacer = FeedPacer::new(self.feed.clone(), self.analytics.is_some());
+        let pacer = FeedPacer::new(self.feed.clone(), feed_on);
         let config = RuntimeConfig {
             node: NodeId(1),
             topology: Arc::new(Topology::ring(1, 1, 1, FastPathMode::CoordinatorVotes)),
