@@ -3,13 +3,11 @@
 //! SIGTERM, and node 2 restarted on its data directory (without `--join`)
 //! resumes the cluster it stored.
 
-use std::io::{BufRead, BufReader, Lines};
+use std::io::{BufReader, Lines};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_concord");
-const STARTUP: Duration = Duration::from_secs(60);
+use crate::binary::{BINARY, EPHEMERAL_ENDPOINTS, wait_ready};
 
 struct Started {
     child: Child,
@@ -20,14 +18,9 @@ struct Started {
 fn start(data_dir: &Path, node_id: u32, cluster_listen: &str, join: Option<&str>) -> Started {
     let mut command = Command::new(BINARY);
     command
+        .arg("start")
+        .args(EPHEMERAL_ENDPOINTS)
         .args([
-            "start",
-            "--cql-listen-address",
-            "127.0.0.1:0",
-            "--pg-listen-address",
-            "127.0.0.1:0",
-            "--grpc-listen-address",
-            "127.0.0.1:0",
             "--node-id",
             &node_id.to_string(),
             "--cluster-listen-address",
@@ -43,21 +36,7 @@ fn start(data_dir: &Path, node_id: u32, cluster_listen: &str, join: Option<&str>
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + STARTUP;
-    let mut output = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        output.push(line.clone());
-        if line == "ready" || Instant::now() > deadline {
-            break;
-        }
-    }
-    assert_eq!(
-        output.last().map(String::as_str),
-        Some("ready"),
-        "{output:?}"
-    );
+    let (lines, output) = wait_ready(&mut child);
     Started {
         child,
         lines,
@@ -119,14 +98,9 @@ fn joining_an_unreachable_seed_fails_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on port 1 of the loopback address.
     let output = Command::new(BINARY)
+        .arg("start")
+        .args(EPHEMERAL_ENDPOINTS)
         .args([
-            "start",
-            "--cql-listen-address",
-            "127.0.0.1:0",
-            "--pg-listen-address",
-            "127.0.0.1:0",
-            "--grpc-listen-address",
-            "127.0.0.1:0",
             "--node-id",
             "2",
             "--cluster-listen-address",
