@@ -133,6 +133,25 @@ fn stream_batches(schema: SchemaRef, batches: Vec<arrow::array::RecordBatch>) ->
     Box::pin(stream)
 }
 
+/// A metadata command's answer: its builder's one batch as a stream.
+fn one_batch<E: std::fmt::Display>(
+    schema: SchemaRef,
+    batch: Result<arrow::array::RecordBatch, E>,
+) -> Result<Response<DoGetStream>, Status> {
+    let batch = batch.map_err(|error| Status::internal(error.to_string()))?;
+    Ok(Response::new(stream_batches(schema, vec![batch])))
+}
+
+/// A metadata command's `FlightInfo`: its result schema, and the command
+/// itself as the ticket `do_get_*` answers.
+fn command_info<T: ProstMessageExt>(
+    schema: &Schema,
+    query: &T,
+    request: Request<FlightDescriptor>,
+) -> Result<Response<FlightInfo>, Status> {
+    info_for(schema, query.as_any().encode_to_vec(), request.into_inner())
+}
+
 fn info_for(
     schema: &Schema,
     ticket: Vec<u8>,
@@ -473,12 +492,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.into_builder().schema();
-        info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        command_info(&query.into_builder().schema(), &query, request)
     }
 
     async fn do_get_catalogs(
@@ -488,11 +502,7 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<DoGetStream>, Status> {
         let mut builder = query.into_builder();
         builder.append(DATABASE_NAME);
-        let schema = builder.schema();
-        let batch = builder
-            .build()
-            .map_err(|error| Status::internal(error.to_string()))?;
-        Ok(Response::new(stream_batches(schema, vec![batch])))
+        one_batch(builder.schema(), builder.build())
     }
 
     async fn get_flight_info_schemas(
@@ -500,12 +510,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        command_info(&query.clone().into_builder().schema(), &query, request)
     }
 
     async fn do_get_schemas(
@@ -517,11 +522,7 @@ impl FlightSqlService for FlightSql {
         for keyspace in self.db.schema().keyspaces() {
             builder.append(DATABASE_NAME, &keyspace.def.name);
         }
-        let schema = builder.schema();
-        let batch = builder
-            .build()
-            .map_err(|error| Status::internal(error.to_string()))?;
-        Ok(Response::new(stream_batches(schema, vec![batch])))
+        one_batch(builder.schema(), builder.build())
     }
 
     async fn get_flight_info_tables(
@@ -529,12 +530,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        command_info(&query.clone().into_builder().schema(), &query, request)
     }
 
     async fn do_get_tables(
@@ -548,11 +544,7 @@ impl FlightSqlService for FlightSql {
                 .append(DATABASE_NAME, keyspace, table, "TABLE", &arrow_schema)
                 .map_err(|error| Status::internal(error.to_string()))?;
         }
-        let schema = builder.schema();
-        let batch = builder
-            .build()
-            .map_err(|error| Status::internal(error.to_string()))?;
-        Ok(Response::new(stream_batches(schema, vec![batch])))
+        one_batch(builder.schema(), builder.build())
     }
 
     async fn get_flight_info_table_types(
@@ -560,12 +552,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.into_builder().schema();
-        info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        command_info(&query.into_builder().schema(), &query, request)
     }
 
     async fn do_get_table_types(
@@ -575,11 +562,7 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<DoGetStream>, Status> {
         let mut builder = query.into_builder();
         builder.append("TABLE");
-        let schema = builder.schema();
-        let batch = builder
-            .build()
-            .map_err(|error| Status::internal(error.to_string()))?;
-        Ok(Response::new(stream_batches(schema, vec![batch])))
+        one_batch(builder.schema(), builder.build())
     }
 
     async fn get_flight_info_sql_info(
@@ -587,11 +570,10 @@ impl FlightSqlService for FlightSql {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder(&self.sql_info).schema();
-        info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
+        command_info(
+            &query.clone().into_builder(&self.sql_info).schema(),
+            &query,
+            request,
         )
     }
 
@@ -601,11 +583,7 @@ impl FlightSqlService for FlightSql {
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let builder = query.into_builder(&self.sql_info);
-        let schema = builder.schema();
-        let batch = builder
-            .build()
-            .map_err(|error| Status::internal(error.to_string()))?;
-        Ok(Response::new(stream_batches(schema, vec![batch])))
+        one_batch(builder.schema(), builder.build())
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
