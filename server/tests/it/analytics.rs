@@ -23,7 +23,8 @@ use concord_storage::schema::{
 use concord_storage::types::CqlType;
 use concord_storage::value::{ClusteringOrder, CqlValue};
 
-fn config(dir: &std::path::Path) -> Config {
+/// A node's configuration for tests: no fsync per write.
+pub(crate) fn config(dir: &std::path::Path) -> Config {
     Config {
         data_dir: dir.to_path_buf(),
         // No fsync per write: these tests measure nothing and must be quick.
@@ -33,7 +34,8 @@ fn config(dir: &std::path::Path) -> Config {
     }
 }
 
-fn fast_options() -> AnalyticsOptions {
+/// The follower polls every millisecond and never merges on its own.
+pub(crate) fn fast_options() -> AnalyticsOptions {
     AnalyticsOptions {
         follower: FollowerOptions {
             poll_interval: Duration::from_millis(1),

@@ -9,34 +9,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::analytics::{config, fast_options};
 use arrow::array::{Array, Int64Array};
 use arrow::record_batch::RecordBatch;
 use concord_client::{Client, Op, Row, SqlOptions, StartAt, Store, Transaction, Value, codes};
 use concord_columnar::follower::FollowerOptions;
 use concord_server::Db;
-use concord_server::config::{CommitSync, Config};
 use concord_server::db::AnalyticsOptions;
 use concord_server::grpc::{GrpcServer, Limits};
-
-fn config(dir: &std::path::Path) -> Config {
-    Config {
-        data_dir: dir.to_path_buf(),
-        // No fsync per write: these tests measure nothing and must be quick.
-        commit_sync: CommitSync::Periodic,
-        periodic_sync_ms: 1000,
-        ..Config::default()
-    }
-}
-
-fn fast_analytics() -> AnalyticsOptions {
-    AnalyticsOptions {
-        follower: FollowerOptions {
-            poll_interval: Duration::from_millis(1),
-            merge_interval: Duration::from_secs(3600),
-        },
-        ..AnalyticsOptions::default()
-    }
-}
 
 /// The replica merges every 20 ms and retention runs every 10 ms: the feed
 /// is dropped as soon as nothing holds it.
@@ -88,7 +68,7 @@ const KEYSPACE: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_node_serves_schema_rows_transactions_sql_and_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let (_db, server, client) = embedded(dir.path(), fast_analytics()).await;
+    let (_db, server, client) = embedded(dir.path(), fast_options()).await;
 
     // Schema through CQL text; describe and list.
     client.execute("", KEYSPACE, vec![]).await.unwrap();
@@ -379,7 +359,7 @@ fn expect_code<T: std::fmt::Debug>(
 async fn bad_input_gets_status_codes_and_error_details() {
     use tonic::Code;
     let dir = tempfile::tempdir().unwrap();
-    let (_db, server, client) = embedded(dir.path(), fast_analytics()).await;
+    let (_db, server, client) = embedded(dir.path(), fast_options()).await;
     client.execute("", KEYSPACE, vec![]).await.unwrap();
     client
         .execute(
