@@ -96,17 +96,24 @@ fn torn_or_corrupt_tail_is_cut_and_earlier_records_survive() {
     assert_eq!(records, expected);
 }
 
-#[test]
-fn corruption_before_the_last_segment_fails_the_open() {
-    let dir = tempfile::tempdir().unwrap();
+/// A log of 256-byte segments (so they roll often) holding
+/// `payload(0..records)`, and its configuration.
+fn small_segments(dir: &std::path::Path, records: u64) -> (Log, LogConfig) {
     let config = LogConfig {
         segment_bytes: 256,
         ..LogConfig::default()
     };
-    let (log, _) = Log::open(dir.path(), config).unwrap();
-    for i in 0..40 {
+    let (log, _) = Log::open(dir, config).unwrap();
+    for i in 0..records {
         log.append(payload(i)).unwrap();
     }
+    (log, config)
+}
+
+#[test]
+fn corruption_before_the_last_segment_fails_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, config) = small_segments(dir.path(), 40);
     drop(log);
     let names = segments(dir.path());
     assert!(names.len() > 2, "small segments roll: {names:?}");
@@ -121,14 +128,7 @@ fn corruption_before_the_last_segment_fails_the_open() {
 #[test]
 fn truncation_removes_whole_segments_below_the_watermark() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        segment_bytes: 256,
-        ..LogConfig::default()
-    };
-    let (log, _) = Log::open(dir.path(), config).unwrap();
-    for i in 0..60 {
-        log.append(payload(i)).unwrap();
-    }
+    let (log, config) = small_segments(dir.path(), 60);
     let before = segments(dir.path());
     assert!(before.len() > 3, "{before:?}");
     let removed = log.truncate_below(30).unwrap();
