@@ -1,0 +1,275 @@
+//! The nemesis: faults injected while the clients run, one at a time, on a fixed rhythm —
+//! `interval` healthy, then `interval` with one fault, then healed, and so on, cycling through
+//! the requested kinds. Every fault window is recorded (`nemesis.jsonl`) for the report and the
+//! latency plot.
+//!
+//! - `kill`: SIGKILL a random node; healed by restarting it (it must replay its journal and
+//!   come back ready).
+//! - `pause`: SIGSTOP a random node; healed by SIGCONT.
+//! - `partition`: nftables cuts (`net.rs`), cycling through a minority/majority split, one node
+//!   isolated (every node coordinates, so this also isolates a coordinator) and, with three or
+//!   more nodes, a bridge (one node sees both sides, the sides do not see each other).
+//!
+//! Must never: end with a fault in place (`heal_all` runs at the end whatever happened).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::cluster::Cluster;
+use crate::net::Partitioner;
+
+/// One kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NemesisKind {
+    Kill,
+    Pause,
+    Partition,
+}
+
+impl NemesisKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            NemesisKind::Kill => "kill",
+            NemesisKind::Pause => "pause",
+            NemesisKind::Partition => "partition",
+        }
+    }
+}
+
+impl fmt::Display for NemesisKind {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
+impl FromStr for NemesisKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "kill" => Ok(NemesisKind::Kill),
+            "pause" => Ok(NemesisKind::Pause),
+            "partition" => Ok(NemesisKind::Partition),
+            "clock" => Err(
+                "the clock nemesis is not built yet: nodes have no test clock offset \
+                 (design/jepsen.md)"
+                    .to_owned(),
+            ),
+            other => Err(format!(
+                "unknown nemesis {other:?} (expected kill, pause or partition)"
+            )),
+        }
+    }
+}
+
+/// One fault, from injection to heal, in microseconds since the run started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultWindow {
+    pub kind: NemesisKind,
+    /// What exactly: `"n2"`, `"n1,n2 | n3"`, ...
+    pub detail: String,
+    pub start_us: u64,
+    pub end_us: u64,
+}
+
+impl FaultWindow {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": self.kind.name(),
+            "detail": self.detail,
+            "start_us": self.start_us,
+            "end_us": self.end_us,
+        })
+    }
+}
+
+/// The state shared with the nemesis thread.
+#[derive(Debug)]
+pub struct Nemesis {
+    pub kinds: Vec<NemesisKind>,
+    pub interval: Duration,
+    pub seed: u64,
+}
+
+fn micros(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Sleeps up to `duration`, waking early when `stop` is set; returns whether it was set.
+fn sleep_unless(stop: &AtomicBool, duration: Duration) -> bool {
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        if stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20).min(deadline - Instant::now()));
+    }
+    stop.load(Ordering::SeqCst)
+}
+
+fn names(nodes: &[usize]) -> String {
+    nodes
+        .iter()
+        .map(|node| format!("n{}", node + 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Nemesis {
+    /// Runs faults until `stop` is set, then heals everything. Returns the fault windows.
+    ///
+    /// # Errors
+    /// When a fault cannot be healed (e.g. a killed node does not come back): the run is then
+    /// reported as broken, not valid.
+    pub fn run(
+        &self,
+        cluster: &Arc<Mutex<Cluster>>,
+        mut partitioner: Option<Partitioner>,
+        start: Instant,
+        stop: &AtomicBool,
+    ) -> anyhow::Result<Vec<FaultWindow>> {
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let mut windows = Vec::new();
+        if self.kinds.is_empty() {
+            while !sleep_unless(stop, Duration::from_millis(200)) {}
+            return Ok(windows);
+        }
+        let node_count = lock(cluster)?.len();
+        let mut round = 0usize;
+        let mut partition_shape = 0usize;
+        loop {
+            if sleep_unless(stop, self.interval) {
+                break;
+            }
+            let kind = self.kinds[round % self.kinds.len()];
+            round += 1;
+            let target = rng.random_range(0..node_count);
+            let start_us = micros(start);
+            let detail = match kind {
+                NemesisKind::Kill => {
+                    lock(cluster)?.kill(target);
+                    names(&[target])
+                }
+                NemesisKind::Pause => {
+                    lock(cluster)?.pause(target)?;
+                    names(&[target])
+                }
+                NemesisKind::Partition => {
+                    let partitioner = partitioner
+                        .as_mut()
+                        .context("the partition nemesis needs nftables (net.rs)")?;
+                    let groups = partition_groups(node_count, partition_shape, &mut rng);
+                    partition_shape += 1;
+                    partitioner.partition(&groups)?;
+                    groups
+                        .iter()
+                        .map(|group| names(group))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                }
+            };
+            let stopped = sleep_unless(stop, self.interval);
+            match kind {
+                NemesisKind::Kill => lock(cluster)?
+                    .restart(target)
+                    .with_context(|| format!("restart n{} after kill -9", target + 1))?,
+                NemesisKind::Pause => lock(cluster)?.resume(target)?,
+                NemesisKind::Partition => {
+                    if let Some(partitioner) = partitioner.as_mut() {
+                        partitioner.heal()?;
+                    }
+                }
+            }
+            windows.push(FaultWindow {
+                kind,
+                detail,
+                start_us,
+                end_us: micros(start),
+            });
+            if stopped {
+                break;
+            }
+        }
+        Ok(windows)
+    }
+}
+
+fn lock(cluster: &Arc<Mutex<Cluster>>) -> anyhow::Result<std::sync::MutexGuard<'_, Cluster>> {
+    match cluster.lock() {
+        Ok(guard) => Ok(guard),
+        Err(_) => bail!("the cluster lock is poisoned"),
+    }
+}
+
+/// The groups of a partition: shape 0 a minority/majority split, 1 one node isolated, 2 a
+/// bridge (with at least three nodes), cycling. Nodes are shuffled, so each shape hits
+/// different nodes.
+pub fn partition_groups(nodes: usize, shape: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..nodes).collect();
+    order.shuffle(rng);
+    let shapes = if nodes >= 3 { 3 } else { 2 };
+    match shape % shapes {
+        0 => {
+            let minority = (nodes.saturating_sub(1) / 2).max(1);
+            let (small, large) = order.split_at(minority);
+            vec![small.to_vec(), large.to_vec()]
+        }
+        1 => vec![vec![order[0]], order[1..].to_vec()],
+        _ => {
+            // A bridge: the first node is in both groups, the rest split in two.
+            let bridge = order[0];
+            let rest = &order[1..];
+            let (left, right) = rest.split_at(rest.len() / 2);
+            let mut left = left.to_vec();
+            let mut right = right.to_vec();
+            left.push(bridge);
+            right.push(bridge);
+            vec![left, right]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_cover_every_node_and_split_the_cluster() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for nodes in [2usize, 3, 5] {
+            for shape in 0..3 {
+                let groups = partition_groups(nodes, shape, &mut rng);
+                assert!(groups.len() >= 2, "{groups:?}");
+                let mut covered: Vec<usize> = groups.iter().flatten().copied().collect();
+                covered.sort_unstable();
+                covered.dedup();
+                assert_eq!(covered, (0..nodes).collect::<Vec<_>>(), "{groups:?}");
+                // Some pair of nodes can no longer talk.
+                let cut = (0..nodes).any(|a| {
+                    (0..nodes).any(|b| {
+                        a != b
+                            && !groups
+                                .iter()
+                                .any(|group| group.contains(&a) && group.contains(&b))
+                    })
+                });
+                assert!(cut, "{nodes} nodes, shape {shape}: {groups:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn clock_is_refused_with_a_reason() {
+        let error = "clock".parse::<NemesisKind>().unwrap_err();
+        assert!(error.contains("not built"), "{error}");
+        assert_eq!("kill".parse::<NemesisKind>(), Ok(NemesisKind::Kill));
+    }
+}

@@ -1,0 +1,518 @@
+//! One run: start the cluster, set up the workload, run clients and the nemesis for the given
+//! time, heal, read back what was written (list-append), stop the cluster, check the history and
+//! write the results folder:
+//!
+//! ```text
+//!   <out>/history.jsonl   every operation (Jepsen's invoke / ok / fail / info events)
+//!   <out>/nemesis.jsonl   every fault window
+//!   <out>/report.txt      verdict, anomalies, lost writes, availability, latencies
+//!   <out>/latency.svg     latency over time, faults shaded
+//!   <out>/logs/n<i>.log   each node's output
+//! ```
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use concord_checker::{
+    AnomalyKind, History, ListAppendOptions, OperationBody, Outcome, ProcessId, RegisterOptions,
+    check_bank, check_list_append, check_register,
+};
+
+use crate::cluster::{Cluster, ClusterConfig};
+use crate::nemesis::{FaultWindow, Nemesis, NemesisKind};
+use crate::net::Partitioner;
+use crate::report::{self, ReportInput};
+use crate::svg::{self, Sample};
+use crate::workload::bank::Bank;
+use crate::workload::list_append::{self, ListAppend};
+use crate::workload::register::Register;
+use crate::workload::{self, ClientConfig, Recorded, Recorder, Workload};
+
+/// How long setup (schema, initial rows) may keep retrying while the cluster settles.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the final reads may keep retrying after the faults are healed.
+pub const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which workload to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    ListAppend,
+    Bank,
+    Register,
+}
+
+impl FromStr for WorkloadKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "list-append" => Ok(WorkloadKind::ListAppend),
+            "bank" => Ok(WorkloadKind::Bank),
+            "register" => Ok(WorkloadKind::Register),
+            other => Err(format!(
+                "unknown workload {other:?} (expected list-append, bank or register)"
+            )),
+        }
+    }
+}
+
+/// Everything a run needs.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub binary: PathBuf,
+    pub nodes: usize,
+    pub workload: WorkloadKind,
+    pub nemeses: Vec<NemesisKind>,
+    pub time: Duration,
+    /// Operations per second over all clients.
+    pub rate: f64,
+    pub concurrency: usize,
+    /// Healthy time between faults, and each fault's length.
+    pub interval: Duration,
+    pub request_timeout: Duration,
+    pub seed: u64,
+    pub out: PathBuf,
+    /// Extra TOML for each node (e.g. `txn_mode = "accord"`).
+    pub extra_config: String,
+}
+
+/// A run's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every checker ran to completion and found nothing.
+    Valid,
+    /// Anomalies, lost writes, or a harness/cluster problem.
+    Invalid,
+    /// A checker gave up (search limit) or no operation succeeded: nothing was shown.
+    Unknown,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Valid => "valid",
+            Verdict::Invalid => "INVALID",
+            Verdict::Unknown => "unknown",
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    pub verdict: Verdict,
+    /// The report's text.
+    pub report: String,
+    pub out: PathBuf,
+}
+
+/// A checked history, workload-independent.
+struct Checked {
+    samples: Vec<Sample>,
+    checker: String,
+    anomalies: bool,
+    search_limit: bool,
+    lost_writes: Vec<String>,
+    history_jsonl: String,
+}
+
+fn samples<B: OperationBody>(history: &History<B>) -> Vec<Sample> {
+    history
+        .operations()
+        .iter()
+        .map(|operation| Sample {
+            invoke_us: operation.invoke_time(),
+            complete_us: operation.complete_time(),
+            status: operation.status(),
+        })
+        .collect()
+}
+
+/// Runs one test; see the module documentation.
+///
+/// # Errors
+/// When the run could not take place (the binary missing, nodes not starting, partitions
+/// requested where nftables is unavailable). A run that took place returns its verdict.
+pub fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
+    if config.nodes == 0 || config.concurrency == 0 || config.rate <= 0.0 {
+        bail!("nodes, concurrency and rate must be positive");
+    }
+    let partitions = config.nemeses.contains(&NemesisKind::Partition);
+    if partitions && config.nodes < 2 {
+        bail!("the partition nemesis needs at least two nodes");
+    }
+    if partitions {
+        crate::net::check_available().context("partitions requested")?;
+    }
+    std::fs::create_dir_all(&config.out)
+        .with_context(|| format!("create {}", config.out.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the client runtime")?;
+    let cluster = Cluster::start(ClusterConfig {
+        binary: config.binary.clone(),
+        nodes: config.nodes,
+        log_dir: config.out.join("logs"),
+        separate_uids: partitions,
+        extra_config: config.extra_config.clone(),
+    })?;
+    let specs = cluster.specs();
+    let partitioner = if partitions {
+        Some(Partitioner::new(&specs)?)
+    } else {
+        None
+    };
+    let cluster = Arc::new(Mutex::new(cluster));
+    let nodes: Vec<_> = specs.iter().map(|spec| spec.cql).collect();
+    let replication_factor = config.nodes.min(3);
+    let clients = ClientConfig {
+        nodes,
+        concurrency: config.concurrency,
+        rate: config.rate,
+        request_timeout: config.request_timeout,
+        seed: config.seed,
+    };
+    let mut problems = Vec::new();
+    let (checked, errors, windows, end_us) = match config.workload {
+        WorkloadKind::ListAppend => {
+            let workload = Arc::new(ListAppend::new(replication_factor));
+            let reader = workload.clone();
+            let (recorded, windows, end_us) = execute(
+                &runtime,
+                workload,
+                &clients,
+                config,
+                &cluster,
+                partitioner,
+                &mut problems,
+                Box::new(move |recorder, session| {
+                    Box::pin(async move { final_reads(&reader, recorder, session).await })
+                }),
+            )?;
+            let report = check_list_append(&recorded.history, &ListAppendOptions::default());
+            let lost = list_append::lost_appends(&recorded.history)
+                .into_iter()
+                .map(|(key, element)| format!("key {key}: element {element}"))
+                .collect();
+            problems.extend(recorded.mismatches.iter().cloned());
+            (
+                Checked {
+                    samples: samples(&recorded.history),
+                    checker: report.to_string(),
+                    anomalies: !report.valid(),
+                    search_limit: false,
+                    lost_writes: lost,
+                    history_jsonl: recorded.history.to_jsonl_string(),
+                },
+                client_errors(&recorded, &mut problems),
+                windows,
+                end_us,
+            )
+        }
+        WorkloadKind::Bank => {
+            let workload = Arc::new(Bank::new(replication_factor));
+            let (recorded, windows, end_us) = execute(
+                &runtime,
+                workload,
+                &clients,
+                config,
+                &cluster,
+                partitioner,
+                &mut problems,
+                Box::new(|_, _| Box::pin(async { Ok(()) })),
+            )?;
+            let report = check_bank(&recorded.history, &Bank::options());
+            problems.extend(recorded.mismatches.iter().cloned());
+            (
+                Checked {
+                    samples: samples(&recorded.history),
+                    checker: report.to_string(),
+                    anomalies: !report.valid(),
+                    search_limit: false,
+                    lost_writes: Vec::new(),
+                    history_jsonl: recorded.history.to_jsonl_string(),
+                },
+                client_errors(&recorded, &mut problems),
+                windows,
+                end_us,
+            )
+        }
+        WorkloadKind::Register => {
+            let workload = Arc::new(Register::new(replication_factor));
+            let (recorded, windows, end_us) = execute(
+                &runtime,
+                workload,
+                &clients,
+                config,
+                &cluster,
+                partitioner,
+                &mut problems,
+                Box::new(|_, _| Box::pin(async { Ok(()) })),
+            )?;
+            let checked = check_register(&recorded.history, &RegisterOptions::default());
+            let search_limit = checked.report.has(AnomalyKind::SearchLimitExceeded);
+            let anomalies = checked
+                .report
+                .counts()
+                .keys()
+                .any(|kind| *kind != AnomalyKind::SearchLimitExceeded);
+            problems.extend(recorded.mismatches.iter().cloned());
+            (
+                Checked {
+                    samples: samples(&recorded.history),
+                    checker: checked.to_string(),
+                    anomalies,
+                    search_limit,
+                    lost_writes: Vec::new(),
+                    history_jsonl: recorded.history.to_jsonl_string(),
+                },
+                client_errors(&recorded, &mut problems),
+                windows,
+                end_us,
+            )
+        }
+    };
+    let unclean = match cluster.lock() {
+        Ok(mut cluster) => cluster.stop(),
+        Err(_) => vec![],
+    };
+    for node in unclean {
+        problems.push(format!("node n{node} did not stop cleanly on SIGTERM"));
+    }
+    let ok = checked
+        .samples
+        .iter()
+        .filter(|sample| sample.status == concord_checker::Status::Ok)
+        .count();
+    let verdict = if checked.anomalies || !checked.lost_writes.is_empty() || !problems.is_empty() {
+        Verdict::Invalid
+    } else if checked.search_limit || ok == 0 {
+        Verdict::Unknown
+    } else {
+        Verdict::Valid
+    };
+    let nemeses: Vec<&str> = config.nemeses.iter().map(|kind| kind.name()).collect();
+    let title = format!(
+        "concord-jepsen: {} on {} node(s), nemesis {}, {:.0} s at {} ops/s, {} clients, seed {}",
+        workload_name(config.workload),
+        config.nodes,
+        if nemeses.is_empty() {
+            "none".to_owned()
+        } else {
+            nemeses.join(",")
+        },
+        config.time.as_secs_f64(),
+        config.rate,
+        config.concurrency,
+        config.seed
+    );
+    let mechanism = if partitions {
+        "nftables drop rules per node uid on loopback"
+    } else {
+        "not used"
+    };
+    let text = report::render(&ReportInput {
+        title: title.clone(),
+        verdict: verdict.name(),
+        partition_mechanism: mechanism,
+        samples: &checked.samples,
+        windows: &windows,
+        checker: checked.checker.clone(),
+        lost_writes: &checked.lost_writes,
+        errors: &errors,
+        problems: &problems,
+    });
+    std::fs::write(config.out.join("history.jsonl"), &checked.history_jsonl)?;
+    let nemesis_lines: Vec<String> = windows
+        .iter()
+        .map(|window| window.to_json().to_string())
+        .collect();
+    std::fs::write(
+        config.out.join("nemesis.jsonl"),
+        nemesis_lines.join("\n") + "\n",
+    )?;
+    std::fs::write(config.out.join("report.txt"), &text)?;
+    std::fs::write(
+        config.out.join("latency.svg"),
+        svg::latency_plot(&title, &checked.samples, &windows, end_us),
+    )?;
+    Ok(RunOutcome {
+        verdict,
+        report: text,
+        out: config.out.clone(),
+    })
+}
+
+fn workload_name(kind: WorkloadKind) -> &'static str {
+    match kind {
+        WorkloadKind::ListAppend => "list-append",
+        WorkloadKind::Bank => "bank",
+        WorkloadKind::Register => "register",
+    }
+}
+
+/// The client error counts of a run; a statement the server called malformed is a problem.
+fn client_errors<B: OperationBody>(
+    recorded: &Recorded<B>,
+    problems: &mut Vec<String>,
+) -> workload::ErrorCounts {
+    let malformed: u64 = recorded
+        .errors
+        .iter()
+        .filter(|(kind, _)| kind.starts_with("client error"))
+        .map(|(_, count)| count)
+        .sum();
+    if malformed > 0 {
+        problems.push(format!(
+            "{malformed} statements were refused as malformed or returned an unexpected shape \
+             (a harness or server bug)"
+        ));
+    }
+    recorded.errors.clone()
+}
+
+/// The workload-specific last step, after every fault is healed (list-append's final reads).
+type FinalPhase<B> = Box<
+    dyn FnOnce(
+        Arc<Recorder<B>>,
+        Arc<scylla::client::session::Session>,
+    )
+        -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
+>;
+
+/// Sets up, runs clients and the nemesis, heals, runs the final phase; returns the history.
+#[allow(clippy::too_many_arguments)]
+fn execute<W: Workload>(
+    runtime: &tokio::runtime::Runtime,
+    workload: Arc<W>,
+    clients: &ClientConfig,
+    config: &RunConfig,
+    cluster: &Arc<Mutex<Cluster>>,
+    partitioner: Option<Partitioner>,
+    problems: &mut Vec<String>,
+    final_phase: FinalPhase<W::Body>,
+) -> anyhow::Result<(Recorded<W::Body>, Vec<FaultWindow>, u64)> {
+    // Setup through every node in turn (IF NOT EXISTS everywhere), retried while the cluster
+    // settles.
+    runtime.block_on(async {
+        let deadline = Instant::now() + SETUP_TIMEOUT;
+        for node in &clients.nodes {
+            loop {
+                let attempt = async {
+                    let session = workload::connect(*node, clients.request_timeout).await?;
+                    workload.setup(&session).await
+                }
+                .await;
+                match attempt {
+                    Ok(()) => break,
+                    Err(error) if Instant::now() < deadline => {
+                        tracing_free_log(&format!("setup via {node}: {error:#}; retrying"));
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(error) => return Err(error.context(format!("set up through {node}"))),
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let start = Instant::now();
+    let recorder = Arc::new(Recorder::new(start));
+    let stop = Arc::new(AtomicBool::new(false));
+    let nemesis = Nemesis {
+        kinds: config.nemeses.clone(),
+        interval: config.interval,
+        seed: config.seed,
+    };
+    let nemesis_thread = {
+        let cluster = cluster.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || nemesis.run(&cluster, partitioner, start, &stop))
+    };
+    let driver = runtime.spawn(workload::drive(
+        workload,
+        recorder.clone(),
+        clients.clone(),
+        stop.clone(),
+    ));
+    std::thread::sleep(config.time);
+    stop.store(true, Ordering::SeqCst);
+    let windows = match nemesis_thread.join() {
+        Ok(Ok(windows)) => windows,
+        Ok(Err(error)) => {
+            problems.push(format!("nemesis: {error:#}"));
+            Vec::new()
+        }
+        Err(_) => {
+            problems.push("the nemesis thread panicked".to_owned());
+            Vec::new()
+        }
+    };
+    let _ = runtime.block_on(driver);
+    let end_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    // Every fault is healed: the final phase reads back through node 1.
+    let first = clients.nodes[0];
+    let final_result = runtime.block_on(async {
+        let deadline = Instant::now() + FINAL_READ_TIMEOUT;
+        let session = loop {
+            match workload::connect(first, clients.request_timeout).await {
+                Ok(session) => break session,
+                Err(error) if Instant::now() < deadline => {
+                    tracing_free_log(&format!("final phase: {error:#}; retrying"));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        final_phase(recorder.clone(), Arc::new(session)).await
+    });
+    if let Err(error) = final_result {
+        problems.push(format!("final reads: {error:#}"));
+    }
+    let recorder = Arc::try_unwrap(recorder)
+        .map_err(|_| anyhow::anyhow!("a client still holds the recorder"))?;
+    Ok((recorder.finish(), windows, end_us))
+}
+
+/// Progress lines on stderr (the harness has no logger of its own).
+fn tracing_free_log(line: &str) {
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("concord-jepsen: {line}");
+    }
+}
+
+/// Reads every key used, each read retried until it completes `ok` or the deadline passes.
+async fn final_reads(
+    workload: &ListAppend,
+    recorder: Arc<Recorder<concord_checker::Transaction>>,
+    session: Arc<scylla::client::session::Session>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + FINAL_READ_TIMEOUT;
+    let mut process = 1_000_000u64;
+    for transaction in workload.final_reads() {
+        loop {
+            let outcome = recorder
+                .record(ProcessId(process), &transaction, async {
+                    workload.execute(&session, &transaction).await
+                })
+                .await;
+            if matches!(outcome, Outcome::Ok(_)) {
+                break;
+            }
+            if matches!(outcome, Outcome::Info) {
+                process += 1;
+            }
+            if Instant::now() > deadline {
+                bail!("a final read did not succeed within {FINAL_READ_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
