@@ -227,9 +227,15 @@ impl Runtime {
         let thread = std::thread::Builder::new()
             .name(format!("concord-accord-{}", node_id.0))
             .spawn(move || {
+                let mut observer = observer;
                 let clock = MonotonicClock::new();
                 let journal: Box<dyn Journal> = journal;
                 let data: Box<dyn DataStore> = data;
+                // Replay applies writes too: the observer brackets it like a step, so a
+                // change feed paced by the floor passes the replayed writes before the
+                // runtime is reported open (a replica rebuilt right after must find the
+                // watermark above every write in the row store).
+                observer.before_step(Timestamp::ZERO);
                 let opened = Node::open(
                     config.node,
                     config.topology,
@@ -240,6 +246,7 @@ impl Runtime {
                 );
                 let (node, effects) = match opened {
                     Ok(opened) => {
+                        observer.after_step(opened.0.apply_floor());
                         let _ = opened_tx.send(Ok(()));
                         opened
                     }

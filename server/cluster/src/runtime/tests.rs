@@ -109,20 +109,27 @@ fn transactions_commit_and_replies_arrive() {
     assert!(runtime.stats().committed_max_hlc.load(Ordering::Relaxed) >= last.hlc);
 }
 
-/// Blocks the Node's thread in its first step until the test releases it.
+/// Blocks the Node's thread in its first step after the open (the journal replay is reported
+/// as a step too) until the test releases it.
 struct Gate {
+    opened: bool,
     entered: Option<mpsc::SyncSender<()>>,
     release: Option<mpsc::Receiver<()>>,
 }
 
 impl StepObserver for Gate {
     fn before_step(&mut self, _floor: Timestamp) {
+        if !self.opened {
+            return;
+        }
         if let (Some(entered), Some(release)) = (self.entered.take(), self.release.take()) {
             let _ = entered.send(());
             let _ = release.recv();
         }
     }
-    fn after_step(&mut self, _floor: Timestamp) {}
+    fn after_step(&mut self, _floor: Timestamp) {
+        self.opened = true;
+    }
 }
 
 #[test]
@@ -133,6 +140,7 @@ fn a_full_queue_refuses_new_work_and_loses_none() {
     let runtime = start(
         &engine,
         Box::new(Gate {
+            opened: false,
             entered: Some(entered_tx),
             release: Some(release_rx),
         }),
@@ -233,9 +241,15 @@ fn a_restart_replays_the_journal_before_taking_input() {
         );
         assert_eq!(list(&engine, &key), vec![1]);
     }
-    // Restart: replay applies the journaled transaction before any input is taken.
-    let runtime = start(&engine, Box::new(NoObserver));
+    // Restart: replay applies the journaled transaction before any input is taken, and
+    // the observer hears of it (with a floor above it) before `start` returns.
+    let (floors_tx, floors_rx) = mpsc::channel();
+    let runtime = start(&engine, Box::new(Floors(floors_tx, Timestamp::ZERO)));
     assert_eq!(list(&engine, &key), vec![1, 2]);
+    let (_, replay_floor) = floors_rx
+        .try_recv()
+        .expect("the replay is reported as a step before start returns");
+    assert!(replay_floor > before, "{replay_floor:?} vs {before:?}");
     let (after, read) = committed(&runtime.execute(append(&key, 3)).expect("an outcome"));
     assert!(after > before, "the clock witnessed the journal");
     assert_eq!(
