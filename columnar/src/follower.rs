@@ -3,41 +3,53 @@
 //! writer thread that rewrites the typed row segments after merges.
 //!
 //! ```text
-//! follower, every poll_interval (until stopped):
+//! follower, every poll_interval while it has nothing to apply (until stopped):
 //!   frontier = feed.frontier()            (before the snapshot: nothing below it can appear)
-//!   replica.catch_up(engine.snapshot(), frontier)
+//!   pending.push(frontier)                (frontiers not yet passed, oldest first)
+//!   replica.catch_up_chunk(engine.snapshot(), frontier.position_end)   (≤ CATCH_UP_RECORDS_MAX records)
 //!     FeedTruncated (retention passed the replica) →
 //!       (frontier, snapshot) = feed.quiesce(|f| (f, engine.snapshot()))   (short: no I/O inside)
 //!       replica.rebuild(snapshot, frontier)
-//!     (a delta past its bound: merge_cells(), then a row-segment request)
-//!   every merge_interval: replica.merge_cells(); replica.request_row_segments()
+//!   every pending frontier whose position_end the replica passed:
+//!     replica.advance_watermark(frontier.watermark)     (stepwise, after every chunk)
+//!   delta past its bound, or every merge_interval: replica.request_merge()
+//!   delta past twice its bound: replica.merge_cells() here (back-pressure)
 //! row writer (attached to the replica), on request (requests made while it
-//! writes coalesce into one more pass):
-//!   replica.write_row_segments()          (no state lock held while it writes)
+//! works coalesce into one more pass):
+//!   replica.merge_cells() if a merge was asked  (cell segments written outside the state lock)
+//!   replica.write_row_segments()                (no state lock held while it writes)
 //! ```
 //!
-//! A row-segment rewrite materialises a whole table, which takes seconds for
-//! a large one; on its own thread it no longer holds up catch-up, so the
-//! watermark keeps following the feed while it runs. Reads stay exact
-//! meanwhile: they leave the partitions merged since the old row segment
-//! (`dirty`) out of it, and a rewrite that a newer merge overtook is not
-//! installed (see [`Replica::write_row_segments`]).
+//! Merges and row-segment rewrites take seconds for a large table; on their
+//! own thread they no longer hold up catch-up, so the watermark keeps
+//! following the feed while they run, and it moves after every applied chunk
+//! (a frontier sampled before the chunk is passed), not only once a whole
+//! backlog is applied. Reads stay exact meanwhile: a merge installs its
+//! segments and drops the folded versions in one step under the state lock,
+//! reads leave the partitions merged since the old row segment (`dirty`) out
+//! of it, and a rewrite that a newer merge overtook is not installed (see
+//! [`Replica::write_row_segments`]).
 //!
 //! Neither thread writes the engine, so OLTP never waits for them; a
 //! follower that falls behind shows as a trailing watermark (queries at a
 //! fresh snapshot wait, up to their bound). Errors are logged here, where
 //! they are handled, and the loops retry.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use concord_storage::engine::Engine;
-use concord_storage::feed::ChangeFeed;
+use concord_storage::feed::{ChangeFeed, FeedFrontier};
 
 use crate::replica::Replica;
 use crate::{Error, Result};
+
+/// Frontiers the follower remembers while it works through a backlog (one
+/// per applied chunk); past it, it samples no more until it passes some.
+pub const PENDING_FRONTIERS_MAX: usize = 4096;
 
 /// How often the follower looks at the feed and merges.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +94,11 @@ impl Follower {
                 .name("concord-columnar-rows".into())
                 .spawn(move || {
                     while replica.next_row_segment_request(&stopping) {
+                        if replica.take_merge_request()
+                            && let Err(error) = replica.merge_cells()
+                        {
+                            tracing::warn!(%error, "columnar row writer: merge failed, retrying");
+                        }
                         if let Err(error) = replica.write_row_segments() {
                             tracing::warn!(%error, "columnar row writer: row segments not written");
                         }
@@ -99,16 +116,28 @@ impl Follower {
             .name("concord-columnar-follower".into())
             .spawn(move || {
                 let mut last_merge = Instant::now();
+                let mut pending: VecDeque<FeedFrontier> = VecDeque::new();
                 while !stopping.load(Ordering::Acquire) {
                     let frontier = feed.frontier();
-                    match following.catch_up(&engine.snapshot(), frontier) {
-                        Ok(_) => {}
+                    let newer = pending.back().is_none_or(|last| {
+                        last.position_end < frontier.position_end
+                            || last.watermark < frontier.watermark
+                    });
+                    if newer && pending.len() < PENDING_FRONTIERS_MAX {
+                        pending.push_back(frontier);
+                    }
+                    let mut idle = true;
+                    match following.catch_up_chunk(&engine.snapshot(), frontier.position_end) {
+                        Ok(chunk) => {
+                            idle = chunk.n_records_applied + chunk.n_records_skipped == 0;
+                        }
                         Err(Error::FeedTruncated { next, floor }) => {
                             tracing::warn!(
                                 next,
                                 floor,
                                 "columnar follower: behind the feed's retention, rebuilding"
                             );
+                            pending.clear();
                             let (frontier, snapshot) =
                                 feed.quiesce(|frontier| (frontier, engine.snapshot()));
                             if let Err(error) = following.rebuild(&snapshot, frontier) {
@@ -119,17 +148,36 @@ impl Follower {
                             tracing::warn!(%error, "columnar follower: catch-up failed, retrying");
                         }
                     }
-                    if last_merge.elapsed() >= options.merge_interval {
+                    let next = following.next_position();
+                    let mut passed = None;
+                    while let Some(oldest) = pending.front().copied()
+                        && oldest.position_end <= next
+                    {
+                        passed = Some(oldest.watermark);
+                        pending.pop_front();
+                    }
+                    if let Some(watermark) = passed {
+                        following.advance_watermark(watermark);
+                    }
+                    let n_delta = following.n_delta_versions();
+                    let max = following.delta_versions_max();
+                    if n_delta > max.saturating_mul(2) {
+                        // The row writer does not keep up: merge here, so
+                        // the delta stays bounded (catch-up waits meanwhile).
                         if let Err(error) = following.merge_cells() {
                             tracing::warn!(%error, "columnar follower: merge failed, retrying");
                         }
-                        // Also after a merge that moved nothing: a table may
-                        // still lack a row segment (a new definition, a failed
-                        // write).
                         following.request_row_segments();
+                    } else if n_delta > max || last_merge.elapsed() >= options.merge_interval {
+                        // Also when nothing is left to merge: a table may
+                        // still lack a row segment (a new definition, a
+                        // failed write).
+                        following.request_merge();
                         last_merge = Instant::now();
                     }
-                    std::thread::sleep(options.poll_interval);
+                    if idle {
+                        std::thread::sleep(options.poll_interval);
+                    }
                 }
             })
             .map_err(|source| Error::Io {

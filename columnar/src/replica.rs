@@ -55,6 +55,12 @@ pub const DELTA_VERSIONS_MAX_DEFAULT: usize = 1 << 20;
 pub const SEGMENTS_PER_TABLE_MAX: usize = 8;
 /// The memory the scan cache holds by default (whole-table scans as Arrow).
 pub const SCAN_CACHE_BYTES_MAX_DEFAULT: usize = 256 << 20;
+/// Cells (bytes, with per-entry overhead) a row-segment write converts at
+/// a time by default: it streams the table in chunks of whole partitions of
+/// about this size (`ColumnarOptions::row_segment_write_chunk_bytes`).
+pub const ROW_SEGMENT_WRITE_CHUNK_BYTES: usize = 64 << 20;
+/// Bytes counted per cell entry held in memory beside its key and value.
+const CELL_ENTRY_OVERHEAD_BYTES: usize = 64;
 /// Rows per page of a replica scan.
 const SCAN_PAGE_ROWS: usize = 8192;
 /// Partitions a table may have merged into cell segments since its row
@@ -73,8 +79,15 @@ struct Version {
     cell: Vec<u8>,
 }
 
+/// Gives every [`TableState`] a distinct incarnation, so a merge that
+/// folded a table's delta outside the state lock installs its segment only
+/// into the same table state (not one a `TRUNCATE` or `DROP` + `CREATE`
+/// made meanwhile).
+static NEXT_TABLE_INCARNATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 #[derive(Debug)]
 struct TableState {
+    incarnation: u64,
     def: Option<Arc<TableDef>>,
     /// The newest write time of any version applied to the table: a cached
     /// scan at `T` stays exact while this is at or below `T`.
@@ -92,6 +105,7 @@ struct TableState {
 impl Default for TableState {
     fn default() -> TableState {
         TableState {
+            incarnation: NEXT_TABLE_INCARNATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             def: None,
             write_time_max: WriteTime(i64::MIN),
             delta: BTreeMap::new(),
@@ -146,6 +160,9 @@ struct State {
     tables: BTreeMap<TableId, TableState>,
     next_position: FeedPosition,
     horizon: WriteTime,
+    /// The horizon a merge under way folds to (`i64::MIN` when none): no
+    /// snapshot below it may be held from when the merge starts.
+    pending_horizon: WriteTime,
     merged_position: FeedPosition,
     /// The position in the stored manifest: the feed before it may be dropped.
     durable_position: FeedPosition,
@@ -207,10 +224,15 @@ pub struct Replica {
     scan_cache: Mutex<BTreeMap<TableId, CachedScan>>,
     scan_cache_bytes_max: usize,
     row_segment_dirty_percent_max: usize,
+    row_segment_write_chunk_bytes: usize,
     n_scan_cache_hits: std::sync::atomic::AtomicU64,
     n_row_segment_scans: std::sync::atomic::AtomicU64,
     row_writer: Mutex<RowWriterRequests>,
     row_writer_requested: Condvar,
+    /// Serialises what rewrites cell segments or the manifest (merges,
+    /// rebuilds, table drops), so a merge may write its segments without the
+    /// state lock. Taken before `state`, never after.
+    merge_lock: Mutex<()>,
 }
 
 /// Row-segment passes asked of a row writer thread (the follower's): while
@@ -222,6 +244,8 @@ struct RowWriterRequests {
     /// One pending flag: requests made while a pass runs coalesce into one
     /// more pass.
     pending: bool,
+    /// The pending pass starts with a cell merge ([`Replica::merge_cells`]).
+    merge: bool,
 }
 
 /// Keeps a snapshot's versions from being merged away while it is held.
@@ -278,6 +302,7 @@ impl Replica {
                 tables,
                 next_position: manifest.position,
                 horizon: manifest.horizon,
+                pending_horizon: WriteTime(i64::MIN),
                 merged_position: manifest.merged_position,
                 durable_position: manifest.position,
                 open_snapshots: BTreeMap::new(),
@@ -291,10 +316,12 @@ impl Replica {
             scan_cache: Mutex::new(BTreeMap::new()),
             scan_cache_bytes_max: SCAN_CACHE_BYTES_MAX_DEFAULT,
             row_segment_dirty_percent_max: ROW_SEGMENT_DIRTY_PERCENT_MAX_DEFAULT,
+            row_segment_write_chunk_bytes: ROW_SEGMENT_WRITE_CHUNK_BYTES,
             n_scan_cache_hits: std::sync::atomic::AtomicU64::new(0),
             n_row_segment_scans: std::sync::atomic::AtomicU64::new(0),
             row_writer: Mutex::new(RowWriterRequests::default()),
             row_writer_requested: Condvar::new(),
+            merge_lock: Mutex::new(()),
         })
     }
 
@@ -318,6 +345,23 @@ impl Replica {
     pub fn request_row_segments(&self) {
         self.row_writer.lock().pending = true;
         self.row_writer_requested.notify_all();
+    }
+
+    /// Asks the attached row writer for a pass that first merges the delta
+    /// into cell segments ([`Replica::merge_cells`]), then writes row
+    /// segments: the follower's merges run there, off its catch-up thread.
+    pub fn request_merge(&self) {
+        let mut requests = self.row_writer.lock();
+        requests.pending = true;
+        requests.merge = true;
+        drop(requests);
+        self.row_writer_requested.notify_all();
+    }
+
+    /// Takes a pending merge request (the row writer asks after
+    /// [`Replica::next_row_segment_request`] returned `true`).
+    pub fn take_merge_request(&self) -> bool {
+        std::mem::take(&mut self.row_writer.lock().merge)
     }
 
     /// The row writer's wait: returns `true` when a pass was requested
@@ -361,6 +405,7 @@ impl Replica {
     /// # Errors
     /// As [`Replica::merge`]: the manifest is rewritten without the table.
     pub fn drop_table(&self, table: TableId) -> Result<()> {
+        let _merging = self.merge_lock.lock();
         let mut state = self.state.write();
         self.scan_cache.lock().remove(&table);
         if let Some(removed) = state.tables.remove(&table) {
@@ -417,8 +462,12 @@ impl Replica {
     }
 
     /// Reads the feed from the replica's position up to `frontier`, applies
-    /// it, then advances the watermark to the frontier's. Merges when the
-    /// delta holds more than its bound.
+    /// it, then advances the watermark to the frontier's. Merges (inline:
+    /// the cell segments are written outside the state lock) when the delta
+    /// holds more than its bound, then writes row segments or leaves them to
+    /// an attached row writer. The follower uses [`Replica::catch_up_chunk`]
+    /// and [`Replica::advance_watermark`] instead, which move the watermark
+    /// after every chunk and leave merges to the row writer thread.
     ///
     /// # Errors
     /// Storage errors reading or decoding the feed; a record that the
@@ -426,42 +475,84 @@ impl Replica {
     /// accepted it).
     pub fn catch_up(&self, view: &dyn ReadView, frontier: FeedFrontier) -> Result<CatchUp> {
         let mut outcome = CatchUp::default();
-        let floor = feed::retention_floor(view)?;
-        let next = self.state.read().next_position;
-        if next < floor {
-            return Err(Error::FeedTruncated {
-                next: next.0,
-                floor: floor.0,
-            });
-        }
         loop {
-            let from = self.state.read().next_position;
-            let records = feed::read_from(view, from, frontier.position_end, CATCH_UP_RECORDS_MAX)?;
-            let Some(last) = records.last().map(|record| record.position) else {
-                break;
-            };
-            let mut state = self.state.write();
-            for record in &records {
-                if self.apply(&mut state, record)? {
-                    outcome.n_records_applied += 1;
-                } else {
-                    outcome.n_records_skipped += 1;
-                }
-            }
-            state.next_position = FeedPosition(last.0 + 1);
-            let over = state.n_delta_versions > self.delta_versions_max;
-            drop(state);
-            if over {
+            let chunk = self.catch_up_chunk(view, frontier.position_end)?;
+            outcome.n_records_applied += chunk.n_records_applied;
+            outcome.n_records_skipped += chunk.n_records_skipped;
+            if self.n_delta_versions() > self.delta_versions_max {
                 self.merge_cells()?;
                 self.row_segments_after_merge()?;
             }
+            if chunk.n_records_applied + chunk.n_records_skipped == 0 {
+                break;
+            }
         }
-        let mut watermark = self.watermark.lock();
-        if frontier.watermark > *watermark {
-            *watermark = frontier.watermark;
-            self.watermark_advanced.notify_all();
+        self.advance_watermark(frontier.watermark);
+        Ok(outcome)
+    }
+
+    /// Applies at most [`CATCH_UP_RECORDS_MAX`] feed records from the
+    /// replica's position, below `position_end` (a frontier's: `view` must be
+    /// an engine snapshot taken after that frontier). It does not move the
+    /// watermark: once [`Replica::next_position`] reaches a frontier's
+    /// `position_end`, the caller may [`Replica::advance_watermark`] to its
+    /// watermark (C11: every write at or below it is applied then). Applied
+    /// and skipped counts are zero when nothing was left below
+    /// `position_end`.
+    ///
+    /// # Errors
+    /// `FeedTruncated` when retention dropped records the replica still
+    /// needs; as [`Replica::catch_up`].
+    pub fn catch_up_chunk(
+        &self,
+        view: &dyn ReadView,
+        position_end: FeedPosition,
+    ) -> Result<CatchUp> {
+        let mut outcome = CatchUp::default();
+        let from = self.state.read().next_position;
+        if from >= position_end {
+            return Ok(outcome);
+        }
+        let floor = feed::retention_floor(view)?;
+        if from < floor {
+            return Err(Error::FeedTruncated {
+                next: from.0,
+                floor: floor.0,
+            });
+        }
+        let records = feed::read_from(view, from, position_end, CATCH_UP_RECORDS_MAX)?;
+        let mut state = self.state.write();
+        if state.next_position != from {
+            // A rebuild moved the replica meanwhile; the caller asks again.
+            return Ok(outcome);
+        }
+        for record in &records {
+            if self.apply(&mut state, record)? {
+                outcome.n_records_applied += 1;
+            } else {
+                outcome.n_records_skipped += 1;
+            }
+            // Per record, so an error leaves no applied record behind the
+            // position (a retry would apply it twice).
+            state.next_position = FeedPosition(record.position.0 + 1);
         }
         Ok(outcome)
+    }
+
+    /// Moves the watermark up to `watermark` (never down) and wakes the
+    /// queries waiting for it. Call it only with a frontier's watermark once
+    /// every record below the frontier's `position_end` is applied.
+    pub fn advance_watermark(&self, watermark: WriteTime) {
+        let mut current = self.watermark.lock();
+        if watermark > *current {
+            *current = watermark;
+            self.watermark_advanced.notify_all();
+        }
+    }
+
+    /// The delta's bound ([`ColumnarOptions::delta_versions_max`](crate::ColumnarOptions)).
+    pub fn delta_versions_max(&self) -> usize {
+        self.delta_versions_max
     }
 
     fn apply(&self, state: &mut State, record: &FeedRecord) -> Result<bool> {
@@ -524,6 +615,7 @@ impl Replica {
     /// Storage errors reading the view; `Io` writing segments or the manifest
     /// (nothing changed unless the manifest failed, as in [`Replica::merge`]).
     pub fn rebuild(&self, view: &dyn ReadView, frontier: FeedFrontier) -> Result<()> {
+        let merging = self.merge_lock.lock();
         let mut state = self.state.write();
         let mut rebuilt: Vec<(TableId, Arc<Segment>)> = Vec::new();
         for (table_id, table) in &state.tables {
@@ -573,10 +665,8 @@ impl Replica {
         self.store_manifest(&mut state)?;
         retired.iter().for_each(|segment| segment.retire());
         drop(state);
-        let mut watermark = self.watermark.lock();
-        *watermark = (*watermark).max(frontier.watermark);
-        self.watermark_advanced.notify_all();
-        drop(watermark);
+        drop(merging);
+        self.advance_watermark(frontier.watermark);
         self.write_row_segments()
     }
 
@@ -611,10 +701,13 @@ impl Replica {
     /// `SnapshotTooOld` if a merge already folded past it.
     pub fn hold_snapshot(self: &Arc<Self>, snapshot: WriteTime) -> Result<SnapshotGuard> {
         let mut state = self.state.write();
-        if snapshot < state.horizon {
+        // A merge under way folds up to `pending_horizon`: a snapshot below
+        // it would lose its versions when the merge installs.
+        let horizon = state.horizon.max(state.pending_horizon);
+        if snapshot < horizon {
             return Err(Error::SnapshotTooOld {
                 snapshot: snapshot.0,
-                horizon: state.horizon.0,
+                horizon: horizon.0,
             });
         }
         *state.open_snapshots.entry(snapshot).or_insert(0) += 1;
@@ -651,15 +744,42 @@ impl Replica {
     /// or storing the manifest (then memory moved on and the durable state is
     /// the previous one: both are complete).
     pub fn merge_cells(&self) -> Result<WriteTime> {
+        let _merging = self.merge_lock.lock();
         let watermark = self.watermark();
+        let horizon = {
+            let mut state = self.state.write();
+            let oldest_snapshot = state.open_snapshots.keys().next().copied();
+            let horizon = oldest_snapshot.map_or(watermark, |oldest| oldest.min(watermark));
+            if horizon <= state.horizon {
+                return Ok(state.horizon);
+            }
+            // From here no snapshot below `horizon` can be taken (C5).
+            state.pending_horizon = horizon;
+            horizon
+        };
+        let merged = self.merge_cells_to(horizon);
         let mut state = self.state.write();
-        let oldest_snapshot = state.open_snapshots.keys().next().copied();
-        let horizon = oldest_snapshot.map_or(watermark, |oldest| oldest.min(watermark));
-        if horizon <= state.horizon {
-            return Ok(state.horizon);
-        }
-        let mut new_segments: Vec<(TableId, Arc<Segment>, Vec<Arc<Segment>>)> = Vec::new();
-        for (table_id, table) in &state.tables {
+        state.pending_horizon = WriteTime(i64::MIN);
+        drop(state);
+        merged
+    }
+
+    /// [`Replica::merge_cells`] to `horizon`, under the merge lock: the
+    /// winners are collected per table under the read lock (catch-up applies
+    /// only versions above the watermark meanwhile, so the versions at or
+    /// below `horizon` do not change), the segments are written with no lock
+    /// held (queries and catch-up go on), and the result is installed under
+    /// the write lock; the manifest is stored after it.
+    fn merge_cells_to(&self, horizon: WriteTime) -> Result<WriteTime> {
+        let table_ids: Vec<TableId> = self.state.read().tables.keys().copied().collect();
+        // (table, incarnation, winners at or below the horizon, segments read)
+        type Work = (TableId, u64, Vec<SegmentCell>, Vec<Arc<Segment>>);
+        let mut work: Vec<Work> = Vec::new();
+        for table_id in table_ids {
+            let state = self.state.read();
+            let Some(table) = state.tables.get(&table_id) else {
+                continue;
+            };
             let mut cells: Vec<SegmentCell> = Vec::new();
             for (key, versions) in &table.delta {
                 let mut winner: Option<&Version> = None;
@@ -673,21 +793,54 @@ impl Replica {
                     cells.push((key.clone(), winner.write_time, winner.cell.clone()));
                 }
             }
-            let id = state.next_segment_id + new_segments.len() as u64;
-            if table.segments.len() + usize::from(!cells.is_empty()) > SEGMENTS_PER_TABLE_MAX {
-                let merged = fold_segments(&table.segments, cells)?;
-                let segment = Segment::write(&self.dir, *table_id, id, &merged)?;
-                new_segments.push((*table_id, Arc::new(segment), table.segments.clone()));
-            } else if !cells.is_empty() {
-                let segment = Segment::write(&self.dir, *table_id, id, &cells)?;
-                new_segments.push((*table_id, Arc::new(segment), Vec::new()));
+            if !cells.is_empty() || table.segments.len() > SEGMENTS_PER_TABLE_MAX {
+                work.push((table_id, table.incarnation, cells, table.segments.clone()));
+            }
+        }
+        let first_id = {
+            let mut state = self.state.write();
+            let first_id = state.next_segment_id;
+            state.next_segment_id += work.len() as u64;
+            first_id
+        };
+        // (table, incarnation, new segment, segments it replaces)
+        type Written = (TableId, u64, Arc<Segment>, Vec<Arc<Segment>>);
+        let mut written: Vec<Written> = Vec::new();
+        for (offset, (table_id, incarnation, cells, segments)) in work.into_iter().enumerate() {
+            let id = first_id + offset as u64;
+            let outcome = if segments.len() + usize::from(!cells.is_empty())
+                > SEGMENTS_PER_TABLE_MAX
+            {
+                fold_segments(&self.dir, table_id, id, &segments, cells)
+                    .map(|segment| (segment, segments))
+            } else {
+                Segment::write(&self.dir, table_id, id, &cells).map(|segment| (segment, Vec::new()))
+            };
+            match outcome {
+                Ok((segment, replaced)) => {
+                    written.push((table_id, incarnation, Arc::new(segment), replaced));
+                }
+                Err(error) => {
+                    written
+                        .iter()
+                        .for_each(|(_, _, segment, _)| segment.retire());
+                    let _ = std::fs::remove_file(self.dir.join(Segment::file_name(table_id, id)));
+                    return Err(error);
+                }
             }
         }
         // Only now change the in-memory state: segments are written.
+        let mut state = self.state.write();
         let mut retired = Vec::new();
-        state.next_segment_id += new_segments.len() as u64;
-        for (table_id, segment, replaced) in new_segments {
-            let table = state.tables.entry(table_id).or_default();
+        for (table_id, incarnation, segment, replaced) in written {
+            let table = match state.tables.get_mut(&table_id) {
+                Some(table) if table.incarnation == incarnation => table,
+                // Dropped or truncated meanwhile: the rows are gone.
+                _ => {
+                    segment.retire();
+                    continue;
+                }
+            };
             table
                 .segments
                 .retain(|old| !replaced.iter().any(|r| Arc::ptr_eq(r, old)));
@@ -709,10 +862,14 @@ impl Replica {
         state.n_delta_versions -= n_removed;
         state.horizon = horizon;
         state.merged_position = state.next_position;
+        let manifest = manifest_of(&state);
+        drop(state);
         // If the manifest cannot be stored it still names the old segments and
         // position, which hold everything, so a restart is exact; this process
-        // keeps the new in-memory state, which is complete.
-        self.store_manifest(&mut state)?;
+        // keeps the new in-memory state, which is complete. The merge lock
+        // keeps manifests stored in the order their states were made.
+        manifest.store(&self.dir)?;
+        self.state.write().durable_position = manifest.position;
         retired.iter().for_each(|segment| segment.retire());
         Ok(horizon)
     }
@@ -789,7 +946,11 @@ impl Replica {
         Ok(())
     }
 
-    /// Materialises `def`'s rows at `horizon` from its cell segments.
+    /// Materialises `def`'s rows at `horizon` from its cell segments,
+    /// streaming: the segments are merged in key order and converted a
+    /// chunk of whole partitions at a time (about
+    /// [`ROW_SEGMENT_WRITE_CHUNK_BYTES`] of cells; a larger partition is one
+    /// chunk), so memory does not grow with the table.
     fn write_row_segment(
         &self,
         def: &Arc<TableDef>,
@@ -797,46 +958,34 @@ impl Replica {
         horizon: WriteTime,
         id: u64,
     ) -> Result<RowSegment> {
-        let mut winners: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        for segment in segments {
-            segment.read(None, None, &mut |key, cell| offer(&mut winners, key, cell))?;
-        }
-        let view = CellView { cells: winners };
-        let now_seconds = horizon.seconds();
-        let expiries = view.partition_expiries(def, now_seconds)?;
+        let mut merged = MergedCells::open(segments)?;
         let mut writer = RowSegment::writer(&self.dir, Arc::clone(def), id, horizon)?;
-        let mut cursor = None;
+        let mut chunk: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut chunk_bytes = 0;
+        let mut partition: Option<Vec<u8>> = None;
         loop {
-            let page = rows::scan_token_range(
-                &view,
-                def,
-                &TokenRange::full_ring(),
-                cursor.as_ref(),
-                SCAN_PAGE_ROWS,
-                now_seconds,
-            )?;
-            if !page.partitions.is_empty() {
-                let batch = crate::sql::to_record_batch(def, &page.partitions)?;
-                let prefixes: Vec<Vec<u8>> = page
-                    .partitions
-                    .iter()
-                    .map(|p| keys::encode_partition(def, &p.key).map(|e| e.prefix))
-                    .collect::<concord_storage::Result<_>>()?;
-                let mut row_prefixes: Vec<&[u8]> = Vec::with_capacity(batch.num_rows());
-                let mut row_expiries = Vec::with_capacity(batch.num_rows());
-                for (partition, prefix) in page.partitions.iter().zip(&prefixes) {
-                    let expiry = expiries.get(prefix).copied();
-                    for _ in 0..partition.rows.len().max(1) {
-                        row_prefixes.push(prefix);
-                        row_expiries.push(expiry);
-                    }
+            let next = merged.next()?;
+            let new_partition = match &next {
+                Some((key, _)) => !partition.as_ref().is_some_and(|p| key.starts_with(p)),
+                None => true,
+            };
+            if new_partition {
+                if next.is_none() || chunk_bytes >= self.row_segment_write_chunk_bytes {
+                    let view = CellView {
+                        cells: std::mem::take(&mut chunk),
+                    };
+                    write_rows(&view, def, horizon, &mut writer)?;
+                    chunk_bytes = 0;
                 }
-                writer.append(&batch, &row_prefixes, &row_expiries)?;
+                if let Some((key, _)) = &next {
+                    partition = Some(partition_prefix(def, key)?);
+                }
             }
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
+            let Some((key, cell)) = next else {
+                break;
+            };
+            chunk_bytes += key.len() + cell.len() + CELL_ENTRY_OVERHEAD_BYTES;
+            chunk.insert(key, cell);
         }
         writer.finish()
     }
@@ -848,25 +997,9 @@ impl Replica {
     }
 
     fn store_manifest(&self, state: &mut State) -> Result<()> {
-        let position = state
-            .tables
-            .values()
-            .flat_map(|table| table.delta.values().flatten())
-            .map(|version| version.position)
-            .min()
-            .unwrap_or(state.next_position);
-        Manifest {
-            position,
-            horizon: state.horizon,
-            merged_position: state.merged_position,
-            segments: state
-                .tables
-                .iter()
-                .flat_map(|(table, t)| t.segments.iter().map(|s| (*table, s.id, s.n_cells)))
-                .collect(),
-        }
-        .store(&self.dir)?;
-        state.durable_position = position;
+        let manifest = manifest_of(state);
+        manifest.store(&self.dir)?;
+        state.durable_position = manifest.position;
         Ok(())
     }
 
@@ -874,6 +1007,12 @@ impl Replica {
     /// [`ROW_SEGMENT_DIRTY_PERCENT_MAX_DEFAULT`]).
     pub fn set_row_segment_dirty_percent_max(&mut self, percent: usize) {
         self.row_segment_dirty_percent_max = percent;
+    }
+
+    /// Sets how many bytes of cells a row-segment write converts at a time
+    /// (see [`ROW_SEGMENT_WRITE_CHUNK_BYTES`]).
+    pub fn set_row_segment_write_chunk_bytes(&mut self, bytes: usize) {
+        self.row_segment_write_chunk_bytes = bytes;
     }
 
     /// Sets the memory the scan cache may hold (whole-table scans kept as
@@ -1104,6 +1243,126 @@ impl Replica {
     }
 }
 
+/// Appends the live rows of `view` (whole partitions of `def`) at
+/// `horizon` to a row segment.
+fn write_rows(
+    view: &CellView,
+    def: &Arc<TableDef>,
+    horizon: WriteTime,
+    writer: &mut crate::row_segment::RowSegmentWriter,
+) -> Result<()> {
+    if view.cells.is_empty() {
+        return Ok(());
+    }
+    let now_seconds = horizon.seconds();
+    let expiries = view.partition_expiries(def, now_seconds)?;
+    let mut cursor = None;
+    loop {
+        let page = rows::scan_token_range(
+            view,
+            def,
+            &TokenRange::full_ring(),
+            cursor.as_ref(),
+            SCAN_PAGE_ROWS,
+            now_seconds,
+        )?;
+        if !page.partitions.is_empty() {
+            let batch = crate::sql::to_record_batch(def, &page.partitions)?;
+            let prefixes: Vec<Vec<u8>> = page
+                .partitions
+                .iter()
+                .map(|p| keys::encode_partition(def, &p.key).map(|e| e.prefix))
+                .collect::<concord_storage::Result<_>>()?;
+            let mut row_prefixes: Vec<&[u8]> = Vec::with_capacity(batch.num_rows());
+            let mut row_expiries = Vec::with_capacity(batch.num_rows());
+            for (partition, prefix) in page.partitions.iter().zip(&prefixes) {
+                let expiry = expiries.get(prefix).copied();
+                for _ in 0..partition.rows.len().max(1) {
+                    row_prefixes.push(prefix);
+                    row_expiries.push(expiry);
+                }
+            }
+            writer.append(&batch, &row_prefixes, &row_expiries)?;
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// The cells of a table's cell segments in key order, one winner per key
+/// (the last-write-wins rule across segments): a k-way merge holding one
+/// batch per segment.
+struct MergedCells {
+    sources: Vec<crate::segment::SegmentCells>,
+    heads: Vec<Option<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl MergedCells {
+    fn open(segments: &[Arc<Segment>]) -> Result<MergedCells> {
+        let mut sources = Vec::with_capacity(segments.len());
+        let mut heads = Vec::with_capacity(segments.len());
+        for segment in segments {
+            let mut cells = segment.cells()?;
+            heads.push(cells.next_cell()?);
+            sources.push(cells);
+        }
+        Ok(MergedCells { sources, heads })
+    }
+
+    fn next(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let mut least: Option<usize> = None;
+        for (idx, head) in self.heads.iter().enumerate() {
+            if let Some((key, _)) = head
+                && least.is_none_or(|l| self.heads[l].as_ref().is_some_and(|(k, _)| key < k))
+            {
+                least = Some(idx);
+            }
+        }
+        let Some(least) = least else {
+            return Ok(None);
+        };
+        let Some((key, mut cell)) = self.heads[least].take() else {
+            return Ok(None);
+        };
+        self.heads[least] = self.sources[least].next_cell()?;
+        for idx in 0..self.heads.len() {
+            while let Some((other, other_cell)) = &self.heads[idx]
+                && *other == key
+            {
+                if wins(other_cell, &cell)? {
+                    cell = other_cell.clone();
+                }
+                self.heads[idx] = self.sources[idx].next_cell()?;
+            }
+        }
+        Ok(Some((key, cell)))
+    }
+}
+
+/// The manifest describing `state`: resume from the oldest position still
+/// only in the delta.
+fn manifest_of(state: &State) -> Manifest {
+    let position = state
+        .tables
+        .values()
+        .flat_map(|table| table.delta.values().flatten())
+        .map(|version| version.position)
+        .min()
+        .unwrap_or(state.next_position);
+    Manifest {
+        position,
+        horizon: state.horizon,
+        merged_position: state.merged_position,
+        segments: state
+            .tables
+            .iter()
+            .flat_map(|(table, t)| t.segments.iter().map(|s| (*table, s.id, s.n_cells)))
+            .collect(),
+    }
+}
+
 /// The partition prefix of a row-store key of `def`.
 fn partition_prefix(def: &TableDef, key: &[u8]) -> Result<Vec<u8>> {
     Ok(keys::decode_partition(def, key)?.0.prefix)
@@ -1241,12 +1500,11 @@ fn charge_new(
     cell: &[u8],
     charge: &mut dyn FnMut(usize) -> Result<()>,
 ) -> Result<()> {
-    // Key, value and the map's per-entry overhead.
-    const ENTRY_OVERHEAD_BYTES: usize = 64;
     if winners.contains_key(key) {
         return Ok(());
     }
-    charge(key.len() + cell.len() + ENTRY_OVERHEAD_BYTES)
+    // Key, value and the map's per-entry overhead.
+    charge(key.len() + cell.len() + CELL_ENTRY_OVERHEAD_BYTES)
 }
 
 fn wins(candidate: &[u8], current: &[u8]) -> Result<bool> {
@@ -1267,21 +1525,48 @@ fn offer(winners: &mut BTreeMap<Vec<u8>, Vec<u8>>, key: &[u8], cell: &[u8]) -> R
     Ok(())
 }
 
-fn fold_segments(segments: &[Arc<Segment>], cells: Vec<SegmentCell>) -> Result<Vec<SegmentCell>> {
-    let mut winners: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-    for segment in segments {
-        segment.read(None, None, &mut |key, cell| offer(&mut winners, key, cell))?;
+/// Compacts `segments` and `cells` (sorted, one per key) into segment `id`,
+/// streaming: a k-way merge of the segments with the new cells, written a
+/// row group at a time.
+fn fold_segments(
+    dir: &Path,
+    table: TableId,
+    id: u64,
+    segments: &[Arc<Segment>],
+    cells: Vec<SegmentCell>,
+) -> Result<Segment> {
+    let mut merged = MergedCells::open(segments)?;
+    let mut writer = crate::segment::SegmentWriter::create(dir, table, id)?;
+    let mut new_cells = cells.into_iter().peekable();
+    let mut old = merged.next()?;
+    loop {
+        let take_new = match (&old, new_cells.peek()) {
+            (None, None) => break,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+            (Some((old_key, _)), Some((new_key, _, _))) => new_key <= old_key,
+        };
+        if take_new {
+            let Some((key, _, mut cell)) = new_cells.next() else {
+                break;
+            };
+            if let Some((old_key, old_cell)) = &old
+                && *old_key == key
+            {
+                if wins(old_cell, &cell)? {
+                    cell = old_cell.clone();
+                }
+                old = merged.next()?;
+            }
+            let write_time = cell::CellHeader::decode(&cell)?.write_time;
+            writer.append(&key, write_time, &cell)?;
+        } else if let Some((key, cell)) = old.take() {
+            let write_time = cell::CellHeader::decode(&cell)?.write_time;
+            writer.append(&key, write_time, &cell)?;
+            old = merged.next()?;
+        }
     }
-    for (key, _, cell) in &cells {
-        offer(&mut winners, key, cell)?;
-    }
-    winners
-        .into_iter()
-        .map(|(key, cell)| {
-            let header = cell::CellHeader::decode(&cell)?;
-            Ok((key, header.write_time, cell))
-        })
-        .collect()
+    writer.finish()
 }
 
 /// Cells of dropped columns are left out: the record was valid when applied,

@@ -77,6 +77,9 @@ pub struct RowSegment {
     pub horizon: WriteTime,
     pub n_rows: usize,
     pub size_bytes: u64,
+    /// The earliest `_concord_expiry` of any row (`None`: nothing expires):
+    /// a read before it needs no look at the file's expiry column.
+    pub expiry_min: Option<i64>,
     path: PathBuf,
     obsolete: std::sync::atomic::AtomicBool,
 }
@@ -91,6 +94,7 @@ pub struct RowSegmentWriter {
     path: PathBuf,
     writer: ArrowWriter<File>,
     n_rows: usize,
+    expiry_min: Option<i64>,
 }
 
 impl std::fmt::Debug for RowSegmentWriter {
@@ -139,6 +143,7 @@ impl RowSegment {
             path,
             writer,
             n_rows: 0,
+            expiry_min: None,
         })
     }
 
@@ -161,6 +166,12 @@ impl RowSegment {
     /// # Errors
     /// `Io` / `Corruption` when the file cannot be read.
     pub fn expiring_partitions(&self, now_seconds: i64) -> Result<Vec<Vec<u8>>> {
+        if self
+            .expiry_min
+            .is_none_or(|expiry_min| expiry_min > now_seconds)
+        {
+            return Ok(Vec::new());
+        }
         let file = File::open(&self.path).map_err(|source| Error::Io {
             context: format!("open row segment {}", self.path.display()),
             source,
@@ -263,6 +274,9 @@ impl RowSegmentWriter {
             .write(&batch)
             .map_err(parquet_error("write row segment"))?;
         self.n_rows += n_rows;
+        if let Some(batch_min) = expiries.iter().flatten().min() {
+            self.expiry_min = Some(self.expiry_min.map_or(*batch_min, |m| m.min(*batch_min)));
+        }
         Ok(())
     }
 
@@ -292,6 +306,7 @@ impl RowSegmentWriter {
             horizon: self.horizon,
             n_rows: self.n_rows,
             size_bytes,
+            expiry_min: self.expiry_min,
             path: self.path,
             obsolete: false.into(),
         })

@@ -39,6 +39,8 @@ pub type SegmentCell = (Vec<u8>, WriteTime, Vec<u8>);
 /// Receives each `(key, encoded cell)` a segment read yields.
 pub type CellVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
 
+/// Cells a segment read decodes at a time.
+const SEGMENT_READ_BATCH_CELLS: usize = 8192;
 /// Cells per Parquet row group: the unit of pruning.
 pub const SEGMENT_ROW_GROUP_CELLS_MAX: usize = 16 * 1024;
 const MANIFEST_FILE: &str = "MANIFEST";
@@ -87,42 +89,28 @@ impl Segment {
     /// # Errors
     /// `Io` when the file cannot be written; `Internal` for unsorted cells.
     pub fn write(dir: &Path, table: TableId, id: u64, cells: &[SegmentCell]) -> Result<Segment> {
-        if !cells.windows(2).all(|pair| pair[0].0 < pair[1].0) {
-            return Err(Error::Internal(
-                "segment cells are not sorted by key".into(),
-            ));
+        let mut writer = SegmentWriter::create(dir, table, id)?;
+        for (key, write_time, cell) in cells {
+            writer.append(key, *write_time, cell)?;
         }
-        let path = Self::path_for(dir, table, id);
-        let file = File::create(&path).map_err(io_error("create segment", &path))?;
-        let properties = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(SEGMENT_ROW_GROUP_CELLS_MAX))
-            .set_statistics_enabled(EnabledStatistics::Chunk)
-            .build();
-        let mut writer = ArrowWriter::try_new(file, cell_schema(), Some(properties))
-            .map_err(parquet_error("open segment writer"))?;
-        for chunk in cells.chunks(SEGMENT_ROW_GROUP_CELLS_MAX) {
-            let keys = BinaryArray::from_iter_values(chunk.iter().map(|(key, _, _)| key));
-            let times = Int64Array::from_iter_values(chunk.iter().map(|(_, time, _)| time.0));
-            let values = BinaryArray::from_iter_values(chunk.iter().map(|(_, _, cell)| cell));
-            let batch = RecordBatch::try_new(
-                cell_schema(),
-                vec![Arc::new(keys), Arc::new(times), Arc::new(values)],
-            )
-            .map_err(|error| Error::Internal(format!("segment batch: {error}")))?;
-            writer
-                .write(&batch)
-                .map_err(parquet_error("write segment"))?;
-        }
-        let file = writer
-            .into_inner()
-            .map_err(parquet_error("close segment writer"))?;
-        file.sync_all().map_err(io_error("sync segment", &path))?;
-        Ok(Segment {
-            table,
-            id,
-            n_cells: cells.len(),
-            path,
-            obsolete: false.into(),
+        writer.finish()
+    }
+
+    /// Every cell of the segment in key order, read a batch at a time.
+    ///
+    /// # Errors
+    /// `Io` / `Corruption` when the file cannot be opened.
+    pub fn cells(&self) -> Result<SegmentCells> {
+        let file = File::open(&self.path).map_err(io_error("open segment", &self.path))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(parquet_error("read segment footer"))?
+            .with_batch_size(SEGMENT_READ_BATCH_CELLS)
+            .build()
+            .map_err(parquet_error("open segment reader"))?;
+        Ok(SegmentCells {
+            reader,
+            batch: None,
+            row: 0,
         })
     }
 
@@ -227,6 +215,170 @@ impl Segment {
             }
         }
         Ok(n_skipped)
+    }
+}
+
+/// Writes a segment cell by cell (sorted by key, one per key), a row group at
+/// a time, so a merge that folds large segments holds one row group, not
+/// the table.
+pub struct SegmentWriter {
+    table: TableId,
+    id: u64,
+    path: PathBuf,
+    writer: ArrowWriter<File>,
+    keys: Vec<Vec<u8>>,
+    times: Vec<i64>,
+    cells: Vec<Vec<u8>>,
+    last_key: Option<Vec<u8>>,
+    n_cells: usize,
+}
+
+impl std::fmt::Debug for SegmentWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentWriter")
+            .field("path", &self.path)
+            .field("n_cells", &self.n_cells)
+            .finish()
+    }
+}
+
+impl SegmentWriter {
+    /// Starts segment `id` of `table` in `dir`.
+    ///
+    /// # Errors
+    /// `Io` when the file cannot be created.
+    pub fn create(dir: &Path, table: TableId, id: u64) -> Result<SegmentWriter> {
+        let path = Segment::path_for(dir, table, id);
+        let file = File::create(&path).map_err(io_error("create segment", &path))?;
+        let properties = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(SEGMENT_ROW_GROUP_CELLS_MAX))
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .build();
+        let writer = ArrowWriter::try_new(file, cell_schema(), Some(properties))
+            .map_err(parquet_error("open segment writer"))?;
+        Ok(SegmentWriter {
+            table,
+            id,
+            path,
+            writer,
+            keys: Vec::new(),
+            times: Vec::new(),
+            cells: Vec::new(),
+            last_key: None,
+            n_cells: 0,
+        })
+    }
+
+    /// Appends one cell; keys must increase.
+    ///
+    /// # Errors
+    /// `Internal` for a key not above the previous one; `Corruption` when
+    /// Parquet fails.
+    pub fn append(&mut self, key: &[u8], write_time: WriteTime, cell: &[u8]) -> Result<()> {
+        let previous = self.keys.last().or(self.last_key.as_ref());
+        if previous.is_some_and(|previous| previous.as_slice() >= key) {
+            return Err(Error::Internal(
+                "segment cells are not sorted by key".into(),
+            ));
+        }
+        self.keys.push(key.to_vec());
+        self.times.push(write_time.0);
+        self.cells.push(cell.to_vec());
+        self.n_cells += 1;
+        if self.keys.len() >= SEGMENT_ROW_GROUP_CELLS_MAX {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let keys = BinaryArray::from_iter_values(self.keys.iter());
+        let times = Int64Array::from_iter_values(self.times.iter().copied());
+        let values = BinaryArray::from_iter_values(self.cells.iter());
+        let batch = RecordBatch::try_new(
+            cell_schema(),
+            vec![Arc::new(keys), Arc::new(times), Arc::new(values)],
+        )
+        .map_err(|error| Error::Internal(format!("segment batch: {error}")))?;
+        self.writer
+            .write(&batch)
+            .map_err(parquet_error("write segment"))?;
+        self.last_key = self.keys.pop();
+        self.keys.clear();
+        self.times.clear();
+        self.cells.clear();
+        Ok(())
+    }
+
+    /// Finishes the file (synced) and returns the segment.
+    ///
+    /// # Errors
+    /// `Io` / `Corruption` when the file cannot be finished.
+    pub fn finish(mut self) -> Result<Segment> {
+        self.flush()?;
+        let file = self
+            .writer
+            .into_inner()
+            .map_err(parquet_error("close segment writer"))?;
+        file.sync_all()
+            .map_err(io_error("sync segment", &self.path))?;
+        Ok(Segment {
+            table: self.table,
+            id: self.id,
+            n_cells: self.n_cells,
+            path: self.path,
+            obsolete: false.into(),
+        })
+    }
+}
+
+/// A segment's cells in key order ([`Segment::cells`]).
+pub struct SegmentCells {
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    batch: Option<RecordBatch>,
+    row: usize,
+}
+
+impl std::fmt::Debug for SegmentCells {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentCells")
+            .field("row", &self.row)
+            .finish()
+    }
+}
+
+impl SegmentCells {
+    /// The next `(key, cell)`, or `None` at the end.
+    ///
+    /// # Errors
+    /// `Corruption` for a malformed file.
+    pub fn next_cell(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        loop {
+            if let Some(batch) = &self.batch
+                && self.row < batch.num_rows()
+            {
+                let keys = column::<BinaryArray>(batch, 0)?;
+                let cells = column::<BinaryArray>(batch, 2)?;
+                let out = (
+                    keys.value(self.row).to_vec(),
+                    cells.value(self.row).to_vec(),
+                );
+                self.row += 1;
+                return Ok(Some(out));
+            }
+            match self.reader.next() {
+                Some(batch) => {
+                    self.batch = Some(
+                        batch.map_err(|error| Error::Corruption(format!("segment: {error}")))?,
+                    );
+                    self.row = 0;
+                }
+                None => return Ok(None),
+            }
+        }
     }
 }
 

@@ -25,12 +25,16 @@ use concord_storage::cell::WriteTime;
 use concord_storage::rows::Partition;
 use concord_storage::schema::{ColumnKind, TableDef};
 use concord_storage::value::CqlValue;
-use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, Session, TableProvider};
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
+    MemorySchemaProvider, SchemaProvider, Session, TableProvider,
+};
 use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::{
     GreedyMemoryPool, MemoryConsumer, MemoryPool, MemoryReservation,
 };
@@ -48,6 +52,7 @@ use crate::row_segment::{self, RowSegment};
 use crate::{Error, Result, types};
 use datafusion::common::DFSchema;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -84,6 +89,9 @@ pub struct ColumnarOptions {
     /// since it was written pass this percentage of its rows (reads
     /// reconcile those partitions until then); see `Replica::merge`.
     pub row_segment_dirty_percent_max: usize,
+    /// Cells a row-segment write converts at a time (whole partitions):
+    /// the write streams the table in chunks of about this many bytes.
+    pub row_segment_write_chunk_bytes: usize,
 }
 
 impl Default for ColumnarOptions {
@@ -96,6 +104,7 @@ impl Default for ColumnarOptions {
             delta_versions_max: crate::replica::DELTA_VERSIONS_MAX_DEFAULT,
             scan_cache_bytes_max: crate::replica::SCAN_CACHE_BYTES_MAX_DEFAULT,
             row_segment_dirty_percent_max: crate::replica::ROW_SEGMENT_DIRTY_PERCENT_MAX_DEFAULT,
+            row_segment_write_chunk_bytes: crate::replica::ROW_SEGMENT_WRITE_CHUNK_BYTES,
         }
     }
 }
@@ -242,8 +251,13 @@ pub struct Columnar {
     /// Always `Some` until drop, which shuts it down without blocking (a
     /// runtime may not be dropped inside another one).
     runtime: Option<tokio::runtime::Runtime>,
-    memory_pool: Arc<dyn MemoryPool>,
     permits: Arc<Semaphore>,
+    /// The session every query starts from: configuration, functions,
+    /// optimizer rules, and one runtime environment (the memory pool and
+    /// the Parquet metadata cache, so a row segment's footer is parsed once,
+    /// not per query; row segments are immutable files with unique names).
+    /// Each query copies it with a catalog of its own snapshot.
+    base_state: datafusion::execution::SessionState,
 }
 
 impl Columnar {
@@ -255,6 +269,7 @@ impl Columnar {
         let mut replica = Replica::open(dir, options.delta_versions_max)?;
         replica.set_scan_cache_bytes_max(options.scan_cache_bytes_max);
         replica.set_row_segment_dirty_percent_max(options.row_segment_dirty_percent_max);
+        replica.set_row_segment_write_chunk_bytes(options.row_segment_write_chunk_bytes);
         let replica = Arc::new(replica);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(options.analytics_threads.max(1))
@@ -265,12 +280,27 @@ impl Columnar {
                 context: "start the analytics runtime".into(),
                 source,
             })?;
+        let memory_pool: Arc<dyn MemoryPool> =
+            Arc::new(GreedyMemoryPool::new(options.memory_pool_bytes));
+        let runtime_env = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::clone(&memory_pool))
+            .build_arc()
+            .map_err(map_datafusion_error)?;
+        let config = SessionConfig::new()
+            .with_target_partitions(options.analytics_threads.max(1))
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false);
+        let base_state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime_env)
+            .with_default_features()
+            .build();
         Ok(Columnar {
             replica,
-            memory_pool: Arc::new(GreedyMemoryPool::new(options.memory_pool_bytes)),
             permits: Arc::new(Semaphore::new(options.queries_in_flight_max.max(1))),
             options,
             runtime: Some(runtime),
+            base_state,
         })
     }
 
@@ -455,17 +485,16 @@ impl Columnar {
         source: Arc<dyn PartitionSource>,
         tables: &[Arc<TableDef>],
     ) -> Result<SessionContext> {
-        let runtime_env = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::clone(&self.memory_pool))
-            .build_arc()
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        let catalog = Arc::new(MemoryCatalogProvider::new());
+        catalog
+            .register_schema("public", Arc::new(MemorySchemaProvider::new()))
             .map_err(map_datafusion_error)?;
-        let config = SessionConfig::new()
-            .with_target_partitions(self.options.analytics_threads.max(1))
-            .with_information_schema(true);
-        let context = SessionContext::new_with_config_rt(config, runtime_env);
-        let catalog = context
-            .catalog("datafusion")
-            .ok_or_else(|| Error::Internal("the default catalog is missing".into()))?;
+        catalogs.register_catalog("datafusion".into(), Arc::clone(&catalog) as _);
+        let state = SessionStateBuilder::new_from_existing(self.base_state.clone())
+            .with_catalog_list(catalogs)
+            .build();
+        let context = SessionContext::new_with_state(state);
         let mut keyspaces: BTreeMap<String, Arc<MemorySchemaProvider>> = BTreeMap::new();
         for def in tables {
             let schema = keyspaces
@@ -904,7 +933,15 @@ impl SourceTable {
             Some(projection) => projection.clone(),
             None => (0..n_table_fields).collect(),
         };
-        let mut source = ParquetSource::new(Arc::clone(&file_schema));
+        // The runtime's metadata cache: the footer is parsed once per segment.
+        let store = state
+            .runtime_env()
+            .object_store(ObjectStoreUrl::local_filesystem())?;
+        let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
+        let mut source =
+            ParquetSource::new(Arc::clone(&file_schema)).with_parquet_file_reader_factory(
+                Arc::new(CachedParquetFileReaderFactory::new(store, metadata_cache)),
+            );
         if let Some(predicate) = datafusion::logical_expr::utils::conjunction(filters.to_vec()) {
             let df_schema = DFSchema::try_from(Arc::clone(&file_schema))?;
             // The predicate only prunes; DataFusion applies every filter above.

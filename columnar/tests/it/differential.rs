@@ -198,6 +198,9 @@ fn run(ops: &[ModelOp], snapshot_picks: &[u16], merge_picks: u32) {
         // Some merges keep the row segment and leave the merged partitions
         // dirty, so reads exercise that path too.
         row_segment_dirty_percent_max: 50,
+        // Tiny, so row-segment writes stream the table partition by
+        // partition (every partition its own chunk).
+        row_segment_write_chunk_bytes: 1,
         ..ColumnarOptions::default()
     };
     let columnar = open_columnar(dir.path(), options);

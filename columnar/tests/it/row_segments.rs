@@ -230,3 +230,52 @@ fn row_segments_answer_scans_with_the_delta_expiry_and_schema_changes_on_top() {
     assert!(columnar.replica().has_row_segment(table.id));
     check_all_columns(&columnar, &node, WriteTime(T0 + 12 * SECOND));
 }
+
+/// Row segments are written streaming (here one partition per chunk) and
+/// compactions fold many cell segments streaming: after every merge, across
+/// compactions, updates and partition deletes, scans read as the row store.
+#[test]
+fn streamed_row_segment_writes_and_compactions_read_as_the_row_store() {
+    let table = model::table(model::model_table_options());
+    let mut node = Node::new(table.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    let options = ColumnarOptions {
+        row_segment_write_chunk_bytes: 1,
+        row_segment_dirty_percent_max: 0,
+        ..ColumnarOptions::default()
+    };
+    let columnar = open_columnar(dir.path(), options);
+    let replica = columnar.replica();
+    replica.register_table(table.clone());
+    let mut at = T0;
+    let rounds = concord_columnar::replica::SEGMENTS_PER_TABLE_MAX as i32 + 4;
+    for round in 0..rounds {
+        for offset in 0..6 {
+            at += 1;
+            let key = (round * 3 + offset) % 20;
+            node.write(
+                upsert(&table, key, i64::from(round * 100 + offset), Ttl::Unlimited),
+                WriteTime(at),
+            );
+        }
+        if round % 3 == 2 {
+            at += 1;
+            node.write(
+                op(&table, round % 20, RowOp::DeletePartition),
+                WriteTime(at),
+            );
+        }
+        replica
+            .catch_up(&node.engine, node.feed.frontier())
+            .expect("catch up");
+        replica.merge().expect("merge");
+        assert!(replica.has_row_segment(table.id));
+        assert!(replica.n_segments() <= concord_columnar::replica::SEGMENTS_PER_TABLE_MAX);
+        let scans = replica.n_row_segment_scans();
+        check(&columnar, &node, WriteTime(at));
+        assert!(
+            replica.n_row_segment_scans() > scans,
+            "read the row segment"
+        );
+    }
+}
