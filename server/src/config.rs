@@ -55,8 +55,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub commit_sync: CommitSync,
     pub periodic_sync_ms: u64,
-    /// `direct` (default) or `accord`: how transactions are ordered.
-    pub txn_mode: TxnMode,
+    /// `direct` or `accord`: how transactions are ordered. Unset: `direct`
+    /// on a node alone, `accord` in a cluster (`cluster_listen_address`
+    /// set), where `direct` is refused. See [`Config::effective_txn_mode`].
+    pub txn_mode: Option<TxnMode>,
     /// A `tracing` filter, e.g. `info` or `concord_server=debug,info`.
     pub log_filter: String,
     pub log_format: LogFormat,
@@ -107,7 +109,7 @@ impl Default for Config {
             data_dir: PathBuf::from(DATA_DIR_DEFAULT),
             commit_sync: CommitSync::Batch,
             periodic_sync_ms: 100,
-            txn_mode: TxnMode::default(),
+            txn_mode: None,
             log_filter: "info".to_owned(),
             log_format: LogFormat::Text,
             cql_listen_address: CQL_LISTEN_ADDRESS_DEFAULT.to_owned(),
@@ -157,6 +159,16 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     ///
+    /// The mode transactions run in: `txn_mode` when set, else `accord` in a
+    /// cluster and `direct` alone.
+    pub fn effective_txn_mode(&self) -> TxnMode {
+        match (self.txn_mode, &self.cluster_listen_address) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => TxnMode::Accord,
+            (None, None) => TxnMode::Direct,
+        }
+    }
+
     /// # Errors
     /// `Config` naming the bad value.
     pub fn validate(&self) -> Result<()> {
@@ -228,6 +240,11 @@ impl Config {
                 "cluster_listen_address {address:?} is not host:port (e.g. 127.0.0.1:7000)"
             )));
         }
+        if self.cluster_listen_address.is_some() && self.txn_mode == Some(TxnMode::Direct) {
+            return Err(Error::Config(
+                "txn_mode = \"direct\" cannot run in a cluster (cluster_listen_address is set): a cluster orders transactions with Accord; drop txn_mode or set it to \"accord\"".into(),
+            ));
+        }
         if self.join.is_some() && self.cluster_listen_address.is_none() {
             return Err(Error::Config(
                 "join needs cluster_listen_address (where the other nodes reach this one)".into(),
@@ -289,6 +306,16 @@ mod tests {
         .unwrap();
         assert_eq!(config.node_id, 2);
         assert_eq!(config.join.as_deref(), Some("127.0.0.1:7000"));
+        // A cluster runs accord; direct is refused by name.
+        assert_eq!(config.effective_txn_mode(), TxnMode::Accord);
+        assert_eq!(Config::default().effective_txn_mode(), TxnMode::Direct);
+        let error = Config::from_toml("cluster_listen_address = \"127.0.0.1:0\"\ntxn_mode = \"direct\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("txn_mode = \"direct\" cannot run in a cluster"), "{error}");
+        let config = Config::from_toml("cluster_listen_address = \"127.0.0.1:0\"\ntxn_mode = \"accord\"")
+            .unwrap();
+        assert_eq!(config.effective_txn_mode(), TxnMode::Accord);
         let error = Config::from_toml("node_id = 0").unwrap_err().to_string();
         assert!(error.contains("node_id"), "{error}");
         let error = Config::from_toml("cluster_listen_address = \"x\"")

@@ -47,8 +47,8 @@ use concord_storage::value::CqlValue;
 use concord_storage_rocksdb::{RocksEngine, RocksTuning};
 use parking_lot::{Mutex, RwLock};
 
-use concord_cluster::runtime::{Loopback, Runtime, RuntimeConfig, RuntimeError};
-use concord_storage::engine::ReadView;
+use concord_cluster::runtime::{Loopback, Peers, Runtime, RuntimeConfig, RuntimeError};
+use concord_storage::engine::{Direction, ReadView};
 use concord_txn::node::{NodeConfig, Outcome};
 use concord_txn::storage::EngineJournal;
 use concord_txn::timestamp::NodeId;
@@ -294,13 +294,19 @@ pub struct Db<E: Engine = RocksEngine> {
     analytics: Option<Analytics>,
     /// `Some` in accord mode: every `execute` goes through this runtime.
     accord: Option<Accord>,
+    /// Opened as a cluster member whose runtime has not started yet
+    /// ([`Db::start_cluster_accord`]): transactions are refused until then.
+    awaiting_cluster: bool,
 }
 
-/// The one-node Accord runtime of a database in accord mode.
+/// The Accord runtime of a database in accord mode: one node alone
+/// (loopback peers), or a cluster member (the transport).
 #[derive(Debug)]
 struct Accord {
-    runtime: Runtime,
+    runtime: Arc<Runtime>,
     pacer: Arc<FeedPacer>,
+    /// A cluster member: partition reads go through the runtime too.
+    cluster: bool,
 }
 
 /// The feed positions live change streams still need: retention keeps every
@@ -408,7 +414,11 @@ impl Db<RocksEngine> {
             CommitSync::Periodic => Durability::Buffered,
         };
         let mut db = Db::from_engine(Arc::new(engine), clock, registry, durability)?;
-        if config.txn_mode == TxnMode::Accord {
+        if config.cluster_listen_address.is_some() {
+            // The runtime needs the cluster's topology: the node starts it
+            // once it has joined (`Db::start_cluster_accord`).
+            db.awaiting_cluster = true;
+        } else if config.effective_txn_mode() == TxnMode::Accord {
             // Journal replay applies writes: their feed records must be
             // written if the replica will follow the feed.
             db.start_accord_with_feed(analytics.enabled)?;
@@ -543,6 +553,49 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
     }
 
     fn start_accord_with_feed(&mut self, feed_on: bool) -> Result<()> {
+        let config = RuntimeConfig {
+            node: NodeId(1),
+            topology: Arc::new(Topology::ring(1, 1, 1, FastPathMode::CoordinatorVotes)),
+            node_config: NodeConfig::default(),
+        };
+        self.start_runtime(feed_on, config, Box::new(Loopback::default()), false)
+            .map(|_| ())
+    }
+
+    /// Switches a database opened as a cluster member to accord mode: its
+    /// runtime runs node `node` of the cluster on `topology` (the metadata
+    /// view's, `ClusterView::topology`) and sends through `peers` (the
+    /// transport). Returns the runtime, to hand it what peers send
+    /// (`spawn_delivery`) and newer topologies (`follow_views`). Partition
+    /// reads ([`Db::read_row`], [`Db::read_partition`]) then go through the
+    /// runtime as read-only transactions. Call it before serving clients.
+    ///
+    /// # Errors
+    /// `Io` when the runtime cannot start (journal replay failed); calling it
+    /// twice is `InvalidRequest`.
+    pub fn start_cluster_accord(
+        &mut self,
+        node: NodeId,
+        topology: Arc<Topology>,
+        peers: Box<dyn Peers>,
+    ) -> Result<Arc<Runtime>> {
+        let config = RuntimeConfig {
+            node,
+            topology,
+            node_config: NodeConfig::default(),
+        };
+        let runtime = self.start_runtime(self.analytics.is_some(), config, peers, true)?;
+        self.awaiting_cluster = false;
+        Ok(runtime)
+    }
+
+    fn start_runtime(
+        &mut self,
+        feed_on: bool,
+        config: RuntimeConfig,
+        peers: Box<dyn Peers>,
+        cluster: bool,
+    ) -> Result<Arc<Runtime>> {
         if self.accord.is_some() {
             return Err(concord_storage::Error::InvalidRequest(
                 "the accord runtime is already started".into(),
@@ -550,11 +603,6 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
             .into());
         }
         let pacer = FeedPacer::new(self.feed.clone(), feed_on);
-        let config = RuntimeConfig {
-            node: NodeId(1),
-            topology: Arc::new(Topology::ring(1, 1, 1, FastPathMode::CoordinatorVotes)),
-            node_config: NodeConfig::default(),
-        };
         let runtime = Runtime::start(
             config,
             Box::new(EngineJournal::new(self.engine.clone())),
@@ -563,15 +611,20 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
                 self.registry.clone(),
                 pacer.clone(),
             )),
-            Box::new(Loopback::default()),
+            peers,
             Box::new(PacerObserver(pacer.clone())),
         )
         .map_err(|error| Error::Io {
             context: "start the accord runtime".into(),
             source: std::io::Error::other(error.to_string()),
         })?;
-        self.accord = Some(Accord { runtime, pacer });
-        Ok(())
+        let runtime = Arc::new(runtime);
+        self.accord = Some(Accord {
+            runtime: runtime.clone(),
+            pacer,
+            cluster,
+        });
+        Ok(runtime)
     }
 }
 
@@ -635,6 +688,7 @@ impl<E: Engine> Db<E> {
             durability,
             periodic_sync: None,
             accord: None,
+            awaiting_cluster: false,
         })
     }
 
@@ -1123,6 +1177,12 @@ impl<E: Engine> Db<E> {
         if let Some(accord) = &self.accord {
             return self.execute_accord(accord, transaction, &tables);
         }
+        if self.awaiting_cluster {
+            return Err(Error::Unavailable(
+                "this node has not joined its cluster yet: its transaction runtime is not running"
+                    .into(),
+            ));
+        }
         // Reads need every lower timestamp applied first; blind writes can
         // go side by side and share an fsync.
         let _shared;
@@ -1229,15 +1289,31 @@ impl<E: Engine> Db<E> {
     }
 
     /// Reads one row at the latest applied state (consistency level ONE).
+    /// In a cluster the read is a read-only Accord transaction, so it sees
+    /// every write any node acknowledged before it began.
     ///
     /// # Errors
-    /// Bad keys, corruption, engine failure.
+    /// Bad keys, corruption, engine failure; in a cluster, as
+    /// [`Db::execute`] (`Unavailable` without a quorum).
     pub fn read_row(
         &self,
         table: &TableDef,
         partition_key: &[CqlValue],
         clustering: &[CqlValue],
     ) -> Result<Option<Row>> {
+        if self.accord.as_ref().is_some_and(|accord| accord.cluster) {
+            let read = Read::Row {
+                table: self.table_arc(table),
+                partition_key: partition_key.to_vec(),
+                clustering: clustering.to_vec(),
+            };
+            return match self.read_through_accord(read)? {
+                ReadResult::Row(row) => Ok(row),
+                ReadResult::Partition(_) => Err(Error::Storage(
+                    concord_storage::Error::Internal("a row read returned a partition".into()),
+                )),
+            };
+        }
         let now_seconds = self.clock.now_seconds();
         Ok(rows::read_row(
             self.engine.as_ref(),
@@ -1248,10 +1324,15 @@ impl<E: Engine> Db<E> {
         )?)
     }
 
-    /// Reads a partition slice at the latest applied state.
+    /// Reads a partition slice at the latest applied state. In a cluster a
+    /// forward read is a read-only Accord transaction (strictly
+    /// serializable: it sees every write any node acknowledged before it
+    /// began; expiry is judged at its executeAt, not `options.now_seconds`);
+    /// a reverse read stays local to this node (design/cluster.md).
     ///
     /// # Errors
-    /// Bad keys, corruption, engine failure.
+    /// Bad keys, corruption, engine failure; in a cluster, as
+    /// [`Db::execute`].
     pub fn read_partition(
         &self,
         table: &TableDef,
@@ -1259,6 +1340,22 @@ impl<E: Engine> Db<E> {
         slice: &Slice,
         options: ReadOptions,
     ) -> Result<Option<Partition>> {
+        if self.accord.as_ref().is_some_and(|accord| accord.cluster)
+            && options.direction == Direction::Forward
+        {
+            let read = Read::Partition {
+                table: self.table_arc(table),
+                partition_key: partition_key.to_vec(),
+                slice: slice.clone(),
+                limit_rows: options.limit_rows,
+            };
+            return match self.read_through_accord(read)? {
+                ReadResult::Partition(partition) => Ok(partition),
+                ReadResult::Row(_) => Err(Error::Storage(concord_storage::Error::Internal(
+                    "a partition read returned a row".into(),
+                ))),
+            };
+        }
         Ok(rows::read_partition(
             self.engine.as_ref(),
             table,
@@ -1268,7 +1365,30 @@ impl<E: Engine> Db<E> {
         )?)
     }
 
-    /// Scans a token range page by page at the latest applied state.
+    /// The schema's shared definition of `table` (a copy if it was dropped).
+    fn table_arc(&self, table: &TableDef) -> Arc<TableDef> {
+        self.schema()
+            .table_by_id(table.id)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(table.clone()))
+    }
+
+    /// One read as a read-only transaction (cluster mode).
+    fn read_through_accord(&self, read: Read) -> Result<ReadResult> {
+        let mut result = self.execute(Transaction {
+            reads: vec![read],
+            ..Transaction::default()
+        })?;
+        result.reads.pop().ok_or_else(|| {
+            Error::Storage(concord_storage::Error::Internal(
+                "a read-only transaction returned no read".into(),
+            ))
+        })
+    }
+
+    /// Scans a token range page by page at the latest applied state. Local
+    /// to this node, also in a cluster (a scan is no Accord transaction:
+    /// its keys are not known in advance).
     ///
     /// # Errors
     /// Bad cursor or page size, corruption, engine failure.

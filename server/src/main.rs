@@ -241,7 +241,14 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
 async fn run(config: Config) -> anyhow::Result<()> {
     let data_dir =
         std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
-    let db = std::sync::Arc::new(Db::open_with_config(&config).context("open the database")?);
+    let mut db = Db::open_with_config(&config).context("open the database")?;
+    // A cluster member joins (or resumes) its cluster and starts its Accord
+    // runtime on the cluster's topology before it serves any client.
+    let cluster = match &config.cluster_listen_address {
+        Some(address) => Some(start_cluster(&config, address, &mut db).await?),
+        None => None,
+    };
+    let db = std::sync::Arc::new(db);
     // Install the handlers before announcing readiness, so a supervisor that
     // signals right after "ready" gets a clean stop.
     let shutdown = ShutdownSignals::install()?;
@@ -299,15 +306,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(address = %grpc.local_address(), "grpc endpoint listening");
     println!("grpc: listening on {}", grpc.local_address());
     println!("flight sql: listening on {}", grpc.local_address());
-    let meta = match &config.cluster_listen_address {
-        Some(address) => Some(start_cluster(&config, address, db.engine().clone()).await?),
-        None => None,
-    };
     println!("ready");
     shutdown.wait().await?;
     tracing::info!("shutting down: flushing");
-    if let Some(meta) = meta {
-        meta.shutdown().await.context("stop the cluster service")?;
+    if let Some(cluster) = cluster {
+        cluster.shutdown().await?;
     }
     grpc.stop();
     cql.stop();
@@ -319,20 +322,78 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the cluster metadata service on the node's engine, then joins
+/// A running cluster member: the metadata service, the transaction
+/// transport (on the same port) and the tasks that feed the Accord runtime.
+struct ClusterMember {
+    meta: concord_cluster::meta::MetaNode,
+    transport: concord_cluster::transport::Transport,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ClusterMember {
+    async fn shutdown(self) -> anyhow::Result<()> {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.transport.shutdown().await;
+        self.meta
+            .shutdown()
+            .await
+            .context("stop the cluster service")
+    }
+}
+
+/// Starts the cluster metadata service on the node's engine, with the
+/// transaction transport's peer service on the same port, then joins
 /// `config.join` or (without it) bootstraps a cluster of this node, which on
 /// a data directory that already holds a cluster resumes it. Prints the
 /// view it reached: `cluster: node N at ADDR, epoch E, nodes up: 1,2`.
-async fn start_cluster<E: concord_storage::engine::Engine>(
+/// Then starts the database's Accord runtime on the view's topology, its
+/// peers the members (design/cluster.md, "Accord over the network").
+async fn start_cluster(
     config: &Config,
     address: &str,
-    engine: std::sync::Arc<E>,
-) -> anyhow::Result<concord_cluster::meta::MetaNode> {
-    use concord_cluster::meta::{MetaConfig, MetaNode};
+    db: &mut Db,
+) -> anyhow::Result<ClusterMember> {
+    use concord_cluster::meta::{ExtraService, MetaConfig, MetaNode};
+    use concord_cluster::transport::accord::{
+        ACCORD_CODEC_VERSION, AccordWireStats, CLUSTER_ID_DEFAULT, TransportPeers, apply_view,
+        follow_views, spawn_delivery,
+    };
+    use concord_cluster::transport::{Limits, Transport, TransportConfig};
     let listen: std::net::SocketAddr = address.parse().context("parse cluster_listen_address")?;
-    let meta = MetaNode::start(MetaConfig::new(config.node_id, listen), engine)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("start the cluster service on {address}"))?;
+        .with_context(|| format!("listen for the cluster on {address}"))?;
+    let bound = listener
+        .local_addr()
+        .with_context(|| format!("the bound address of {address}"))?;
+    let limits = Limits::default();
+    let node = concord_txn::timestamp::NodeId(config.node_id);
+    let (transport, inbound, routes) = Transport::start_shared(TransportConfig {
+        cluster_id: CLUSTER_ID_DEFAULT.to_owned(),
+        node,
+        listen: bound,
+        codec_version: ACCORD_CODEC_VERSION,
+        limits: limits.clone(),
+    })
+    .context("start the transaction transport")?;
+    let extra = ExtraService {
+        routes,
+        keepalive_interval: limits.keepalive_interval,
+        keepalive_timeout: limits.keepalive_timeout,
+    };
+    let meta = MetaNode::start_on(
+        MetaConfig::new(config.node_id, bound),
+        db.engine().clone(),
+        listener,
+        Some(extra),
+    )
+    .await
+    .with_context(|| format!("start the cluster service on {address}"))?;
     let reply = match &config.join {
         Some(seed) => meta
             .join(seed, None)
@@ -364,7 +425,27 @@ async fn start_cluster<E: concord_storage::engine::Engine>(
         view.epoch(),
         up.join(",")
     );
-    Ok(meta)
+    let topology = view
+        .topology
+        .clone()
+        .context("the cluster view has no topology although this node is up")?;
+    apply_view(&view, &transport);
+    transport.set_epoch(topology.epoch);
+    let stats = std::sync::Arc::new(AccordWireStats::default());
+    let runtime = db
+        .start_cluster_accord(
+            node,
+            std::sync::Arc::new(topology),
+            Box::new(TransportPeers::new(transport.clone(), stats.clone())),
+        )
+        .context("start the transaction runtime")?;
+    let delivery = spawn_delivery(inbound, runtime.clone(), stats);
+    let follower = follow_views(meta.subscribe(), transport.clone(), runtime);
+    Ok(ClusterMember {
+        meta,
+        transport,
+        tasks: vec![delivery, follower],
+    })
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, listened for from the moment of creation.

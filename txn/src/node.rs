@@ -259,6 +259,17 @@ impl Node {
         self.id
     }
 
+    /// The topology this node runs on.
+    pub fn topology(&self) -> &Arc<Topology> {
+        &self.topology
+    }
+
+    /// Gives back the journal and the data store, dropping the in-memory state, so the
+    /// caller can open a new node on them (the runtime does, on a new topology epoch).
+    pub fn into_storage(self) -> (Box<dyn Journal>, Box<dyn DataStore>) {
+        (self.journal, self.data)
+    }
+
     pub fn stats(&self) -> &NodeStats {
         &self.stats
     }

@@ -57,7 +57,7 @@ fn open(dir: &Path, mode: TxnMode, commit_sync: CommitSync) -> Result<Db> {
         data_dir: dir.to_path_buf(),
         commit_sync,
         periodic_sync_ms: 100,
-        txn_mode: mode,
+        txn_mode: Some(mode),
         ..Config::default()
     };
     let options = AnalyticsOptions {

@@ -22,6 +22,13 @@
 //!   runtime replays its journal before it takes any input (K4 of design/cluster.md).
 //! - **Steps**: before and after every `Node::handle`, a [`StepObserver`] learns the node's
 //!   apply floor (`Node::apply_floor`); the server keeps its change feed's frontier below it.
+//! - **Epochs** (K1 of design/cluster.md): [`Runtime::set_topology`] with a newer epoch
+//!   reopens the Node on the same journal and data store under the new topology (the protocol
+//!   core's topology is static per Node; transactions in flight on this coordinator get
+//!   `Outcome::Unknown`). Peer messages stamped with an epoch this runtime does not run yet
+//!   ([`Runtime::deliver_at`]) wait, at most [`EPOCH_WAIT_MESSAGES_MAX`] of them for at most
+//!   [`EPOCH_WAIT_TIMEOUT`], until that topology arrives; past either bound they are dropped
+//!   and counted (the protocol retries, as for any lost message).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -34,7 +41,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use concord_txn::messages::Message;
 use concord_txn::node::{ClientRequestId, Effects, Input, Node, NodeConfig, Outcome, Timer};
 use concord_txn::storage::{DataStore, Journal};
-use concord_txn::timestamp::{LocalTime, NodeId, Timestamp};
+use concord_txn::timestamp::{Epoch, LocalTime, NodeId, Timestamp};
 use concord_txn::topology::Topology;
 use concord_txn::txn::Txn;
 
@@ -44,6 +51,10 @@ pub const INPUT_QUEUE_CAPACITY: usize = 4_096;
 pub const CLIENT_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`Runtime::start`] waits for the Node to open (journal replay included).
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(120);
+/// The most peer messages that wait for a topology epoch this runtime does not run yet.
+pub const EPOCH_WAIT_MESSAGES_MAX: usize = 4_096;
+/// How long a peer message waits for its epoch before it is dropped (and counted).
+pub const EPOCH_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the runtime did not give an outcome.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -162,6 +173,15 @@ pub struct RuntimeStats {
     pub committed: AtomicU64,
     /// The highest executeAt (HLC microseconds) of a committed transaction answered here.
     pub committed_max_hlc: AtomicU64,
+    /// The epoch of the topology the Node runs on now.
+    pub epoch: AtomicU64,
+    /// Times the Node was reopened on a newer topology.
+    pub topology_changes: AtomicU64,
+    /// Peer messages that arrived before their epoch's topology and waited for it.
+    pub epoch_waited: AtomicU64,
+    /// Peer messages dropped waiting for their epoch (over [`EPOCH_WAIT_MESSAGES_MAX`] or
+    /// [`EPOCH_WAIT_TIMEOUT`]).
+    pub epoch_dropped: AtomicU64,
 }
 
 enum Work {
@@ -171,9 +191,26 @@ enum Work {
     },
     Messages {
         from: NodeId,
+        /// The sender's topology epoch, when the carrier knows it.
+        epoch: Option<Epoch>,
         messages: Vec<Message>,
     },
+    Topology(Arc<Topology>),
     Stop,
+}
+
+/// Why [`Driver::run`] returned.
+enum Exit {
+    Stop,
+    Reopen(Arc<Topology>),
+}
+
+/// Peer messages waiting for their epoch's topology.
+#[derive(Default)]
+struct EpochWait {
+    /// `(until, from, epoch, messages)`, oldest first.
+    waiting: VecDeque<(LocalTime, NodeId, Epoch, Vec<Message>)>,
+    count: usize,
 }
 
 /// A submitted transaction's pending outcome.
@@ -236,6 +273,7 @@ impl Runtime {
                 // runtime is reported open (a replica rebuilt right after must find the
                 // watermark above every write in the row store).
                 observer.before_step(Timestamp::ZERO);
+                let node_config = config.node_config.clone();
                 let opened = Node::open(
                     config.node,
                     config.topology,
@@ -255,8 +293,12 @@ impl Runtime {
                         return;
                     }
                 };
+                thread_stats
+                    .epoch
+                    .store(node.topology().epoch.0, Ordering::SeqCst);
                 let mut driver = Driver {
                     node,
+                    node_config,
                     clock,
                     peers,
                     observer,
@@ -266,9 +308,18 @@ impl Runtime {
                     pending: HashMap::new(),
                     next_request: 0,
                     backlog: VecDeque::new(),
+                    epoch_wait: EpochWait::default(),
                 };
                 driver.absorb(effects);
-                driver.run(&inputs);
+                loop {
+                    match driver.run(&inputs) {
+                        Exit::Stop => return,
+                        Exit::Reopen(topology) => match driver.reopen(topology) {
+                            Some(reopened) => driver = reopened,
+                            None => return,
+                        },
+                    }
+                }
             })
             .map_err(|error| RuntimeError::Open(format!("spawn the runtime thread: {error}")))?;
         match opened_rx.recv_timeout(OPEN_TIMEOUT) {
@@ -323,14 +374,64 @@ impl Runtime {
         self.submit(txn)?.wait(CLIENT_REPLY_TIMEOUT)
     }
 
-    /// Hands messages from a peer to the Node.
+    /// Hands messages from a peer to the Node, whatever their epoch.
     ///
     /// # Errors
     /// `Overloaded` when the input queue is full: the messages are refused and counted
     /// (the protocol retries; the caller may too). `Stopped` when the runtime is gone.
     pub fn deliver(&self, from: NodeId, messages: Vec<Message>) -> Result<(), RuntimeError> {
+        self.enqueue_messages(from, None, messages)
+    }
+
+    /// Hands messages a peer sent at topology `epoch` to the Node: at once if the Node runs
+    /// that epoch or a later one, else once [`Runtime::set_topology`] brings it (K1; bounded
+    /// by [`EPOCH_WAIT_MESSAGES_MAX`] and [`EPOCH_WAIT_TIMEOUT`]).
+    ///
+    /// # Errors
+    /// As [`Runtime::deliver`].
+    pub fn deliver_at(
+        &self,
+        from: NodeId,
+        epoch: Epoch,
+        messages: Vec<Message>,
+    ) -> Result<(), RuntimeError> {
+        self.enqueue_messages(from, Some(epoch), messages)
+    }
+
+    /// The epoch of the topology the Node runs on.
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.stats.epoch.load(Ordering::SeqCst))
+    }
+
+    /// Moves the Node to `topology` if its epoch is newer than the one it runs: the Node is
+    /// reopened on the same journal and data store (replaying the journal), transactions this
+    /// node coordinates that are in flight get `Outcome::Unknown`, and peer messages waiting
+    /// for this epoch are handed over. An older or equal epoch is ignored.
+    ///
+    /// # Errors
+    /// `Overloaded` when the input queue is full (retry); `Stopped` when the runtime is gone.
+    pub fn set_topology(&self, topology: Arc<Topology>) -> Result<(), RuntimeError> {
+        match self.queue.try_send(Work::Topology(topology)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(RuntimeError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(RuntimeError::Stopped(
+                "the runtime thread has exited".into(),
+            )),
+        }
+    }
+
+    fn enqueue_messages(
+        &self,
+        from: NodeId,
+        epoch: Option<Epoch>,
+        messages: Vec<Message>,
+    ) -> Result<(), RuntimeError> {
         let count = messages.len() as u64;
-        match self.queue.try_send(Work::Messages { from, messages }) {
+        match self.queue.try_send(Work::Messages {
+            from,
+            epoch,
+            messages,
+        }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 self.stats
@@ -359,6 +460,7 @@ impl Drop for Runtime {
 /// The state of the Node's thread.
 struct Driver {
     node: Node,
+    node_config: NodeConfig,
     clock: MonotonicClock,
     peers: Box<dyn Peers>,
     observer: Box<dyn StepObserver>,
@@ -369,20 +471,155 @@ struct Driver {
     next_request: u64,
     /// Messages the Node addressed to itself, handled before the next queued input.
     backlog: VecDeque<Message>,
+    /// Peer messages of epochs the Node does not run yet (K1).
+    epoch_wait: EpochWait,
 }
 
 impl Driver {
-    fn run(&mut self, inputs: &Receiver<Work>) {
+    /// Reopens the Node on `topology` (same journal and data store). `None` when the new
+    /// Node cannot open: the runtime stops.
+    fn reopen(self, topology: Arc<Topology>) -> Option<Driver> {
+        let Driver {
+            node,
+            node_config,
+            clock,
+            peers,
+            mut observer,
+            stats,
+            pending,
+            next_request,
+            epoch_wait,
+            ..
+        } = self;
+        let id = node.id();
+        let (journal, data) = node.into_storage();
+        for (_, reply) in pending {
+            // Its coordination died with the old Node: the outcome is unknown.
+            let _ = reply.try_send(Outcome::Unknown);
+        }
+        let epoch = topology.epoch;
+        // Replay applies writes: bracketed like a step, as at start.
+        observer.before_step(Timestamp::ZERO);
+        let (node, effects) =
+            match Node::open(id, topology, node_config.clone(), journal, data, clock.now()) {
+                Ok(opened) => {
+                    observer.after_step(opened.0.apply_floor());
+                    opened
+                }
+                Err(error) => {
+                    tracing::error!(%error, "accord node failed to reopen on a new topology; the runtime stops");
+                    return None;
+                }
+            };
+        stats.epoch.store(epoch.0, Ordering::SeqCst);
+        stats.topology_changes.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(node = %id, epoch = epoch.0, "accord runtime on a new topology");
+        let mut driver = Driver {
+            node,
+            node_config,
+            clock,
+            peers,
+            observer,
+            stats,
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            pending: HashMap::new(),
+            next_request,
+            backlog: VecDeque::new(),
+            epoch_wait: EpochWait::default(),
+        };
+        driver.absorb(effects);
+        // Hand over what waited for this epoch; keep what waits for a later one.
+        for (until, from, waited, messages) in epoch_wait.waiting {
+            if waited <= epoch {
+                if let Err(error) = driver.step_messages(from, messages) {
+                    tracing::error!(%error, "accord node failed; the runtime stops");
+                    return None;
+                }
+            } else {
+                driver.epoch_wait.count += messages.len();
+                driver
+                    .epoch_wait
+                    .waiting
+                    .push_back((until, from, waited, messages));
+            }
+        }
+        Some(driver)
+    }
+
+    fn epoch(&self) -> Epoch {
+        self.node.topology().epoch
+    }
+
+    /// Drops (and counts) waiting messages whose time is up.
+    fn expire_epoch_waits(&mut self) {
+        let now = self.clock.now();
+        while let Some((until, ..)) = self.epoch_wait.waiting.front() {
+            if *until > now {
+                break;
+            }
+            if let Some((_, from, epoch, messages)) = self.epoch_wait.waiting.pop_front() {
+                self.epoch_wait.count -= messages.len();
+                self.stats
+                    .epoch_dropped
+                    .fetch_add(messages.len() as u64, Ordering::Relaxed);
+                tracing::warn!(%from, epoch = epoch.0, count = messages.len(), "accord messages dropped: their epoch did not arrive in time");
+            }
+        }
+    }
+
+    fn step_messages(&mut self, from: NodeId, messages: Vec<Message>) -> concord_txn::Result<()> {
+        messages
+            .into_iter()
+            .try_for_each(|message| self.step(Input::Message { from, message }))
+    }
+
+    /// Handles peer messages now, or keeps them until their epoch's topology arrives.
+    fn take_messages(
+        &mut self,
+        from: NodeId,
+        epoch: Option<Epoch>,
+        messages: Vec<Message>,
+    ) -> concord_txn::Result<()> {
+        match epoch {
+            Some(epoch) if epoch > self.epoch() => {
+                let count = messages.len();
+                if self.epoch_wait.count + count > EPOCH_WAIT_MESSAGES_MAX {
+                    self.stats
+                        .epoch_dropped
+                        .fetch_add(count as u64, Ordering::Relaxed);
+                    tracing::warn!(%from, epoch = epoch.0, count, "accord messages dropped: too many wait for a newer epoch");
+                    return Ok(());
+                }
+                let until = self
+                    .clock
+                    .now()
+                    .after_micros(u64::try_from(EPOCH_WAIT_TIMEOUT.as_micros()).unwrap_or(u64::MAX));
+                self.stats
+                    .epoch_waited
+                    .fetch_add(count as u64, Ordering::Relaxed);
+                self.epoch_wait.count += count;
+                self.epoch_wait
+                    .waiting
+                    .push_back((until, from, epoch, messages));
+                Ok(())
+            }
+            _ => self.step_messages(from, messages),
+        }
+    }
+
+    fn run(&mut self, inputs: &Receiver<Work>) -> Exit {
         loop {
+            self.expire_epoch_waits();
             if let Err(error) = self.fire_due_timers() {
                 tracing::error!(%error, "accord node failed; the runtime stops");
-                return;
+                return Exit::Stop;
             }
             if let Some(message) = self.backlog.pop_front() {
                 let from = self.node.id();
                 if let Err(error) = self.step(Input::Message { from, message }) {
                     tracing::error!(%error, "accord node failed; the runtime stops");
-                    return;
+                    return Exit::Stop;
                 }
                 continue;
             }
@@ -394,7 +631,13 @@ impl Driver {
                 }
             };
             let result = match work {
-                Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => return Exit::Stop,
+                Ok(Work::Topology(topology)) => {
+                    if topology.epoch > self.epoch() {
+                        return Exit::Reopen(topology);
+                    }
+                    Ok(())
+                }
                 Err(RecvTimeoutError::Timeout) => Ok(()),
                 Ok(Work::Client { txn, reply }) => {
                     let request_id = ClientRequestId(self.next_request);
@@ -402,19 +645,26 @@ impl Driver {
                     self.pending.insert(request_id, reply);
                     self.step(Input::Client { request_id, txn })
                 }
-                Ok(Work::Messages { from, messages }) => messages
-                    .into_iter()
-                    .try_for_each(|message| self.step(Input::Message { from, message })),
+                Ok(Work::Messages {
+                    from,
+                    epoch,
+                    messages,
+                }) => self.take_messages(from, epoch, messages),
             };
             if let Err(error) = result {
                 tracing::error!(%error, "accord node failed; the runtime stops");
-                return;
+                return Exit::Stop;
             }
         }
     }
 
     fn next_deadline(&self) -> Option<LocalTime> {
-        self.timers.peek().map(|Reverse((at, _, _))| *at)
+        let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let wait = self.epoch_wait.waiting.front().map(|(until, ..)| *until);
+        match (timer, wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn fire_due_timers(&mut self) -> concord_txn::Result<()> {

@@ -527,7 +527,7 @@ fn the_feed_frontier_covers_every_write_at_or_below_its_watermark() {
     for mode in [TxnMode::Direct, TxnMode::Accord] {
         let dir = tempfile::tempdir().expect("dir");
         let config = Config {
-            txn_mode: mode,
+            txn_mode: Some(mode),
             ..config(dir.path())
         };
         let options = AnalyticsOptions {

@@ -134,7 +134,7 @@ fn transcript(input: &str, mode: TxnMode) -> String {
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
         data_dir: dir.path().join("data"),
-        txn_mode: mode,
+        txn_mode: Some(mode),
         ..Config::default()
     };
     let db = Arc::new(Db::open_with_config(&config).unwrap());

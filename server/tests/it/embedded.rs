@@ -316,7 +316,7 @@ fn accord_mode_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = concord_server::config::Config {
         data_dir: dir.path().to_path_buf(),
-        txn_mode: TxnMode::Accord,
+        txn_mode: Some(TxnMode::Accord),
         ..concord_server::config::Config::default()
     };
     let before = {

@@ -299,6 +299,16 @@ impl MetaHandler for Shared {
     }
 }
 
+/// Another gRPC service served on the metadata port (the transaction
+/// transport's peer service, `Transport::start_shared`), with the HTTP/2
+/// keepalive it needs.
+#[derive(Debug)]
+pub struct ExtraService {
+    pub routes: tonic::service::Routes,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
 /// One node of the metadata Raft group: its Raft instance, the RPC server
 /// other nodes reach it through, and the views it publishes.
 #[derive(Debug)]
@@ -336,6 +346,20 @@ impl MetaNode {
                 address: config.listen,
                 source,
             })?;
+        MetaNode::start_on(config, engine, listener, None).await
+    }
+
+    /// [`MetaNode::start`] on a listener the caller bound, serving `extra`
+    /// (the transaction transport's peer service) on the same port.
+    ///
+    /// # Errors
+    /// As [`MetaNode::start`].
+    pub async fn start_on<E: Engine>(
+        config: MetaConfig,
+        engine: Arc<E>,
+        listener: tokio::net::TcpListener,
+        extra: Option<ExtraService>,
+    ) -> Result<MetaNode, MetaError> {
         let bound = listener.local_addr().map_err(|source| MetaError::Bind {
             address: config.listen,
             source,
@@ -365,13 +389,18 @@ impl MetaNode {
         let (stop, stopped) = oneshot::channel::<()>();
         let service = rpc::MetaServer::new(Arc::clone(&shared));
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let task = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                }),
-        );
+        let router = match extra {
+            None => tonic::transport::Server::builder().add_service(service),
+            Some(extra) => tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(extra.keepalive_interval))
+                .http2_keepalive_timeout(Some(extra.keepalive_timeout))
+                .add_routes(extra.routes)
+                .add_service(service),
+        };
+        let incoming = incoming.with_nodelay(Some(true));
+        let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        }));
         Ok(MetaNode {
             shared,
             view,

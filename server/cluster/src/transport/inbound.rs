@@ -26,9 +26,7 @@ pub(crate) fn serve(
     let limits = shared.config.limits.clone();
     let node = shared.config.node;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let service = PeerServer::new(PeerService { shared })
-        .max_decoding_message_size(limits.grpc_message_bytes_max)
-        .max_encoding_message_size(limits.grpc_message_bytes_max);
+    let service = service(shared);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
@@ -46,7 +44,15 @@ pub(crate) fn serve(
     (stop, task)
 }
 
-struct PeerService {
+/// The peer service, with the gRPC message bounds of the limits.
+pub(crate) fn service(shared: Arc<Shared>) -> PeerServer<PeerService> {
+    let limits = shared.config.limits.clone();
+    PeerServer::new(PeerService { shared })
+        .max_decoding_message_size(limits.grpc_message_bytes_max)
+        .max_encoding_message_size(limits.grpc_message_bytes_max)
+}
+
+pub(crate) struct PeerService {
     shared: Arc<Shared>,
 }
 

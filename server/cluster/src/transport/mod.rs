@@ -320,6 +320,50 @@ impl Transport {
             address: config.listen,
             source,
         })?;
+        let (shared, receiver) = Transport::shared(config);
+        let server = inbound::serve(Arc::clone(&shared), listener);
+        Ok((
+            Transport {
+                shared,
+                local_address,
+                server: Arc::new(Mutex::new(Some(server))),
+            },
+            receiver,
+        ))
+    }
+
+    /// A transport whose peer service another server carries: the returned
+    /// [`tonic::service::Routes`] must be served on `config.listen` (which
+    /// must be the bound address, not port 0) by the caller's tonic server,
+    /// with HTTP/2 keepalive [`Limits::keepalive_interval`] and
+    /// [`Limits::keepalive_timeout`] (the node serves it next to the metadata
+    /// service on the cluster port). Everything else is as [`Transport::start`];
+    /// `shutdown` ends the inbound streams but not the caller's server.
+    ///
+    /// # Errors
+    /// [`StartError::Config`] for inconsistent limits or an empty cluster id.
+    pub fn start_shared(
+        config: TransportConfig,
+    ) -> Result<(Transport, InboundReceiver, tonic::service::Routes), StartError> {
+        config.limits.validate().map_err(StartError::Config)?;
+        if config.cluster_id.is_empty() {
+            return Err(StartError::Config("the cluster id is empty".to_owned()));
+        }
+        let local_address = config.listen;
+        let (shared, receiver) = Transport::shared(config);
+        let routes = tonic::service::Routes::new(inbound::service(Arc::clone(&shared)));
+        Ok((
+            Transport {
+                shared,
+                local_address,
+                server: Arc::new(Mutex::new(None)),
+            },
+            receiver,
+            routes,
+        ))
+    }
+
+    fn shared(config: TransportConfig) -> (Arc<Shared>, InboundReceiver) {
         let (inbound, receiver) = mpsc::channel(config.limits.inbound_queue_max);
         let inbound_bytes = Arc::new(Semaphore::new(config.limits.inbound_bytes_max));
         let receiver = InboundReceiver {
@@ -341,15 +385,7 @@ impl Transport {
             closed: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
         });
-        let server = inbound::serve(Arc::clone(&shared), listener);
-        Ok((
-            Transport {
-                shared,
-                local_address,
-                server: Arc::new(Mutex::new(Some(server))),
-            },
-            receiver,
-        ))
+        (shared, receiver)
     }
 
     /// This node.
