@@ -309,12 +309,17 @@ mod tests {
         // A cluster runs accord; direct is refused by name.
         assert_eq!(config.effective_txn_mode(), TxnMode::Accord);
         assert_eq!(Config::default().effective_txn_mode(), TxnMode::Direct);
-        let error = Config::from_toml("cluster_listen_address = \"127.0.0.1:0\"\ntxn_mode = \"direct\"")
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("txn_mode = \"direct\" cannot run in a cluster"), "{error}");
-        let config = Config::from_toml("cluster_listen_address = \"127.0.0.1:0\"\ntxn_mode = \"accord\"")
-            .unwrap();
+        let error =
+            Config::from_toml("cluster_listen_address = \"127.0.0.1:0\"\ntxn_mode = \"direct\"")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            error.contains("txn_mode = \"direct\" cannot run in a cluster"),
+            "{error}"
+        );
+        let config =
+            Config::from_toml("cluster_listen_address = \"127.0.0.1:0\"\ntxn_mode = \"accord\"")
+                .unwrap();
         assert_eq!(config.effective_txn_mode(), TxnMode::Accord);
         let error = Config::from_toml("node_id = 0").unwrap_err().to_string();
         assert!(error.contains("node_id"), "{error}");

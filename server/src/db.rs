@@ -1309,9 +1309,9 @@ impl<E: Engine> Db<E> {
             };
             return match self.read_through_accord(read)? {
                 ReadResult::Row(row) => Ok(row),
-                ReadResult::Partition(_) => Err(Error::Storage(
-                    concord_storage::Error::Internal("a row read returned a partition".into()),
-                )),
+                ReadResult::Partition(_) => Err(Error::Storage(concord_storage::Error::Internal(
+                    "a row read returned a partition".into(),
+                ))),
             };
         }
         let now_seconds = self.clock.now_seconds();

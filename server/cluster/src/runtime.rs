@@ -500,17 +500,23 @@ impl Driver {
         let epoch = topology.epoch;
         // Replay applies writes: bracketed like a step, as at start.
         observer.before_step(Timestamp::ZERO);
-        let (node, effects) =
-            match Node::open(id, topology, node_config.clone(), journal, data, clock.now()) {
-                Ok(opened) => {
-                    observer.after_step(opened.0.apply_floor());
-                    opened
-                }
-                Err(error) => {
-                    tracing::error!(%error, "accord node failed to reopen on a new topology; the runtime stops");
-                    return None;
-                }
-            };
+        let (node, effects) = match Node::open(
+            id,
+            topology,
+            node_config.clone(),
+            journal,
+            data,
+            clock.now(),
+        ) {
+            Ok(opened) => {
+                observer.after_step(opened.0.apply_floor());
+                opened
+            }
+            Err(error) => {
+                tracing::error!(%error, "accord node failed to reopen on a new topology; the runtime stops");
+                return None;
+            }
+        };
         stats.epoch.store(epoch.0, Ordering::SeqCst);
         stats.topology_changes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(node = %id, epoch = epoch.0, "accord runtime on a new topology");
@@ -591,10 +597,9 @@ impl Driver {
                     tracing::warn!(%from, epoch = epoch.0, count, "accord messages dropped: too many wait for a newer epoch");
                     return Ok(());
                 }
-                let until = self
-                    .clock
-                    .now()
-                    .after_micros(u64::try_from(EPOCH_WAIT_TIMEOUT.as_micros()).unwrap_or(u64::MAX));
+                let until = self.clock.now().after_micros(
+                    u64::try_from(EPOCH_WAIT_TIMEOUT.as_micros()).unwrap_or(u64::MAX),
+                );
                 self.stats
                     .epoch_waited
                     .fetch_add(count as u64, Ordering::Relaxed);

@@ -6,6 +6,7 @@
 mod analytics;
 mod binary;
 mod cluster;
+mod cluster_data;
 mod cql_clients;
 mod cql_node;
 mod cql_protocol;

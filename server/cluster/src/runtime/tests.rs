@@ -294,3 +294,109 @@ fn the_apply_floor_passes_every_applied_write_and_never_goes_back() {
     let last_execute_at = executed.last().copied().expect("ten");
     assert!(last > last_execute_at);
 }
+
+/// Peers that record what the Node sends.
+#[derive(Clone, Default)]
+struct Recording(Arc<parking_lot::Mutex<Vec<(NodeId, Message)>>>);
+
+impl Peers for Recording {
+    fn send(&self, to: NodeId, messages: Vec<Message>) {
+        self.0
+            .lock()
+            .extend(messages.into_iter().map(|message| (to, message)));
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A PreAccept from node 2, coordinated at `epoch`.
+fn pre_accept_from_n2(epoch: u64, key: &Key) -> Message {
+    let txn_id = TxnId::new(
+        Timestamp::new(
+            concord_txn::timestamp::Epoch(epoch),
+            MonotonicClock::new().now().0,
+            0,
+            NodeId(2),
+        ),
+        concord_txn::timestamp::TxnKind::Write,
+        concord_txn::timestamp::Domain::Key,
+    );
+    Message::PreAccept {
+        txn_id,
+        txn: append(key, 99),
+    }
+}
+
+#[test]
+fn messages_of_a_newer_epoch_wait_for_its_topology_which_reopens_the_node() {
+    let engine = engine();
+    let peers = Recording::default();
+    let runtime = Runtime::start(
+        config(),
+        Box::new(EngineJournal::new(engine.clone())),
+        Box::new(KvDataStore::new(engine.clone())),
+        Box::new(peers.clone()),
+        Box::new(NoObserver),
+    )
+    .expect("the runtime starts");
+    let key = Key::numbered(7);
+    for value in 1..=3 {
+        committed(&runtime.execute(append(&key, value)).expect("an outcome"));
+    }
+    assert_eq!(runtime.epoch(), concord_txn::timestamp::Epoch(1));
+
+    // Epoch 2 is not known here: the PreAccept waits, unanswered (K1).
+    let epoch = concord_txn::timestamp::Epoch(2);
+    runtime
+        .deliver_at(NodeId(2), epoch, vec![pre_accept_from_n2(2, &key)])
+        .expect("queued");
+    wait_until("the message waits", || {
+        runtime.stats().epoch_waited.load(Ordering::Relaxed) == 1
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(peers.0.lock().is_empty(), "{:?}", peers.0.lock());
+    // An older topology is ignored.
+    runtime
+        .set_topology(Arc::new(Topology::ring(
+            1,
+            1,
+            1,
+            FastPathMode::CoordinatorVotes,
+        )))
+        .expect("queued");
+
+    // Epoch 2's topology (nodes 1 and 2, RF 2) reopens the Node on the same
+    // journal and hands the waiting PreAccept over: node 1 answers node 2.
+    let mut two = Topology::ring(2, 1, 2, FastPathMode::CoordinatorVotes);
+    two.epoch = epoch;
+    runtime.set_topology(Arc::new(two)).expect("queued");
+    wait_until("node 1 answers node 2's PreAccept", || {
+        peers
+            .0
+            .lock()
+            .iter()
+            .any(|(to, message)| *to == NodeId(2) && matches!(message, Message::PreAcceptOk { .. }))
+    });
+    assert_eq!(runtime.epoch(), epoch);
+    assert_eq!(runtime.stats().topology_changes.load(Ordering::Relaxed), 1);
+    assert_eq!(runtime.stats().epoch_dropped.load(Ordering::Relaxed), 0);
+    // What the old Node applied is still there.
+    assert_eq!(list(&engine, &key), vec![1, 2, 3]);
+
+    // Past the bound, waiting messages are dropped and counted.
+    let many = vec![pre_accept_from_n2(3, &key); EPOCH_WAIT_MESSAGES_MAX + 1];
+    runtime
+        .deliver_at(NodeId(2), concord_txn::timestamp::Epoch(3), many)
+        .expect("queued");
+    wait_until("the oversized batch is dropped", || {
+        runtime.stats().epoch_dropped.load(Ordering::Relaxed)
+            == (EPOCH_WAIT_MESSAGES_MAX + 1) as u64
+    });
+    assert_eq!(runtime.stats().epoch_waited.load(Ordering::Relaxed), 1);
+}
