@@ -240,6 +240,13 @@ impl Config {
                 "cluster_listen_address {address:?} is not host:port (e.g. 127.0.0.1:7000)"
             )));
         }
+        if self.cluster_listen_address.is_some() && self.node_id > crate::txn_store::NODE_ID_MAX {
+            return Err(Error::Config(format!(
+                "node_id {} is too large for a cluster: at most {} (NODE_ID_MAX: the node id rides in the low bits of every transaction timestamp)",
+                self.node_id,
+                crate::txn_store::NODE_ID_MAX
+            )));
+        }
         if self.cluster_listen_address.is_some() && self.txn_mode == Some(TxnMode::Direct) {
             return Err(Error::Config(
                 "txn_mode = \"direct\" cannot run in a cluster (cluster_listen_address is set): a cluster orders transactions with Accord; drop txn_mode or set it to \"accord\"".into(),
@@ -315,6 +322,13 @@ mod tests {
                 .to_string();
         assert!(
             error.contains("txn_mode = \"direct\" cannot run in a cluster"),
+            "{error}"
+        );
+        let error = Config::from_toml("cluster_listen_address = \"127.0.0.1:0\"\nnode_id = 64")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("node_id 64 is too large for a cluster: at most 63"),
             "{error}"
         );
         let config =

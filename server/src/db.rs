@@ -49,7 +49,7 @@ use parking_lot::{Mutex, RwLock};
 
 use concord_cluster::runtime::{Loopback, Peers, Runtime, RuntimeConfig, RuntimeError};
 use concord_storage::engine::{Direction, ReadView};
-use concord_txn::node::{NodeConfig, Outcome};
+use concord_txn::node::Outcome;
 use concord_txn::storage::EngineJournal;
 use concord_txn::timestamp::NodeId;
 use concord_txn::topology::{FastPathMode, Topology};
@@ -556,7 +556,7 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
         let config = RuntimeConfig {
             node: NodeId(1),
             topology: Arc::new(Topology::ring(1, 1, 1, FastPathMode::CoordinatorVotes)),
-            node_config: NodeConfig::default(),
+            node_config: txn_store::node_config(),
         };
         self.start_runtime(feed_on, config, Box::new(Loopback::default()), false)
             .map(|_| ())
@@ -582,7 +582,7 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
         let config = RuntimeConfig {
             node,
             topology,
-            node_config: NodeConfig::default(),
+            node_config: txn_store::node_config(),
         };
         let runtime = self.start_runtime(self.analytics.is_some(), config, peers, true)?;
         self.awaiting_cluster = false;

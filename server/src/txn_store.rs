@@ -47,7 +47,28 @@ use crate::db::{
 
 const BODY_VERSION: u8 = 1;
 
-/// The write time of a transaction executed at `at`: its HLC microseconds.
+/// The low bits of every HLC value a node's runtime issues that carry its
+/// node id (`NodeConfig::hlc_node_bits`): two nodes never issue the same
+/// HLC value, so [`write_time`] is strictly increasing with executeAt and
+/// conflicting writes never tie on their cells' timestamps (design/cluster.md,
+/// "Write time"). Node ids of a cluster are therefore at most
+/// [`NODE_ID_MAX`]; one node issues at most one timestamp per `2^6` µs before
+/// its HLC runs ahead of the wall clock.
+pub const HLC_NODE_BITS: u32 = 6;
+/// The largest node id a runtime with [`HLC_NODE_BITS`] accepts.
+pub const NODE_ID_MAX: u32 = (1 << HLC_NODE_BITS) - 1;
+
+/// The runtime configuration of a node in accord mode: the defaults, with
+/// the node id in the HLC's low bits.
+pub fn node_config() -> concord_txn::node::NodeConfig {
+    concord_txn::node::NodeConfig {
+        hlc_node_bits: HLC_NODE_BITS,
+        ..concord_txn::node::NodeConfig::default()
+    }
+}
+
+/// The write time of a transaction executed at `at`: its HLC microseconds
+/// (unique per executeAt: the HLC carries the node id, [`HLC_NODE_BITS`]).
 pub fn write_time(at: Timestamp) -> WriteTime {
     WriteTime(i64::try_from(at.hlc).unwrap_or(i64::MAX))
 }

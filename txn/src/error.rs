@@ -15,6 +15,9 @@ pub enum Error {
     /// [`Update::Opaque`]: crate::txn::Update::Opaque
     #[error("cannot execute the transaction body: {0}")]
     Execution(String),
+    /// The node's configuration cannot run (checked when it opens).
+    #[error("invalid node configuration: {0}")]
+    Config(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -113,6 +113,10 @@ pub struct NodeConfig {
     /// How far below its HLC a round's bound lies: transactions younger than this are never
     /// fenced off, so a PreAccept delayed by less is not rejected.
     pub sync_margin_micros: u64,
+    /// Low bits of every HLC value this node issues that carry its id (0: none). With
+    /// `b > 0` node ids must be below `2^b`; then two nodes never issue the same HLC value,
+    /// so executeAt's HLC alone orders conflicting transactions (see [`Hlc`]).
+    pub hlc_node_bits: u32,
 }
 
 impl Default for NodeConfig {
@@ -128,6 +132,7 @@ impl Default for NodeConfig {
             gc_enabled: true,
             sync_interval_micros: 300_000,
             sync_margin_micros: 200_000,
+            hlc_node_bits: 0,
         }
     }
 }
@@ -221,12 +226,23 @@ impl Node {
         now: LocalTime,
     ) -> Result<(Node, Effects)> {
         let epoch = topology.epoch;
+        if config.hlc_node_bits > crate::timestamp::HLC_NODE_BITS_MAX
+            || (config.hlc_node_bits > 0 && u64::from(id.0) >= 1u64 << config.hlc_node_bits)
+        {
+            return Err(crate::error::Error::Config(format!(
+                "node id {} does not fit in hlc_node_bits = {} (at most {})",
+                id.0,
+                config.hlc_node_bits,
+                crate::timestamp::HLC_NODE_BITS_MAX
+            )));
+        }
+        let hlc = Hlc::with_node_bits(id, epoch, config.hlc_node_bits);
         let rng_state = config.seed ^ (u64::from(id.0) << 32) ^ 0x9e37_79b9_7f4a_7c15;
         let mut node = Node {
             id,
             topology,
             config,
-            hlc: Hlc::new(id, epoch),
+            hlc,
             commands: BTreeMap::new(),
             keys: BTreeMap::new(),
             blocked_by: BTreeMap::new(),

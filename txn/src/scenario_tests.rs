@@ -564,3 +564,63 @@ fn a_store_without_an_executor_refuses_opaque_bodies() {
         Err(Error::Execution(_))
     ));
 }
+
+/// Two nodes coordinate conflicting writes in the same microsecond. Without node bits in the
+/// HLC both take the fast path at the same HLC value (their timestamps differ only in the node
+/// id), so a store that uses executeAt's HLC as the cell's write time would see a tie; with
+/// `hlc_node_bits` the two HLC values differ and follow executeAt's order.
+#[test]
+fn conflicting_writes_in_one_microsecond_tie_on_hlc_only_without_node_bits() {
+    for bits in [0, 6] {
+        let config = NodeConfig {
+            gc_enabled: false,
+            hlc_node_bits: bits,
+            ..NodeConfig::default()
+        };
+        let mut net = Net::with_config(3, FastPathMode::CoordinatorVotes, config);
+        let key = Key::numbered(1);
+        let same_time = LocalTime(net.now + 10_000);
+        for (node, value) in [(NodeId(1), 1), (NodeId(2), 2)] {
+            let txn = Txn::new(
+                vec![key.clone()],
+                Update::Append(vec![(key.clone(), value)]),
+            );
+            let effects = net
+                .nodes
+                .get_mut(&node)
+                .expect("node")
+                .handle(
+                    same_time,
+                    Input::Client {
+                        request_id: ClientRequestId(value),
+                        txn,
+                    },
+                )
+                .expect("in-memory engine");
+            net.absorb(node, effects);
+        }
+        net.heal(50);
+        let execute_at = |request: u64| -> Timestamp {
+            match net
+                .replies
+                .iter()
+                .find(|(_, id, _)| *id == ClientRequestId(request))
+                .map(|(_, _, outcome)| outcome)
+            {
+                Some(Outcome::Committed { execute_at, .. }) => *execute_at,
+                other => panic!("request {request}: {other:?}"),
+            }
+        };
+        let (a, b) = (execute_at(1), execute_at(2));
+        assert_ne!(a, b);
+        if bits == 0 {
+            assert_eq!(a.hlc, b.hlc, "the tie this test is about: {a} {b}");
+        } else {
+            assert_ne!(a.hlc, b.hlc, "{a} {b}");
+            assert_eq!(a < b, a.hlc < b.hlc, "{a} {b}");
+            let mask = (1u64 << bits) - 1;
+            assert_eq!(a.hlc & mask, u64::from(a.node.0), "{a}");
+            assert_eq!(b.hlc & mask, u64::from(b.node.0), "{b}");
+        }
+    }
+}

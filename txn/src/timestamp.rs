@@ -201,28 +201,63 @@ impl Ballot {
     });
 }
 
+/// The most low bits of an HLC value that may carry the issuing node's id
+/// ([`Hlc::with_node_bits`]).
+pub const HLC_NODE_BITS_MAX: u32 = 16;
+
 /// A node's hybrid logical clock: `hlc = max(now, last + 1)`, ratcheted by every timestamp the
 /// node witnesses. One per node, shared by everything on it, so its timestamps are totally
 /// ordered.
+///
+/// With `node_bits = b > 0` ([`Hlc::with_node_bits`]) every value it issues is the smallest
+/// at or above `max(now, last + 1)` whose low `b` bits equal the node id, so two nodes (with
+/// ids below `2^b`) never issue the same HLC value: equal HLCs mean the same node. The server
+/// relies on it: a write's cell timestamp is executeAt's HLC alone, and conflicting writes
+/// must not tie (design/cluster.md, "Write time"). The price: one node issues at most one
+/// value per `2^b` microseconds before its clock runs ahead of the wall clock.
 #[derive(Debug, Clone)]
 pub struct Hlc {
     node: NodeId,
     epoch: Epoch,
     last: u64,
+    node_bits: u32,
 }
 
 impl Hlc {
     pub fn new(node: NodeId, epoch: Epoch) -> Hlc {
+        Hlc::with_node_bits(node, epoch, 0)
+    }
+
+    /// A clock whose values carry `node` in their low `node_bits` bits.
+    ///
+    /// # Panics
+    /// When `node_bits` exceeds [`HLC_NODE_BITS_MAX`] or the node id does not fit in
+    /// `node_bits` bits (callers validate first: `Node::open` refuses such a configuration).
+    pub fn with_node_bits(node: NodeId, epoch: Epoch, node_bits: u32) -> Hlc {
+        assert!(node_bits <= HLC_NODE_BITS_MAX);
+        assert!(node_bits == 0 || u64::from(node.0) < (1u64 << node_bits));
         Hlc {
             node,
             epoch,
             last: 0,
+            node_bits,
         }
     }
 
     /// Returns a timestamp above every one this clock returned or witnessed.
     pub fn unique_now(&mut self, now: LocalTime) -> Timestamp {
-        self.last = now.0.max(self.last + 1);
+        let base = now.0.max(self.last + 1);
+        self.last = if self.node_bits == 0 {
+            base
+        } else {
+            let stride = 1u64 << self.node_bits;
+            let candidate = (base & !(stride - 1)) | u64::from(self.node.0);
+            if candidate < base {
+                candidate + stride
+            } else {
+                candidate
+            }
+        };
         Timestamp {
             epoch: self.epoch,
             hlc: self.last,
@@ -306,5 +341,28 @@ mod tests {
         assert_eq!(id.kind(), TxnKind::Write);
         assert_eq!(id.domain(), Domain::Key);
         assert_eq!(id.coordinator(), NodeId(1));
+    }
+
+    #[test]
+    fn hlc_values_carry_the_node_in_their_low_bits() {
+        let bits = 6;
+        let mut one = Hlc::with_node_bits(NodeId(1), Epoch(1), bits);
+        let mut two = Hlc::with_node_bits(NodeId(2), Epoch(1), bits);
+        let mask = (1u64 << bits) - 1;
+        let mut last = 0;
+        for now in [100, 100, 101, 50, 1_000, 1_000, 1_064, 5_000] {
+            let a = one.unique_now(LocalTime(now));
+            let b = two.unique_now(LocalTime(now));
+            assert_eq!(a.hlc & mask, 1);
+            assert_eq!(b.hlc & mask, 2);
+            assert!(a.hlc >= now && b.hlc >= now);
+            // The smallest such value: less than one stride above the floor.
+            assert!(a.hlc > last && a.hlc - now.max(last + 1) < 64);
+            last = a.hlc;
+        }
+        // Witnessing another node's value keeps the node's own bits.
+        let remote = two.unique_now(LocalTime(9_000));
+        let above = one.unique_now_above(LocalTime(0), remote);
+        assert!(above > remote && above.hlc & mask == 1 && above.hlc != remote.hlc);
     }
 }
