@@ -204,3 +204,68 @@ async fn writes_through_one_node_are_read_through_another_and_survive_a_sigkill(
     }
     assert_eq!(local, want, "node 3's own rows after its restart");
 }
+
+/// SIGTERM and wait for a clean stop.
+fn stop(mut member: Member) {
+    let status = Command::new("kill")
+        .args(["-TERM", &member.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = member.child.wait().unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+}
+
+/// What node 3 missed while down reaches it after the nodes that sent to it
+/// restarted too (so no transport queue kept those messages for it): the
+/// protocol's own fetching (durability rounds, CheckStatus) has to bring it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_fetches_what_it_missed_after_its_peers_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let node1 = start(&dir.path().join("n1"), 1, "127.0.0.1:0", None);
+    let seed = node1.cluster.clone();
+    let node2 = start(&dir.path().join("n2"), 2, "127.0.0.1:0", Some(&seed));
+    let node3 = start(&dir.path().join("n3"), 3, "127.0.0.1:0", Some(&seed));
+    let addresses: Vec<String> = [&node1, &node2, &node3]
+        .iter()
+        .map(|member| member.cluster.clone())
+        .collect();
+    for member in [&node1, &node2, &node3] {
+        let mut c = client(member).await;
+        c.query(
+            "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
+        )
+        .await
+        .unwrap();
+        c.query("CREATE TABLE ks.t (k int PRIMARY KEY, v int)")
+            .await
+            .unwrap();
+    }
+    drop(node3);
+    let mut c1 = client(&node1).await;
+    for k in 0..10 {
+        c1.query(&format!("INSERT INTO ks.t (k, v) VALUES ({k}, {k})"))
+            .await
+            .unwrap();
+    }
+    drop(c1);
+    // Nodes 1 and 2 restart one after the other: their queues for node 3 are gone.
+    stop(node1);
+    let node1 = start(&dir.path().join("n1"), 1, &addresses[0], None);
+    stop(node2);
+    let node2 = start(&dir.path().join("n2"), 2, &addresses[1], None);
+    let mut c2 = client(&node2).await;
+    assert_eq!(read(&mut c2, 9).await, Some(9));
+    let node3 = start(&dir.path().join("n3"), 3, &addresses[2], None);
+    let mut c3 = client(&node3).await;
+    let want: Vec<(i32, i32)> = (0..10).map(|k| (k, k)).collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut local = local_rows(&mut c3).await;
+    while local != want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        local = local_rows(&mut c3).await;
+    }
+    assert_eq!(local, want, "node 3's own rows after its restart");
+    assert_eq!(read(&mut c3, 4).await, Some(4));
+    drop(node1);
+}
