@@ -582,7 +582,12 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
         let config = RuntimeConfig {
             node,
             topology,
-            node_config: txn_store::node_config(),
+            // Peers coordinate too: the change feed's floor must also stay below the
+            // durability rounds' DurableBefore (design/cluster.md, "Change feed frontier").
+            node_config: concord_txn::node::NodeConfig {
+                apply_floor_durable: true,
+                ..txn_store::node_config()
+            },
         };
         let runtime = self.start_runtime(self.analytics.is_some(), config, peers, true)?;
         self.awaiting_cluster = false;

@@ -117,6 +117,11 @@ pub struct NodeConfig {
     /// `b > 0` node ids must be below `2^b`; then two nodes never issue the same HLC value,
     /// so executeAt's HLC alone orders conflicting transactions (see [`Hlc`]).
     pub hlc_node_bits: u32,
+    /// Keep [`Node::apply_floor`] at or below DurableBefore of every shard: the floor is then
+    /// a bound in a cluster too (a write this node has yet to apply, whoever coordinates it
+    /// and whether or not this node voted on it, has its TxnId at or above its shard's
+    /// DurableBefore), at the price of lagging the durability rounds. Needs `gc_enabled`.
+    pub apply_floor_durable: bool,
 }
 
 impl Default for NodeConfig {
@@ -133,6 +138,7 @@ impl Default for NodeConfig {
             sync_interval_micros: 300_000,
             sync_margin_micros: 200_000,
             hlc_node_bits: 0,
+            apply_floor_durable: false,
         }
     }
 }
@@ -362,10 +368,16 @@ impl Node {
     /// unfinished write commands of executeAt once decided, TxnId before (executeAt is never
     /// below it), and otherwise the next timestamp its clock can issue (every new TxnId is
     /// above every timestamp the clock issued or witnessed). Every write below the floor is
-    /// applied here. With peers it is not a bound: a peer's PreAccept may carry a lower t0
+    /// applied here. With peers that alone is not a bound (a peer's PreAccept may carry a
+    /// lower t0, a replica outside the fast quorum applies what it never voted on): with
+    /// `NodeConfig::apply_floor_durable` the floor is also at or below every shard's
+    /// DurableBefore, below which every write is applied on every replica
     /// (design/cluster.md, "Change feed frontier").
     pub fn apply_floor(&self) -> Timestamp {
-        let next = self.hlc.next_floor();
+        let mut next = self.hlc.next_floor();
+        if self.config.apply_floor_durable {
+            next = next.min(self.durable_before_all());
+        }
         self.commands
             .values()
             .filter(|command| {

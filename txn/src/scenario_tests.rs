@@ -624,3 +624,72 @@ fn conflicting_writes_in_one_microsecond_tie_on_hlc_only_without_node_bits() {
         }
     }
 }
+
+/// In a cluster the apply floor must bound the writes a replica has yet to apply, including
+/// one it never heard of: n1 and n2 commit a write W on the fast path while every message to
+/// n3 is lost, then n3 coordinates a write of its own on another key. Without
+/// `apply_floor_durable` n3's floor (its clock's next value) passes W, which n3 has not
+/// applied; with it the floor stays at or below DurableBefore, which only passes W once the
+/// durability rounds made W applied on every replica.
+#[test]
+fn the_apply_floor_bounds_writes_a_replica_never_voted_on_only_with_durable_floors() {
+    for durable in [false, true] {
+        let config = NodeConfig {
+            sync_interval_micros: 50_000,
+            sync_margin_micros: 10_000,
+            apply_floor_durable: durable,
+            ..NodeConfig::default()
+        };
+        let mut net = Net::with_config(3, FastPathMode::CoordinatorVotes, config);
+        let (n1, n3) = (NodeId(1), NodeId(3));
+        let key = Key::numbered(1);
+        let w = Txn::new(vec![key.clone()], Update::Append(vec![(key.clone(), 1)]));
+        net.input(
+            n1,
+            Input::Client {
+                request_id: ClientRequestId(1),
+                txn: w,
+            },
+        );
+        net.deliver(|_, to, _| to != n3);
+        let w_at = match net
+            .replies
+            .iter()
+            .find(|(_, id, _)| *id == ClientRequestId(1))
+        {
+            Some((_, _, Outcome::Committed { execute_at, .. })) => *execute_at,
+            other => panic!("W: {other:?}"),
+        };
+        net.now += 10_000;
+        let other = Key::numbered(2);
+        let mine = Txn::new(vec![other.clone()], Update::Append(vec![(other, 2)]));
+        net.input(
+            n3,
+            Input::Client {
+                request_id: ClientRequestId(2),
+                txn: mine,
+            },
+        );
+        net.deliver(|from, to, _| from == n3 || to == n3);
+        let floor = net.nodes[&n3].apply_floor();
+        if durable {
+            assert!(floor <= w_at, "n3's floor {floor} passed W at {w_at}");
+        } else {
+            assert!(
+                floor > w_at,
+                "the gap this test is about: {floor} vs {w_at}"
+            );
+        }
+        // Rounds make W applied everywhere; the floor then passes it.
+        net.heal(60);
+        let floor = net.nodes[&n3].apply_floor();
+        assert!(
+            floor > w_at,
+            "n3's floor {floor} after the rounds, W at {w_at}"
+        );
+        let values = KvDataStore::new(net.engines[&n3].clone())
+            .values(std::slice::from_ref(&key))
+            .expect("read");
+        assert!(values[&key].is_some(), "n3 applied W");
+    }
+}

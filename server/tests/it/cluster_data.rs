@@ -23,6 +23,7 @@ struct Member {
     child: Child,
     _lines: Lines<BufReader<ChildStdout>>,
     cql: SocketAddr,
+    grpc: SocketAddr,
     cluster: String,
 }
 
@@ -56,6 +57,7 @@ fn start(data_dir: &Path, node_id: u32, cluster_listen: &str, join: Option<&str>
             .to_owned()
     };
     let cql = find("cql: listening on ").parse().unwrap();
+    let grpc = find("grpc: listening on ").parse().unwrap();
     // cluster: node N at ADDR, epoch E, nodes up: ...
     let cluster = find("cluster: node ")
         .split(" at ")
@@ -67,6 +69,7 @@ fn start(data_dir: &Path, node_id: u32, cluster_listen: &str, join: Option<&str>
         child,
         _lines: lines,
         cql,
+        grpc,
         cluster,
     }
 }
@@ -267,5 +270,19 @@ async fn a_restarted_node_fetches_what_it_missed_after_its_peers_restarted() {
     }
     assert_eq!(local, want, "node 3's own rows after its restart");
     assert_eq!(read(&mut c3, 4).await, Some(4));
+    // Node 3's columnar replica has the fetched writes too: their executeAts were above
+    // the feed watermark it published (the floor follows the durability rounds).
+    let sql = concord_client::Client::connect(&format!("http://{}", node3.grpc))
+        .await
+        .unwrap();
+    let scan = sql
+        .sql_with(
+            "SELECT k, v FROM ks.t",
+            concord_client::SqlOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(scan.store, "columnar");
+    assert_eq!(scan.num_rows(), 10, "node 3's columnar replica");
     drop(node1);
 }
