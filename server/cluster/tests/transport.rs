@@ -782,3 +782,167 @@ mod accord {
         }
     }
 }
+
+mod views {
+    //! The node's wiring in process: metadata and transport on one port per
+    //! node (`Transport::start_shared`, `MetaNode::start_on`), runtimes that
+    //! follow the views (`follow_views`): peers are the members, the
+    //! runtimes move to each new epoch, a transaction commits across the
+    //! nodes, and a removed member stops being a peer.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use concord_cluster::meta::{ExtraService, MetaConfig, MetaNode};
+    use concord_cluster::runtime::{NoObserver, Runtime, RuntimeConfig};
+    use concord_cluster::transport::accord::{
+        ACCORD_CODEC_VERSION, AccordWireStats, CLUSTER_ID_DEFAULT, TransportPeers, follow_views,
+        spawn_delivery,
+    };
+    use concord_cluster::transport::{Transport, TransportConfig};
+    use concord_storage::engine::EngineOptions;
+    use concord_storage::memory::MemoryEngine;
+    use concord_txn::node::{NodeConfig, Outcome};
+    use concord_txn::storage::{EngineJournal, KvDataStore};
+    use concord_txn::timestamp::{Epoch, NodeId};
+    use concord_txn::txn::{Key, Txn, Update};
+
+    use super::{eventually, limits, loopback};
+
+    struct Member {
+        meta: MetaNode,
+        transport: Transport,
+        runtime: Arc<Runtime>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+        engine: Arc<MemoryEngine>,
+    }
+
+    /// A node as `concord start` wires it: bootstrap (no seed) or join.
+    async fn member(id: u32, seed: Option<String>) -> Member {
+        let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+        let bound = listener.local_addr().unwrap();
+        let limits = limits();
+        let (transport, inbound, routes) = Transport::start_shared(TransportConfig {
+            cluster_id: CLUSTER_ID_DEFAULT.to_owned(),
+            node: NodeId(id),
+            listen: bound,
+            codec_version: ACCORD_CODEC_VERSION,
+            limits: limits.clone(),
+        })
+        .unwrap();
+        let engine = Arc::new(MemoryEngine::new(EngineOptions::default()));
+        let mut config = MetaConfig::new(id, bound);
+        config.heartbeat_interval = Duration::from_millis(50);
+        config.election_timeout_min = Duration::from_millis(200);
+        config.election_timeout_max = Duration::from_millis(400);
+        let extra = ExtraService {
+            routes,
+            keepalive_interval: limits.keepalive_interval,
+            keepalive_timeout: limits.keepalive_timeout,
+        };
+        let meta = MetaNode::start_on(config, engine.clone(), listener, Some(extra))
+            .await
+            .unwrap();
+        let reply = match seed {
+            Some(seed) => meta.join(&seed, None).await.unwrap(),
+            None => meta.bootstrap(None).await.unwrap(),
+        };
+        let view = meta
+            .wait_for_view(Duration::from_secs(10), "own join", |view| {
+                view.applied_index >= reply.log_index
+            })
+            .await
+            .unwrap();
+        let topology = Arc::new(view.topology.clone().unwrap());
+        transport.set_epoch(topology.epoch);
+        let stats = Arc::new(AccordWireStats::default());
+        let runtime = Arc::new(
+            Runtime::start(
+                RuntimeConfig {
+                    node: NodeId(id),
+                    topology,
+                    node_config: NodeConfig::default(),
+                },
+                Box::new(EngineJournal::new(engine.clone())),
+                Box::new(KvDataStore::new(engine.clone())),
+                Box::new(TransportPeers::new(transport.clone(), stats.clone())),
+                Box::new(NoObserver),
+            )
+            .unwrap(),
+        );
+        let tasks = vec![
+            spawn_delivery(inbound, runtime.clone(), stats),
+            follow_views(meta.subscribe(), transport.clone(), runtime.clone()),
+        ];
+        Member {
+            meta,
+            transport,
+            runtime,
+            tasks,
+            engine,
+        }
+    }
+
+    fn peers(member: &Member) -> Vec<u32> {
+        member.transport.peers().keys().map(|node| node.0).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runtimes_follow_the_views_peers_and_epochs() {
+        let one = member(1, None).await;
+        let seed = one.meta.address().to_owned();
+        let two = member(2, Some(seed.clone())).await;
+        let three = member(3, Some(seed)).await;
+        let epoch = Epoch(three.meta.view().epoch());
+        for node in [&one, &two, &three] {
+            eventually("every runtime runs the latest epoch", || {
+                node.runtime.epoch() == epoch
+            })
+            .await;
+        }
+        assert_eq!(peers(&one), [2, 3]);
+        assert_eq!(peers(&two), [1, 3]);
+        // A write coordinated by node 2 commits and reaches node 1's store.
+        let key = Key::numbered(5);
+        let runtime = two.runtime.clone();
+        let txn = Txn::new(
+            vec![key.clone()],
+            Update::Put(vec![(key.clone(), Some(b"x".to_vec()))]),
+        );
+        let outcome = tokio::task::spawn_blocking(move || runtime.execute(txn))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Committed { .. }), "{outcome:?}");
+        let engine = one.engine.clone();
+        eventually("node 1 applied node 2's write", || {
+            KvDataStore::new(engine.clone())
+                .values(std::slice::from_ref(&key))
+                .unwrap()[&key]
+                .is_some()
+        })
+        .await;
+        // Removing node 3: a new epoch, and it is no peer any more.
+        one.meta.remove_node(3).await.unwrap();
+        eventually("node 1 stops sending to the removed node", || {
+            peers(&one) == [2]
+        })
+        .await;
+        eventually("node 1 runs the removal's epoch", || {
+            one.runtime.epoch() > epoch
+        })
+        .await;
+        for node in [one, two, three] {
+            for task in &node.tasks {
+                task.abort();
+            }
+            node.transport.shutdown().await;
+            let _ = node.meta.shutdown().await;
+            let runtime = node.runtime;
+            drop(node.tasks);
+            tokio::task::spawn_blocking(move || drop(runtime))
+                .await
+                .unwrap();
+        }
+    }
+}
