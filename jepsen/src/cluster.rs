@@ -293,6 +293,21 @@ impl Cluster {
         self.start_node(index)
     }
 
+    /// Rewrites node `index`'s configuration with its wall clock shifted by `offset_ms`
+    /// (`test_clock_offset_ms`); it takes effect at the node's next start.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn set_clock_offset(&mut self, index: usize, offset_ms: i64) -> anyhow::Result<()> {
+        let node = self.nodes.get(index).context("no such node")?;
+        let mut text = self.config.extra_config.clone();
+        if offset_ms != 0 {
+            text.push_str(&format!("\ntest_clock_offset_ms = {offset_ms}\n"));
+        }
+        std::fs::write(&node.spec.config_file, text)
+            .with_context(|| format!("write {}", node.spec.config_file.display()))
+    }
+
     /// SIGSTOPs node `index`.
     pub fn pause(&mut self, index: usize) -> anyhow::Result<()> {
         self.signal(index, "STOP")?;

@@ -68,9 +68,9 @@ struct RunArgs {
     common: Common,
     #[arg(long, default_value = "list-append")]
     workload: WorkloadKind,
-    /// Comma-separated: kill, pause, partition (empty: no faults).
-    #[arg(long, default_value = "kill", value_delimiter = ',')]
-    nemesis: Vec<NemesisKind>,
+    /// Comma-separated: kill, pause, partition, clock; `none` for no faults.
+    #[arg(long, default_value = "kill", value_delimiter = ',', value_parser = parse_nemesis)]
+    nemesis: Vec<Option<NemesisKind>>,
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     time: Duration,
     /// The results folder.
@@ -88,6 +88,14 @@ struct SmokeArgs {
     /// The results folder (one subfolder per run).
     #[arg(long, default_value = "jepsen-results/smoke")]
     out: PathBuf,
+}
+
+fn parse_nemesis(text: &str) -> Result<Option<NemesisKind>, String> {
+    if text == "none" {
+        Ok(None)
+    } else {
+        text.parse().map(Some)
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -152,7 +160,7 @@ fn main() -> ExitCode {
         Command::Run(args) => vec![config(
             &args.common,
             args.workload,
-            args.nemesis,
+            args.nemesis.into_iter().flatten().collect(),
             args.time,
             args.out,
         )],

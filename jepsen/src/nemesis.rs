@@ -9,6 +9,10 @@
 //! - `partition`: nftables cuts (`net.rs`), cycling through a minority/majority split, one node
 //!   isolated (every node coordinates, so this also isolates a coordinator) and, with three or
 //!   more nodes, a bridge (one node sees both sides, the sides do not see each other).
+//! - `clock`: restarts a random node with its wall clock stepped back or forward by
+//!   [`CLOCK_STEP_MS_MAX`] at most (`test_clock_offset_ms`); healed by restarting it with the
+//!   true clock. A step back across a restart is what NTP or a restored VM does; write times
+//!   must stay ordered through it.
 //!
 //! Must never: end with a fault in place (`heal_all` runs at the end whatever happened).
 
@@ -26,12 +30,16 @@ use rand::{Rng, SeedableRng};
 use crate::cluster::Cluster;
 use crate::net::Partitioner;
 
+/// The largest clock step the clock nemesis applies, either way.
+pub const CLOCK_STEP_MS_MAX: i64 = 120_000;
+
 /// One kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NemesisKind {
     Kill,
     Pause,
     Partition,
+    Clock,
 }
 
 impl NemesisKind {
@@ -40,6 +48,7 @@ impl NemesisKind {
             NemesisKind::Kill => "kill",
             NemesisKind::Pause => "pause",
             NemesisKind::Partition => "partition",
+            NemesisKind::Clock => "clock",
         }
     }
 }
@@ -58,13 +67,9 @@ impl FromStr for NemesisKind {
             "kill" => Ok(NemesisKind::Kill),
             "pause" => Ok(NemesisKind::Pause),
             "partition" => Ok(NemesisKind::Partition),
-            "clock" => Err(
-                "the clock nemesis is not built yet: nodes have no test clock offset \
-                 (design/jepsen.md)"
-                    .to_owned(),
-            ),
+            "clock" => Ok(NemesisKind::Clock),
             other => Err(format!(
-                "unknown nemesis {other:?} (expected kill, pause or partition)"
+                "unknown nemesis {other:?} (expected kill, pause, partition or clock)"
             )),
         }
     }
@@ -162,6 +167,22 @@ impl Nemesis {
                     lock(cluster)?.pause(target)?;
                     names(&[target])
                 }
+                NemesisKind::Clock => {
+                    let magnitude = rng.random_range(1_000..=CLOCK_STEP_MS_MAX);
+                    // Mostly backwards: the dangerous direction.
+                    let offset = if rng.random_bool(0.75) {
+                        -magnitude
+                    } else {
+                        magnitude
+                    };
+                    let mut cluster = lock(cluster)?;
+                    cluster.kill(target);
+                    cluster.set_clock_offset(target, offset)?;
+                    cluster.restart(target).with_context(|| {
+                        format!("restart n{} with its clock at {offset} ms", target + 1)
+                    })?;
+                    format!("n{} {offset:+} ms", target + 1)
+                }
                 NemesisKind::Partition => {
                     let partitioner = partitioner
                         .as_mut()
@@ -182,6 +203,14 @@ impl Nemesis {
                     .restart(target)
                     .with_context(|| format!("restart n{} after kill -9", target + 1))?,
                 NemesisKind::Pause => lock(cluster)?.resume(target)?,
+                NemesisKind::Clock => {
+                    let mut cluster = lock(cluster)?;
+                    cluster.kill(target);
+                    cluster.set_clock_offset(target, 0)?;
+                    cluster
+                        .restart(target)
+                        .with_context(|| format!("restart n{} with its true clock", target + 1))?;
+                }
                 NemesisKind::Partition => {
                     if let Some(partitioner) = partitioner.as_mut() {
                         partitioner.heal()?;
@@ -267,9 +296,19 @@ mod tests {
     }
 
     #[test]
-    fn clock_is_refused_with_a_reason() {
-        let error = "clock".parse::<NemesisKind>().unwrap_err();
-        assert!(error.contains("not built"), "{error}");
-        assert_eq!("kill".parse::<NemesisKind>(), Ok(NemesisKind::Kill));
+    fn nemesis_names_parse_and_unknown_ones_are_refused() {
+        for kind in [
+            NemesisKind::Kill,
+            NemesisKind::Pause,
+            NemesisKind::Partition,
+            NemesisKind::Clock,
+        ] {
+            assert_eq!(kind.name().parse::<NemesisKind>(), Ok(kind));
+        }
+        let error = "disk".parse::<NemesisKind>().unwrap_err();
+        assert!(
+            error.contains("expected kill, pause, partition or clock"),
+            "{error}"
+        );
     }
 }

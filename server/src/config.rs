@@ -101,7 +101,14 @@ pub struct Config {
     /// join. Unset (with `cluster_listen_address` set): the node starts a new
     /// cluster, or resumes the one its data directory holds.
     pub join: Option<String>,
+    /// Fault injection only (the Jepsen clock nemesis): shifts this node's wall clock by this
+    /// many milliseconds, at most [`TEST_CLOCK_OFFSET_MS_MAX`] either way. 0 in production.
+    /// Write times stay ordered across such a step (the sequencer's persisted ceiling).
+    pub test_clock_offset_ms: i64,
 }
+
+/// The largest `test_clock_offset_ms`, either way: one day.
+pub const TEST_CLOCK_OFFSET_MS_MAX: i64 = 86_400_000;
 
 impl Default for Config {
     fn default() -> Config {
@@ -127,6 +134,7 @@ impl Default for Config {
             node_id: 1,
             cluster_listen_address: None,
             join: None,
+            test_clock_offset_ms: 0,
         }
     }
 }
@@ -172,6 +180,12 @@ impl Config {
     /// # Errors
     /// `Config` naming the bad value.
     pub fn validate(&self) -> Result<()> {
+        if self.test_clock_offset_ms.abs() > TEST_CLOCK_OFFSET_MS_MAX {
+            return Err(Error::Config(format!(
+                "test_clock_offset_ms {} is beyond ±{TEST_CLOCK_OFFSET_MS_MAX} (one day)",
+                self.test_clock_offset_ms
+            )));
+        }
         if self.commit_sync == CommitSync::Periodic && self.periodic_sync_ms == 0 {
             return Err(Error::Config("periodic_sync_ms must be at least 1".into()));
         }

@@ -29,7 +29,7 @@ use std::time::Duration;
 use concord_columnar::follower::{Follower, FollowerOptions};
 use concord_columnar::{Columnar, ColumnarOptions, Snapshot};
 use concord_storage::cell::WriteTime;
-use concord_storage::clock::{Clock, SystemClock};
+use concord_storage::clock::{Clock, OffsetClock, SystemClock};
 use concord_storage::engine::{Durability, Engine, EngineOptions, Family, WriteBatch};
 use concord_storage::feed::{self, ChangeFeed, FeedPosition};
 use concord_storage::memory::MemoryEngine;
@@ -238,26 +238,80 @@ pub struct TransactionResult {
     pub applied: bool,
 }
 
-/// Assigns strictly increasing timestamps that follow the wall clock.
+/// Where the sequencer's write-time ceiling is kept (`Family::Meta`, i64 big-endian).
+const CLOCK_CEILING_KEY: &[u8] = b"clock/ceiling";
+/// How far ahead of the write time issued the sequencer persists its ceiling: at most one
+/// synced ceiling write per this much time.
+pub const CLOCK_CEILING_LEASE_MICROS: i64 = 1_000_000;
+
+/// Assigns strictly increasing timestamps that follow the wall clock, and never one at or
+/// below a timestamp issued before a restart, even when the wall clock stepped back in between
+/// (NTP, a restored VM, the Jepsen clock nemesis): every timestamp it issues is below a
+/// ceiling persisted (synced) first, and a reopened sequencer starts above that ceiling.
 #[derive(Debug)]
 struct LocalSequencer {
     last_micros: AtomicI64,
+    /// The persisted ceiling: every timestamp issued is below it.
+    ceiling: AtomicI64,
+    persist: Mutex<()>,
 }
 
 impl LocalSequencer {
-    fn next(&self, clock: &dyn Clock) -> WriteTime {
+    /// A sequencer resuming above the ceiling stored in `engine` (none: a new database).
+    fn open<E: Engine>(engine: &E) -> Result<LocalSequencer> {
+        let ceiling = match engine.get(Family::Meta, CLOCK_CEILING_KEY)? {
+            None => i64::MIN,
+            Some(bytes) => i64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                Error::Storage(concord_storage::Error::Corruption(format!(
+                    "the clock ceiling record has {} bytes, not 8",
+                    bytes.len()
+                )))
+            })?),
+        };
+        Ok(LocalSequencer {
+            last_micros: AtomicI64::new(ceiling),
+            ceiling: AtomicI64::new(ceiling),
+            persist: Mutex::new(()),
+        })
+    }
+
+    /// The next timestamp. When it reaches the persisted ceiling, a new ceiling is synced
+    /// first; if that fails, `error` is set and the caller must not use the timestamp.
+    fn next<E: Engine>(
+        &self,
+        clock: &dyn Clock,
+        engine: &E,
+        error: &mut Option<Error>,
+    ) -> WriteTime {
         let now = clock.now_micros();
         let mut last = self.last_micros.load(Ordering::SeqCst);
-        loop {
+        let next = loop {
             let next = now.max(last + 1);
             match self
                 .last_micros
                 .compare_exchange(last, next, Ordering::SeqCst, Ordering::SeqCst)
             {
-                Ok(_) => return WriteTime(next),
+                Ok(_) => break next,
                 Err(actual) => last = actual,
             }
+        };
+        if next >= self.ceiling.load(Ordering::SeqCst) {
+            let _persist = self.persist.lock();
+            if next >= self.ceiling.load(Ordering::SeqCst) {
+                let ceiling = next.saturating_add(CLOCK_CEILING_LEASE_MICROS);
+                let mut batch = WriteBatch::new();
+                batch.put(
+                    Family::Meta,
+                    CLOCK_CEILING_KEY.to_vec(),
+                    ceiling.to_be_bytes().to_vec(),
+                );
+                match engine.write(batch, Durability::Sync) {
+                    Ok(()) => self.ceiling.store(ceiling, Ordering::SeqCst),
+                    Err(failed) => *error = Some(failed.into()),
+                }
+            }
         }
+        WriteTime(next)
     }
 }
 
@@ -399,7 +453,10 @@ impl Db<RocksEngine> {
             context: format!("create data directory {}", config.data_dir.display()),
             source,
         })?;
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let clock: Arc<dyn Clock> = match config.test_clock_offset_ms {
+            0 => Arc::new(SystemClock),
+            offset => Arc::new(OffsetClock::new(SystemClock, offset.saturating_mul(1_000))),
+        };
         let registry = TableRegistry::new();
         let options = EngineOptions {
             rows: rows::row_family_options(clock.clone(), registry.clone()),
@@ -660,13 +717,14 @@ impl<E: Engine> Db<E> {
     /// Wraps an opened engine, loading its schema.
     ///
     /// # Errors
-    /// `Storage(Corruption)` when the stored schema does not decode.
+    /// `Storage(Corruption)` when the stored schema or clock ceiling does not decode.
     pub fn from_engine(
         engine: Arc<E>,
         clock: Arc<dyn Clock>,
         registry: TableRegistry,
         durability: Durability,
     ) -> Result<Db<E>> {
+        let sequencer = LocalSequencer::open(engine.as_ref())?;
         let schema = match engine.get(Family::Meta, SCHEMA_KEY)? {
             Some(bytes) => Schema::from_bytes(&bytes)?,
             None => Schema::new(),
@@ -686,9 +744,7 @@ impl<E: Engine> Db<E> {
             ddl_lock: Mutex::new(()),
             registry,
             clock,
-            sequencer: LocalSequencer {
-                last_micros: AtomicI64::new(i64::MIN),
-            },
+            sequencer,
             isolation: RwLock::new(()),
             durability,
             periodic_sync: None,
@@ -798,7 +854,15 @@ impl<E: Engine> Db<E> {
             let committed = WriteTime(i64::try_from(committed).unwrap_or(i64::MAX));
             return committed.max(self.feed.frontier().watermark);
         }
-        let ticket = self.feed.begin(|| self.sequencer.next(self.clock.as_ref()));
+        // A snapshot time writes nothing: a failed ceiling write only fails later writes.
+        let mut ceiling_error = None;
+        let ticket = self.feed.begin(|| {
+            self.sequencer.next(
+                self.clock.as_ref(),
+                self.engine.as_ref(),
+                &mut ceiling_error,
+            )
+        });
         ticket.write_time()
     }
 
@@ -1199,7 +1263,17 @@ impl<E: Engine> Db<E> {
         }
         // The feed ticket allocates the timestamp and holds the feed's
         // frontier below it until the batch is written (or fails).
-        let ticket = self.feed.begin(|| self.sequencer.next(self.clock.as_ref()));
+        let mut ceiling_error = None;
+        let ticket = self.feed.begin(|| {
+            self.sequencer.next(
+                self.clock.as_ref(),
+                self.engine.as_ref(),
+                &mut ceiling_error,
+            )
+        });
+        if let Some(error) = ceiling_error {
+            return Err(error);
+        }
         let execute_at = ticket.write_time();
         let now_seconds = execute_at.seconds();
         let mut reads = Vec::with_capacity(transaction.reads.len());

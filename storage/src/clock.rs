@@ -31,6 +31,29 @@ impl Clock for SystemClock {
     }
 }
 
+/// Another clock shifted by a fixed offset: a node whose wall clock is wrong (fault
+/// injection: `test_clock_offset_ms` in the server's configuration, the Jepsen clock nemesis).
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetClock<C> {
+    inner: C,
+    offset_micros: i64,
+}
+
+impl<C: Clock> OffsetClock<C> {
+    pub fn new(inner: C, offset_micros: i64) -> OffsetClock<C> {
+        OffsetClock {
+            inner,
+            offset_micros,
+        }
+    }
+}
+
+impl<C: Clock> Clock for OffsetClock<C> {
+    fn now_micros(&self) -> i64 {
+        self.inner.now_micros().saturating_add(self.offset_micros)
+    }
+}
+
 /// A clock that moves only when told to.
 #[derive(Debug, Clone, Default)]
 pub struct ManualClock {

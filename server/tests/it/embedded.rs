@@ -338,3 +338,38 @@ fn accord_mode_survives_a_restart() {
     assert!(after > before, "{after:?} after {before:?}");
     assert_eq!(kinds(&db, &table, 1), ["logout", "click", "login"]);
 }
+
+/// The wall clock stepping back a minute across a restart (NTP, a restored VM, the Jepsen
+/// clock nemesis) never gives a new write an older write time than the ones on disk: the
+/// sequencer resumes above the ceiling it persisted, so the newer value wins.
+#[test]
+fn a_clock_that_steps_back_across_a_restart_still_orders_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = concord_server::config::Config {
+        data_dir: dir.path().to_path_buf(),
+        ..concord_server::config::Config::default()
+    };
+    let before = {
+        let db = Db::open_with_config(&config).unwrap();
+        db.create_keyspace(keyspace("app"), IfExists::Strict)
+            .unwrap();
+        let table = db
+            .create_table(events_spec(), IfExists::Strict)
+            .unwrap()
+            .unwrap();
+        db.write(vec![insert(&table, 1, 1_000, "before")]).unwrap()
+    };
+    config.test_clock_offset_ms = -60_000;
+    let db = Db::open_with_config(&config).unwrap();
+    let table = db.table("app", "events").unwrap();
+    let after = db.write(vec![insert(&table, 1, 1_000, "after")]).unwrap();
+    assert!(after > before, "{after:?} after {before:?}");
+    assert_eq!(kinds(&db, &table, 1), ["after"]);
+    config.test_clock_offset_ms = concord_server::config::TEST_CLOCK_OFFSET_MS_MAX + 1;
+    let error = concord_server::config::Config::from_toml(&format!(
+        "test_clock_offset_ms = {}",
+        config.test_clock_offset_ms
+    ))
+    .unwrap_err();
+    assert!(error.to_string().contains("one day"), "{error}");
+}
