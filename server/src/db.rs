@@ -351,6 +351,9 @@ pub struct Db<E: Engine = RocksEngine> {
     /// Opened as a cluster member whose runtime has not started yet
     /// ([`Db::start_cluster_accord`]): transactions are refused until then.
     awaiting_cluster: bool,
+    /// Set on a cluster member: DDL goes through the metadata log
+    /// (`crate::cluster_meta`).
+    cluster_meta: std::sync::OnceLock<Arc<crate::cluster_meta::ClusterMeta>>,
 }
 
 /// The Accord runtime of a database in accord mode: one node alone
@@ -750,6 +753,7 @@ impl<E: Engine> Db<E> {
             periodic_sync: None,
             accord: None,
             awaiting_cluster: false,
+            cluster_meta: std::sync::OnceLock::new(),
         })
     }
 
@@ -999,6 +1003,82 @@ impl<E: Engine> Db<E> {
             }
         }
         *self.schema.write() = Arc::new(schema);
+        Ok(outcome)
+    }
+
+    /// Makes this database a cluster member's: from now on the CQL DDL path
+    /// proposes to the metadata log instead of changing the schema here.
+    /// Returns false if it was already set.
+    pub fn set_cluster_meta(&self, meta: Arc<crate::cluster_meta::ClusterMeta>) -> bool {
+        self.cluster_meta.set(meta).is_ok()
+    }
+
+    /// The cluster handle of a cluster member; `None` on a single node.
+    pub fn cluster_meta(&self) -> Option<&Arc<crate::cluster_meta::ClusterMeta>> {
+        self.cluster_meta.get()
+    }
+
+    /// Changes the schema with `change`, a function of the schema alone,
+    /// and persists the result in one batch with the data of every table it
+    /// dropped deleted and `marker` (a key and value of the meta family)
+    /// written. Nothing is written when `change` fails; with a marker the
+    /// batch is written even if the schema did not change. The one door of
+    /// the CQL DDL path and of the cluster's schema log (`cluster_meta`).
+    ///
+    /// # Errors
+    /// `change`'s error; storage failures.
+    pub fn alter_schema<T, X: From<Error>>(
+        &self,
+        marker: Option<(Vec<u8>, Vec<u8>)>,
+        change: impl FnOnce(&mut Schema) -> std::result::Result<T, X>,
+    ) -> std::result::Result<T, X> {
+        let _ddl = self.ddl_lock.lock();
+        let before = self.schema.read().clone();
+        let mut schema = (*before).clone();
+        let outcome = change(&mut schema)?;
+        if schema == *before && marker.is_none() {
+            return Ok(outcome);
+        }
+        let kept: std::collections::BTreeSet<_> = schema
+            .keyspaces()
+            .flat_map(|keyspace| keyspace.tables.values().map(|table| table.id))
+            .collect();
+        let dropped: Vec<Arc<TableDef>> = before
+            .keyspaces()
+            .flat_map(|keyspace| keyspace.tables.values())
+            .filter(|table| !kept.contains(&table.id))
+            .cloned()
+            .collect();
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Family::Meta,
+            SCHEMA_KEY.to_vec(),
+            schema.to_bytes().map_err(Error::from)?,
+        );
+        for table in &dropped {
+            rows::delete_table(table.id, &mut batch);
+        }
+        if let Some((key, value)) = marker {
+            batch.put(Family::Meta, key, value);
+        }
+        self.engine
+            .write(batch, Durability::Sync)
+            .map_err(Error::from)?;
+        for keyspace in schema.keyspaces() {
+            for table in keyspace.tables.values() {
+                self.registry.insert(table.clone());
+                if let Some(columnar) = self.columnar() {
+                    columnar.replica().register_table(table.clone());
+                }
+            }
+        }
+        for table in &dropped {
+            self.registry.remove(table.id);
+        }
+        *self.schema.write() = Arc::new(schema);
+        for table in &dropped {
+            self.drop_replica_table(table)?;
+        }
         Ok(outcome)
     }
 

@@ -13,6 +13,7 @@
 //! Key types: [`db::Db`], [`db::Transaction`], [`db::TransactionResult`],
 //! [`config::Config`].
 
+pub mod cluster_meta;
 pub mod config;
 pub mod cql;
 pub mod db;

@@ -1,6 +1,7 @@
 //! The `concord` binary: `concord start` runs a node on an embedded data
 //! directory; endpoints attach to it as their issues land.
 
+mod cluster_cli;
 mod demo;
 
 use std::path::PathBuf;
@@ -30,6 +31,37 @@ enum Command {
     /// Starts a node and runs the clickstream demo over CQL: ingest, point
     /// reads, analytics, freshness.
     Demo(DemoArgs),
+    /// A local cluster on loopback: `up`, `status`, `down`.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Starts N nodes on loopback (node 1 bootstraps, the others join),
+    /// each a detached `concord start` with its own ports, data directory,
+    /// log and pid file; prints their addresses and returns.
+    Up {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// Node i listens on base + 10(i-1) + {0 CQL, 1 Postgres, 2 gRPC, 3 cluster}.
+        #[arg(long, default_value_t = cluster_cli::BASE_PORT_DEFAULT)]
+        base_port: u16,
+        /// The cluster's directory (nodes' data, logs, pid files).
+        #[arg(long, default_value = "concord-cluster")]
+        data_dir: PathBuf,
+    },
+    /// Each node: up or down, primary token ranges, load, columnar lag.
+    Status {
+        #[arg(long, default_value = "concord-cluster")]
+        data_dir: PathBuf,
+    },
+    /// Stops every node (SIGTERM, then waits) and reports.
+    Down {
+        #[arg(long, default_value = "concord-cluster")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +133,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Start(args) => start(args),
         Command::Demo(args) => run_demo(args),
+        Command::Cluster(ClusterCommand::Up {
+            nodes,
+            base_port,
+            data_dir,
+        }) => cluster_cli::up(nodes, base_port, &data_dir),
+        Command::Cluster(ClusterCommand::Status { data_dir }) => cluster_cli::status(&data_dir),
+        Command::Cluster(ClusterCommand::Down { data_dir }) => cluster_cli::down(&data_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -249,6 +288,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let db = std::sync::Arc::new(db);
+    // A cluster member's DDL goes through the metadata log: the handle is in
+    // the Db before any endpoint serves (DDL is refused until it is
+    // attached, below).
+    let cluster_meta = cluster.as_ref().map(|_| {
+        let cluster_meta = concord_server::cluster_meta::ClusterMeta::new();
+        db.set_cluster_meta(cluster_meta.clone());
+        cluster_meta
+    });
     // Install the handlers before announcing readiness, so a supervisor that
     // signals right after "ready" gets a clean stop.
     let shutdown = ShutdownSignals::install()?;
@@ -306,9 +353,33 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(address = %grpc.local_address(), "grpc endpoint listening");
     println!("grpc: listening on {}", grpc.local_address());
     println!("flight sql: listening on {}", grpc.local_address());
+    if let (Some(cluster_meta), Some(cluster)) = (&cluster_meta, &cluster) {
+        // The member record learns its client endpoints (system.peers).
+        let endpoints = [
+            ("cql", cql.local_address()),
+            ("pg", pg.local_address()),
+            ("grpc", grpc.local_address()),
+        ]
+        .into_iter()
+        .map(|(name, address)| (name.to_string(), address.to_string()))
+        .collect();
+        cluster
+            .meta
+            .set_endpoints(endpoints)
+            .await
+            .context("record this node's client endpoints")?;
+        cluster_meta
+            .attach(db.clone(), cluster.meta.clone())
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("apply the cluster's schema log")?;
+    }
     println!("ready");
     shutdown.wait().await?;
     tracing::info!("shutting down: flushing");
+    if let Some(cluster_meta) = &cluster_meta {
+        cluster_meta.stop().await;
+    }
     if let Some(cluster) = cluster {
         cluster.shutdown().await?;
     }
@@ -325,7 +396,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// A running cluster member: the metadata service, the transaction
 /// transport (on the same port) and the tasks that feed the Accord runtime.
 struct ClusterMember {
-    meta: concord_cluster::meta::MetaNode,
+    meta: std::sync::Arc<concord_cluster::meta::MetaNode>,
     transport: concord_cluster::transport::Transport,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -442,7 +513,7 @@ async fn start_cluster(
     let delivery = spawn_delivery(inbound, runtime.clone(), stats);
     let follower = follow_views(meta.subscribe(), transport.clone(), runtime);
     Ok(ClusterMember {
-        meta,
+        meta: std::sync::Arc::new(meta),
         transport,
         tasks: vec![delivery, follower],
     })

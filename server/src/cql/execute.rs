@@ -1,15 +1,12 @@
 //! Requests to results: QUERY / PREPARE / EXECUTE / BATCH, the prepared
-//! statement cache, DDL, and INSERT / UPDATE / DELETE (with their `IF`
+//! statement cache, and INSERT / UPDATE / DELETE (with their `IF`
 //! conditions) built into one `Db::execute` transaction each. SELECT lives in
-//! `select`.
+//! `select`, DDL in `ddl`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use cassandra_protocol::frame::Version;
-use cassandra_protocol::frame::events::{
-    SchemaChange, SchemaChangeOptions, SchemaChangeTarget, SchemaChangeType,
-};
 use cassandra_protocol::frame::message_batch::BatchQuerySubj;
 use cassandra_protocol::frame::message_request::RequestBody;
 use cassandra_protocol::frame::message_response::ResponseBody;
@@ -21,24 +18,19 @@ use cassandra_protocol::query::QueryValues;
 use cassandra_protocol::types::CBytesShort;
 use cassandra_protocol::types::value::Value as WireValue;
 use concord_cql_parser::ast::{
-    AlterTableAction, AlterTypeAction, Assignment, Condition, CreateTable, Delete, DeleteTarget,
-    Insert, InsertValues, Operator, Parsed, Property, QualifiedName, Relation, Statement, Term,
-    TransactionCondition, Update, Using,
+    Assignment, Condition, Delete, DeleteTarget, Insert, InsertValues, Operator, Parsed,
+    QualifiedName, Relation, Statement, Term, TransactionCondition, Update, Using,
 };
 use concord_storage::rows::{CellOp, Liveness, Mutation, RowOp, Slice, SliceBound, Ttl};
-use concord_storage::schema::{
-    ColumnKind, ColumnSpec, IfExists, KeyspaceDef, ReplicationStrategy, TableDef, TableOptions,
-    TableSpec as StorageTableSpec, TypeChange,
-};
+use concord_storage::schema::{ColumnKind, TableDef};
 use concord_storage::types::CqlType;
 use concord_storage::value::{ClusteringOrder, CqlValue, native};
 use parking_lot::Mutex;
 
 use crate::cql::Shared;
 use crate::cql::connection::Session;
-use crate::cql::error::{CqlError, CqlResult, already_exists, invalid};
+use crate::cql::error::{CqlError, CqlResult, invalid};
 use crate::cql::select;
-use crate::cql::system;
 use crate::cql::values::{self, Bound, BoundValues, col_type, required_value, term_value};
 use crate::db::{
     Arithmetic, Check, CompareOp, Derivation, DerivedCell, Read, ReadResult, Transaction,
@@ -54,6 +46,8 @@ pub const IN_PARTITIONS_MAX: usize = 1_000;
 #[derive(Debug)]
 pub struct PreparedStatement {
     pub id: Vec<u8>,
+    /// The CQL text it was prepared from.
+    pub text: String,
     pub keyspace: Option<String>,
     pub parsed: Parsed,
     pub bind_columns: Vec<ColSpec>,
@@ -121,18 +115,14 @@ pub struct Context<'a> {
     pub page_rows: Option<usize>,
     pub paging_state: Option<Vec<u8>>,
     pub version: Version,
+    /// The statement's CQL text, when it came as text (QUERY, or EXECUTE of
+    /// a statement prepared from text): a cluster logs DDL as its text.
+    pub text: Option<&'a str>,
 }
 
 impl Context<'_> {
     pub fn keyspace_of(&self, name: &QualifiedName) -> CqlResult<String> {
-        match (&name.keyspace, &self.keyspace) {
-            (Some(keyspace), _) | (None, Some(keyspace)) => Ok(keyspace.clone()),
-            (None, None) => invalid!(
-                "no keyspace for {}: qualify it (keyspace.{}) or run USE keyspace first",
-                name.name,
-                name.name
-            ),
-        }
+        crate::cql::ddl::keyspace_for(name, self.keyspace.as_deref())
     }
 
     pub fn table(&self, name: &QualifiedName) -> CqlResult<Arc<TableDef>> {
@@ -152,6 +142,9 @@ pub fn handle_request(
     version: Version,
     skip_metadata: bool,
 ) -> CqlResult<ResponseBody> {
+    if let Some(cluster) = shared.db.cluster_meta() {
+        cluster.catch_up();
+    }
     let result = match request {
         RequestBody::Query(query) => {
             let parsed = concord_cql_parser::parse(&query.query)?;
@@ -169,6 +162,7 @@ pub fn handle_request(
                 page_rows: page_rows(params.page_size),
                 paging_state: params.paging_state.and_then(|state| state.into_bytes()),
                 version,
+                text: Some(&query.query),
             };
             execute_statement(&mut context, &parsed.statement)?
         }
@@ -199,6 +193,7 @@ pub fn handle_request(
                 page_rows: page_rows(params.page_size),
                 paging_state: params.paging_state.and_then(|state| state.into_bytes()),
                 version,
+                text: Some(&prepared.text),
             };
             let result = execute_statement(&mut context, &prepared.parsed.statement)?;
             if skip_metadata {
@@ -235,6 +230,7 @@ pub fn handle_request(
                 page_rows: None,
                 paging_state: None,
                 version,
+                text: None,
             };
             execute_batch(&context, statements)?
         }
@@ -444,6 +440,7 @@ pub fn prepare_statement(
         page_rows: None,
         paging_state: None,
         version: Version::V4,
+        text: Some(query),
     };
     let mut receivers = vec![None; parsed.bind_markers.len()];
     let mut pk_indexes = Vec::new();
@@ -479,6 +476,7 @@ pub fn prepare_statement(
         _ => false,
     };
     let prepared = Arc::new(PreparedStatement {
+        text: query.to_owned(),
         point_read,
         result_metadata_id: digest(&[&metadata_digest]),
         id,
@@ -868,7 +866,7 @@ pub fn execute_statement(
             execute_batch(context, statements)
         }
         Statement::Transaction(block) => crate::cql::transaction::execute_block(context, block),
-        _ => execute_ddl(context, statement),
+        _ => crate::cql::ddl::execute_ddl(context, statement),
     }
 }
 
@@ -1960,443 +1958,6 @@ fn list_index(term: &Term, column: &str, binds: &BoundValues) -> CqlResult<i64> 
         CqlValue::Int(index) if index >= 0 => Ok(i64::from(index)),
         other => invalid!("list index of {column} must be a non-negative int, got {other:?}"),
     }
-}
-
-// ----- DDL -------------------------------------------------------------------
-
-fn property_text(property: &Property) -> CqlResult<String> {
-    Ok(match &property.value {
-        Term::String(text) | Term::Integer(text) | Term::Float(text) | Term::Identifier(text) => {
-            text.clone()
-        }
-        Term::Boolean(flag) => flag.to_string(),
-        _ => invalid!("option {} takes a string or a number", property.name),
-    })
-}
-
-fn property_map(property: &Property) -> CqlResult<std::collections::BTreeMap<String, String>> {
-    let Term::Map(entries) = &property.value else {
-        invalid!(
-            "option {} takes a map literal such as {{'class': '...'}}",
-            property.name
-        );
-    };
-    entries
-        .iter()
-        .map(|(key, value)| {
-            let key = property_text(&Property {
-                name: property.name.clone(),
-                value: key.clone(),
-            })?;
-            let value = property_text(&Property {
-                name: property.name.clone(),
-                value: value.clone(),
-            })?;
-            Ok((key, value))
-        })
-        .collect()
-}
-
-fn keyspace_def(name: &str, properties: &[Property]) -> CqlResult<KeyspaceDef> {
-    let mut def = KeyspaceDef {
-        name: name.to_owned(),
-        replication: ReplicationStrategy::Simple {
-            replication_factor: 1,
-        },
-        durable_writes: true,
-    };
-    apply_keyspace_properties(&mut def, properties)?;
-    Ok(def)
-}
-
-/// `WITH replication = {...} AND durable_writes = ...` over a keyspace
-/// definition (CREATE starts from the defaults, ALTER from the current one).
-fn apply_keyspace_properties(def: &mut KeyspaceDef, properties: &[Property]) -> CqlResult<()> {
-    for property in properties {
-        match property.name.as_str() {
-            "replication" => {
-                let mut map = property_map(property)?;
-                let class = map.remove("class").unwrap_or_default();
-                let class = class.rsplit('.').next().unwrap_or_default().to_owned();
-                def.replication = match class.as_str() {
-                    "SimpleStrategy" => {
-                        let factor = map
-                            .get("replication_factor")
-                            .and_then(|f| f.parse().ok())
-                            .ok_or_else(|| {
-                                CqlError::Config(
-                                    "SimpleStrategy needs a numeric 'replication_factor'".into(),
-                                )
-                            })?;
-                        ReplicationStrategy::Simple {
-                            replication_factor: factor,
-                        }
-                    }
-                    "NetworkTopologyStrategy" => {
-                        let datacenters =
-                            map.into_iter()
-                                .map(|(dc, factor)| {
-                                    factor.parse().map(|factor| (dc.clone(), factor)).map_err(
-                                        |_| {
-                                            CqlError::Config(format!(
-                                                "replication factor for {dc} must be a number"
-                                            ))
-                                        },
-                                    )
-                                })
-                                .collect::<CqlResult<_>>()?;
-                        ReplicationStrategy::NetworkTopology { datacenters }
-                    }
-                    "LocalStrategy" => ReplicationStrategy::Local,
-                    other => {
-                        return Err(CqlError::Config(format!(
-                            "unknown replication class '{other}': use SimpleStrategy or NetworkTopologyStrategy"
-                        )));
-                    }
-                };
-            }
-            "durable_writes" => {
-                def.durable_writes = property_text(property)?.eq_ignore_ascii_case("true")
-            }
-            other => return Err(CqlError::Config(format!("unknown keyspace option {other}"))),
-        }
-    }
-    Ok(())
-}
-
-fn apply_table_properties(options: &mut TableOptions, properties: &[Property]) -> CqlResult<()> {
-    for property in properties {
-        match property.name.as_str() {
-            "default_time_to_live" => {
-                options.default_time_to_live_seconds =
-                    property_text(property)?.parse().map_err(|_| {
-                        CqlError::Config("default_time_to_live must be a number of seconds".into())
-                    })?
-            }
-            "gc_grace_seconds" => {
-                options.gc_grace_seconds = property_text(property)?
-                    .parse()
-                    .map_err(|_| CqlError::Config("gc_grace_seconds must be a number".into()))?
-            }
-            "comment" => options.comment = property_text(property)?,
-            "compaction" => {
-                let mut map = property_map(property)?;
-                if let Some(class) = map.get_mut("class") {
-                    *class = class.rsplit('.').next().unwrap_or_default().to_owned();
-                }
-                options.compaction = map;
-            }
-            name => {
-                let value = match &property.value {
-                    Term::String(text) => format!("'{}'", text.replace('\'', "''")),
-                    Term::Map(_) => {
-                        let map = property_map(property)?;
-                        let entries: Vec<String> =
-                            map.iter().map(|(k, v)| format!("'{k}': '{v}'")).collect();
-                        format!("{{{}}}", entries.join(", "))
-                    }
-                    _ => property_text(property)?,
-                };
-                options.other.insert(name.to_owned(), value);
-            }
-        }
-    }
-    Ok(())
-}
-
-fn resolve_type(context: &Context<'_>, keyspace: &str, text: &str) -> CqlResult<CqlType> {
-    let schema = context.shared.db.schema();
-    let ty = CqlType::parse(text, &|name: &str| {
-        let (ks, name) = name.split_once('.').unwrap_or((keyspace, name));
-        schema.user_type(ks, name.trim_matches('"'))
-    })?;
-    if matches!(ty, CqlType::Counter) {
-        invalid!("counter columns are not supported yet");
-    }
-    Ok(ty)
-}
-
-fn schema_change(
-    change_type: SchemaChangeType,
-    target: SchemaChangeTarget,
-    keyspace: &str,
-    name: Option<&str>,
-) -> SchemaChange {
-    let options = match name {
-        Some(name) => SchemaChangeOptions::TableType(keyspace.to_owned(), name.to_owned()),
-        None => SchemaChangeOptions::Keyspace(keyspace.to_owned()),
-    };
-    SchemaChange {
-        change_type,
-        target,
-        options,
-    }
-}
-
-fn if_exists(flag: bool) -> IfExists {
-    if flag {
-        IfExists::Lenient
-    } else {
-        IfExists::Strict
-    }
-}
-
-fn create_table_spec(context: &Context<'_>, create: &CreateTable) -> CqlResult<StorageTableSpec> {
-    let keyspace = context.keyspace_of(&create.table)?;
-    let mut columns = Vec::with_capacity(create.columns.len());
-    for column in &create.columns {
-        let kind = if let Some(position) = create
-            .partition_key
-            .iter()
-            .position(|name| *name == column.name)
-        {
-            let _ = position;
-            ColumnKind::PartitionKey
-        } else if create.clustering.contains(&column.name) {
-            let order = create
-                .clustering_order
-                .iter()
-                .find(|(name, _)| *name == column.name)
-                .map(|(_, order)| *order);
-            ColumnKind::Clustering(match order {
-                Some(concord_cql_parser::ast::Order::Desc) => ClusteringOrder::Desc,
-                _ => ClusteringOrder::Asc,
-            })
-        } else if column.is_static {
-            ColumnKind::Static
-        } else {
-            ColumnKind::Regular
-        };
-        columns.push(ColumnSpec {
-            name: column.name.clone(),
-            ty: resolve_type(context, &keyspace, &column.ty.0)?,
-            kind,
-        });
-    }
-    // Key columns in key order, as the schema expects.
-    let mut ordered = Vec::with_capacity(columns.len());
-    for name in create.partition_key.iter().chain(&create.clustering) {
-        let Some(idx) = columns.iter().position(|c| c.name == *name) else {
-            invalid!("primary key column {name} is not defined");
-        };
-        ordered.push(columns.remove(idx));
-    }
-    for (name, _) in &create.clustering_order {
-        if !create.clustering.contains(name) {
-            invalid!("CLUSTERING ORDER BY names {name}, which is not a clustering column");
-        }
-    }
-    ordered.extend(columns);
-    let mut options = TableOptions::default();
-    apply_table_properties(&mut options, &create.properties)?;
-    Ok(StorageTableSpec {
-        keyspace,
-        name: create.table.name.clone(),
-        columns: ordered,
-        options,
-    })
-}
-
-fn execute_ddl(context: &mut Context<'_>, statement: &Statement) -> CqlResult<ResResultBody> {
-    let db = &context.shared.db;
-    let change = match statement {
-        Statement::CreateKeyspace(create) => {
-            if system::VIRTUAL_KEYSPACES.contains(&create.name.as_str()) {
-                return Err(CqlError::AlreadyExists {
-                    keyspace: create.name.clone(),
-                    table: String::new(),
-                    message: format!(
-                        "keyspace {} already exists (it is a system keyspace)",
-                        create.name
-                    ),
-                });
-            }
-            let def = keyspace_def(&create.name, &create.properties)?;
-            let created = db
-                .create_keyspace(def, if_exists(create.if_not_exists))
-                .map_err(|error| already_exists(error.into(), &create.name, ""))?;
-            if !created {
-                return Ok(ResResultBody::Void);
-            }
-            schema_change(
-                SchemaChangeType::Created,
-                SchemaChangeTarget::Keyspace,
-                &create.name,
-                None,
-            )
-        }
-        Statement::AlterKeyspace { name, properties } => {
-            if system::VIRTUAL_KEYSPACES.contains(&name.as_str()) {
-                invalid!("keyspace {name} is a system keyspace and cannot be altered");
-            }
-            let mut def = db.schema().keyspace(name)?.def.clone();
-            apply_keyspace_properties(&mut def, properties)?;
-            db.alter_keyspace(def)?;
-            schema_change(
-                SchemaChangeType::Updated,
-                SchemaChangeTarget::Keyspace,
-                name,
-                None,
-            )
-        }
-        Statement::DropKeyspace {
-            name,
-            if_exists: flag,
-        } => {
-            let existed = db.schema().keyspace(name).is_ok();
-            db.drop_keyspace(name, if_exists(*flag))?;
-            if !existed {
-                return Ok(ResResultBody::Void);
-            }
-            if context.session.keyspace.lock().as_deref() == Some(name.as_str()) {
-                *context.session.keyspace.lock() = None;
-            }
-            schema_change(
-                SchemaChangeType::Dropped,
-                SchemaChangeTarget::Keyspace,
-                name,
-                None,
-            )
-        }
-        Statement::CreateTable(create) => {
-            let spec = create_table_spec(context, create)?;
-            let keyspace = spec.keyspace.clone();
-            let created = db
-                .create_table(spec, if_exists(create.if_not_exists))
-                .map_err(|error| already_exists(error.into(), &keyspace, &create.table.name))?;
-            if created.is_none() {
-                return Ok(ResResultBody::Void);
-            }
-            schema_change(
-                SchemaChangeType::Created,
-                SchemaChangeTarget::Table,
-                &keyspace,
-                Some(&create.table.name),
-            )
-        }
-        Statement::AlterTable { table, action } => {
-            let keyspace = context.keyspace_of(table)?;
-            match action {
-                AlterTableAction::Add(columns) => {
-                    for column in columns {
-                        let ty = resolve_type(context, &keyspace, &column.ty.0)?;
-                        let kind = if column.is_static {
-                            ColumnKind::Static
-                        } else {
-                            ColumnKind::Regular
-                        };
-                        db.add_column(
-                            &keyspace,
-                            &table.name,
-                            ColumnSpec {
-                                name: column.name.clone(),
-                                ty,
-                                kind,
-                            },
-                        )?;
-                    }
-                }
-                AlterTableAction::Drop(columns) => {
-                    for column in columns {
-                        db.drop_column(&keyspace, &table.name, column)?;
-                    }
-                }
-                AlterTableAction::Rename(renames) => {
-                    db.rename_columns(&keyspace, &table.name, renames)?;
-                }
-                AlterTableAction::With(properties) => {
-                    let mut options = db.table(&keyspace, &table.name)?.options.clone();
-                    apply_table_properties(&mut options, properties)?;
-                    db.alter_table_options(&keyspace, &table.name, options)?;
-                }
-            }
-            schema_change(
-                SchemaChangeType::Updated,
-                SchemaChangeTarget::Table,
-                &keyspace,
-                Some(&table.name),
-            )
-        }
-        Statement::DropTable {
-            table,
-            if_exists: flag,
-        } => {
-            let keyspace = context.keyspace_of(table)?;
-            if !db.drop_table(&keyspace, &table.name, if_exists(*flag))? {
-                return Ok(ResResultBody::Void);
-            }
-            schema_change(
-                SchemaChangeType::Dropped,
-                SchemaChangeTarget::Table,
-                &keyspace,
-                Some(&table.name),
-            )
-        }
-        Statement::CreateType(create) => {
-            let keyspace = context.keyspace_of(&create.name)?;
-            let fields = create
-                .fields
-                .iter()
-                .map(|(name, ty)| Ok((name.clone(), resolve_type(context, &keyspace, &ty.0)?)))
-                .collect::<CqlResult<Vec<_>>>()?;
-            let created = db
-                .create_type(
-                    &keyspace,
-                    &create.name.name,
-                    fields,
-                    if_exists(create.if_not_exists),
-                )
-                .map_err(|error| already_exists(error.into(), &keyspace, &create.name.name))?;
-            if !created {
-                return Ok(ResResultBody::Void);
-            }
-            schema_change(
-                SchemaChangeType::Created,
-                SchemaChangeTarget::Type,
-                &keyspace,
-                Some(&create.name.name),
-            )
-        }
-        Statement::AlterType { name, action } => {
-            let keyspace = context.keyspace_of(name)?;
-            let change = match action {
-                AlterTypeAction::Add(field, ty) => {
-                    TypeChange::AddField(field.clone(), resolve_type(context, &keyspace, &ty.0)?)
-                }
-                AlterTypeAction::Rename(renames) => TypeChange::RenameFields(renames.clone()),
-            };
-            db.alter_type(&keyspace, &name.name, change)?;
-            schema_change(
-                SchemaChangeType::Updated,
-                SchemaChangeTarget::Type,
-                &keyspace,
-                Some(&name.name),
-            )
-        }
-        Statement::DropType {
-            name,
-            if_exists: flag,
-        } => {
-            let keyspace = context.keyspace_of(name)?;
-            if !db.drop_type(&keyspace, &name.name, if_exists(*flag))? {
-                return Ok(ResResultBody::Void);
-            }
-            schema_change(
-                SchemaChangeType::Dropped,
-                SchemaChangeTarget::Type,
-                &keyspace,
-                Some(&name.name),
-            )
-        }
-        Statement::Truncate(table) => {
-            let keyspace = context.keyspace_of(table)?;
-            db.truncate(&keyspace, &table.name)?;
-            return Ok(ResResultBody::Void);
-        }
-        _ => invalid!("statement not supported here"),
-    };
-    let _ = context.shared.schema_events.send(change.clone());
-    Ok(ResResultBody::SchemaChange(change))
 }
 
 /// Values as the wire carries them, for tests and the transaction block.

@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod connection;
+pub mod ddl;
 pub mod error;
 pub mod execute;
 pub mod select;
@@ -164,7 +165,12 @@ impl CqlServer {
         assert!(limits.in_flight_requests_max > 0 && limits.node_in_flight_requests_max > 0);
         let listener = TcpListener::bind(address).await?;
         let local_address = listener.local_addr()?;
-        let (schema_events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
+        // A cluster member announces the schema log's changes, whichever
+        // member they came through.
+        let schema_events = match db.cluster_meta() {
+            Some(cluster) => cluster.events().clone(),
+            None => broadcast::channel(EVENTS_BUFFERED_MAX).0,
+        };
         let shared = Arc::new(Shared {
             db,
             limits,

@@ -13,6 +13,12 @@ use concord_storage::schema::{ColumnKind, KeyspaceDef, ReplicationStrategy, Sche
 use concord_storage::types::{CqlType, UdtDefinition};
 use concord_storage::value::{ClusteringOrder, CqlValue};
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use concord_cluster::meta::state::{NodeIdx, NodeStatus};
+use concord_cluster::meta::view::ClusterView;
+
 use crate::cql::Shared;
 use crate::cql::connection::CQL_VERSION;
 
@@ -23,6 +29,8 @@ pub const RELEASE_VERSION: &str = "5.0.0";
 pub const NUM_TOKENS: usize = 16;
 pub const CLUSTER_NAME: &str = "Concord";
 pub const DATA_CENTER: &str = "datacenter1";
+/// Every node's rack (one rack, one data centre).
+pub const RACK: &str = "rack1";
 /// Keyspaces served from here rather than from storage.
 pub const VIRTUAL_KEYSPACES: [&str; 3] = ["system", "system_schema", "system_virtual_schema"];
 
@@ -70,10 +78,31 @@ pub fn node_tokens() -> Vec<Token> {
         .collect()
 }
 
-/// A stable host id derived from the listen address.
+/// A stable host id: on a cluster member derived from its node id (so every
+/// node names every other the same way), on a single node from the listen
+/// address.
 fn host_id(shared: &Shared) -> [u8; 16] {
-    let (high, low) =
-        concord_storage::partitioner::murmur3_x64_128(shared.address.to_string().as_bytes(), 0);
+    match cluster_view(shared) {
+        Some((node, _)) => node_host_id(node),
+        None => uuid_of(shared.address.to_string().as_bytes()),
+    }
+}
+
+/// Node `node`'s host id in a cluster.
+pub fn node_host_id(node: NodeIdx) -> [u8; 16] {
+    uuid_of(format!("concord-node-{node}").as_bytes())
+}
+
+/// The cluster view of a cluster member (its node id and the latest view
+/// it applied); `None` on a single node or before the node joined.
+fn cluster_view(shared: &Shared) -> Option<(NodeIdx, Arc<ClusterView>)> {
+    let meta = shared.db.cluster_meta()?.meta()?;
+    Some((meta.id(), meta.view()))
+}
+
+/// A version-4-shaped uuid from a Murmur3 hash of `data`.
+fn uuid_of(data: &[u8]) -> [u8; 16] {
+    let (high, low) = concord_storage::partitioner::murmur3_x64_128(data, 0);
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&high.to_be_bytes());
     bytes[8..].copy_from_slice(&low.to_be_bytes());
@@ -82,11 +111,17 @@ fn host_id(shared: &Shared) -> [u8; 16] {
     bytes
 }
 
-/// The schema version as a uuid, so drivers see agreement and change.
-fn schema_version(schema: &Schema) -> [u8; 16] {
+/// The schema version as a uuid, so drivers see agreement and change: on a
+/// cluster member the digest of the schema (equal on members that applied
+/// the same schema log, see `cluster_meta`), on a single node its counter.
+fn schema_version(shared: &Shared, schema: &Schema) -> [u8; 16] {
     let mut bytes = [0u8; 16];
-    bytes[8..].copy_from_slice(&schema.version.to_be_bytes());
-    bytes[6] = 0x40;
+    if shared.db.cluster_meta().is_some() {
+        bytes = crate::cluster_meta::schema_digest(schema);
+    } else {
+        bytes[8..].copy_from_slice(&schema.version.to_be_bytes());
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     bytes
 }
@@ -108,8 +143,9 @@ pub fn virtual_table(shared: &Shared, keyspace: &str, name: &str) -> Option<Virt
 }
 
 /// Every virtual table's name.
-const VIRTUAL_TABLES: [(&str, &str); 15] = [
+const VIRTUAL_TABLES: [(&str, &str); 16] = [
     ("system", "local"),
+    ("system", "concord_status"),
     ("system", "peers"),
     ("system", "peers_v2"),
     ("system_schema", "keyspaces"),
@@ -176,6 +212,7 @@ fn virtual_table_with(
     };
     let (columns, rows) = match (keyspace, name) {
         ("system", "local") => local(shared, &schema),
+        ("system", "concord_status") => concord_status(shared),
         ("system", "peers") => (
             columns(&[
                 ("peer", CqlType::Inet, PK),
@@ -188,7 +225,7 @@ fn virtual_table_with(
                 ("schema_version", CqlType::Uuid, REG),
                 ("tokens", text_set(), REG),
             ]),
-            Vec::new(),
+            peer_rows(shared, &schema, false),
         ),
         ("system", "peers_v2") => (
             columns(&[
@@ -205,7 +242,7 @@ fn virtual_table_with(
                 ("schema_version", CqlType::Uuid, REG),
                 ("tokens", text_set(), REG),
             ]),
-            Vec::new(),
+            peer_rows(shared, &schema, true),
         ),
         ("system_schema", "keyspaces") => keyspaces(&schema),
         ("system_schema", "tables") => tables(&schema, &virtual_defs),
@@ -318,9 +355,138 @@ type Rows = (
     Vec<Vec<Option<CqlValue>>>,
 );
 
+/// The other members that are up, as `system.peers` (`v2: false`) or
+/// `system.peers_v2` rows: their cluster address as `peer` (and
+/// `peer_port`), their CQL endpoint as `rpc_address` / `native_address` and
+/// `native_port`, their ring tokens, one data centre. Empty on a single
+/// node. A peer's `schema_version` is this node's (every member applies the
+/// same schema log; a peer that has not applied the latest entry yet
+/// catches up within moments, see `cluster_meta`).
+fn peer_rows(shared: &Shared, schema: &Schema, v2: bool) -> Vec<Vec<Option<CqlValue>>> {
+    let Some((this, view)) = cluster_view(shared) else {
+        return Vec::new();
+    };
+    let version = Some(CqlValue::Uuid(schema_version(shared, schema)));
+    let mut rows = Vec::new();
+    for (node, member) in &view.state.members {
+        if *node == this || member.status != NodeStatus::Up {
+            continue;
+        }
+        let Some(cql) = member
+            .endpoints
+            .get("cql")
+            .and_then(|address| address.parse::<SocketAddr>().ok())
+        else {
+            continue;
+        };
+        let peer = member.address.parse::<SocketAddr>().unwrap_or(cql);
+        let tokens = set_of_text(member.tokens.iter().map(|token| token.0.to_string()));
+        let host = Some(CqlValue::Uuid(node_host_id(*node)));
+        let inet = |address: SocketAddr| Some(CqlValue::Inet(address.ip()));
+        let port = |address: SocketAddr| Some(CqlValue::Int(i32::from(address.port())));
+        rows.push(if v2 {
+            vec![
+                inet(peer),
+                port(peer),
+                text(DATA_CENTER),
+                host,
+                inet(cql),
+                port(cql),
+                inet(peer),
+                port(peer),
+                text(RACK),
+                text(RELEASE_VERSION),
+                version.clone(),
+                tokens,
+            ]
+        } else {
+            vec![
+                inet(peer),
+                text(DATA_CENTER),
+                host,
+                inet(peer),
+                text(RACK),
+                text(RELEASE_VERSION),
+                inet(cql),
+                version.clone(),
+                tokens,
+            ]
+        });
+    }
+    rows
+}
+
+/// `system.concord_status`: one row about this node for operators
+/// (`concord cluster status`): its node id and applied schema log version
+/// (cluster members), the change feed's commit watermark and end position,
+/// and how far the columnar replica is behind them (null without one).
+fn concord_status(shared: &Shared) -> Rows {
+    let spec = columns(&[
+        ("key", CqlType::Text, PK),
+        ("node_id", CqlType::Int, REG),
+        ("schema_log_version", CqlType::Bigint, REG),
+        ("commit_watermark", CqlType::Bigint, REG),
+        ("feed_position_end", CqlType::Bigint, REG),
+        ("columnar_watermark", CqlType::Bigint, REG),
+        ("columnar_records_behind", CqlType::Bigint, REG),
+        ("columnar_lag_ms", CqlType::Bigint, REG),
+    ]);
+    let bigint = |value: u64| Some(CqlValue::Bigint(i64::try_from(value).unwrap_or(i64::MAX)));
+    let cluster = shared.db.cluster_meta();
+    let node = cluster
+        .and_then(|cluster| cluster.meta())
+        .map(|meta| meta.id());
+    let frontier = shared.db.feed().frontier();
+    let replica = shared.db.columnar().map(|columnar| columnar.replica());
+    let row = vec![
+        text("local"),
+        node.map(|node| CqlValue::Int(i32::try_from(node).unwrap_or(i32::MAX))),
+        cluster.and_then(|cluster| bigint(cluster.applied_version())),
+        Some(CqlValue::Bigint(frontier.watermark.0)),
+        bigint(frontier.position_end.0),
+        replica.map(|replica| CqlValue::Bigint(replica.watermark().0)),
+        replica.and_then(|replica| {
+            bigint(
+                frontier
+                    .position_end
+                    .0
+                    .saturating_sub(replica.next_position().0),
+            )
+        }),
+        replica.map(|replica| {
+            CqlValue::Bigint(
+                frontier
+                    .watermark
+                    .0
+                    .saturating_sub(replica.watermark().0)
+                    .max(0)
+                    / 1000,
+            )
+        }),
+    ];
+    (spec, vec![row])
+}
+
 fn local(shared: &Shared, schema: &Schema) -> Rows {
     let address = Some(CqlValue::Inet(shared.address.ip()));
-    let tokens = node_tokens().into_iter().map(|token| token.0.to_string());
+    let tokens: Vec<String> = match cluster_view(shared) {
+        Some((node, view)) => view
+            .state
+            .members
+            .get(&node)
+            .map(|member| {
+                member
+                    .tokens
+                    .iter()
+                    .map(|token| token.0.to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        None => node_tokens()
+            .into_iter()
+            .map(|token| token.0.to_string())
+            .collect(),
+    };
     let spec = columns(&[
         ("key", CqlType::Text, PK),
         ("bootstrapped", CqlType::Text, REG),
@@ -355,11 +521,11 @@ fn local(shared: &Shared, schema: &Schema) -> Rows {
         port.clone(),
         text("5"),
         text("org.apache.cassandra.dht.Murmur3Partitioner"),
-        text("rack1"),
+        text(RACK),
         text(RELEASE_VERSION),
         address,
         port,
-        Some(CqlValue::Uuid(schema_version(schema))),
+        Some(CqlValue::Uuid(schema_version(shared, schema))),
         set_of_text(tokens),
     ];
     (spec, vec![row])

@@ -147,6 +147,7 @@ fn run_cql(
         page_rows: Some(READ_ROWS_MAX),
         paging_state: None,
         version: Version::V4,
+        text: Some(cql),
     };
     let result = execute_statement(&mut context, &prepared.parsed.statement)?;
     outcome(result)
@@ -980,6 +981,7 @@ fn transact(
         page_rows: None,
         paging_state: None,
         version: Version::V4,
+        text: None,
     };
     let planned = crate::cql::transaction::plan_block(&context, block)?;
     let lets = planned.lets.clone();

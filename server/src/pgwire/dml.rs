@@ -246,6 +246,7 @@ pub fn execute(shared: &Shared, dml: &CqlDml) -> Result<usize, PgWireError> {
         page_rows: None,
         paging_state: None,
         version: Version::V4,
+        text: Some(&dml.cql),
     };
     let result = execute_statement(&mut context, &parsed.statement)
         .map_err(|error| sqlstate::from_cql(&error))?;

@@ -40,7 +40,8 @@ use tokio::sync::{oneshot, watch};
 
 use self::rpc::{AdminError, AdminReply, AdminRequest, MetaClient, MetaHandler, MetaNetwork};
 use self::state::{
-    Command, CommandResult, NodeIdx, VNODES_PER_NODE_DEFAULT, VNODES_PER_NODE_MAX, default_tokens,
+    Command, CommandResult, Endpoints, NodeIdx, VNODES_PER_NODE_DEFAULT, VNODES_PER_NODE_MAX,
+    default_tokens,
 };
 use self::store::{LogStore, StateMachine};
 use self::view::ClusterView;
@@ -87,6 +88,9 @@ pub struct MetaConfig {
     pub snapshot_every_entries: u64,
     pub log_entries_kept: u64,
     pub admin_timeout: Duration,
+    /// The node's client endpoints, recorded in its member entry when it
+    /// bootstraps or joins (`system.peers`, `concord cluster status`).
+    pub endpoints: Endpoints,
 }
 
 impl MetaConfig {
@@ -102,6 +106,7 @@ impl MetaConfig {
             snapshot_every_entries: SNAPSHOT_EVERY_ENTRIES_DEFAULT,
             log_entries_kept: LOG_ENTRIES_KEPT_DEFAULT,
             admin_timeout: ADMIN_TIMEOUT_DEFAULT,
+            endpoints: Endpoints::new(),
         }
     }
 
@@ -146,6 +151,7 @@ pub enum MetaError {
 struct Shared {
     id: NodeIdx,
     address: String,
+    endpoints: Endpoints,
     raft: Raft<MetaTypes>,
 }
 
@@ -201,6 +207,7 @@ impl Shared {
         node: NodeIdx,
         address: String,
         vnodes: Option<usize>,
+        endpoints: Endpoints,
     ) -> Result<AdminReply, AdminError> {
         let vnodes = vnodes.unwrap_or(VNODES_PER_NODE_DEFAULT);
         if vnodes == 0 || vnodes > VNODES_PER_NODE_MAX {
@@ -212,6 +219,7 @@ impl Shared {
             node,
             address: address.clone(),
             tokens: default_tokens(node, vnodes),
+            endpoints,
         })
         .await?;
         let raft_id = u64::from(node);
@@ -292,7 +300,8 @@ impl MetaHandler for Shared {
                 node,
                 address,
                 vnodes,
-            } => self.add_node(node, address, vnodes).await,
+                endpoints,
+            } => self.add_node(node, address, vnodes, endpoints).await,
             AdminRequest::RemoveNode { node } => self.remove_node(node).await,
             AdminRequest::Command(command) => self.write(command).await,
         }
@@ -384,6 +393,7 @@ impl MetaNode {
         let shared = Arc::new(Shared {
             id: config.node_id,
             address,
+            endpoints: config.endpoints.clone(),
             raft,
         });
         let (stop, stopped) = oneshot::channel::<()>();
@@ -479,6 +489,7 @@ impl MetaNode {
             node: self.shared.id,
             address: self.shared.address.clone(),
             vnodes,
+            endpoints: self.shared.endpoints.clone(),
         })
         .await
     }
@@ -496,6 +507,7 @@ impl MetaNode {
             node: self.shared.id,
             address: self.shared.address.clone(),
             vnodes,
+            endpoints: self.shared.endpoints.clone(),
         };
         let mut client =
             MetaClient::new(seed).map_err(|e| AdminError::Unreachable(e.to_string()))?;
@@ -574,6 +586,29 @@ impl MetaNode {
         .await
     }
 
+    /// Records this node's client endpoints in its member entry: an
+    /// `AddNode` repeating its address and tokens, so no new epoch (a
+    /// member started before its client ports were bound, or restarted on
+    /// new ones).
+    ///
+    /// # Errors
+    /// As [`MetaNode::admin`].
+    pub async fn set_endpoints(&self, endpoints: Endpoints) -> Result<AdminReply, MetaError> {
+        let tokens = self
+            .view()
+            .state
+            .members
+            .get(&self.shared.id)
+            .map(|member| member.tokens.len());
+        self.admin(AdminRequest::AddNode {
+            node: self.shared.id,
+            address: self.shared.address.clone(),
+            vnodes: tokens,
+            endpoints,
+        })
+        .await
+    }
+
     /// Sets `keyspace`'s replication factor (creating the keyspace); a new
     /// epoch when it changes.
     ///
@@ -600,6 +635,7 @@ impl MetaNode {
             node,
             address: address.to_string(),
             vnodes: None,
+            endpoints: Endpoints::new(),
         })
         .await
     }

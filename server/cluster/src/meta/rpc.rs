@@ -61,6 +61,9 @@ pub enum AdminRequest {
         address: String,
         /// `None`: the default tokens ([`super::state::default_tokens`]).
         vnodes: Option<usize>,
+        /// Its client endpoints (see [`super::state::Endpoints`]).
+        #[serde(default)]
+        endpoints: super::state::Endpoints,
     },
     /// Removes a node from the ring and from the Raft voters.
     RemoveNode { node: NodeIdx },

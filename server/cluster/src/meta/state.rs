@@ -34,6 +34,14 @@ pub const KEYSPACE_NAME_BYTES_MAX: usize = 48;
 pub const ADDRESS_BYTES_MAX: usize = 256;
 /// The largest schema change (one DDL statement), in bytes.
 pub const DDL_BYTES_MAX: usize = 64 * 1024;
+/// The most client endpoints a member may list.
+pub const ENDPOINTS_MAX: usize = 8;
+/// The longest endpoint name (`cql`, `pg`, `grpc`), in bytes.
+pub const ENDPOINT_NAME_BYTES_MAX: usize = 32;
+
+/// A member's client endpoints: protocol name (`cql`, `pg`, `grpc`) →
+/// `host:port` clients reach it at.
+pub type Endpoints = BTreeMap<String, String>;
 
 /// A node's identifier: the same number in the Raft group (as `u64`) and in
 /// the transaction layer (`concord_txn::timestamp::NodeId`).
@@ -57,6 +65,10 @@ pub struct Member {
     pub status: NodeStatus,
     /// The node's tokens, ascending; each ends the ring range it owns.
     pub tokens: Vec<Token>,
+    /// Where clients reach it (absent in state stored before endpoints
+    /// existed: decodes as none).
+    #[serde(default)]
+    pub endpoints: Endpoints,
 }
 
 /// One schema change as the log recorded it.
@@ -90,12 +102,16 @@ pub struct ClusterState {
 /// A change to the cluster state: the payload of a Raft log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Registers a node (status `Joining`) with its address and tokens.
-    /// Repeating it with the same address and tokens is a no-op.
+    /// Registers a node (status `Joining`) with its address, tokens and
+    /// client endpoints. Repeating it with the same address and tokens is a
+    /// no-op, except that non-empty `endpoints` that differ replace the
+    /// member's (a restarted node's new client ports; no new epoch).
     AddNode {
         node: NodeIdx,
         address: String,
         tokens: Vec<Token>,
+        #[serde(default)]
+        endpoints: Endpoints,
     },
     /// A joining node became a voter: its tokens enter the ring.
     NodeUp { node: NodeIdx },
@@ -159,7 +175,22 @@ impl ClusterState {
                 node,
                 address,
                 tokens,
+                endpoints,
             } => {
+                if endpoints.len() > ENDPOINTS_MAX
+                    || endpoints.iter().any(|(name, address)| {
+                        name.is_empty()
+                            || name.len() > ENDPOINT_NAME_BYTES_MAX
+                            || address.is_empty()
+                            || address.len() > ADDRESS_BYTES_MAX
+                    })
+                {
+                    return Err(format!(
+                        "node {node}: at most {ENDPOINTS_MAX} endpoints (ENDPOINTS_MAX), names \
+                         1..={ENDPOINT_NAME_BYTES_MAX} bytes, addresses 1..={ADDRESS_BYTES_MAX} \
+                         bytes"
+                    ));
+                }
                 if address.is_empty() || address.len() > ADDRESS_BYTES_MAX {
                     return Err(format!(
                         "node {node}: address must be 1..={ADDRESS_BYTES_MAX} bytes \
@@ -255,9 +286,15 @@ impl ClusterState {
                 node,
                 address,
                 tokens,
+                endpoints,
             } => {
-                if self.members.contains_key(node) {
-                    false
+                if let Some(member) = self.members.get_mut(node) {
+                    if !endpoints.is_empty() && member.endpoints != *endpoints {
+                        member.endpoints = endpoints.clone();
+                        true
+                    } else {
+                        false
+                    }
                 } else {
                     self.members.insert(
                         *node,
@@ -265,6 +302,7 @@ impl ClusterState {
                             address: address.clone(),
                             status: NodeStatus::Joining,
                             tokens: sorted(tokens),
+                            endpoints: endpoints.clone(),
                         },
                     );
                     true
@@ -346,7 +384,52 @@ mod tests {
             node,
             address: format!("127.0.0.1:{}", 7000 + node),
             tokens: default_tokens(node, VNODES_PER_NODE_DEFAULT),
+            endpoints: Endpoints::from([("cql".into(), format!("127.0.0.1:{}", 9000 + node))]),
         }
+    }
+
+    #[test]
+    fn a_rejoin_updates_endpoints_without_a_new_epoch() {
+        let mut state = ClusterState::default();
+        state.apply(&add(1));
+        state.apply(&Command::NodeUp { node: 1 });
+        let Command::AddNode {
+            node,
+            address,
+            tokens,
+            ..
+        } = add(1)
+        else {
+            unreachable!()
+        };
+        let moved = Endpoints::from([("cql".into(), "127.0.0.1:19042".into())]);
+        let rejoin = Command::AddNode {
+            node,
+            address: address.clone(),
+            tokens: tokens.clone(),
+            endpoints: moved.clone(),
+        };
+        assert!(matches!(
+            state.apply(&rejoin),
+            CommandResult::Applied { epoch: 1, .. }
+        ));
+        assert_eq!(state.members[&1].endpoints, moved);
+        // No endpoints: the stored ones stay.
+        let bare = Command::AddNode {
+            node,
+            address,
+            tokens,
+            endpoints: Endpoints::new(),
+        };
+        assert!(matches!(
+            state.apply(&bare),
+            CommandResult::Unchanged { epoch: 1, .. }
+        ));
+        assert_eq!(state.members[&1].endpoints, moved);
+        // State stored before endpoints existed still decodes.
+        let old = r#"{"address":"127.0.0.1:7001","status":"Up","tokens":[]}"#;
+        let member: Member = serde_json::from_str(old).unwrap();
+        assert!(member.endpoints.is_empty());
     }
 
     #[test]
@@ -419,6 +502,7 @@ mod tests {
             node: 2,
             address: "127.0.0.1:9".into(),
             tokens: vec![default_tokens(1, 1)[0]],
+            endpoints: Endpoints::new(),
         };
         let cases = [
             stolen,
@@ -426,11 +510,21 @@ mod tests {
                 node: 2,
                 address: "127.0.0.1:7001".into(),
                 tokens: default_tokens(2, 4),
+                endpoints: Endpoints::new(),
             },
             Command::AddNode {
                 node: 2,
                 address: String::new(),
                 tokens: default_tokens(2, 4),
+                endpoints: Endpoints::new(),
+            },
+            Command::AddNode {
+                node: 2,
+                address: "127.0.0.1:7002".into(),
+                tokens: default_tokens(2, 4),
+                endpoints: (0..=ENDPOINTS_MAX)
+                    .map(|i| (format!("e{i}"), "127.0.0.1:1".to_string()))
+                    .collect(),
             },
             Command::NodeUp { node: 9 },
             Command::RemoveNode { node: 9 },

@@ -196,6 +196,7 @@ mod tests {
                 node,
                 address: format!("10.0.0.{node}:7000"),
                 tokens: default_tokens(node, VNODES_PER_NODE_DEFAULT),
+                endpoints: Default::default(),
             });
             state.apply(&Command::NodeUp { node });
         }
