@@ -6,8 +6,8 @@
 mod analytics;
 mod binary;
 mod cluster;
-mod cluster_data;
 mod cluster_cli;
+mod cluster_data;
 mod cluster_peers;
 mod cluster_schema;
 mod cql_clients;
