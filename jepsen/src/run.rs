@@ -110,6 +110,14 @@ pub struct RunOutcome {
     pub out: PathBuf,
 }
 
+/// What a workload's checks found in its history.
+struct Verdicts {
+    checker: String,
+    anomalies: bool,
+    search_limit: bool,
+    lost_writes: Vec<String>,
+}
+
 /// A checked history, workload-independent.
 struct Checked {
     samples: Vec<Sample>,
@@ -118,6 +126,49 @@ struct Checked {
     search_limit: bool,
     lost_writes: Vec<String>,
     history_jsonl: String,
+}
+
+/// What every workload's run shares: the client runtime, the clients, the cluster.
+struct RunEnv<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    clients: &'a ClientConfig,
+    config: &'a RunConfig,
+    cluster: &'a Arc<Mutex<Cluster>>,
+    partitioner: Option<Partitioner>,
+    problems: &'a mut Vec<String>,
+}
+
+impl RunEnv<'_> {
+    /// Runs `workload` (see [`execute`]) and checks its history with `check`.
+    fn run_checked<W: Workload>(
+        &mut self,
+        workload: Arc<W>,
+        final_phase: FinalPhase<W::Body>,
+        check: impl FnOnce(&History<W::Body>) -> Verdicts,
+    ) -> anyhow::Result<(Checked, workload::ErrorCounts, Vec<FaultWindow>, u64)> {
+        let (recorded, windows, end_us) = execute(
+            self.runtime,
+            workload,
+            self.clients,
+            self.config,
+            self.cluster,
+            self.partitioner.take(),
+            self.problems,
+            final_phase,
+        )?;
+        let verdicts = check(&recorded.history);
+        self.problems.extend(recorded.mismatches.iter().cloned());
+        let errors = client_errors(&recorded, self.problems);
+        let checked = Checked {
+            samples: samples(&recorded.history),
+            checker: verdicts.checker,
+            anomalies: verdicts.anomalies,
+            search_limit: verdicts.search_limit,
+            lost_writes: verdicts.lost_writes,
+            history_jsonl: recorded.history.to_jsonl_string(),
+        };
+        Ok((checked, errors, windows, end_us))
+    }
 }
 
 fn samples<B: OperationBody>(history: &History<B>) -> Vec<Sample> {
@@ -179,104 +230,68 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
         seed: config.seed,
     };
     let mut problems = Vec::new();
+    let mut run_env = RunEnv {
+        runtime: &runtime,
+        clients: &clients,
+        config,
+        cluster: &cluster,
+        partitioner,
+        problems: &mut problems,
+    };
     let (checked, errors, windows, end_us) = match config.workload {
         WorkloadKind::ListAppend => {
             let workload = Arc::new(ListAppend::new(replication_factor));
             let reader = workload.clone();
-            let (recorded, windows, end_us) = execute(
-                &runtime,
+            run_env.run_checked(
                 workload,
-                &clients,
-                config,
-                &cluster,
-                partitioner,
-                &mut problems,
                 Box::new(move |recorder, session| {
                     Box::pin(async move { final_reads(&reader, recorder, session).await })
                 }),
-            )?;
-            let report = check_list_append(&recorded.history, &ListAppendOptions::default());
-            let lost = list_append::lost_appends(&recorded.history)
-                .into_iter()
-                .map(|(key, element)| format!("key {key}: element {element}"))
-                .collect();
-            problems.extend(recorded.mismatches.iter().cloned());
-            (
-                Checked {
-                    samples: samples(&recorded.history),
-                    checker: report.to_string(),
-                    anomalies: !report.valid(),
-                    search_limit: false,
-                    lost_writes: lost,
-                    history_jsonl: recorded.history.to_jsonl_string(),
+                |history| {
+                    let report = check_list_append(history, &ListAppendOptions::default());
+                    Verdicts {
+                        checker: report.to_string(),
+                        anomalies: !report.valid(),
+                        search_limit: false,
+                        lost_writes: list_append::lost_appends(history)
+                            .into_iter()
+                            .map(|(key, element)| format!("key {key}: element {element}"))
+                            .collect(),
+                    }
                 },
-                client_errors(&recorded, &mut problems),
-                windows,
-                end_us,
-            )
+            )?
         }
-        WorkloadKind::Bank => {
-            let workload = Arc::new(Bank::new(replication_factor));
-            let (recorded, windows, end_us) = execute(
-                &runtime,
-                workload,
-                &clients,
-                config,
-                &cluster,
-                partitioner,
-                &mut problems,
-                Box::new(|_, _| Box::pin(async { Ok(()) })),
-            )?;
-            let report = check_bank(&recorded.history, &Bank::options());
-            problems.extend(recorded.mismatches.iter().cloned());
-            (
-                Checked {
-                    samples: samples(&recorded.history),
+        WorkloadKind::Bank => run_env.run_checked(
+            Arc::new(Bank::new(replication_factor)),
+            Box::new(|_, _| Box::pin(async { Ok(()) })),
+            |history| {
+                let report = check_bank(history, &Bank::options());
+                Verdicts {
                     checker: report.to_string(),
                     anomalies: !report.valid(),
                     search_limit: false,
                     lost_writes: Vec::new(),
-                    history_jsonl: recorded.history.to_jsonl_string(),
-                },
-                client_errors(&recorded, &mut problems),
-                windows,
-                end_us,
-            )
-        }
-        WorkloadKind::Register => {
-            let workload = Arc::new(Register::new(replication_factor));
-            let (recorded, windows, end_us) = execute(
-                &runtime,
-                workload,
-                &clients,
-                config,
-                &cluster,
-                partitioner,
-                &mut problems,
-                Box::new(|_, _| Box::pin(async { Ok(()) })),
-            )?;
-            let checked = check_register(&recorded.history, &RegisterOptions::default());
-            let search_limit = checked.report.has(AnomalyKind::SearchLimitExceeded);
-            let anomalies = checked
-                .report
-                .counts()
-                .keys()
-                .any(|kind| *kind != AnomalyKind::SearchLimitExceeded);
-            problems.extend(recorded.mismatches.iter().cloned());
-            (
-                Checked {
-                    samples: samples(&recorded.history),
+                }
+            },
+        )?,
+        WorkloadKind::Register => run_env.run_checked(
+            Arc::new(Register::new(replication_factor)),
+            Box::new(|_, _| Box::pin(async { Ok(()) })),
+            |history| {
+                let checked = check_register(history, &RegisterOptions::default());
+                Verdicts {
                     checker: checked.to_string(),
-                    anomalies,
-                    search_limit,
+                    // A search that gave up is "unknown", not an anomaly.
+                    anomalies: checked
+                        .report
+                        .counts()
+                        .keys()
+                        .any(|kind| *kind != AnomalyKind::SearchLimitExceeded),
+                    search_limit: checked.report.has(AnomalyKind::SearchLimitExceeded),
                     lost_writes: Vec::new(),
-                    history_jsonl: recorded.history.to_jsonl_string(),
-                },
-                client_errors(&recorded, &mut problems),
-                windows,
-                end_us,
-            )
-        }
+                }
+            },
+        )?,
     };
     let unclean = match cluster.lock() {
         Ok(mut cluster) => cluster.stop(),

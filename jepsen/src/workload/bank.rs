@@ -74,22 +74,12 @@ impl Workload for Bank {
     }
 
     async fn setup(&self, session: &Session) -> anyhow::Result<()> {
-        let rf = self.replication_factor;
-        session
-            .query_unpaged(
-                format!(
-                    "CREATE KEYSPACE IF NOT EXISTS jepsen WITH replication = \
-                     {{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"
-                ),
-                (),
-            )
-            .await?;
-        session
-            .query_unpaged(
-                "CREATE TABLE IF NOT EXISTS jepsen.accounts (id bigint PRIMARY KEY, balance bigint)",
-                (),
-            )
-            .await?;
+        super::create_schema(
+            session,
+            self.replication_factor,
+            "CREATE TABLE IF NOT EXISTS jepsen.accounts (id bigint PRIMARY KEY, balance bigint)",
+        )
+        .await?;
         for account in 0..ACCOUNTS {
             // IF NOT EXISTS: a second setup (another node) must not reset balances.
             session

@@ -128,23 +128,12 @@ impl Workload for ListAppend {
     }
 
     async fn setup(&self, session: &Session) -> anyhow::Result<()> {
-        let rf = self.replication_factor;
-        session
-            .query_unpaged(
-                format!(
-                    "CREATE KEYSPACE IF NOT EXISTS jepsen WITH replication = \
-                     {{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"
-                ),
-                (),
-            )
-            .await?;
-        session
-            .query_unpaged(
-                "CREATE TABLE IF NOT EXISTS jepsen.lists (k bigint PRIMARY KEY, l list<bigint>)",
-                (),
-            )
-            .await?;
-        Ok(())
+        super::create_schema(
+            session,
+            self.replication_factor,
+            "CREATE TABLE IF NOT EXISTS jepsen.lists (k bigint PRIMARY KEY, l list<bigint>)",
+        )
+        .await
     }
 
     fn generate(&self, rng: &mut StdRng) -> Transaction {

@@ -135,6 +135,28 @@ fn category(error: &OpError) -> String {
     format!("{status}: {head}")
 }
 
+/// Creates the `jepsen` keyspace (if missing) with `replication_factor`, then `table_ddl`.
+///
+/// # Errors
+/// When a statement fails.
+pub async fn create_schema(
+    session: &Session,
+    replication_factor: usize,
+    table_ddl: &str,
+) -> anyhow::Result<()> {
+    session
+        .query_unpaged(
+            format!(
+                "CREATE KEYSPACE IF NOT EXISTS jepsen WITH replication = \
+                 {{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}}"
+            ),
+            (),
+        )
+        .await?;
+    session.query_unpaged(table_ddl, ()).await?;
+    Ok(())
+}
+
 /// Runs a CQL statement, mapping errors with [`classify`].
 pub async fn query(session: &Session, cql: &str) -> Result<QueryResult, OpError> {
     session

@@ -62,23 +62,12 @@ impl Workload for Register {
     }
 
     async fn setup(&self, session: &Session) -> anyhow::Result<()> {
-        let rf = self.replication_factor;
-        session
-            .query_unpaged(
-                format!(
-                    "CREATE KEYSPACE IF NOT EXISTS jepsen WITH replication = \
-                     {{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"
-                ),
-                (),
-            )
-            .await?;
-        session
-            .query_unpaged(
-                "CREATE TABLE IF NOT EXISTS jepsen.registers (k bigint PRIMARY KEY, v bigint)",
-                (),
-            )
-            .await?;
-        Ok(())
+        super::create_schema(
+            session,
+            self.replication_factor,
+            "CREATE TABLE IF NOT EXISTS jepsen.registers (k bigint PRIMARY KEY, v bigint)",
+        )
+        .await
     }
 
     fn generate(&self, rng: &mut StdRng) -> RegisterOp {
