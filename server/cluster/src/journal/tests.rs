@@ -1,18 +1,26 @@
 //! Tests of the segmented log and the journal on it: round trip, reopen, torn tail, truncation,
-//! group commit under concurrent appenders, and the `Journal` contract.
+//! group commit under concurrent appenders, the `Journal` contract, and the split apply (a
+//! crash that loses the engine's unsynced apply batch; J5).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 
-use concord_storage::engine::{Durability, Family, WriteBatch};
-use concord_txn::command::Command;
-use concord_txn::storage::Journal;
+use concord_storage::engine::{
+    Direction, Durability, Engine, EngineOptions, Family, KeyRange, ReadView, WriteBatch,
+};
+use concord_storage::memory::MemoryEngine;
+use concord_txn::command::{Command, Status};
+use concord_txn::node::{NodeConfig, Outcome};
+use concord_txn::storage::{DataStore, Journal, KvDataStore};
 use concord_txn::timestamp::{Domain, Epoch, LocalTime, NodeId, Timestamp, TxnId, TxnKind};
+use concord_txn::topology::{FastPathMode, Topology};
+use concord_txn::txn::{Key, ReadData, Txn, Update, Writes, decode_list};
 
-use super::LogJournal;
 use super::log::{Backend, Log, LogConfig, LogError, MAX_RECORD_BYTES, Record};
+use super::{APPLIED_MARKER_PREFIX, LogJournal};
+use crate::runtime::{Loopback, NoObserver, Runtime, RuntimeConfig};
 
 fn payload(i: u64) -> Vec<u8> {
     format!("record-{i}-{}", "x".repeat((i % 37) as usize)).into_bytes()
@@ -231,7 +239,8 @@ fn log_journal_keeps_the_latest_state_forgets_erased_and_truncates() {
         segment_bytes: 512,
         ..LogConfig::default()
     };
-    let mut journal = LogJournal::open(dir.path(), config).unwrap();
+    let engine = memory_engine();
+    let mut journal = LogJournal::open(dir.path(), config, engine.clone()).unwrap();
     for hlc in 1..=20 {
         journal
             .record(&command(hlc), WriteBatch::new(), Durability::Sync)
@@ -265,7 +274,7 @@ fn log_journal_keeps_the_latest_state_forgets_erased_and_truncates() {
     assert_eq!(journal.record_count().unwrap(), 3);
     drop(journal);
 
-    let journal = LogJournal::open(dir.path(), config).unwrap();
+    let journal = LogJournal::open(dir.path(), config, engine).unwrap();
     let replayed = journal.replay(LocalTime(0)).unwrap();
     let ids: Vec<TxnId> = replayed.iter().map(|c| c.txn_id).collect();
     assert_eq!(
@@ -351,4 +360,257 @@ fn io_uring_backend_writes_the_same_log_or_falls_back() {
             concurrent_rolling_appends(Backend::Auto);
         }
     }
+}
+
+fn memory_engine() -> Arc<MemoryEngine> {
+    Arc::new(MemoryEngine::new(EngineOptions::default()))
+}
+
+/// An engine that loses its unsynced writes on `simulate_crash`.
+fn crashable_engine() -> Arc<MemoryEngine> {
+    Arc::new(MemoryEngine::with_crash_simulation(EngineOptions::default()))
+}
+
+fn markers(engine: &MemoryEngine) -> usize {
+    engine
+        .scan(
+            Family::Txn,
+            &KeyRange::prefix(APPLIED_MARKER_PREFIX),
+            Direction::Forward,
+        )
+        .unwrap()
+        .count()
+}
+
+fn row_key(hlc: u64) -> Vec<u8> {
+    format!("row-{hlc}").into_bytes()
+}
+
+/// `command(hlc)` decided and PreApplied with one write.
+fn pre_applied(hlc: u64) -> Command {
+    let mut command = command(hlc);
+    command.status = Status::PreApplied;
+    let mut writes = Writes::new();
+    writes.insert(Key::numbered(hlc), Some(vec![hlc as u8]));
+    command.writes = Some(writes);
+    command
+}
+
+/// Records `hlc`'s PreApplied (synced, in the log) and Applied states, the apply's data batch
+/// buffered in the engine as the core does.
+fn apply(journal: &mut LogJournal<MemoryEngine>, hlc: u64) {
+    let mut command = pre_applied(hlc);
+    journal
+        .record(&command, WriteBatch::new(), Durability::Sync)
+        .unwrap();
+    command.status = Status::Applied;
+    let mut data = WriteBatch::new();
+    data.put(Family::Rows, row_key(hlc), vec![hlc as u8]);
+    journal
+        .record(&command, data, Durability::Buffered)
+        .unwrap();
+}
+
+#[test]
+fn an_erase_makes_the_applies_durable_first_and_truncation_keeps_live_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 512,
+        ..LogConfig::default()
+    };
+    let engine = crashable_engine();
+    let mut journal = LogJournal::open(dir.path(), config, engine.clone()).unwrap();
+    for hlc in 1..=30 {
+        apply(&mut journal, hlc);
+    }
+    assert!(segments(dir.path()).len() > 4);
+    assert_eq!(markers(&engine), 30);
+    let erased: Vec<TxnId> = (1..=25).map(|h| command(h).txn_id).collect();
+    journal.erase(&erased).unwrap();
+    let removed = journal
+        .log()
+        .stats()
+        .segments_removed
+        .load(Ordering::Relaxed);
+    assert!(removed > 0, "segments of erased commands go");
+    drop(journal);
+    // J5: the erase synced the engine, so a crash now keeps every applied row, and the
+    // marker deletes (buffered, after the sync) are what it loses.
+    engine.simulate_crash();
+    for hlc in 1..=30 {
+        assert_eq!(
+            engine.get(Family::Rows, &row_key(hlc)).unwrap(),
+            Some(vec![hlc as u8]),
+            "row {hlc} survives the crash"
+        );
+    }
+    assert_eq!(
+        markers(&engine),
+        30,
+        "the crash brought the erased markers back"
+    );
+
+    let journal = LogJournal::open(dir.path(), config, engine.clone()).unwrap();
+    assert_eq!(markers(&engine), 5, "stale markers are deleted on open");
+    let replayed = journal.replay(LocalTime(0)).unwrap();
+    let ids: Vec<TxnId> = replayed.iter().map(|c| c.txn_id).collect();
+    assert_eq!(
+        ids,
+        (26..=30).map(|h| command(h).txn_id).collect::<Vec<_>>()
+    );
+    assert!(
+        replayed.iter().all(|c| c.status == Status::Applied),
+        "applies durable in the engine are not applied again: {replayed:?}"
+    );
+}
+
+#[test]
+fn a_crash_before_the_engine_sync_leaves_the_command_to_apply_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = crashable_engine();
+    let mut journal = LogJournal::open(dir.path(), LogConfig::default(), engine.clone()).unwrap();
+    apply(&mut journal, 1);
+    apply(&mut journal, 2);
+    engine.sync_wal().unwrap();
+    apply(&mut journal, 3);
+    // A command applied with no earlier record here goes to the log first.
+    let mut direct = pre_applied(4);
+    direct.status = Status::Applied;
+    let mut data = WriteBatch::new();
+    data.put(Family::Rows, row_key(4), vec![4]);
+    journal.record(&direct, data, Durability::Buffered).unwrap();
+    drop(journal);
+    engine.simulate_crash();
+    assert_eq!(engine.get(Family::Rows, &row_key(3)).unwrap(), None);
+    assert_eq!(engine.get(Family::Rows, &row_key(4)).unwrap(), None);
+    let journal = LogJournal::open(dir.path(), LogConfig::default(), engine.clone()).unwrap();
+    let statuses: Vec<Status> = journal
+        .replay(LocalTime(0))
+        .unwrap()
+        .iter()
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            Status::Applied,
+            Status::Applied,
+            Status::PreApplied,
+            Status::PreApplied
+        ]
+    );
+}
+
+fn runtime_config() -> RuntimeConfig {
+    RuntimeConfig {
+        node: NodeId(1),
+        topology: Arc::new(Topology::ring(1, 1, 1, FastPathMode::CoordinatorVotes)),
+        // No durability rounds: nothing erases (and so syncs the engine) behind the test.
+        node_config: NodeConfig {
+            gc_enabled: false,
+            ..NodeConfig::default()
+        },
+    }
+}
+
+/// `KvDataStore`, counting the apply batches it builds.
+#[derive(Debug)]
+struct CountingStore {
+    inner: KvDataStore<MemoryEngine>,
+    writes: Arc<AtomicUsize>,
+}
+
+impl DataStore for CountingStore {
+    fn read(
+        &self,
+        txn: &Txn,
+        keys: &[Key],
+        execute_at: Timestamp,
+    ) -> concord_txn::Result<ReadData> {
+        self.inner.read(txn, keys, execute_at)
+    }
+    fn write(&self, writes: &Writes, execute_at: Timestamp, batch: &mut WriteBatch) {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.write(writes, execute_at, batch);
+    }
+}
+
+/// A runtime on the log journal in `dir`; returns it and its store's apply counter.
+fn start_on_log(dir: &std::path::Path, engine: &Arc<MemoryEngine>) -> (Runtime, Arc<AtomicUsize>) {
+    let writes = Arc::new(AtomicUsize::new(0));
+    let journal = LogJournal::open(dir, LogConfig::default(), engine.clone()).unwrap();
+    let store = CountingStore {
+        inner: KvDataStore::new(engine.clone()),
+        writes: writes.clone(),
+    };
+    let runtime = Runtime::start(
+        runtime_config(),
+        Box::new(journal),
+        Box::new(store),
+        Box::new(Loopback::default()),
+        Box::new(NoObserver),
+    )
+    .unwrap();
+    (runtime, writes)
+}
+
+fn append(key: &Key, value: u64) -> Txn {
+    Txn::new(
+        vec![key.clone()],
+        Update::Append(vec![(key.clone(), value)]),
+    )
+}
+
+fn list(engine: &Arc<MemoryEngine>, key: &Key) -> Vec<u64> {
+    let values = KvDataStore::new(engine.clone())
+        .values(std::slice::from_ref(key))
+        .unwrap();
+    values[key]
+        .as_deref()
+        .map(|bytes| decode_list(bytes).unwrap())
+        .unwrap_or_default()
+}
+
+fn commit(runtime: &Runtime, key: &Key, value: u64) {
+    let outcome = runtime.execute(append(key, value)).unwrap();
+    assert!(matches!(outcome, Outcome::Committed { .. }), "{outcome:?}");
+}
+
+#[test]
+fn the_runtime_on_the_log_journal_applies_again_what_a_crash_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = crashable_engine();
+    let key = Key::numbered(7);
+    {
+        let (runtime, writes) = start_on_log(dir.path(), &engine);
+        commit(&runtime, &key, 1);
+        commit(&runtime, &key, 2);
+        assert_eq!(writes.load(Ordering::SeqCst), 2);
+        assert_eq!(list(&engine, &key), vec![1, 2]);
+    }
+    // The engine never synced the applies: the crash loses them; the log keeps both
+    // transactions PreApplied.
+    engine.simulate_crash();
+    assert_eq!(list(&engine, &key), Vec::<u64>::new());
+    let (runtime, writes) = start_on_log(dir.path(), &engine);
+    assert_eq!(
+        writes.load(Ordering::SeqCst),
+        2,
+        "both applied again on open"
+    );
+    assert_eq!(list(&engine, &key), vec![1, 2]);
+    commit(&runtime, &key, 3);
+    assert_eq!(list(&engine, &key), vec![1, 2, 3]);
+    drop(runtime);
+
+    // Synced applies: the markers are durable and the reopened node applies nothing again.
+    engine.sync_wal().unwrap();
+    engine.simulate_crash();
+    let (_runtime, writes) = start_on_log(dir.path(), &engine);
+    assert_eq!(
+        writes.load(Ordering::SeqCst),
+        0,
+        "no apply replayed over its marker"
+    );
+    assert_eq!(list(&engine, &key), vec![1, 2, 3]);
 }
