@@ -175,29 +175,17 @@ fn main() -> ExitCode {
                 );
                 NemesisKind::Kill
             };
-            vec![
-                config(
-                    &args.common,
-                    WorkloadKind::ListAppend,
-                    vec![NemesisKind::Kill],
-                    args.time,
-                    args.out.join("list-append-kill"),
-                ),
-                config(
-                    &args.common,
-                    WorkloadKind::Bank,
-                    vec![NemesisKind::Pause],
-                    args.time,
-                    args.out.join("bank-pause"),
-                ),
-                config(
-                    &args.common,
-                    WorkloadKind::Register,
-                    vec![partition],
-                    args.time,
-                    args.out.join(format!("register-{}", partition.name())),
-                ),
+            [
+                (WorkloadKind::ListAppend, NemesisKind::Kill, "list-append"),
+                (WorkloadKind::Bank, NemesisKind::Pause, "bank"),
+                (WorkloadKind::Register, partition, "register"),
             ]
+            .into_iter()
+            .map(|(workload, nemesis, name)| {
+                let out = args.out.join(format!("{name}-{}", nemesis.name()));
+                config(&args.common, workload, vec![nemesis], args.time, out)
+            })
+            .collect()
         }
     };
     let mut worst = ExitCode::SUCCESS;

@@ -859,6 +859,13 @@ impl<E: Engine> Db<E> {
             return committed.max(self.feed.frontier().watermark);
         }
         // A snapshot time writes nothing: a failed ceiling write only fails later writes.
+        let (ticket, _ceiling_error) = self.begin_at_next();
+        ticket.write_time()
+    }
+
+    /// Opens a feed ticket at the sequencer's next timestamp (direct mode). The error, if
+    /// any, is the clock ceiling's: nothing may be written at that timestamp.
+    fn begin_at_next(&self) -> (feed::FeedTicket<'_>, Option<Error>) {
         let mut ceiling_error = None;
         let ticket = self.feed.begin(|| {
             self.sequencer.next(
@@ -867,7 +874,7 @@ impl<E: Engine> Db<E> {
                 &mut ceiling_error,
             )
         });
-        ticket.write_time()
+        (ticket, ceiling_error)
     }
 
     /// Runs a SQL query (see [`Db::sql_with`]) with the default options: the
@@ -1343,14 +1350,7 @@ impl<E: Engine> Db<E> {
         }
         // The feed ticket allocates the timestamp and holds the feed's
         // frontier below it until the batch is written (or fails).
-        let mut ceiling_error = None;
-        let ticket = self.feed.begin(|| {
-            self.sequencer.next(
-                self.clock.as_ref(),
-                self.engine.as_ref(),
-                &mut ceiling_error,
-            )
-        });
+        let (ticket, ceiling_error) = self.begin_at_next();
         if let Some(error) = ceiling_error {
             return Err(error);
         }
