@@ -9,13 +9,33 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 
 use crate::binary::{BINARY, EPHEMERAL_ENDPOINTS, wait_ready};
 
-struct Started {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    output: Vec<String>,
+/// Multi-node process tests take turns: three debug nodes keep a 2-core CI machine busy, and
+/// two such clusters at once starve the protocol's timers ("the coordinator gave up").
+static CLUSTERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held for the whole of a test that starts a multi-node cluster.
+pub(crate) fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    CLUSTERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn start(data_dir: &Path, node_id: u32, cluster_listen: &str, join: Option<&str>) -> Started {
+/// A started `concord start` cluster member: the process, the rest of its stdout, and the
+/// lines it printed up to `ready`.
+pub(crate) struct Started {
+    pub(crate) child: Child,
+    pub(crate) lines: Lines<BufReader<ChildStdout>>,
+    pub(crate) output: Vec<String>,
+}
+
+/// Starts node `node_id` on `data_dir` with its cluster service on `cluster_listen`, joining
+/// `join` if given, client endpoints on ephemeral ports; waits for `ready`.
+pub(crate) fn start(
+    data_dir: &Path,
+    node_id: u32,
+    cluster_listen: &str,
+    join: Option<&str>,
+) -> Started {
     let mut command = Command::new(BINARY);
     command
         .arg("start")
@@ -45,8 +65,16 @@ fn start(data_dir: &Path, node_id: u32, cluster_listen: &str, join: Option<&str>
 }
 
 impl Started {
+    /// What follows `prefix` on the first output line that starts with it.
+    pub(crate) fn value(&self, prefix: &str) -> &str {
+        self.output
+            .iter()
+            .find_map(|line| line.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in {:?}", self.output))
+    }
+
     /// The `cluster:` line: (address, epoch, nodes up).
-    fn cluster_line(&self) -> (String, u64, String) {
+    pub(crate) fn cluster_line(&self) -> (String, u64, String) {
         let line = self
             .output
             .iter()
@@ -74,6 +102,7 @@ impl Started {
 
 #[test]
 fn a_second_node_joins_and_a_restart_resumes_the_cluster() {
+    let _turn = crate::cluster::one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let node1 = start(&dir.path().join("n1"), 1, "127.0.0.1:0", None);
     let (seed, epoch, up) = node1.cluster_line();

@@ -45,6 +45,7 @@ fn text(output: &Output) -> String {
 
 #[test]
 fn cluster_up_status_down() {
+    let _turn = crate::cluster::one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("local");
     let base = free_base_port().to_string();

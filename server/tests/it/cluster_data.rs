@@ -10,14 +10,12 @@
 use std::io::{BufReader, Lines};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command};
 use std::time::{Duration, Instant};
 
 use concord_server::cql::client::{CqlClient, rows};
 use concord_storage::types::CqlType;
 use concord_storage::value::CqlValue;
-
-use crate::binary::{BINARY, EPHEMERAL_ENDPOINTS, wait_ready};
 
 struct Member {
     child: Child,
@@ -28,43 +26,11 @@ struct Member {
 }
 
 fn start(data_dir: &Path, node_id: u32, cluster_listen: &str, join: Option<&str>) -> Member {
-    let mut command = Command::new(BINARY);
-    command
-        .arg("start")
-        .args(EPHEMERAL_ENDPOINTS)
-        .args([
-            "--node-id",
-            &node_id.to_string(),
-            "--cluster-listen-address",
-            cluster_listen,
-            "--data-dir",
-        ])
-        .arg(data_dir);
-    if let Some(seed) = join {
-        command.args(["--join", seed]);
-    }
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (lines, output) = wait_ready(&mut child);
-    let find = |prefix: &str| {
-        output
-            .iter()
-            .find_map(|line| line.strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no {prefix:?} line in {output:?}"))
-            .to_owned()
-    };
-    let cql = find("cql: listening on ").parse().unwrap();
-    let grpc = find("grpc: listening on ").parse().unwrap();
-    // cluster: node N at ADDR, epoch E, nodes up: ...
-    let cluster = find("cluster: node ")
-        .split(" at ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .unwrap()
-        .to_owned();
+    let started = crate::cluster::start(data_dir, node_id, cluster_listen, join);
+    let cql = started.value("cql: listening on ").parse().unwrap();
+    let grpc = started.value("grpc: listening on ").parse().unwrap();
+    let (cluster, _, _) = started.cluster_line();
+    let crate::cluster::Started { child, lines, .. } = started;
     Member {
         child,
         _lines: lines,
@@ -117,6 +83,7 @@ async fn local_rows(client: &mut CqlClient) -> Vec<(i32, i32)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_one_node_are_read_through_another_and_survive_a_sigkill() {
+    let _turn = crate::cluster::one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let node1 = start(&dir.path().join("n1"), 1, "127.0.0.1:0", None);
     let seed = node1.cluster.clone();
@@ -222,6 +189,7 @@ fn stop(mut member: Member) {
 /// protocol's own fetching (durability rounds, CheckStatus) has to bring it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_fetches_what_it_missed_after_its_peers_restarted() {
+    let _turn = crate::cluster::one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let node1 = start(&dir.path().join("n1"), 1, "127.0.0.1:0", None);
     let seed = node1.cluster.clone();

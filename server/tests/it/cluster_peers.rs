@@ -32,6 +32,7 @@ fn tokens_of(value: &Option<CqlValue>) -> Vec<String> {
 
 #[test]
 fn peers_list_the_other_nodes_and_the_python_driver_routes_token_aware() {
+    let _turn = crate::cluster::one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let members = start_cluster(dir.path(), 3);
     let cql: Vec<SocketAddr> = members.iter().map(|member| member.cql).collect();

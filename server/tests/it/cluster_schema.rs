@@ -7,15 +7,13 @@
 use std::io::{BufReader, Lines};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command};
 use std::time::{Duration, Instant};
 
 use cassandra_protocol::frame::message_result::ResResultBody;
 use concord_server::cql::client::{CqlClient, rows};
 use concord_storage::types::CqlType;
 use concord_storage::value::CqlValue;
-
-use crate::binary::{BINARY, EPHEMERAL_ENDPOINTS, wait_ready};
 
 /// A `concord start` cluster member.
 pub(crate) struct Member {
@@ -27,13 +25,6 @@ pub(crate) struct Member {
     pub cluster: String,
 }
 
-fn line_value<'a>(output: &'a [String], prefix: &str) -> &'a str {
-    output
-        .iter()
-        .find_map(|line| line.strip_prefix(prefix))
-        .unwrap_or_else(|| panic!("no {prefix:?} line in {output:?}"))
-}
-
 impl Member {
     /// Starts node `node_id` on `data_dir`, its cluster service on
     /// `cluster_listen`, joining `join` if given.
@@ -43,34 +34,10 @@ impl Member {
         cluster_listen: &str,
         join: Option<&str>,
     ) -> Member {
-        let mut command = Command::new(BINARY);
-        command
-            .arg("start")
-            .args(EPHEMERAL_ENDPOINTS)
-            .args([
-                "--node-id",
-                &node_id.to_string(),
-                "--cluster-listen-address",
-                cluster_listen,
-                "--data-dir",
-            ])
-            .arg(data_dir);
-        if let Some(seed) = join {
-            command.args(["--join", seed]);
-        }
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (lines, output) = wait_ready(&mut child);
-        let cql = line_value(&output, "cql: listening on ").parse().unwrap();
-        let cluster = line_value(&output, "cluster: node ")
-            .split(" at ")
-            .nth(1)
-            .and_then(|rest| rest.split(", epoch ").next())
-            .unwrap()
-            .to_string();
+        let started = crate::cluster::start(data_dir, node_id, cluster_listen, join);
+        let cql = started.value("cql: listening on ").parse().unwrap();
+        let (cluster, _, _) = started.cluster_line();
+        let crate::cluster::Started { child, lines, .. } = started;
         Member {
             child,
             _lines: drain(lines),
@@ -172,6 +139,7 @@ async fn eventually(address: SocketAddr, statement: &str) -> ResResultBody {
 
 #[test]
 fn ddl_on_one_node_applies_on_every_node_and_a_restarted_node_catches_up() {
+    let _turn = crate::cluster::one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let members = start_cluster(dir.path(), 3);
     let cql: Vec<SocketAddr> = members.iter().map(|member| member.cql).collect();
