@@ -238,6 +238,10 @@ pub struct TransactionResult {
     pub applied: bool,
 }
 
+/// How many times a read-only transaction is submitted when its coordinator gives up (it has
+/// no effects, so another attempt is safe).
+pub const READ_ONLY_ATTEMPTS_MAX: u32 = 3;
+
 /// Where the sequencer's write-time ceiling is kept (`Family::Meta`, i64 big-endian).
 const CLOCK_CEILING_KEY: &[u8] = b"clock/ceiling";
 /// How far ahead of the write time issued the sequencer persists its ceiling: at most one
@@ -1405,14 +1409,27 @@ impl<E: Engine> Db<E> {
         for (mutation, table) in transaction.writes.iter().zip(tables) {
             rows::write_mutation(table, mutation, WriteTime(0), &mut scratch)?;
         }
-        let txn = txn_store::build_txn(&transaction, tables)?;
-        let outcome = accord.runtime.execute(txn).map_err(|error| match error {
-            RuntimeError::Overloaded => Error::Overloaded(error.to_string()),
-            RuntimeError::Timeout(_) => Error::Unavailable(error.to_string()),
-            RuntimeError::Stopped(_) | RuntimeError::Open(_) => {
-                Error::Storage(concord_storage::Error::Engine(error.to_string()))
+        // A read-only transaction has no effects: when its coordinator gives up it is simply
+        // submitted again, so reads never answer "may or may not have executed".
+        let read_only = transaction.writes.is_empty();
+        let mut attempts = 0;
+        let outcome = loop {
+            let txn = txn_store::build_txn(&transaction, tables)?;
+            let outcome = accord.runtime.execute(txn).map_err(|error| match error {
+                RuntimeError::Overloaded => Error::Overloaded(error.to_string()),
+                RuntimeError::Timeout(_) => Error::Unavailable(error.to_string()),
+                RuntimeError::Stopped(_) | RuntimeError::Open(_) => {
+                    Error::Storage(concord_storage::Error::Engine(error.to_string()))
+                }
+            })?;
+            attempts += 1;
+            if !(read_only
+                && matches!(outcome, Outcome::Unknown)
+                && attempts < READ_ONLY_ATTEMPTS_MAX)
+            {
+                break outcome;
             }
-        })?;
+        };
         match outcome {
             Outcome::Committed {
                 execute_at, reads, ..

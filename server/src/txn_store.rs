@@ -63,9 +63,24 @@ pub const NODE_ID_MAX: u32 = (1 << HLC_NODE_BITS) - 1;
 pub fn node_config() -> concord_txn::node::NodeConfig {
     concord_txn::node::NodeConfig {
         hlc_node_bits: HLC_NODE_BITS,
+        // The core's defaults are the simulator's (50 ms rounds, 3 resends, recovery after
+        // 200 ms): on real machines a busy node or an fsync outlasts them, the coordinator
+        // gives up and recoveries preempt healthy transactions. A node waits ~3.5 s per
+        // round before giving up (under the client's CLIENT_REPLY_TIMEOUT) and 1 s before
+        // recovering another coordinator's transaction.
+        round_timeout_micros: ROUND_TIMEOUT_MICROS,
+        round_retries_max: ROUND_RETRIES_MAX,
+        stall_micros: STALL_MICROS,
         ..concord_txn::node::NodeConfig::default()
     }
 }
+
+/// A coordination round's timeout on a node (the core's default is the simulator's 50 ms).
+pub const ROUND_TIMEOUT_MICROS: u64 = 500_000;
+/// Resends per round before the coordinator gives up.
+pub const ROUND_RETRIES_MAX: u32 = 6;
+/// How long a transaction may stay undecided or unapplied before the progress log recovers it.
+pub const STALL_MICROS: u64 = 1_000_000;
 
 /// The write time of a transaction executed at `at`: its HLC microseconds
 /// (unique per executeAt: the HLC carries the node id, [`HLC_NODE_BITS`]).
