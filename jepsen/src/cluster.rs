@@ -85,11 +85,14 @@ pub struct Cluster {
     staging: PathBuf,
 }
 
-/// A free loopback port (bound and released; another process could take it in between,
-/// which `concord start` then reports clearly).
-fn free_port() -> anyhow::Result<SocketAddr> {
+/// Free loopback ports, distinct: each stays bound until the caller drops `held` (after every
+/// node's ports are chosen), so the kernel cannot hand the same port out twice. Another
+/// process could still take one before the node binds it; `concord start` then fails clearly.
+fn free_port(held: &mut Vec<TcpListener>) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
-    Ok(listener.local_addr()?)
+    let address = listener.local_addr()?;
+    held.push(listener);
+    Ok(address)
 }
 
 impl Cluster {
@@ -113,6 +116,7 @@ impl Cluster {
         set_mode(&staging, 0o755)?;
         set_mode(&binary, 0o755)?;
         let mut nodes = Vec::with_capacity(config.nodes);
+        let mut held = Vec::new();
         for index in 0..config.nodes {
             let id = u32::try_from(index + 1).context("node id")?;
             let dir = staging.join(format!("n{id}"));
@@ -120,11 +124,11 @@ impl Cluster {
             let uid = config.separate_uids.then_some(NODE_UID_BASE + id);
             let spec = NodeSpec {
                 id,
-                cql: free_port()?,
-                pg: free_port()?,
-                grpc: free_port()?,
+                cql: free_port(&mut held)?,
+                pg: free_port(&mut held)?,
+                grpc: free_port(&mut held)?,
                 cluster: if config.nodes > 1 {
-                    Some(free_port()?)
+                    Some(free_port(&mut held)?)
                 } else {
                     None
                 },
@@ -144,6 +148,7 @@ impl Cluster {
                 paused: false,
             });
         }
+        drop(held);
         let mut cluster = Cluster {
             config,
             nodes,
