@@ -47,6 +47,20 @@ impl Drop for Member {
     }
 }
 
+/// Creates `ks` (RF 3) and `ks.t (k int PRIMARY KEY, v int)` through `client`.
+async fn create_table(client: &mut CqlClient) {
+    client
+        .query(
+            "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
+        )
+        .await
+        .unwrap();
+    client
+        .query("CREATE TABLE ks.t (k int PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+}
+
 async fn client(member: &Member) -> CqlClient {
     CqlClient::connect(member.cql).await.unwrap()
 }
@@ -81,6 +95,9 @@ async fn local_rows(client: &mut CqlClient) -> Vec<(i32, i32)> {
     pairs
 }
 
+// The turn guard is a std mutex held for the whole test on purpose: each test runs on its own
+// thread, and the other cluster tests wait on theirs.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_one_node_are_read_through_another_and_survive_a_sigkill() {
     let _turn = crate::cluster::one_cluster_at_a_time();
@@ -96,14 +113,7 @@ async fn writes_through_one_node_are_read_through_another_and_survive_a_sigkill(
 
     // DDL through one node goes through the metadata log to every node
     // (same table ids everywhere).
-    c1.query(
-        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
-    )
-    .await
-    .unwrap();
-    c1.query("CREATE TABLE ks.t (k int PRIMARY KEY, v int)")
-        .await
-        .unwrap();
+    create_table(&mut c1).await;
 
     // Writes through node 1 are seen by reads through nodes 2 and 3 at once.
     for k in 0..20 {
@@ -187,6 +197,9 @@ fn stop(mut member: Member) {
 /// What node 3 missed while down reaches it after the nodes that sent to it
 /// restarted too (so no transport queue kept those messages for it): the
 /// protocol's own fetching (durability rounds, CheckStatus) has to bring it.
+// The turn guard is a std mutex held for the whole test on purpose: each test runs on its own
+// thread, and the other cluster tests wait on theirs.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_fetches_what_it_missed_after_its_peers_restarted() {
     let _turn = crate::cluster::one_cluster_at_a_time();
@@ -201,14 +214,7 @@ async fn a_restarted_node_fetches_what_it_missed_after_its_peers_restarted() {
         .collect();
     // DDL through node 1 reaches every node through the metadata log.
     let mut c = client(&node1).await;
-    c.query(
-        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
-    )
-    .await
-    .unwrap();
-    c.query("CREATE TABLE ks.t (k int PRIMARY KEY, v int)")
-        .await
-        .unwrap();
+    create_table(&mut c).await;
     drop(c);
     drop(node3);
     let mut c1 = client(&node1).await;
