@@ -47,6 +47,15 @@ impl Drop for Member {
     }
 }
 
+/// Nodes 1–3 under `dir`: node 1 bootstraps, 2 and 3 join through it.
+fn start_three(dir: &Path) -> (Member, Member, Member) {
+    let node1 = start(&dir.join("n1"), 1, "127.0.0.1:0", None);
+    let seed = node1.cluster.clone();
+    let node2 = start(&dir.join("n2"), 2, "127.0.0.1:0", Some(&seed));
+    let node3 = start(&dir.join("n3"), 3, "127.0.0.1:0", Some(&seed));
+    (node1, node2, node3)
+}
+
 /// Creates `ks` (RF 3) and `ks.t (k int PRIMARY KEY, v int)` through `client`.
 async fn create_table(client: &mut CqlClient) {
     client
@@ -102,10 +111,7 @@ async fn local_rows(client: &mut CqlClient) -> Vec<(i32, i32)> {
 async fn writes_through_one_node_are_read_through_another_and_survive_a_sigkill() {
     let _turn = crate::cluster::one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let node1 = start(&dir.path().join("n1"), 1, "127.0.0.1:0", None);
-    let seed = node1.cluster.clone();
-    let node2 = start(&dir.path().join("n2"), 2, "127.0.0.1:0", Some(&seed));
-    let node3 = start(&dir.path().join("n3"), 3, "127.0.0.1:0", Some(&seed));
+    let (node1, node2, node3) = start_three(dir.path());
     let node3_address = node3.cluster.clone();
     let mut c1 = client(&node1).await;
     let mut c2 = client(&node2).await;
@@ -204,10 +210,7 @@ fn stop(mut member: Member) {
 async fn a_restarted_node_fetches_what_it_missed_after_its_peers_restarted() {
     let _turn = crate::cluster::one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let node1 = start(&dir.path().join("n1"), 1, "127.0.0.1:0", None);
-    let seed = node1.cluster.clone();
-    let node2 = start(&dir.path().join("n2"), 2, "127.0.0.1:0", Some(&seed));
-    let node3 = start(&dir.path().join("n3"), 3, "127.0.0.1:0", Some(&seed));
+    let (node1, node2, node3) = start_three(dir.path());
     let addresses: Vec<String> = [&node1, &node2, &node3]
         .iter()
         .map(|member| member.cluster.clone())

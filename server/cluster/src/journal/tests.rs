@@ -15,11 +15,11 @@ use concord_txn::command::{Command, Status};
 use concord_txn::node::{NodeConfig, Outcome};
 use concord_txn::storage::{DataStore, Journal, KvDataStore};
 use concord_txn::timestamp::{Domain, Epoch, LocalTime, NodeId, Timestamp, TxnId, TxnKind};
-use concord_txn::topology::{FastPathMode, Topology};
-use concord_txn::txn::{Key, ReadData, Txn, Update, Writes, decode_list};
+use concord_txn::txn::{Key, ReadData, Txn, Writes};
 
 use super::log::{Backend, Log, LogConfig, LogError, MAX_RECORD_BYTES, Record};
 use super::{APPLIED_MARKER_PREFIX, LogJournal};
+use crate::runtime::tests::{append, config, engine, list};
 use crate::runtime::{Loopback, NoObserver, Runtime, RuntimeConfig};
 
 fn payload(i: u64) -> Vec<u8> {
@@ -232,15 +232,23 @@ fn command(hlc: u64) -> Command {
     command
 }
 
-#[test]
-fn log_journal_keeps_the_latest_state_forgets_erased_and_truncates() {
-    let dir = tempfile::tempdir().unwrap();
+/// A log journal on `engine` whose 512-byte segments roll every few records.
+fn small_log_journal(
+    dir: &std::path::Path,
+    engine: &Arc<MemoryEngine>,
+) -> LogJournal<MemoryEngine> {
     let config = LogConfig {
         segment_bytes: 512,
         ..LogConfig::default()
     };
-    let engine = memory_engine();
-    let mut journal = LogJournal::open(dir.path(), config, engine.clone()).unwrap();
+    LogJournal::open(dir, config, engine.clone()).unwrap()
+}
+
+#[test]
+fn log_journal_keeps_the_latest_state_forgets_erased_and_truncates() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine();
+    let mut journal = small_log_journal(dir.path(), &engine);
     for hlc in 1..=20 {
         journal
             .record(&command(hlc), WriteBatch::new(), Durability::Sync)
@@ -274,7 +282,7 @@ fn log_journal_keeps_the_latest_state_forgets_erased_and_truncates() {
     assert_eq!(journal.record_count().unwrap(), 3);
     drop(journal);
 
-    let journal = LogJournal::open(dir.path(), config, engine).unwrap();
+    let journal = small_log_journal(dir.path(), &engine);
     let replayed = journal.replay(LocalTime(0)).unwrap();
     let ids: Vec<TxnId> = replayed.iter().map(|c| c.txn_id).collect();
     assert_eq!(
@@ -362,10 +370,6 @@ fn io_uring_backend_writes_the_same_log_or_falls_back() {
     }
 }
 
-fn memory_engine() -> Arc<MemoryEngine> {
-    Arc::new(MemoryEngine::new(EngineOptions::default()))
-}
-
 /// An engine that loses its unsynced writes on `simulate_crash`.
 fn crashable_engine() -> Arc<MemoryEngine> {
     Arc::new(MemoryEngine::with_crash_simulation(EngineOptions::default()))
@@ -414,12 +418,8 @@ fn apply(journal: &mut LogJournal<MemoryEngine>, hlc: u64) {
 #[test]
 fn an_erase_makes_the_applies_durable_first_and_truncation_keeps_live_applies() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        segment_bytes: 512,
-        ..LogConfig::default()
-    };
     let engine = crashable_engine();
-    let mut journal = LogJournal::open(dir.path(), config, engine.clone()).unwrap();
+    let mut journal = small_log_journal(dir.path(), &engine);
     for hlc in 1..=30 {
         apply(&mut journal, hlc);
     }
@@ -450,7 +450,7 @@ fn an_erase_makes_the_applies_durable_first_and_truncation_keeps_live_applies() 
         "the crash brought the erased markers back"
     );
 
-    let journal = LogJournal::open(dir.path(), config, engine.clone()).unwrap();
+    let journal = small_log_journal(dir.path(), &engine);
     assert_eq!(markers(&engine), 5, "stale markers are deleted on open");
     let replayed = journal.replay(LocalTime(0)).unwrap();
     let ids: Vec<TxnId> = replayed.iter().map(|c| c.txn_id).collect();
@@ -503,13 +503,12 @@ fn a_crash_before_the_engine_sync_leaves_the_command_to_apply_again() {
 
 fn runtime_config() -> RuntimeConfig {
     RuntimeConfig {
-        node: NodeId(1),
-        topology: Arc::new(Topology::ring(1, 1, 1, FastPathMode::CoordinatorVotes)),
         // No durability rounds: nothing erases (and so syncs the engine) behind the test.
         node_config: NodeConfig {
             gc_enabled: false,
             ..NodeConfig::default()
         },
+        ..config()
     }
 }
 
@@ -552,23 +551,6 @@ fn start_on_log(dir: &std::path::Path, engine: &Arc<MemoryEngine>) -> (Runtime, 
     )
     .unwrap();
     (runtime, writes)
-}
-
-fn append(key: &Key, value: u64) -> Txn {
-    Txn::new(
-        vec![key.clone()],
-        Update::Append(vec![(key.clone(), value)]),
-    )
-}
-
-fn list(engine: &Arc<MemoryEngine>, key: &Key) -> Vec<u64> {
-    let values = KvDataStore::new(engine.clone())
-        .values(std::slice::from_ref(key))
-        .unwrap();
-    values[key]
-        .as_deref()
-        .map(|bytes| decode_list(bytes).unwrap())
-        .unwrap_or_default()
 }
 
 fn commit(runtime: &Runtime, key: &Key, value: u64) {

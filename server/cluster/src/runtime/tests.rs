@@ -16,7 +16,8 @@ use concord_txn::txn::{Key, Txn, Update, decode_list};
 
 use super::*;
 
-fn config() -> RuntimeConfig {
+/// A one-node runtime's configuration (the core's defaults).
+pub(crate) fn config() -> RuntimeConfig {
     RuntimeConfig {
         node: NodeId(1),
         topology: Arc::new(Topology::ring(1, 1, 1, FastPathMode::CoordinatorVotes)),
@@ -24,7 +25,7 @@ fn config() -> RuntimeConfig {
     }
 }
 
-fn engine() -> Arc<MemoryEngine> {
+pub(crate) fn engine() -> Arc<MemoryEngine> {
     Arc::new(MemoryEngine::new(EngineOptions::default()))
 }
 
@@ -39,14 +40,16 @@ fn start(engine: &Arc<MemoryEngine>, observer: Box<dyn StepObserver>) -> Runtime
     .expect("the runtime starts")
 }
 
-fn append(key: &Key, value: u64) -> Txn {
+/// A transaction appending `value` to the list at `key`.
+pub(crate) fn append(key: &Key, value: u64) -> Txn {
     Txn::new(
         vec![key.clone()],
         Update::Append(vec![(key.clone(), value)]),
     )
 }
 
-fn list(engine: &Arc<MemoryEngine>, key: &Key) -> Vec<u64> {
+/// The list at `key` in `engine`, as `KvDataStore` stores it.
+pub(crate) fn list(engine: &Arc<MemoryEngine>, key: &Key) -> Vec<u64> {
     let values = KvDataStore::new(engine.clone())
         .values(std::slice::from_ref(key))
         .expect("read");
