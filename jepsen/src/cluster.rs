@@ -173,13 +173,6 @@ impl Cluster {
         self.nodes.is_empty()
     }
 
-    /// Whether node `index` is running and not paused.
-    pub fn is_up(&self, index: usize) -> bool {
-        self.nodes
-            .get(index)
-            .is_some_and(|node| node.child.is_some() && !node.paused)
-    }
-
     fn start_node(&mut self, index: usize) -> anyhow::Result<()> {
         let seed = self.nodes.first().and_then(|node| node.spec.cluster);
         let node = &mut self.nodes[index];
@@ -378,15 +371,6 @@ impl Cluster {
             }
         }
         unclean
-    }
-
-    /// Where node data lives (removed on drop).
-    pub fn staging_dir(&self) -> &Path {
-        &self.staging
-    }
-
-    pub fn config(&self) -> &ClusterConfig {
-        &self.config
     }
 }
 

@@ -69,10 +69,6 @@ pub fn read_statement() -> String {
 impl Workload for Bank {
     type Body = BankOp;
 
-    fn name(&self) -> &'static str {
-        "bank"
-    }
-
     async fn setup(&self, session: &Session) -> anyhow::Result<()> {
         super::create_schema(
             session,

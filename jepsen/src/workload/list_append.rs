@@ -123,10 +123,6 @@ fn list(value: Option<&CqlValue>) -> Result<Vec<u64>, OpError> {
 impl Workload for ListAppend {
     type Body = Transaction;
 
-    fn name(&self) -> &'static str {
-        "list-append"
-    }
-
     async fn setup(&self, session: &Session) -> anyhow::Result<()> {
         super::create_schema(
             session,

@@ -52,9 +52,6 @@ pub enum OpError {
 pub trait Workload: Send + Sync + 'static {
     type Body: OperationBody + Send + Sync + 'static;
 
-    /// `"list-append"`, `"bank"`, `"register"`.
-    fn name(&self) -> &'static str;
-
     /// Creates the workload's tables and initial rows through `session`.
     fn setup(&self, session: &Session) -> impl Future<Output = anyhow::Result<()>> + Send;
 

@@ -57,10 +57,6 @@ pub fn statement(op: &RegisterOp) -> String {
 impl Workload for Register {
     type Body = RegisterOp;
 
-    fn name(&self) -> &'static str {
-        "register"
-    }
-
     async fn setup(&self, session: &Session) -> anyhow::Result<()> {
         super::create_schema(
             session,
