@@ -164,6 +164,11 @@ struct State {
     /// snapshot below it may be held from when the merge starts.
     pending_horizon: WriteTime,
     merged_position: FeedPosition,
+    /// Every write at or below it is in segments or in the feed from the
+    /// manifest's position (see `Manifest::watermark`): the horizon, except
+    /// after a rebuild from a snapshot holding writes above its frontier's
+    /// watermark, until a merge passes the horizon again.
+    resume_watermark: WriteTime,
     /// The position in the stored manifest: the feed before it may be dropped.
     durable_position: FeedPosition,
     open_snapshots: BTreeMap<WriteTime, usize>,
@@ -217,6 +222,8 @@ pub enum PartitionFilter {
 #[derive(Debug)]
 pub struct Replica {
     dir: PathBuf,
+    /// Whether `open` found a stored manifest (the replica existed before).
+    stored: bool,
     delta_versions_max: usize,
     state: RwLock<State>,
     watermark: Mutex<WriteTime>,
@@ -278,10 +285,13 @@ impl Replica {
             context: format!("create replica directory {}", dir.display()),
             source,
         })?;
-        let manifest = Manifest::load(dir)?.unwrap_or(Manifest {
+        let loaded = Manifest::load(dir)?;
+        let stored = loaded.is_some();
+        let manifest = loaded.unwrap_or(Manifest {
             position: FeedPosition(0),
             horizon: WriteTime(i64::MIN),
             merged_position: FeedPosition(0),
+            watermark: WriteTime(i64::MIN),
             segments: Vec::new(),
         });
         remove_orphan_segments(dir, &manifest)?;
@@ -297,6 +307,7 @@ impl Replica {
         }
         Ok(Replica {
             dir: dir.to_owned(),
+            stored,
             delta_versions_max: delta_versions_max.max(1),
             state: RwLock::new(State {
                 tables,
@@ -304,14 +315,16 @@ impl Replica {
                 horizon: manifest.horizon,
                 pending_horizon: WriteTime(i64::MIN),
                 merged_position: manifest.merged_position,
+                resume_watermark: manifest.watermark,
                 durable_position: manifest.position,
                 open_snapshots: BTreeMap::new(),
                 next_segment_id,
                 n_delta_versions: 0,
                 n_records_applied: 0,
             }),
-            // Everything at or below the horizon is in segments.
-            watermark: Mutex::new(manifest.horizon),
+            // Everything at or below it is in segments or the feed from the
+            // manifest's position.
+            watermark: Mutex::new(manifest.watermark),
             watermark_advanced: Condvar::new(),
             scan_cache: Mutex::new(BTreeMap::new()),
             scan_cache_bytes_max: SCAN_CACHE_BYTES_MAX_DEFAULT,
@@ -440,6 +453,13 @@ impl Replica {
     /// The merge horizon: snapshots below it can no longer be read.
     pub fn horizon(&self) -> WriteTime {
         self.state.read().horizon
+    }
+
+    /// Whether [`Replica::open`] found a stored manifest: the replica existed
+    /// before and resumes from the feed; a new one must be rebuilt from the row
+    /// store first (rows written before it existed have no feed records).
+    pub fn stored(&self) -> bool {
+        self.stored
     }
 
     /// The next feed position the replica reads.
@@ -607,9 +627,20 @@ impl Replica {
 
     /// Replaces the replica's contents with the tables' cells in `view`, an
     /// engine snapshot taken inside [`feed::ChangeFeed::quiesce`] with
-    /// `frontier` (so it holds every write at or below the frontier's
-    /// watermark and none above); the replica then follows the feed from the
-    /// frontier's position. Snapshots below the new horizon become too old.
+    /// `frontier` (so it holds exactly the records below the frontier's
+    /// position, and every write at or below its watermark); the replica then
+    /// follows the feed from the frontier's position.
+    ///
+    /// The view may also hold writes above the watermark: a cluster member
+    /// applies transactions at their executeAt while its feed's watermark stays
+    /// at or below DurableBefore, so a write below one already applied may
+    /// still come (at a later position). The new horizon is then the highest
+    /// write time in the view (the view's cells are LWW winners: older versions
+    /// of their keys are gone, so no snapshot below it can be read), while the
+    /// watermark stays the frontier's, and reads wait until the feed's passes
+    /// the horizon: by then every write at or below it is in segments or
+    /// applied from the feed, and LWW over both is the row store's answer.
+    /// Snapshots below the new horizon become too old.
     ///
     /// # Errors
     /// Storage errors reading the view; `Io` writing segments or the manifest
@@ -618,6 +649,7 @@ impl Replica {
         let merging = self.merge_lock.lock();
         let mut state = self.state.write();
         let mut rebuilt: Vec<(TableId, Arc<Segment>)> = Vec::new();
+        let mut horizon = frontier.watermark;
         for (table_id, table) in &state.tables {
             if table.def.is_none() {
                 continue;
@@ -627,12 +659,7 @@ impl Replica {
             for item in view.scan(Family::Rows, &range, Direction::Forward)? {
                 let (key, cell) = item?;
                 let write_time = cell::CellHeader::decode(&cell)?.write_time;
-                if write_time > frontier.watermark {
-                    return Err(Error::Internal(format!(
-                        "rebuild view holds a write at {} above the frontier's watermark {}",
-                        write_time.0, frontier.watermark.0
-                    )));
-                }
+                horizon = horizon.max(write_time);
                 cells.push((key, write_time, cell));
             }
             if !cells.is_empty() {
@@ -646,7 +673,7 @@ impl Replica {
             retired.append(&mut table.segments);
             table.drop_rows();
             table.delta.clear();
-            table.write_time_max = table.write_time_max.max(frontier.watermark);
+            table.write_time_max = table.write_time_max.max(horizon);
         }
         state.next_segment_id += rebuilt.len() as u64;
         for (table_id, segment) in rebuilt {
@@ -659,7 +686,8 @@ impl Replica {
         }
         state.n_delta_versions = 0;
         self.scan_cache.lock().clear();
-        state.horizon = frontier.watermark;
+        state.horizon = horizon;
+        state.resume_watermark = frontier.watermark;
         state.next_position = frontier.position_end;
         state.merged_position = frontier.position_end;
         self.store_manifest(&mut state)?;
@@ -861,6 +889,8 @@ impl Replica {
         }
         state.n_delta_versions -= n_removed;
         state.horizon = horizon;
+        // The horizon never passes the watermark: every write at or below it is in.
+        state.resume_watermark = horizon;
         state.merged_position = state.next_position;
         let manifest = manifest_of(&state);
         drop(state);
@@ -1355,6 +1385,7 @@ fn manifest_of(state: &State) -> Manifest {
         position,
         horizon: state.horizon,
         merged_position: state.merged_position,
+        watermark: state.resume_watermark,
         segments: state
             .tables
             .iter()

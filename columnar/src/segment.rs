@@ -409,6 +409,11 @@ pub struct Manifest {
     /// Records before this position with write times at or below the
     /// horizon are in segments.
     pub merged_position: FeedPosition,
+    /// Every write at or below it is in segments or in the feed from
+    /// `position`: the watermark a reopened replica starts at. The horizon,
+    /// except after a rebuild whose snapshot held writes above its frontier's
+    /// watermark (a cluster member's, see `Replica::rebuild`).
+    pub watermark: WriteTime,
     /// (table, segment id, cells)
     pub segments: Vec<(TableId, u64, usize)>,
 }
@@ -434,8 +439,10 @@ impl Manifest {
             position: FeedPosition(0),
             horizon: WriteTime(i64::MIN),
             merged_position: FeedPosition(0),
+            watermark: WriteTime(i64::MIN),
             segments: Vec::new(),
         };
+        let mut watermark = None;
         for line in lines {
             let words: Vec<&str> = line.split(' ').collect();
             match words.as_slice() {
@@ -448,6 +455,9 @@ impl Manifest {
                 ["horizon", n] => {
                     manifest.horizon = WriteTime(n.parse().map_err(|_| corrupt(line))?)
                 }
+                ["watermark", n] => {
+                    watermark = Some(WriteTime(n.parse().map_err(|_| corrupt(line))?))
+                }
                 ["segment", table, id, n_cells] => manifest.segments.push((
                     TableId(table.parse().map_err(|_| corrupt(line))?),
                     id.parse().map_err(|_| corrupt(line))?,
@@ -455,6 +465,14 @@ impl Manifest {
                 )),
                 _ => return Err(corrupt(line)),
             }
+        }
+        // Manifests written before the line existed: the horizon.
+        manifest.watermark = watermark.unwrap_or(manifest.horizon);
+        if manifest.watermark > manifest.horizon {
+            return Err(Error::Corruption(format!(
+                "manifest watermark {} above its horizon {}",
+                manifest.watermark.0, manifest.horizon.0
+            )));
         }
         Ok(Some(manifest))
     }
@@ -465,8 +483,8 @@ impl Manifest {
     /// `Io` when it cannot be written.
     pub fn store(&self, dir: &Path) -> Result<()> {
         let mut text = format!(
-            "{MANIFEST_HEADER}\nposition {}\nhorizon {}\nmerged {}\n",
-            self.position.0, self.horizon.0, self.merged_position.0
+            "{MANIFEST_HEADER}\nposition {}\nhorizon {}\nmerged {}\nwatermark {}\n",
+            self.position.0, self.horizon.0, self.merged_position.0, self.watermark.0
         );
         for (table, id, n_cells) in &self.segments {
             text.push_str(&format!("segment {} {id} {n_cells}\n", table.0));
@@ -540,10 +558,28 @@ mod tests {
             position: FeedPosition(12),
             horizon: WriteTime(-5),
             merged_position: FeedPosition(20),
+            watermark: WriteTime(-9),
             segments: vec![(TableId(3), 1, 10), (TableId(4), 2, 0)],
         };
         manifest.store(dir.path()).expect("store");
         assert_eq!(Manifest::load(dir.path()).expect("load"), Some(manifest));
+        // Written before the watermark line: the horizon.
+        std::fs::write(
+            dir.path().join(MANIFEST_FILE),
+            format!("{MANIFEST_HEADER}\nposition 1\nhorizon 7\nmerged 1\n"),
+        )
+        .expect("write");
+        let old = Manifest::load(dir.path()).expect("load").expect("stored");
+        assert_eq!((old.horizon, old.watermark), (WriteTime(7), WriteTime(7)));
+        std::fs::write(
+            dir.path().join(MANIFEST_FILE),
+            format!("{MANIFEST_HEADER}\nposition 1\nhorizon 7\nmerged 1\nwatermark 8\n"),
+        )
+        .expect("write");
+        assert!(matches!(
+            Manifest::load(dir.path()),
+            Err(Error::Corruption(_))
+        ));
         std::fs::write(dir.path().join(MANIFEST_FILE), "nonsense").expect("write");
         assert!(matches!(
             Manifest::load(dir.path()),

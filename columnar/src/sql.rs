@@ -382,9 +382,16 @@ impl Columnar {
                     .wait_for_watermark(at, self.options.snapshot_wait_max)?;
                 at
             }
-            Snapshot::Watermark => self.replica.watermark(),
+            Snapshot::Watermark => {
+                // Right after a rebuild the watermark may be below the horizon
+                // (`Replica::rebuild`): the first readable snapshot is the horizon.
+                self.replica
+                    .wait_for_watermark(self.replica.horizon(), self.options.snapshot_wait_max)?;
+                self.replica.watermark()
+            }
             Snapshot::BoundedStaleness { now, max_staleness } => {
-                let oldest = WriteTime(now.0.saturating_sub(max_staleness.as_micros() as i64));
+                let oldest = WriteTime(now.0.saturating_sub(max_staleness.as_micros() as i64))
+                    .max(self.replica.horizon());
                 self.replica
                     .wait_for_watermark(oldest, self.options.snapshot_wait_max)?;
                 self.replica.watermark().max(oldest)

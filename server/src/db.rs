@@ -352,6 +352,9 @@ pub struct Db<E: Engine = RocksEngine> {
     analytics: Option<Analytics>,
     /// `Some` in accord mode: every `execute` goes through this runtime.
     accord: Option<Accord>,
+    /// How far the Accord runtime's clock runs ahead of the wall clock, in
+    /// microseconds (`test_clock_offset_ms`; the engine's clock has it too).
+    clock_offset_micros: i64,
     /// Opened as a cluster member whose runtime has not started yet
     /// ([`Db::start_cluster_accord`]): transactions are refused until then.
     awaiting_cluster: bool,
@@ -478,6 +481,7 @@ impl Db<RocksEngine> {
             CommitSync::Periodic => Durability::Buffered,
         };
         let mut db = Db::from_engine(Arc::new(engine), clock, registry, durability)?;
+        db.clock_offset_micros = config.test_clock_offset_ms.saturating_mul(1_000);
         if config.cluster_listen_address.is_some() {
             // The runtime needs the cluster's topology: the node starts it
             // once it has joined (`Db::start_cluster_accord`).
@@ -621,6 +625,7 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
             node: NodeId(1),
             topology: Arc::new(Topology::ring(1, 1, 1, FastPathMode::CoordinatorVotes)),
             node_config: txn_store::node_config(),
+            clock_offset_micros: self.clock_offset_micros,
         };
         self.start_runtime(feed_on, config, Box::new(Loopback::default()), false)
             .map(|_| ())
@@ -652,6 +657,7 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
                 apply_floor_durable: true,
                 ..txn_store::node_config()
             },
+            clock_offset_micros: self.clock_offset_micros,
         };
         let runtime = self.start_runtime(self.analytics.is_some(), config, peers, true)?;
         self.awaiting_cluster = false;
@@ -756,6 +762,7 @@ impl<E: Engine> Db<E> {
             durability,
             periodic_sync: None,
             accord: None,
+            clock_offset_micros: 0,
             awaiting_cluster: false,
             cluster_meta: std::sync::OnceLock::new(),
         })
@@ -787,10 +794,10 @@ impl<E: Engine> Db<E> {
                 replica.register_table(table.clone());
             }
         }
-        let fresh = replica.next_position() == FeedPosition(0)
-            && replica.horizon() == WriteTime(i64::MIN)
-            && replica.n_segments() == 0;
-        if fresh {
+        // A replica stored before follows the feed from its manifest, even one
+        // stored empty (a crash before its first merge): its position's records
+        // are all still in the feed, which retention keeps for it.
+        if !replica.stored() {
             let (frontier, snapshot) = self
                 .feed
                 .quiesce(|frontier| (frontier, self.engine.snapshot()));

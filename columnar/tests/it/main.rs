@@ -39,14 +39,14 @@ pub fn engine_options(table: &Arc<TableDef>) -> EngineOptions {
 pub struct Node {
     pub table: Arc<TableDef>,
     pub engine: MemoryEngine,
-    pub feed: ChangeFeed,
+    pub feed: Arc<ChangeFeed>,
     pub writes: Vec<(WriteTime, Mutation)>,
 }
 
 impl Node {
     pub fn new(table: Arc<TableDef>) -> Node {
         let engine = MemoryEngine::new(engine_options(&table));
-        let feed = ChangeFeed::open(&engine).expect("open feed");
+        let feed = Arc::new(ChangeFeed::open(&engine).expect("open feed"));
         Node {
             table,
             engine,
@@ -69,6 +69,21 @@ impl Node {
         self.feed.finish(ticket);
         self.writes.push((write_time, mutation));
         position
+    }
+
+    /// Applies `writes` the way a cluster member's Accord step does: one
+    /// shared ticket at `floor`, each write at its own executeAt at or above it.
+    pub fn write_step(&mut self, floor: WriteTime, writes: Vec<(Mutation, WriteTime)>) {
+        let ticket = self.feed.begin_shared(|| floor);
+        for (mutation, write_time) in writes {
+            let mut batch = WriteBatch::new();
+            rows::write_mutation(&self.table, &mutation, write_time, &mut batch).expect("rows");
+            self.feed
+                .append_at(&ticket, write_time, &mut batch, &self.table, &mutation)
+                .expect("feed");
+            self.engine.write(batch, Durability::Sync).expect("write");
+            self.writes.push((write_time, mutation));
+        }
     }
 
     /// What the row store answers at `snapshot`: every write at or below it,

@@ -135,11 +135,18 @@ impl Default for MonotonicClock {
 
 impl MonotonicClock {
     pub fn new() -> MonotonicClock {
-        let origin_micros = SystemTime::now()
+        MonotonicClock::with_offset(0)
+    }
+
+    /// A clock `offset_micros` ahead of the wall clock (behind when negative): a node's
+    /// injected clock skew (`RuntimeConfig::clock_offset_micros`).
+    pub fn with_offset(offset_micros: i64) -> MonotonicClock {
+        let wall_micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| {
-                u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+                i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
             });
+        let origin_micros = u64::try_from(wall_micros.saturating_add(offset_micros)).unwrap_or(0);
         MonotonicClock {
             origin: Instant::now(),
             origin_micros,
@@ -158,6 +165,9 @@ pub struct RuntimeConfig {
     pub node: NodeId,
     pub topology: Arc<Topology>,
     pub node_config: NodeConfig,
+    /// How far this node's clock runs ahead of the wall clock (behind when negative), in
+    /// microseconds: 0 but for fault injection (the server's `test_clock_offset_ms`).
+    pub clock_offset_micros: i64,
 }
 
 /// Counters, readable from any thread.
@@ -265,7 +275,7 @@ impl Runtime {
             .name(format!("concord-accord-{}", node_id.0))
             .spawn(move || {
                 let mut observer = observer;
-                let clock = MonotonicClock::new();
+                let clock = MonotonicClock::with_offset(config.clock_offset_micros);
                 let journal: Box<dyn Journal> = journal;
                 let data: Box<dyn DataStore> = data;
                 // Replay applies writes too: the observer brackets it like a step, so a

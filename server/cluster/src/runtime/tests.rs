@@ -22,6 +22,7 @@ pub(crate) fn config() -> RuntimeConfig {
         node: NodeId(1),
         topology: Arc::new(Topology::ring(1, 1, 1, FastPathMode::CoordinatorVotes)),
         node_config: NodeConfig::default(),
+        clock_offset_micros: 0,
     }
 }
 
