@@ -9,6 +9,10 @@
 //! loopback (`net.rs`); the binary and data directories then live in a staging directory under
 //! `/tmp` that those uids can reach.
 //!
+//! With the skew nemesis every node runs with libfaketime preloaded
+//! (`FAKETIME_TIMESTAMP_FILE` = its `clock` file, re-read every second; the monotonic clock is
+//! left alone), so its wall clock can be stepped while it runs.
+//!
 //! Must never: leave a process behind — `Drop` resumes paused nodes and kills every child.
 
 use std::fs::File;
@@ -40,7 +44,12 @@ pub struct ClusterConfig {
     pub separate_uids: bool,
     /// Extra TOML for every node's configuration file (e.g. `txn_mode = "accord"`).
     pub extra_config: String,
+    /// libfaketime, preloaded into every node for live clock steps (the skew nemesis).
+    pub faketime: Option<PathBuf>,
 }
+
+/// Where Debian's `libfaketime` puts its thread-safe library.
+pub const FAKETIME_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 /// One node's fixed identity.
 #[derive(Clone, Debug)]
@@ -54,6 +63,8 @@ pub struct NodeSpec {
     pub data_dir: PathBuf,
     pub config_file: PathBuf,
     pub log_file: PathBuf,
+    /// libfaketime's offset file for this node (`+0` = the true clock).
+    pub clock_file: PathBuf,
     /// The uid the process runs as, when nodes are separated.
     pub uid: Option<u32>,
 }
@@ -135,9 +146,11 @@ impl Cluster {
                 data_dir: dir.join("data"),
                 config_file: dir.join("concord.toml"),
                 log_file: config.log_dir.join(format!("n{id}.log")),
+                clock_file: dir.join("clock"),
                 uid,
             };
             std::fs::write(&spec.config_file, &config.extra_config)?;
+            write_clock_offset(&spec.clock_file, 0)?;
             if let Some(uid) = uid {
                 chown(&dir, uid)?;
                 chown(&spec.config_file, uid)?;
@@ -194,6 +207,13 @@ impl Cluster {
             }
             None => Command::new(&self.binary),
         };
+        if let Some(library) = &self.config.faketime {
+            command
+                .env("LD_PRELOAD", library)
+                .env("FAKETIME_TIMESTAMP_FILE", &spec.clock_file)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         command
             .arg("start")
             .arg("--config")
@@ -306,6 +326,23 @@ impl Cluster {
             .with_context(|| format!("write {}", node.spec.config_file.display()))
     }
 
+    /// Steps node `index`'s wall clock to `offset_seconds` from the true clock while it runs
+    /// (libfaketime reads it within a second). Only with `ClusterConfig::faketime`.
+    ///
+    /// # Errors
+    /// Without libfaketime, or when the file cannot be written.
+    pub fn set_live_clock_offset(
+        &mut self,
+        index: usize,
+        offset_seconds: i64,
+    ) -> anyhow::Result<()> {
+        if self.config.faketime.is_none() {
+            bail!("live clock steps need libfaketime (the skew nemesis)");
+        }
+        let node = self.nodes.get(index).context("no such node")?;
+        write_clock_offset(&node.spec.clock_file, offset_seconds)
+    }
+
     /// SIGSTOPs node `index`.
     pub fn pause(&mut self, index: usize) -> anyhow::Result<()> {
         self.signal(index, "STOP")?;
@@ -395,4 +432,14 @@ fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
 fn chown(path: &Path, uid: u32) -> anyhow::Result<()> {
     std::os::unix::fs::chown(path, Some(uid), Some(uid))
         .with_context(|| format!("chown {} to uid {uid}", path.display()))
+}
+
+/// Writes libfaketime's relative offset (`+12`, `-7`: seconds) to `path`, atomically (a reader
+/// sees the old offset or the new one).
+fn write_clock_offset(path: &Path, offset_seconds: i64) -> anyhow::Result<()> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, format!("{offset_seconds:+}\n"))
+        .with_context(|| format!("write {}", temporary.display()))?;
+    set_mode(&temporary, 0o644)?;
+    std::fs::rename(&temporary, path).with_context(|| format!("replace {}", path.display()))
 }

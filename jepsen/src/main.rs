@@ -3,7 +3,7 @@
 //! ```text
 //! concord-jepsen run --nodes 3 --workload list-append --nemesis kill,pause,partition \
 //!     --time 60s --rate 200 --out results/run1
-//! concord-jepsen smoke --out results/smoke      # CI: each workload, one nemesis at a time
+//! concord-jepsen smoke --out results/smoke      # CI: four short runs, one nemesis each
 //! ```
 //!
 //! Exit status: 0 valid, 1 invalid (anomalies, lost writes, a broken cluster), 2 unknown
@@ -33,7 +33,8 @@ enum Command {
     /// One run: a workload under a set of nemeses.
     Run(RunArgs),
     /// The short CI run: list-append under kill, bank under pause, register under partition
-    /// (or kill where nftables is unavailable), one nemesis at a time.
+    /// (or kill where nftables is unavailable), list-append under live clock steps (or steps
+    /// across restarts where libfaketime is unavailable), one nemesis at a time.
     Smoke(SmokeArgs),
 }
 
@@ -68,7 +69,7 @@ struct RunArgs {
     common: Common,
     #[arg(long, default_value = "list-append")]
     workload: WorkloadKind,
-    /// Comma-separated: kill, pause, partition, clock; `none` for no faults.
+    /// Comma-separated: kill, pause, partition, clock, skew; `none` for no faults.
     #[arg(long, default_value = "kill", value_delimiter = ',', value_parser = parse_nemesis)]
     nemesis: Vec<Option<NemesisKind>>,
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -175,10 +176,20 @@ fn main() -> ExitCode {
                 );
                 NemesisKind::Kill
             };
+            let clock = if std::path::Path::new(concord_jepsen::cluster::FAKETIME_LIBRARY).exists()
+            {
+                NemesisKind::Skew
+            } else {
+                eprintln!(
+                    "concord-jepsen: libfaketime unavailable here; the clock run steps clocks across restarts"
+                );
+                NemesisKind::Clock
+            };
             [
                 (WorkloadKind::ListAppend, NemesisKind::Kill, "list-append"),
                 (WorkloadKind::Bank, NemesisKind::Pause, "bank"),
                 (WorkloadKind::Register, partition, "register"),
+                (WorkloadKind::ListAppend, clock, "list-append"),
             ]
             .into_iter()
             .map(|(workload, nemesis, name)| {

@@ -13,6 +13,10 @@
 //!   [`CLOCK_STEP_MS_MAX`] at most (`test_clock_offset_ms`); healed by restarting it with the
 //!   true clock. A step back across a restart is what NTP or a restored VM does; write times
 //!   must stay ordered through it.
+//! - `skew`: steps a random node's wall clock while it runs, by up to [`CLOCK_STEP_MS_MAX`]
+//!   either way (libfaketime preloaded into every node, reading its offset from a file the
+//!   nemesis rewrites, `Cluster::set_live_clock_offset`); healed by stepping it back to the
+//!   true clock, which is a step back for a node that ran ahead.
 //!
 //! Must never: end with a fault in place (`heal_all` runs at the end whatever happened).
 
@@ -40,6 +44,7 @@ pub enum NemesisKind {
     Pause,
     Partition,
     Clock,
+    Skew,
 }
 
 impl NemesisKind {
@@ -49,6 +54,7 @@ impl NemesisKind {
             NemesisKind::Pause => "pause",
             NemesisKind::Partition => "partition",
             NemesisKind::Clock => "clock",
+            NemesisKind::Skew => "skew",
         }
     }
 }
@@ -68,8 +74,9 @@ impl FromStr for NemesisKind {
             "pause" => Ok(NemesisKind::Pause),
             "partition" => Ok(NemesisKind::Partition),
             "clock" => Ok(NemesisKind::Clock),
+            "skew" => Ok(NemesisKind::Skew),
             other => Err(format!(
-                "unknown nemesis {other:?} (expected kill, pause, partition or clock)"
+                "unknown nemesis {other:?} (expected kill, pause, partition, clock or skew)"
             )),
         }
     }
@@ -183,6 +190,16 @@ impl Nemesis {
                     })?;
                     format!("n{} {offset:+} ms", target + 1)
                 }
+                NemesisKind::Skew => {
+                    let seconds = rng.random_range(1..=CLOCK_STEP_MS_MAX / 1_000);
+                    let offset = if rng.random_bool(0.5) {
+                        -seconds
+                    } else {
+                        seconds
+                    };
+                    lock(cluster)?.set_live_clock_offset(target, offset)?;
+                    format!("n{} {offset:+} s live", target + 1)
+                }
                 NemesisKind::Partition => {
                     let partitioner = partitioner
                         .as_mut()
@@ -216,6 +233,7 @@ impl Nemesis {
                         partitioner.heal()?;
                     }
                 }
+                NemesisKind::Skew => lock(cluster)?.set_live_clock_offset(target, 0)?,
             }
             windows.push(FaultWindow {
                 kind,
@@ -302,12 +320,13 @@ mod tests {
             NemesisKind::Pause,
             NemesisKind::Partition,
             NemesisKind::Clock,
+            NemesisKind::Skew,
         ] {
             assert_eq!(kind.name().parse::<NemesisKind>(), Ok(kind));
         }
         let error = "disk".parse::<NemesisKind>().unwrap_err();
         assert!(
-            error.contains("expected kill, pause, partition or clock"),
+            error.contains("expected kill, pause, partition, clock or skew"),
             "{error}"
         );
     }

@@ -87,6 +87,7 @@ pub struct ReportInput<'a> {
     pub title: String,
     pub verdict: &'a str,
     pub partition_mechanism: &'a str,
+    pub clock_mechanism: &'a str,
     pub samples: &'a [Sample],
     pub windows: &'a [FaultWindow],
     pub checker: String,
@@ -101,6 +102,7 @@ pub fn render(input: &ReportInput<'_>) -> String {
     let _ = writeln!(text, "{}", input.title);
     let _ = writeln!(text, "verdict: {}", input.verdict);
     let _ = writeln!(text, "partitions: {}", input.partition_mechanism);
+    let _ = writeln!(text, "clock faults: {}", input.clock_mechanism);
     let all = Stats::of(input.samples.iter());
     let _ = writeln!(
         text,

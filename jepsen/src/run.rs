@@ -199,6 +199,14 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
     if partitions {
         crate::net::check_available().context("partitions requested")?;
     }
+    let skew = config.nemeses.contains(&NemesisKind::Skew);
+    let faketime = std::path::PathBuf::from(crate::cluster::FAKETIME_LIBRARY);
+    if skew && !faketime.exists() {
+        bail!(
+            "the skew nemesis needs libfaketime ({} is missing; Debian: apt install libfaketime)",
+            faketime.display()
+        );
+    }
     std::fs::create_dir_all(&config.out)
         .with_context(|| format!("create {}", config.out.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -212,6 +220,7 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
         log_dir: config.out.join("logs"),
         separate_uids: partitions,
         extra_config: config.extra_config.clone(),
+        faketime: skew.then_some(faketime),
     })?;
     let specs = cluster.specs();
     let partitioner = if partitions {
@@ -332,10 +341,17 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
     } else {
         "not used"
     };
+    let clocks = match (config.nemeses.contains(&NemesisKind::Clock), skew) {
+        (true, true) => "steps across restarts (test_clock_offset_ms) and live (libfaketime)",
+        (true, false) => "steps across restarts (test_clock_offset_ms)",
+        (false, true) => "live steps (libfaketime)",
+        (false, false) => "not used",
+    };
     let text = report::render(&ReportInput {
         title: title.clone(),
         verdict: verdict.name(),
         partition_mechanism: mechanism,
+        clock_mechanism: clocks,
         samples: &checked.samples,
         windows: &windows,
         checker: checked.checker.clone(),

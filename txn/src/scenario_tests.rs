@@ -693,3 +693,56 @@ fn the_apply_floor_bounds_writes_a_replica_never_voted_on_only_with_durable_floo
         assert!(values[&key].is_some(), "n3 applied W");
     }
 }
+
+/// Jepsen (skew nemesis): a durability round driven by a node whose clock ran 79 s ahead
+/// fenced off every TxnId the other nodes' clocks gave, so their transactions were all
+/// rejected (client: unknown outcome) until their clocks passed the bound. A node witnesses
+/// the fences and DurableBefore it learns, so its own transactions start above them.
+#[test]
+fn a_node_whose_clock_is_behind_a_fence_still_coordinates() {
+    let mut net = Net::new(3, FastPathMode::CoordinatorVotes);
+    let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
+    // n1's round, on a clock a minute ahead of the others'.
+    let bound = Timestamp::new(
+        crate::timestamp::Epoch(1),
+        net.now + 60_000_000,
+        0,
+        NodeId(0),
+    );
+    for node in [n1, n2, n3] {
+        net.input(
+            node,
+            Input::Message {
+                from: n1,
+                message: Message::SyncFence {
+                    shard: crate::topology::ShardId(0),
+                    bound,
+                },
+            },
+        );
+    }
+    net.in_flight.clear();
+    let key = Key::numbered(1);
+    net.input(
+        n3,
+        Input::Client {
+            request_id: ClientRequestId(1),
+            txn: Txn::new(vec![key.clone()], Update::Append(vec![(key, 7)])),
+        },
+    );
+    assert!(
+        net.txn_id_of(n3, ClientRequestId(1)).timestamp() > bound,
+        "n3's TxnId is below the fence it knows"
+    );
+    net.heal(20);
+    let outcomes: Vec<&Outcome> = net
+        .replies
+        .iter()
+        .filter(|(node, request, _)| (*node, *request) == (n3, ClientRequestId(1)))
+        .map(|(_, _, outcome)| outcome)
+        .collect();
+    assert!(
+        matches!(outcomes.as_slice(), [Outcome::Committed { .. }]),
+        "{outcomes:?}"
+    );
+}

@@ -367,6 +367,10 @@ impl Node {
             *fence = bound;
             self.journal.record_watermarks(&self.watermarks)?;
         }
+        // This node's own transactions must start above the fence, or every replica rejects
+        // them: the round's driver may run its clock far ahead of this node's (design/accord.md,
+        // "A node behind the fence").
+        self.hlc.witness(bound);
         let known = self.held_below(shard, bound).into_iter().collect();
         self.send(
             from,
@@ -536,6 +540,8 @@ impl Node {
         shard: ShardId,
         bound: Timestamp,
     ) -> Result<()> {
+        // DurableBefore raises RejectBefore here: new transactions start above it.
+        self.hlc.witness(bound);
         let durable = self.watermarks.durable_before.entry(shard).or_default();
         if *durable >= bound {
             return Ok(());

@@ -11,8 +11,9 @@
 //!   a client submission with [`RuntimeError::Overloaded`] and a peer delivery with the same
 //!   error, counted in [`RuntimeStats::refused_messages`]: a protocol message is never dropped
 //!   silently (the protocol tolerates loss, the operator sees it).
-//! - **Time**: [`MonotonicClock`] gives `LocalTime` in microseconds since the Unix epoch,
-//!   read from the wall clock once and advanced by `Instant` after, so it never goes back.
+//! - **Time**: [`MonotonicClock`] gives `LocalTime` in microseconds since the Unix epoch:
+//!   the wall clock at start, advanced by `Instant`, following the wall clock forward when it
+//!   jumps ahead and never going back.
 //!   The Node's hybrid logical clock runs on it, so executeAt is a wall-clock-like write time.
 //! - **Timers** live in a heap on the thread, which sleeps on the queue until the next one.
 //! - **Messages to itself** short-circuit: the Node handles most inside `handle`; any left in
@@ -30,6 +31,7 @@
 //!   [`EPOCH_WAIT_TIMEOUT`], until that topology arrives; past either bound they are dropped
 //!   and counted (the protocol retries, as for any lost message).
 
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -119,12 +121,15 @@ impl StepObserver for NoObserver {
     fn after_step(&mut self, _floor: Timestamp) {}
 }
 
-/// Microseconds since the Unix epoch that never go back: the wall clock read once, then
-/// `Instant`.
-#[derive(Debug, Clone, Copy)]
+/// Microseconds since the Unix epoch that never go back: the wall clock (plus the node's
+/// injected offset) read at start and advanced by `Instant` after, following the wall clock
+/// forward when it runs ahead (an NTP step, a skewed node) and never back (a step back is
+/// waited out on `Instant`). The runtime's thread owns it.
+#[derive(Debug, Clone)]
 pub struct MonotonicClock {
-    origin: Instant,
-    origin_micros: u64,
+    offset_micros: i64,
+    /// (`Instant`, microseconds since the epoch at that instant)
+    anchor: Cell<(Instant, u64)>,
 }
 
 impl Default for MonotonicClock {
@@ -141,21 +146,37 @@ impl MonotonicClock {
     /// A clock `offset_micros` ahead of the wall clock (behind when negative): a node's
     /// injected clock skew (`RuntimeConfig::clock_offset_micros`).
     pub fn with_offset(offset_micros: i64) -> MonotonicClock {
-        let wall_micros = SystemTime::now()
+        let clock = MonotonicClock {
+            offset_micros,
+            anchor: Cell::new((Instant::now(), 0)),
+        };
+        clock.anchor.set((Instant::now(), clock.wall_micros()));
+        clock
+    }
+
+    fn wall_micros(&self) -> u64 {
+        let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| {
                 i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
             });
-        let origin_micros = u64::try_from(wall_micros.saturating_add(offset_micros)).unwrap_or(0);
-        MonotonicClock {
-            origin: Instant::now(),
-            origin_micros,
-        }
+        u64::try_from(wall.saturating_add(self.offset_micros)).unwrap_or(0)
     }
 
     pub fn now(&self) -> LocalTime {
-        let elapsed = u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX);
-        LocalTime(self.origin_micros.saturating_add(elapsed))
+        self.now_with_wall(self.wall_micros())
+    }
+
+    /// [`MonotonicClock::now`] with the wall clock read as `wall_micros`.
+    fn now_with_wall(&self, wall_micros: u64) -> LocalTime {
+        let (origin, origin_micros) = self.anchor.get();
+        let elapsed = u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let steady = origin_micros.saturating_add(elapsed);
+        if wall_micros > steady {
+            self.anchor.set((Instant::now(), wall_micros));
+            return LocalTime(wall_micros);
+        }
+        LocalTime(steady)
     }
 }
 

@@ -404,3 +404,23 @@ fn messages_of_a_newer_epoch_wait_for_its_topology_which_reopens_the_node() {
     });
     assert_eq!(runtime.stats().epoch_waited.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn the_clock_follows_the_wall_clock_forward_and_never_back() {
+    let clock = MonotonicClock::with_offset(-60_000_000);
+    let start = clock.now().0;
+    let wall = clock.wall_micros();
+    // The offset applies: a minute behind the true clock.
+    let true_now = MonotonicClock::new().now().0;
+    assert!(true_now - start >= 59_000_000, "{true_now} vs {start}");
+    // A step forward of ten seconds is followed at once ...
+    let ahead = clock.now_with_wall(wall + 10_000_000).0;
+    assert!(ahead >= wall + 10_000_000, "{ahead}");
+    // ... a step back to the old wall clock is not: time goes on from the step.
+    let after = clock.now_with_wall(wall).0;
+    assert!(after >= ahead, "{after} < {ahead}");
+    std::thread::sleep(Duration::from_millis(5));
+    let later = clock.now().0;
+    assert!(later >= after + 5_000, "{later} vs {after}");
+    assert!(later < wall + 11_000_000, "{later}");
+}
