@@ -193,6 +193,24 @@ impl Cluster {
             return Ok(());
         }
         let spec = &node.spec;
+        // libfaketime goes into the node only (through `env` after `setpriv`): preloaded into
+        // setpriv too, it would create its shared-memory semaphore as root, which the node's
+        // uid then cannot open.
+        let faketime: Vec<std::ffi::OsString> = match &self.config.faketime {
+            Some(library) => {
+                let mut preload = std::ffi::OsString::from("LD_PRELOAD=");
+                preload.push(library);
+                let mut file = std::ffi::OsString::from("FAKETIME_TIMESTAMP_FILE=");
+                file.push(&spec.clock_file);
+                vec![
+                    preload,
+                    file,
+                    "FAKETIME_CACHE_DURATION=1".into(),
+                    "FAKETIME_DONT_FAKE_MONOTONIC=1".into(),
+                ]
+            }
+            None => Vec::new(),
+        };
         let mut command = match spec.uid {
             Some(uid) => {
                 let mut command = Command::new("setpriv");
@@ -202,18 +220,19 @@ impl Cluster {
                     "--clear-groups".to_owned(),
                     "--".to_owned(),
                 ]);
+                if !faketime.is_empty() {
+                    command.arg("env").args(&faketime);
+                }
                 command.arg(&self.binary);
+                command
+            }
+            None if !faketime.is_empty() => {
+                let mut command = Command::new("env");
+                command.args(&faketime).arg(&self.binary);
                 command
             }
             None => Command::new(&self.binary),
         };
-        if let Some(library) = &self.config.faketime {
-            command
-                .env("LD_PRELOAD", library)
-                .env("FAKETIME_TIMESTAMP_FILE", &spec.clock_file)
-                .env("FAKETIME_CACHE_DURATION", "1")
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-        }
         command
             .arg("start")
             .arg("--config")

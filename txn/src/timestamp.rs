@@ -246,7 +246,7 @@ impl Hlc {
 
     /// Returns a timestamp above every one this clock returned or witnessed.
     pub fn unique_now(&mut self, now: LocalTime) -> Timestamp {
-        let base = now.0.max(self.last + 1);
+        let base = now.0.max(self.last.saturating_add(1));
         self.last = if self.node_bits == 0 {
             base
         } else {
@@ -285,8 +285,14 @@ impl Hlc {
         }
     }
 
-    /// Ratchets the clock past a timestamp seen in a message.
+    /// Ratchets the clock past a timestamp seen in a message. The sentinel `hlc = u64::MAX`
+    /// ([`Ballot::DECIDED`], the promise a decided command answers a Nack with) is not a time
+    /// and is ignored: witnessing it would leave no timestamp above it (Jepsen: a Nack with it
+    /// during a partition overflowed the coordinator's clock).
     pub fn witness(&mut self, timestamp: Timestamp) {
+        if timestamp.hlc == u64::MAX {
+            return;
+        }
         if timestamp.epoch > self.epoch {
             self.epoch = timestamp.epoch;
         }
@@ -326,6 +332,16 @@ mod tests {
             ExclusiveSyncPoint: x x x x
         "#]]
         .assert_eq(&table);
+    }
+
+    #[test]
+    fn the_decided_ballot_is_not_a_time_the_clock_witnesses() {
+        let mut hlc = Hlc::new(NodeId(1), Epoch(1));
+        let before = hlc.unique_now(LocalTime(100));
+        hlc.witness(Ballot::DECIDED.0);
+        let after = hlc.unique_now(LocalTime(200));
+        assert!(after > before);
+        assert_eq!(after.hlc, 200);
     }
 
     #[test]
