@@ -261,3 +261,105 @@ async fn a_restarted_node_fetches_what_it_missed_after_its_peers_restarted() {
     assert_eq!(scan.num_rows(), 10, "node 3's columnar replica");
     drop(node1);
 }
+
+/// A schema change under load (issue 6's tests): node 1 writes without pause while
+/// `ALTER TABLE ... ADD` goes through node 2; once node 3 knows the new column (the metadata
+/// log reaches it; a client waits for that as drivers wait for schema agreement), node 3
+/// writes rows that use it. No write fails, and every node's own copy ends with every
+/// acknowledged row, old rows with the new column null.
+// The turn guard is a std mutex held for the whole test on purpose: each test runs on its own
+// thread, and the other cluster tests wait on theirs.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_under_load_loses_no_write() {
+    let _turn = crate::cluster::one_cluster_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let (node1, node2, node3) = start_three(dir.path());
+    let mut c1 = client(&node1).await;
+    create_table(&mut c1).await;
+    let stop_writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop_writing = stop_writing.clone();
+        tokio::spawn(async move {
+            let mut written = 0;
+            while !stop_writing.load(std::sync::atomic::Ordering::SeqCst) || written < 20 {
+                c1.query(&format!(
+                    "INSERT INTO ks.t (k, v) VALUES ({written}, {written})"
+                ))
+                .await
+                .unwrap_or_else(|error| panic!("write k = {written} during the ALTER: {error}"));
+                written += 1;
+            }
+            written
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c2 = client(&node2).await;
+    c2.query("ALTER TABLE ks.t ADD w int").await.unwrap();
+    let mut c3 = client(&node3).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match c3
+            .query("INSERT INTO ks.t (k, v, w) VALUES (100000, 1, 1)")
+            .await
+        {
+            Ok(_) => break,
+            Err(error) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "node 3 never learnt the new column: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    for k in 100_001..100_010 {
+        c3.query(&format!("INSERT INTO ks.t (k, v, w) VALUES ({k}, 1, {k})"))
+            .await
+            .unwrap_or_else(|error| panic!("write k = {k} with w: {error}"));
+    }
+    stop_writing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written: i32 = writer.await.unwrap();
+    let mut want: Vec<(i32, i32, Option<i32>)> = (0..written).map(|k| (k, k, None)).collect();
+    want.push((100_000, 1, Some(1)));
+    want.extend((100_001..100_010).map(|k| (k, 1, Some(k))));
+    for (name, member) in [("node 1", &node1), ("node 2", &node2), ("node 3", &node3)] {
+        let mut c = client(member).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let result = c.query("SELECT k, v, w FROM ks.t").await.unwrap();
+            let mut got: Vec<(i32, i32, Option<i32>)> =
+                rows(&result, &[CqlType::Int, CqlType::Int, CqlType::Int])
+                    .unwrap()
+                    .into_iter()
+                    .map(|row| match (&row[0], &row[1], &row[2]) {
+                        (Some(CqlValue::Int(k)), Some(CqlValue::Int(v)), w) => (
+                            *k,
+                            *v,
+                            w.as_ref().map(|w| match w {
+                                CqlValue::Int(w) => *w,
+                                other => panic!("w is {other:?}"),
+                            }),
+                        ),
+                        other => panic!("row {other:?}"),
+                    })
+                    .collect();
+            got.sort_unstable();
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}'s own rows: {} of {} (first differences {:?})",
+                got.len(),
+                want.len(),
+                got.iter()
+                    .zip(&want)
+                    .filter(|(a, b)| a != b)
+                    .take(3)
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
