@@ -40,6 +40,18 @@ pub enum TxnMode {
     Accord,
 }
 
+/// Where accord mode's journal lives (design/cluster.md, "Journal").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TxnJournal {
+    /// Command records in the storage engine (RocksDB's WAL syncs them).
+    #[default]
+    Engine,
+    /// Command records in the dedicated segmented log under `<data_dir>/journal`; the
+    /// apply's rows still go to the engine.
+    Log,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -59,6 +71,8 @@ pub struct Config {
     /// on a node alone, `accord` in a cluster (`cluster_listen_address`
     /// set), where `direct` is refused. See [`Config::effective_txn_mode`].
     pub txn_mode: Option<TxnMode>,
+    /// `engine` or `log`: where accord mode journals its commands.
+    pub txn_journal: TxnJournal,
     /// A `tracing` filter, e.g. `info` or `concord_server=debug,info`.
     pub log_filter: String,
     pub log_format: LogFormat,
@@ -117,6 +131,7 @@ impl Default for Config {
             commit_sync: CommitSync::Batch,
             periodic_sync_ms: 100,
             txn_mode: None,
+            txn_journal: TxnJournal::default(),
             log_filter: "info".to_owned(),
             log_format: LogFormat::Text,
             cql_listen_address: CQL_LISTEN_ADDRESS_DEFAULT.to_owned(),
@@ -286,6 +301,13 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(config.commit_sync, CommitSync::Periodic);
         assert_eq!(config.periodic_sync_ms, 100);
+        assert_eq!(config.txn_journal, TxnJournal::default());
+        let config = Config::from_toml("txn_journal = \"log\"").unwrap();
+        assert_eq!(config.txn_journal, TxnJournal::Log);
+        let error = Config::from_toml("txn_journal = \"wal\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown variant `wal`"), "{error}");
         let error = Config::from_toml("dat_dir = \"/tmp/x\"")
             .unwrap_err()
             .to_string();

@@ -20,7 +20,7 @@
 //! follow: reads see exactly the state at the transaction's timestamp.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::thread::JoinHandle;
@@ -50,12 +50,13 @@ use parking_lot::{Mutex, RwLock};
 use concord_cluster::runtime::{Loopback, Peers, Runtime, RuntimeConfig, RuntimeError};
 use concord_storage::engine::{Direction, ReadView};
 use concord_txn::node::Outcome;
-use concord_txn::storage::EngineJournal;
 use concord_txn::timestamp::NodeId;
 use concord_txn::topology::{FastPathMode, Topology};
 
+use crate::config::TxnJournal;
 use crate::config::{CommitSync, Config, TxnMode};
 use crate::sql::{Freshness, RowStoreSource, SqlError, SqlOptions, SqlResult, Store, StoreChoice};
+use crate::txn_journal;
 use crate::txn_store::{self, CqlStore, FeedPacer, PacerObserver};
 use crate::{Error, Result};
 
@@ -361,6 +362,9 @@ pub struct Db<E: Engine = RocksEngine> {
     /// Set on a cluster member: DDL goes through the metadata log
     /// (`crate::cluster_meta`).
     cluster_meta: std::sync::OnceLock<Arc<crate::cluster_meta::ClusterMeta>>,
+    /// Where the accord runtime journals (`txn_journal`), and the log
+    /// journal's directory (`None` in memory: no log journal).
+    txn_journal: (TxnJournal, Option<PathBuf>),
 }
 
 /// The Accord runtime of a database in accord mode: one node alone
@@ -482,6 +486,10 @@ impl Db<RocksEngine> {
         };
         let mut db = Db::from_engine(Arc::new(engine), clock, registry, durability)?;
         db.clock_offset_micros = config.test_clock_offset_ms.saturating_mul(1_000);
+        db.txn_journal = (
+            config.txn_journal,
+            Some(config.data_dir.join(txn_journal::JOURNAL_DIR)),
+        );
         if config.cluster_listen_address.is_some() {
             // The runtime needs the cluster's topology: the node starts it
             // once it has joined (`Db::start_cluster_accord`).
@@ -610,7 +618,7 @@ impl Db<MemoryEngine> {
 impl<E: Engine + std::fmt::Debug> Db<E> {
     /// Switches the database to accord mode: from now on every
     /// [`Db::execute`] goes through a one-node Accord runtime on this engine
-    /// (journal in `Family::Txn`, replayed first). Call it right after
+    /// (its journal as `txn_journal` says, replayed first). Call it right after
     /// opening, before any write and before [`Db::start_analytics`].
     ///
     /// # Errors
@@ -680,7 +688,11 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
         let pacer = FeedPacer::new(self.feed.clone(), feed_on);
         let runtime = Runtime::start(
             config,
-            Box::new(EngineJournal::new(self.engine.clone())),
+            txn_journal::open(
+                self.txn_journal.0,
+                self.txn_journal.1.as_deref(),
+                &self.engine,
+            )?,
             Box::new(CqlStore::new(
                 self.engine.clone(),
                 self.registry.clone(),
@@ -765,6 +777,7 @@ impl<E: Engine> Db<E> {
             clock_offset_micros: 0,
             awaiting_cluster: false,
             cluster_meta: std::sync::OnceLock::new(),
+            txn_journal: (TxnJournal::Engine, None),
         })
     }
 

@@ -22,6 +22,7 @@ pub mod flight;
 pub mod grpc;
 pub mod pgwire;
 pub mod sql;
+pub mod txn_journal;
 pub mod txn_store;
 
 pub use db::Db;

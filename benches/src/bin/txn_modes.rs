@@ -1,15 +1,17 @@
 //! The write path's cost of the transaction modes: `Db::execute` in `direct`
 //! mode (a local sequencer, the caller's thread) against `accord` mode (every
-//! transaction through the Accord protocol core on a one-node runtime, its
-//! journal in the same RocksDB), in one run, on the same machine.
+//! transaction through the Accord protocol core on a one-node runtime) with
+//! each journal (`txn_journal = engine`: RocksDB's `Family::Txn`; `log`: the
+//! dedicated segmented log), in one run, on the same machine.
 //!
 //! Run: `cargo run --profile bench -p concord-benches --bin txn_modes --
 //! [--writes 2000] [--rounds 3]`. For each `commit_sync` (`batch`: fsync per
-//! commit; `periodic`: no fsync on the write path) and each mode, one thread
-//! does `--writes` single-row blind writes (`Db::write`) and as many
-//! read-modify-write transactions (`SET n = n + 1 IF EXISTS`); prints the
-//! median rate of `--rounds` fresh databases and the ratio accord/direct.
-//! Analytics are off, so the numbers are the transaction path alone.
+//! commit; `periodic`: no fsync on the write path) and each configuration
+//! (rounds interleaved), one thread does `--writes` single-row blind writes
+//! (`Db::write`) and as many read-modify-write transactions (`SET n = n + 1
+//! IF EXISTS`); prints the median rate of `--rounds` fresh databases and the
+//! ratios to direct and log/engine. Analytics are off, so the numbers are the
+//! transaction path alone.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use concord_benches::median;
 use concord_server::Db;
-use concord_server::config::{CommitSync, Config, TxnMode};
+use concord_server::config::{CommitSync, Config, TxnJournal, TxnMode};
 use concord_server::db::{
     AnalyticsOptions, Arithmetic, Check, Derivation, DerivedCell, Read, Transaction,
 };
@@ -52,12 +54,21 @@ fn args() -> Result<Args> {
     Ok(args)
 }
 
-fn open(dir: &Path, mode: TxnMode, commit_sync: CommitSync) -> Result<Db> {
+/// The configurations compared: direct, accord on the engine journal, accord
+/// on the log journal.
+const SETUPS: [(TxnMode, TxnJournal); 3] = [
+    (TxnMode::Direct, TxnJournal::Engine),
+    (TxnMode::Accord, TxnJournal::Engine),
+    (TxnMode::Accord, TxnJournal::Log),
+];
+
+fn open(dir: &Path, (mode, journal): (TxnMode, TxnJournal), commit_sync: CommitSync) -> Result<Db> {
     let config = Config {
         data_dir: dir.to_path_buf(),
         commit_sync,
         periodic_sync_ms: 100,
         txn_mode: Some(mode),
+        txn_journal: journal,
         ..Config::default()
     };
     let options = AnalyticsOptions {
@@ -145,11 +156,11 @@ fn increment(table: &Arc<TableDef>, key: i64) -> Result<Transaction> {
 /// One fresh database: (blind writes, read-modify-writes) elapsed.
 fn run(
     dir: &Path,
-    mode: TxnMode,
+    setup: (TxnMode, TxnJournal),
     commit_sync: CommitSync,
     writes: i64,
 ) -> Result<(Duration, Duration)> {
-    let db = open(dir, mode, commit_sync)?;
+    let db = open(dir, setup, commit_sync)?;
     let table = create(&db)?;
     let started = Instant::now();
     for key in 0..writes {
@@ -185,31 +196,39 @@ fn main() -> Result<()> {
         args.writes, args.writes, args.rounds
     );
     for commit_sync in [CommitSync::Batch, CommitSync::Periodic] {
-        let mut rates = Vec::new();
-        for mode in [TxnMode::Direct, TxnMode::Accord] {
-            let mut blind = Vec::new();
-            let mut rmw = Vec::new();
-            for round in 0..args.rounds {
+        let mut blind = vec![Vec::new(); SETUPS.len()];
+        let mut rmw = vec![Vec::new(); SETUPS.len()];
+        for round in 0..args.rounds {
+            for (index, setup) in SETUPS.iter().enumerate() {
                 let dir = scratch
                     .path()
-                    .join(format!("{commit_sync:?}-{mode:?}-{round}"));
-                let (b, r) = run(&dir, mode, commit_sync, args.writes)?;
-                blind.push(b);
-                rmw.push(r);
+                    .join(format!("{commit_sync:?}-{index}-{round}"));
+                let (b, r) = run(&dir, *setup, commit_sync, args.writes)?;
+                blind[index].push(b);
+                rmw[index].push(r);
             }
-            let rate =
-                |samples: &mut Vec<Duration>| args.writes as f64 / median(samples).as_secs_f64();
-            let (blind, rmw) = (rate(&mut blind), rate(&mut rmw));
+        }
+        let rate = |samples: &mut Vec<Duration>| args.writes as f64 / median(samples).as_secs_f64();
+        let mut rates = Vec::new();
+        for (index, (mode, journal)) in SETUPS.iter().enumerate() {
+            let (b, r) = (rate(&mut blind[index]), rate(&mut rmw[index]));
             println!(
-                "commit_sync={commit_sync:?} mode={mode:?}: blind writes {blind:.0}/s, \
-                 read-modify-writes {rmw:.0}/s"
+                "commit_sync={commit_sync:?} mode={mode:?} journal={journal:?}: blind writes {b:.0}/s, \
+                 read-modify-writes {r:.0}/s"
             );
-            rates.push((blind, rmw));
+            rates.push((b, r));
+        }
+        for (index, name) in [(1, "accord-engine/direct"), (2, "accord-log/direct")] {
+            println!(
+                "commit_sync={commit_sync:?}: {name} blind {:.3}, read-modify-write {:.3}",
+                rates[index].0 / rates[0].0,
+                rates[index].1 / rates[0].1
+            );
         }
         println!(
-            "commit_sync={commit_sync:?}: accord/direct blind {:.3}, read-modify-write {:.3}",
-            rates[1].0 / rates[0].0,
-            rates[1].1 / rates[0].1
+            "commit_sync={commit_sync:?}: accord log/engine blind {:.3}, read-modify-write {:.3}",
+            rates[2].0 / rates[1].0,
+            rates[2].1 / rates[1].1
         );
     }
     Ok(())

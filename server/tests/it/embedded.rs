@@ -373,3 +373,50 @@ fn a_clock_that_steps_back_across_a_restart_still_orders_writes() {
     .unwrap_err();
     assert!(error.to_string().contains("one day"), "{error}");
 }
+
+/// `txn_journal = "log"` on RocksDB, and switching journals on one data
+/// directory: every restart keeps the rows, and the journal not chosen is
+/// left empty (its live state moved to the chosen one).
+#[test]
+fn accord_mode_on_the_log_journal_survives_restarts_and_switches() {
+    use concord_server::config::TxnJournal;
+    use concord_txn::storage::{EngineJournal, Journal};
+    let dir = tempfile::tempdir().unwrap();
+    let config = |journal| concord_server::config::Config {
+        data_dir: dir.path().to_path_buf(),
+        txn_mode: Some(TxnMode::Accord),
+        txn_journal: journal,
+        ..concord_server::config::Config::default()
+    };
+    let mut expected: Vec<String> = Vec::new();
+    let journals = [
+        TxnJournal::Log,
+        TxnJournal::Log,
+        TxnJournal::Engine,
+        TxnJournal::Log,
+    ];
+    for (step, journal) in journals.into_iter().enumerate() {
+        let db = Db::open_with_config(&config(journal)).unwrap();
+        if step == 0 {
+            db.create_keyspace(keyspace("app"), IfExists::Strict)
+                .unwrap();
+            db.create_table(events_spec(), IfExists::Strict).unwrap();
+        }
+        let table = db.table("app", "events").unwrap();
+        assert_eq!(kinds(&db, &table, 1), expected, "step {step} ({journal:?})");
+        let kind = format!("event-{step}");
+        db.write(vec![insert(&table, 1, 1_000 * (step as i64 + 1), &kind)])
+            .unwrap();
+        expected.insert(0, kind);
+        assert_eq!(kinds(&db, &table, 1), expected);
+        if journal == TxnJournal::Log {
+            assert!(dir.path().join("journal").is_dir());
+            let engine_journal = EngineJournal::new(db.engine().clone());
+            assert_eq!(
+                engine_journal.record_count().unwrap(),
+                0,
+                "the engine journal's commands moved to the log"
+            );
+        }
+    }
+}
