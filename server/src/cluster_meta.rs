@@ -30,12 +30,16 @@
 //! log; apply an entry twice or out of order.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use cassandra_protocol::frame::events::SchemaChange;
+use cassandra_protocol::frame::events::{
+    SchemaChange, ServerEvent, StatusChange, StatusChangeType, TopologyChange, TopologyChangeType,
+};
 use concord_cluster::meta::MetaNode;
 use concord_cluster::meta::state::REPLICATION_FACTOR_MAX;
+use concord_cluster::meta::state::{NodeIdx, NodeStatus};
 use concord_cluster::meta::view::ClusterView;
 use concord_cql_parser::ast::Statement;
 use concord_storage::engine::{Engine, Family};
@@ -64,6 +68,14 @@ pub const SCHEMA_ENTRY_FORMAT: u32 = 1;
 /// metadata view already holds (a table created through another member a
 /// moment ago) before it runs against the schema it has.
 pub const SCHEMA_CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+/// How often a member probes the other members' CQL endpoints (a TCP
+/// connect) for STATUS_CHANGE events.
+pub const PEER_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one probe may take before it counts as a failure.
+pub const PEER_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Consecutive failed probes before a peer is announced DOWN (one success
+/// announces it UP again).
+pub const PEER_DOWN_AFTER_FAILURES: u32 = 2;
 
 /// One schema log entry's DDL text (the `ddl` of a metadata `Schema`
 /// command), JSON.
@@ -113,6 +125,8 @@ struct Attached {
     runtime: Handle,
     stop: watch::Sender<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The peer prober (STATUS_CHANGE events).
+    prober: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A cluster member's metadata handle, installed in its `Db`
@@ -123,9 +137,11 @@ pub struct ClusterMeta {
     attached: OnceLock<Attached>,
     state: Mutex<ApplyState>,
     applied_changed: Condvar,
-    /// SCHEMA_CHANGE events of every applied entry, whichever member
-    /// proposed it: the CQL endpoint's event channel on a member.
-    events: broadcast::Sender<SchemaChange>,
+    /// The CQL endpoint's event channel on a member: SCHEMA_CHANGE of every
+    /// applied entry, whichever member proposed it; TOPOLOGY_CHANGE when a
+    /// member comes up in the metadata or leaves it; STATUS_CHANGE when the
+    /// peer prober sees another member's CQL endpoint go down or come back.
+    events: broadcast::Sender<ServerEvent>,
 }
 
 impl ClusterMeta {
@@ -138,8 +154,8 @@ impl ClusterMeta {
         })
     }
 
-    /// The schema change events of applied entries.
-    pub fn events(&self) -> &broadcast::Sender<SchemaChange> {
+    /// The CQL events of this member (schema, topology and status changes).
+    pub fn events(&self) -> &broadcast::Sender<ServerEvent> {
         &self.events
     }
 
@@ -222,13 +238,20 @@ impl ClusterMeta {
             runtime: Handle::current(),
             stop,
             task: Mutex::new(None),
+            prober: Mutex::new(None),
         };
         self.attached
             .set(attached)
             .map_err(|_| "the cluster metadata is already attached".to_string())?;
+        let prober = tokio::spawn(probe_peers(
+            Arc::clone(self),
+            Arc::clone(&meta),
+            stopped.clone(),
+        ));
         let task = tokio::spawn(follow(Arc::clone(self), db, views, stopped));
         if let Some(attached) = self.attached.get() {
             *attached.task.lock() = Some(task);
+            *attached.prober.lock() = Some(prober);
         }
         let target = meta.view().state.schema_version;
         let this = Arc::clone(self);
@@ -244,8 +267,8 @@ impl ClusterMeta {
             return;
         };
         let _ = attached.stop.send(true);
-        let task = attached.task.lock().take();
-        if let Some(task) = task {
+        let tasks = [attached.task.lock().take(), attached.prober.lock().take()];
+        for task in tasks.into_iter().flatten() {
             let _ = task.await;
         }
     }
@@ -433,7 +456,7 @@ impl ClusterMeta {
                     }
                     state.applied = version;
                     if let Ok(Some(change)) = &outcome {
-                        let _ = self.events.send(change.clone());
+                        let _ = self.events.send(ServerEvent::SchemaChange(change.clone()));
                     }
                     state.outcomes.insert(version, outcome);
                     while state.outcomes.len() > SCHEMA_OUTCOMES_KEPT {
@@ -470,8 +493,15 @@ async fn follow<E: Engine + 'static>(
     mut views: watch::Receiver<Arc<ClusterView>>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let this_node = cluster.meta().map(|meta| meta.id());
+    let mut members = cql_members(&views.borrow(), this_node);
     loop {
         let view = Arc::clone(&views.borrow_and_update());
+        let now = cql_members(&view, this_node);
+        for event in topology_changes(&members, &now) {
+            let _ = cluster.events.send(event);
+        }
+        members = now;
         let (this, db_ref) = (Arc::clone(&cluster), Arc::clone(&db));
         if let Err(error) =
             tokio::task::spawn_blocking(move || this.apply_view(db_ref.as_ref(), &view)).await
@@ -481,6 +511,123 @@ async fn follow<E: Engine + 'static>(
         tokio::select! {
             changed = views.changed() => if changed.is_err() { return },
             _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// The CQL endpoints of the members that are up in `view`, but `this` one.
+fn cql_members(view: &ClusterView, this: Option<NodeIdx>) -> BTreeMap<NodeIdx, SocketAddr> {
+    view.state
+        .members
+        .iter()
+        .filter(|(node, member)| Some(**node) != this && member.status == NodeStatus::Up)
+        .filter_map(|(node, member)| {
+            let cql = member.endpoints.get("cql")?.parse::<SocketAddr>().ok()?;
+            Some((*node, cql))
+        })
+        .collect()
+}
+
+/// TOPOLOGY_CHANGE events from one set of up members to the next: NEW_NODE
+/// for a member that came up, REMOVED_NODE for one that left (or stopped
+/// being up in the metadata), each with its CQL address.
+fn topology_changes(
+    before: &BTreeMap<NodeIdx, SocketAddr>,
+    after: &BTreeMap<NodeIdx, SocketAddr>,
+) -> Vec<ServerEvent> {
+    let event =
+        |change_type, addr| ServerEvent::TopologyChange(TopologyChange { change_type, addr });
+    let mut events = Vec::new();
+    for (node, addr) in after {
+        if !before.contains_key(node) {
+            events.push(event(TopologyChangeType::NewNode, *addr));
+        }
+    }
+    for (node, addr) in before {
+        if !after.contains_key(node) {
+            events.push(event(TopologyChangeType::RemovedNode, *addr));
+        }
+    }
+    events
+}
+
+/// What the prober knows of one peer.
+#[derive(Debug)]
+struct PeerProbe {
+    /// `None` until a probe decides it: a peer is announced only once it
+    /// was known up and went down, or known down and came up.
+    up: Option<bool>,
+    failures: u32,
+}
+
+impl PeerProbe {
+    /// Records one probe; the STATUS_CHANGE to announce, if any.
+    fn probed(&mut self, reachable: bool) -> Option<StatusChangeType> {
+        if reachable {
+            self.failures = 0;
+            let was = self.up.replace(true);
+            (was == Some(false)).then_some(StatusChangeType::Up)
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            if self.failures < PEER_DOWN_AFTER_FAILURES {
+                return None;
+            }
+            let was = self.up.replace(false);
+            (was == Some(true)).then_some(StatusChangeType::Down)
+        }
+    }
+}
+
+/// The peer prober: every `PEER_PROBE_INTERVAL`, a TCP connect to each other
+/// up member's CQL endpoint (at most `PEER_PROBE_TIMEOUT`).
+/// `PEER_DOWN_AFTER_FAILURES` failures in a row make a peer down, one
+/// success up; a change from a known state is announced as STATUS_CHANGE
+/// (a member's first state is learnt silently: NEW_NODE announced it, and
+/// a joining member's endpoint may not listen yet). This is what clients
+/// see of a peer (its CQL endpoint), not a Raft or transport judgement: the
+/// metadata keeps a stopped member `Up` (no failure detector there yet).
+async fn probe_peers(
+    cluster: Arc<ClusterMeta>,
+    meta: Arc<MetaNode>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut peers: BTreeMap<NodeIdx, (SocketAddr, PeerProbe)> = BTreeMap::new();
+    let mut interval = tokio::time::interval(PEER_PROBE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let members = cql_members(&meta.view(), Some(meta.id()));
+        peers.retain(|node, (addr, _)| members.get(node) == Some(addr));
+        let mut probes = tokio::task::JoinSet::new();
+        for (node, addr) in members {
+            probes.spawn(async move {
+                let connected =
+                    tokio::time::timeout(PEER_PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                        .await;
+                (node, addr, matches!(connected, Ok(Ok(_))))
+            });
+        }
+        while let Some(probed) = probes.join_next().await {
+            let Ok((node, addr, reachable)) = probed else {
+                continue;
+            };
+            let (_, probe) = peers.entry(node).or_insert((
+                addr,
+                PeerProbe {
+                    up: None,
+                    failures: 0,
+                },
+            ));
+            if let Some(change_type) = probe.probed(reachable) {
+                tracing::info!(node, %addr, ?change_type, "peer CQL endpoint status changed");
+                let _ = cluster.events.send(ServerEvent::StatusChange(StatusChange {
+                    change_type,
+                    addr,
+                }));
+            }
         }
     }
 }

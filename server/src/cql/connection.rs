@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use cassandra_protocol::compression::Compression;
 use cassandra_protocol::frame::Version;
-use cassandra_protocol::frame::events::ServerEvent;
+use cassandra_protocol::frame::events::SimpleServerEvent;
 use cassandra_protocol::frame::message_event::BodyResEvent;
 use cassandra_protocol::frame::message_request::RequestBody;
 use cassandra_protocol::frame::message_response::ResponseBody;
@@ -89,7 +89,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         framing: Framing::Envelopes { lz4: false },
         version: None,
         in_flight: Arc::new(Semaphore::new(0)),
-        registered: false,
+        registered: Arc::new(Mutex::new(Vec::new())),
+        forwarding: false,
     };
     connection.in_flight = Arc::new(Semaphore::new(
         connection.shared.limits.in_flight_requests_max,
@@ -135,7 +136,10 @@ struct Connection {
     framing: Framing,
     version: Option<u8>,
     in_flight: Arc<Semaphore>,
-    registered: bool,
+    /// The event types this connection registered for (REGISTER adds).
+    registered: Arc<Mutex<Vec<SimpleServerEvent>>>,
+    /// Whether the event forwarding task runs (started by the first REGISTER).
+    forwarding: bool,
 }
 
 fn error_response(error: &CqlError) -> ResponseBody {
@@ -392,9 +396,17 @@ impl Connection {
                 let response = ResponseBody::Supported(BodyResSupported { data });
                 self.send(version, stream_id, &response).await;
             }
-            RequestBody::Register(_) => {
-                if !self.registered {
-                    self.registered = true;
+            RequestBody::Register(register) => {
+                {
+                    let mut registered = self.registered.lock();
+                    for event in register.events {
+                        if !registered.contains(&event) {
+                            registered.push(event);
+                        }
+                    }
+                }
+                if !self.forwarding {
+                    self.forwarding = true;
                     self.forward_events(version);
                 }
                 self.send(version, stream_id, &ResponseBody::Ready).await;
@@ -459,7 +471,8 @@ impl Connection {
     }
 
     fn forward_events(&self, version: u8) {
-        let mut events = self.shared.schema_events.subscribe();
+        let mut events = self.shared.events.subscribe();
+        let registered = Arc::clone(&self.registered);
         let sender = self.sender.clone();
         let framing = self.framing;
         tokio::spawn(async move {
@@ -469,9 +482,13 @@ impl Connection {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
-                let response = ResponseBody::Event(BodyResEvent {
-                    event: ServerEvent::SchemaChange(change),
-                });
+                if !registered
+                    .lock()
+                    .contains(&SimpleServerEvent::from(&change))
+                {
+                    continue;
+                }
+                let response = ResponseBody::Event(BodyResEvent { event: change });
                 let compression = match framing {
                     Framing::Envelopes { lz4: true } => Compression::Lz4,
                     _ => Compression::None,

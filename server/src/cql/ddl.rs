@@ -15,7 +15,7 @@
 //! metadata log").
 
 use cassandra_protocol::frame::events::{
-    SchemaChange, SchemaChangeOptions, SchemaChangeTarget, SchemaChangeType,
+    SchemaChange, SchemaChangeOptions, SchemaChangeTarget, SchemaChangeType, ServerEvent,
 };
 use cassandra_protocol::frame::message_result::ResResultBody;
 use concord_cql_parser::ast::{
@@ -335,7 +335,10 @@ pub fn execute_ddl(context: &mut Context<'_>, statement: &Statement) -> CqlResul
     }
     if db.cluster_meta().is_none() {
         // On a cluster member the applier announces it, on every member.
-        let _ = context.shared.schema_events.send(change.clone());
+        let _ = context
+            .shared
+            .events
+            .send(ServerEvent::SchemaChange(change.clone()));
     }
     Ok(ResResultBody::SchemaChange(change))
 }

@@ -30,7 +30,7 @@ pub use concord_cql_wire::frame;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cassandra_protocol::frame::events::SchemaChange;
+use cassandra_protocol::frame::events::ServerEvent;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use tokio::net::TcpListener;
 
@@ -81,7 +81,9 @@ pub struct Shared {
     /// The address clients reach this node at (system.local's rpc_address).
     pub address: SocketAddr,
     pub prepared: execute::PreparedCache,
-    pub schema_events: broadcast::Sender<SchemaChange>,
+    /// Server events (schema, topology and status changes) for registered
+    /// connections.
+    pub events: broadcast::Sender<ServerEvent>,
     /// The node-wide in-flight bound (`node_in_flight_requests_max`).
     pub in_flight: Arc<NodeInFlight>,
 }
@@ -166,8 +168,8 @@ impl CqlServer {
         let listener = TcpListener::bind(address).await?;
         let local_address = listener.local_addr()?;
         // A cluster member announces the schema log's changes, whichever
-        // member they came through.
-        let schema_events = match db.cluster_meta() {
+        // member they came through, and its peers' topology and status.
+        let events = match db.cluster_meta() {
             Some(cluster) => cluster.events().clone(),
             None => broadcast::channel(EVENTS_BUFFERED_MAX).0,
         };
@@ -176,7 +178,7 @@ impl CqlServer {
             limits,
             address: local_address,
             prepared: execute::PreparedCache::default(),
-            schema_events,
+            events,
             in_flight: NodeInFlight::new(limits.node_in_flight_requests_max),
         });
         let in_flight = shared.in_flight.clone();

@@ -68,7 +68,7 @@ pub struct Service {
 
 impl Service {
     pub fn new(db: Arc<Db>, limits: Limits) -> Service {
-        let (schema_events, _) = broadcast::channel(crate::cql::EVENTS_BUFFERED_MAX);
+        let (events, _) = broadcast::channel(crate::cql::EVENTS_BUFFERED_MAX);
         let cql_limits = crate::cql::Limits::default();
         Service {
             shared: Arc::new(Shared {
@@ -76,7 +76,7 @@ impl Service {
                 limits: cql_limits,
                 address: SocketAddr::from(([127, 0, 0, 1], 0)),
                 prepared: crate::cql::execute::PreparedCache::default(),
-                schema_events,
+                events,
                 in_flight: NodeInFlight::new(cql_limits.node_in_flight_requests_max),
             }),
             limits,

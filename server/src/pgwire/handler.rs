@@ -60,14 +60,14 @@ pub struct Handlers {
 
 impl Handlers {
     pub fn new(db: Arc<Db>, limits: Limits, address: SocketAddr) -> Handlers {
-        let (schema_events, _) = broadcast::channel(cql::EVENTS_BUFFERED_MAX);
+        let (events, _) = broadcast::channel(cql::EVENTS_BUFFERED_MAX);
         let cql_limits = cql::Limits::default();
         let cql = Arc::new(cql::Shared {
             db: Arc::clone(&db),
             limits: cql_limits,
             address,
             prepared: cql::execute::PreparedCache::default(),
-            schema_events,
+            events,
             in_flight: cql::NodeInFlight::new(cql_limits.node_in_flight_requests_max),
         });
         Handlers {

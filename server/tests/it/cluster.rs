@@ -36,10 +36,27 @@ pub(crate) fn start(
     cluster_listen: &str,
     join: Option<&str>,
 ) -> Started {
+    start_with(
+        data_dir,
+        node_id,
+        cluster_listen,
+        join,
+        &EPHEMERAL_ENDPOINTS,
+    )
+}
+
+/// As [`start`], with the client endpoints' flags given (`--cql-listen-address ...`).
+pub(crate) fn start_with(
+    data_dir: &Path,
+    node_id: u32,
+    cluster_listen: &str,
+    join: Option<&str>,
+    endpoints: &[&str],
+) -> Started {
     let mut command = Command::new(BINARY);
     command
         .arg("start")
-        .args(EPHEMERAL_ENDPOINTS)
+        .args(endpoints)
         .args([
             "--node-id",
             &node_id.to_string(),

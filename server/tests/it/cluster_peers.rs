@@ -11,7 +11,7 @@ use concord_server::cql::client::{CqlClient, rows};
 use concord_storage::types::CqlType;
 use concord_storage::value::CqlValue;
 
-use crate::cluster_schema::{runtime, start_cluster};
+use crate::cluster_schema::{Member, runtime, start_cluster};
 use crate::cql_node::{repository_root, venv_bin};
 
 /// The tokens a node takes by default (`VNODES_PER_NODE_DEFAULT`).
@@ -132,6 +132,137 @@ fn peers_list_the_other_nodes_and_the_python_driver_routes_token_aware() {
         output.status.success() && stdout.contains("all cluster checks passed"),
         "cluster_driver.py failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    for member in members.into_iter().rev() {
+        member.stop();
+    }
+}
+
+/// One EVENT body: (event type, change, the address it names).
+fn parse_event(body: &[u8]) -> (String, String, SocketAddr) {
+    let mut at = 0;
+    let mut string = || {
+        let length = u16::from_be_bytes([body[at], body[at + 1]]) as usize;
+        let text = String::from_utf8(body[at + 2..at + 2 + length].to_vec()).unwrap();
+        at += 2 + length;
+        text
+    };
+    let (kind, change) = (string(), string());
+    let ip_bytes = body[at] as usize;
+    let ip: std::net::IpAddr = match ip_bytes {
+        4 => <[u8; 4]>::try_from(&body[at + 1..at + 5]).unwrap().into(),
+        16 => <[u8; 16]>::try_from(&body[at + 1..at + 17]).unwrap().into(),
+        other => panic!("inet of {other} bytes"),
+    };
+    let port = i32::from_be_bytes(
+        body[at + 1 + ip_bytes..at + 5 + ip_bytes]
+            .try_into()
+            .unwrap(),
+    );
+    (
+        kind,
+        change,
+        SocketAddr::new(ip, u16::try_from(port).unwrap()),
+    )
+}
+
+/// The next EVENT on `stream` (stream id -1), skipping nothing: any other
+/// frame fails the test.
+fn next_event(stream: &mut std::net::TcpStream) -> (String, String, SocketAddr) {
+    let (_, stream_id, opcode, body) = crate::cql_protocol::read_envelope(stream);
+    assert_eq!((stream_id, opcode), (-1, 0x0C), "an EVENT on stream -1");
+    parse_event(&body)
+}
+
+#[test]
+fn registered_clients_hear_of_a_joining_node_and_of_a_peer_going_down_and_up() {
+    use crate::cql_protocol::{READY, STARTUP, envelope, read_envelope, string_map};
+    use std::io::Write;
+
+    let _turn = crate::cluster::one_cluster_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = start_cluster(dir.path(), 2);
+    let mut listener = std::net::TcpStream::connect(members[0].cql).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let startup = envelope(4, 0, 1, STARTUP, &string_map(&[("CQL_VERSION", "3.0.0")]));
+    listener.write_all(&startup).unwrap();
+    assert_eq!(read_envelope(&mut listener).2, READY);
+    // REGISTER [string list]: topology and status changes, not schema changes.
+    let mut register = 2u16.to_be_bytes().to_vec();
+    for event in ["TOPOLOGY_CHANGE", "STATUS_CHANGE"] {
+        register.extend_from_slice(&(event.len() as u16).to_be_bytes());
+        register.extend_from_slice(event.as_bytes());
+    }
+    listener
+        .write_all(&envelope(4, 0, 2, 0x0B, &register))
+        .unwrap();
+    assert_eq!(read_envelope(&mut listener).2, READY);
+
+    // A schema change is not announced to this connection (it did not ask).
+    runtime().block_on(async {
+        let mut client = CqlClient::connect(members[1].cql).await.unwrap();
+        client
+            .query(
+                "CREATE KEYSPACE quiet WITH replication = \
+                 {'class': 'SimpleStrategy', 'replication_factor': 2}",
+            )
+            .await
+            .unwrap();
+    });
+
+    // Node 3 joins: NEW_NODE with its CQL address.
+    let cql3 = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let endpoints = [
+        "--cql-listen-address",
+        cql3.as_str(),
+        "--pg-listen-address",
+        "127.0.0.1:0",
+        "--grpc-listen-address",
+        "127.0.0.1:0",
+    ];
+    let seed = members[0].cluster.clone();
+    let node3 = Member::start_with(
+        &dir.path().join("n3"),
+        3,
+        "127.0.0.1:0",
+        Some(&seed),
+        &endpoints,
+    );
+    let node3_cql = node3.cql;
+    assert_eq!(node3_cql.to_string(), cql3);
+    let node3_cluster = node3.cluster.clone();
+    assert_eq!(
+        next_event(&mut listener),
+        ("TOPOLOGY_CHANGE".into(), "NEW_NODE".into(), node3_cql)
+    );
+
+    // Let node 1's prober see node 3 up (a prober learns a member's first
+    // state silently, or announces UP if it saw the endpoint down while
+    // node 3 was starting).
+    std::thread::sleep(Duration::from_secs(3));
+
+    // SIGKILL node 3: its peers' probes fail, STATUS_CHANGE DOWN.
+    let killed = Instant::now();
+    drop(node3);
+    let mut event = next_event(&mut listener);
+    if event == ("STATUS_CHANGE".into(), "UP".into(), node3_cql) {
+        event = next_event(&mut listener);
+    }
+    assert_eq!(event, ("STATUS_CHANGE".into(), "DOWN".into(), node3_cql));
+    assert!(killed.elapsed() < Duration::from_secs(15));
+
+    // Restarted on the same addresses: STATUS_CHANGE UP.
+    let node3 = Member::start_with(&dir.path().join("n3"), 3, &node3_cluster, None, &endpoints);
+    assert_eq!(
+        next_event(&mut listener),
+        ("STATUS_CHANGE".into(), "UP".into(), node3_cql)
+    );
+    members.push(node3);
     for member in members.into_iter().rev() {
         member.stop();
     }

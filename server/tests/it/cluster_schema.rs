@@ -34,7 +34,25 @@ impl Member {
         cluster_listen: &str,
         join: Option<&str>,
     ) -> Member {
-        let started = crate::cluster::start(data_dir, node_id, cluster_listen, join);
+        Member::start_with(
+            data_dir,
+            node_id,
+            cluster_listen,
+            join,
+            &crate::binary::EPHEMERAL_ENDPOINTS,
+        )
+    }
+
+    /// As [`Member::start`], with the client endpoints' flags given.
+    pub(crate) fn start_with(
+        data_dir: &Path,
+        node_id: u32,
+        cluster_listen: &str,
+        join: Option<&str>,
+        endpoints: &[&str],
+    ) -> Member {
+        let started =
+            crate::cluster::start_with(data_dir, node_id, cluster_listen, join, endpoints);
         let cql = started.value("cql: listening on ").parse().unwrap();
         let (cluster, _, _) = started.cluster_line();
         let crate::cluster::Started { child, lines, .. } = started;

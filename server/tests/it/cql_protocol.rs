@@ -11,11 +11,11 @@ use concord_server::cql::frame::{SegmentRead, read_segment, write_segments};
 use crate::cql_node::Node;
 
 const OPTIONS: u8 = 0x05;
-const STARTUP: u8 = 0x01;
+pub(crate) const STARTUP: u8 = 0x01;
 const QUERY: u8 = 0x07;
 const EXECUTE: u8 = 0x0A;
 const ERROR: u8 = 0x00;
-const READY: u8 = 0x02;
+pub(crate) const READY: u8 = 0x02;
 const SUPPORTED: u8 = 0x06;
 const RESULT: u8 = 0x08;
 
@@ -27,7 +27,7 @@ fn connect(node: &Node) -> TcpStream {
     stream
 }
 
-fn envelope(version: u8, flags: u8, stream_id: i16, opcode: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) fn envelope(version: u8, flags: u8, stream_id: i16, opcode: u8, body: &[u8]) -> Vec<u8> {
     let mut bytes = vec![version, flags];
     bytes.extend_from_slice(&stream_id.to_be_bytes());
     bytes.push(opcode);
@@ -36,7 +36,7 @@ fn envelope(version: u8, flags: u8, stream_id: i16, opcode: u8, body: &[u8]) -> 
     bytes
 }
 
-fn string_map(entries: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn string_map(entries: &[(&str, &str)]) -> Vec<u8> {
     let mut body = (entries.len() as u16).to_be_bytes().to_vec();
     for (key, value) in entries {
         for text in [key, value] {
@@ -60,7 +60,7 @@ fn query_body(query: &str, version: u8) -> Vec<u8> {
 }
 
 /// Reads one envelope: (version byte, stream id, opcode, body).
-fn read_envelope(stream: &mut impl Read) -> (u8, i16, u8, Vec<u8>) {
+pub(crate) fn read_envelope(stream: &mut impl Read) -> (u8, i16, u8, Vec<u8>) {
     let mut header = [0u8; 9];
     stream.read_exact(&mut header).unwrap();
     let length = i32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;

@@ -138,13 +138,13 @@ fn transcript(input: &str, mode: TxnMode) -> String {
         ..Config::default()
     };
     let db = Arc::new(Db::open_with_config(&config).unwrap());
-    let (schema_events, _) = tokio::sync::broadcast::channel(16);
+    let (events, _) = tokio::sync::broadcast::channel(16);
     let shared = Shared {
         db,
         limits: Limits::default(),
         address: "127.0.0.1:9042".parse().unwrap(),
         prepared: execute::PreparedCache::default(),
-        schema_events,
+        events,
         in_flight: concord_server::cql::NodeInFlight::new(1),
     };
     let session = Session::default();
