@@ -3,7 +3,8 @@
 //! writer thread that rewrites the typed row segments after merges.
 //!
 //! ```text
-//! follower, every poll_interval while it has nothing to apply (until stopped):
+//! follower, while it has nothing to apply: when a feed ticket ends or after
+//! poll_interval (`ChangeFeed::wait_for_frontier_change`); else at once (until stopped):
 //!   frontier = feed.frontier()            (before the snapshot: nothing below it can appear)
 //!   pending.push(frontier)                (frontiers not yet passed, oldest first)
 //!   replica.catch_up_chunk(engine.snapshot(), frontier.position_end)   (≤ CATCH_UP_RECORDS_MAX records)
@@ -118,6 +119,7 @@ impl Follower {
                 let mut last_merge = Instant::now();
                 let mut pending: VecDeque<FeedFrontier> = VecDeque::new();
                 while !stopping.load(Ordering::Acquire) {
+                    let n_tickets_ended = feed.n_tickets_ended();
                     let frontier = feed.frontier();
                     let newer = pending.back().is_none_or(|last| {
                         last.position_end < frontier.position_end
@@ -176,7 +178,10 @@ impl Follower {
                         last_merge = Instant::now();
                     }
                     if idle {
-                        std::thread::sleep(options.poll_interval);
+                        // Wakes as soon as a transaction finishes (the
+                        // frontier may have moved), at the latest after
+                        // poll_interval.
+                        feed.wait_for_frontier_change(n_tickets_ended, options.poll_interval);
                     }
                 }
             })

@@ -951,9 +951,14 @@ impl SourceTable {
             );
         if let Some(predicate) = datafusion::logical_expr::utils::conjunction(filters.to_vec()) {
             let df_schema = DFSchema::try_from(Arc::clone(&file_schema))?;
-            // The predicate only prunes; DataFusion applies every filter above.
+            // The predicate prunes row groups and pages and filters rows while
+            // they are decoded (the other columns of a filtered-out row are
+            // never materialised); DataFusion still applies every filter above.
             if let Ok(physical) = state.create_physical_expr(predicate, &df_schema) {
-                source = source.with_predicate(physical);
+                source = source
+                    .with_predicate(physical)
+                    .with_pushdown_filters(true)
+                    .with_reorder_filters(true);
             }
         }
         let segment = &rows_scan.segment;

@@ -169,6 +169,8 @@ struct FeedState {
     next_ticket: u64,
     in_flight: BTreeMap<u64, InFlight>,
     write_time_max: WriteTime,
+    /// Tickets finished since open: the frontier can only move when it does.
+    n_tickets_ended: u64,
 }
 
 /// The node's change-feed writer: assigns positions and tracks the frontier.
@@ -177,6 +179,9 @@ pub struct ChangeFeed {
     state: Mutex<FeedState>,
     /// Signalled when the last in-flight ticket finishes.
     drained: Condvar,
+    /// Signalled when any ticket finishes (the frontier may have moved), for
+    /// a consumer waiting in [`ChangeFeed::wait_for_frontier_change`].
+    ticket_ended: Condvar,
 }
 
 impl ChangeFeed {
@@ -205,8 +210,10 @@ impl ChangeFeed {
                 next_ticket: 0,
                 in_flight: BTreeMap::new(),
                 write_time_max,
+                n_tickets_ended: 0,
             }),
             drained: Condvar::new(),
+            ticket_ended: Condvar::new(),
         })
     }
 
@@ -276,8 +283,36 @@ impl ChangeFeed {
         let mut state = self.state.lock();
         let removed = state.in_flight.remove(&id);
         assert!(removed.is_some(), "change feed: ticket finished twice");
+        state.n_tickets_ended += 1;
         if state.in_flight.is_empty() {
             self.drained.notify_all();
+        }
+        drop(state);
+        self.ticket_ended.notify_all();
+    }
+
+    /// How many tickets have finished: pass it to
+    /// [`ChangeFeed::wait_for_frontier_change`] (read it before the frontier
+    /// the caller acts on).
+    pub fn n_tickets_ended(&self) -> u64 {
+        self.state.lock().n_tickets_ended
+    }
+
+    /// Waits until a ticket finishes after `n_tickets_ended` were (the
+    /// frontier may have moved), at most `timeout`. A consumer that has
+    /// applied everything waits here instead of polling, so it sees a commit
+    /// as soon as its ticket drops.
+    pub fn wait_for_frontier_change(&self, n_tickets_ended: u64, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = self.state.lock();
+        while state.n_tickets_ended == n_tickets_ended {
+            if self
+                .ticket_ended
+                .wait_until(&mut state, deadline)
+                .timed_out()
+            {
+                return;
+            }
         }
     }
 
@@ -1180,6 +1215,36 @@ mod tests {
         assert_eq!(emptied.frontier().position_end, FeedPosition(5));
         let frontier = emptied.quiesce(|frontier| frontier);
         assert_eq!(frontier.position_end, FeedPosition(5));
+    }
+
+    #[test]
+    fn a_consumer_waiting_for_the_frontier_wakes_when_a_ticket_ends() {
+        let engine = MemoryEngine::new(EngineOptions::default());
+        let feed = std::sync::Arc::new(ChangeFeed::open(&engine).expect("open"));
+        let seen = feed.n_tickets_ended();
+        // Nothing ends: the wait lasts its timeout.
+        let started = std::time::Instant::now();
+        feed.wait_for_frontier_change(seen, std::time::Duration::from_millis(50));
+        assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+        // A ticket ending on another thread wakes it long before its timeout.
+        let committer = {
+            let feed = std::sync::Arc::clone(&feed);
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let ticket = feed.begin(|| WriteTime(5));
+                feed.finish(ticket);
+            })
+        };
+        let started = std::time::Instant::now();
+        feed.wait_for_frontier_change(seen, std::time::Duration::from_secs(60));
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        assert_eq!(feed.n_tickets_ended(), seen + 1);
+        assert_eq!(feed.frontier().watermark, WriteTime(5));
+        committer.join().expect("committer");
+        // A change already seen returns at once.
+        let started = std::time::Instant::now();
+        feed.wait_for_frontier_change(seen, std::time::Duration::from_secs(60));
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
     }
 
     #[test]

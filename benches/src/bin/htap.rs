@@ -68,6 +68,10 @@ struct Args {
     duckdb: bool,
     row_scan_repeat_max: Duration,
     memory_pool_mib: usize,
+    /// Print `EXPLAIN ANALYZE` of every query on the replica (profiling).
+    explain: bool,
+    /// Skip the row-store scans (profiling the replica against DuckDB).
+    row_scan: bool,
 }
 
 fn args() -> Result<Args> {
@@ -78,6 +82,8 @@ fn args() -> Result<Args> {
         duckdb: true,
         row_scan_repeat_max: ROW_SCAN_REPEAT_MAX_DEFAULT,
         memory_pool_mib: MEMORY_POOL_MIB_DEFAULT,
+        explain: false,
+        row_scan: true,
     };
     let mut iter = std::env::args().skip(1);
     while let Some(arg) = iter.next() {
@@ -86,6 +92,8 @@ fn args() -> Result<Args> {
             "--clicks" => args.clicks = iter.next().context("--clicks N")?.parse()?,
             "--runs" => args.runs = iter.next().context("--runs N")?.parse()?,
             "--no-duckdb" => args.duckdb = false,
+            "--explain" => args.explain = true,
+            "--no-row-scan" => args.row_scan = false,
             "--memory-pool-mib" => {
                 args.memory_pool_mib = iter.next().context("--memory-pool-mib N")?.parse()?
             }
@@ -926,6 +934,21 @@ fn main() -> Result<()> {
         merging.elapsed().as_secs_f64()
     );
     let row_segment_scans = replica.n_row_segment_scans();
+    if args.explain {
+        for (name, query) in QUERIES {
+            let result = db.sql(&format!("EXPLAIN ANALYZE /*+ COLUMNAR */ {query}"))?;
+            println!("--- {name}");
+            for batch in &result.batches {
+                for row in 0..batch.num_rows() {
+                    let mut cells = Vec::new();
+                    for column in batch.columns() {
+                        cells.push(arrow::util::display::array_value_to_string(column, row)?);
+                    }
+                    println!("{}", cells.join(" | "));
+                }
+            }
+        }
+    }
 
     // Concord first: its first runs are cold (the Parquet export for DuckDB
     // reads every table through the replica and would fill its scan cache).
@@ -933,13 +956,18 @@ fn main() -> Result<()> {
     for (name, query) in QUERIES {
         let (first, replica, rows, _) =
             time_concord(&db, query, StoreChoice::Columnar, args.runs, Duration::MAX)?;
-        let (_, scan, scan_rows, scan_runs) = time_concord(
-            &db,
-            query,
-            StoreChoice::RowStore,
-            args.runs,
-            args.row_scan_repeat_max,
-        )?;
+        let (scan, scan_rows, scan_runs) = if args.row_scan {
+            let (_, scan, scan_rows, scan_runs) = time_concord(
+                &db,
+                query,
+                StoreChoice::RowStore,
+                args.runs,
+                args.row_scan_repeat_max,
+            )?;
+            (Some(scan), scan_rows, scan_runs)
+        } else {
+            (None, rows, args.runs)
+        };
         if rows != scan_rows {
             bail!("{name}: the replica returned {rows} rows, the row store {scan_rows}");
         }
@@ -985,19 +1013,24 @@ fn main() -> Result<()> {
             }
             None => ("-".into(), "-".into()),
         };
-        let speedup = ms(scan) / ms(replica);
-        scan_over_replica.push(speedup);
-        let scan_ms = if scan_runs < args.runs {
-            n_single_scans += 1;
-            format!("{:.1}*", ms(scan))
-        } else {
-            format!("{:.1}", ms(scan))
+        let (scan_ms, speedup) = match scan {
+            Some(scan) => {
+                let speedup = ms(scan) / ms(replica);
+                scan_over_replica.push(speedup);
+                let star = if scan_runs < args.runs {
+                    n_single_scans += 1;
+                    "*"
+                } else {
+                    ""
+                };
+                (format!("{:.1}{star}", ms(scan)), format!("{speedup:.1}x"))
+            }
+            None => ("-".into(), "-".into()),
         };
         println!(
-            "{name:<30} {:>11.1} {:>11.1} {scan_ms:>11} {duck_ms:>11} {ratio:>14} {:>15.1}x {rows:>6}",
+            "{name:<30} {:>11.1} {:>11.1} {scan_ms:>11} {duck_ms:>11} {ratio:>14} {speedup:>16} {rows:>6}",
             ms(first),
             ms(replica),
-            speedup
         );
     }
     if n_single_scans > 0 {
