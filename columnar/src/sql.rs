@@ -64,6 +64,8 @@ use datafusion::physical_plan::union::UnionExec;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{self, VisitMut, VisitorMut};
 
+pub mod distributed;
+
 /// The hidden column with the newest write time of a row's live cells.
 pub const WRITE_TIME_COLUMN: &str = "_concord_write_time";
 /// The hidden column saying whether a row is a deletion (change capture).

@@ -109,6 +109,9 @@ impl Drop for Analytics {
 
 /// The meta-family key holding the schema.
 const SCHEMA_KEY: &[u8] = b"schema";
+/// The router's reason when a replica query leaves this node.
+const DISTRIBUTED_REASON: &str = "scan, aggregate or join over partitions, distributed: this node \
+     does not hold every token range, so each range is read once from one replica";
 /// The most reads and mutations one transaction may carry.
 pub const TRANSACTION_OPERATIONS_MAX: usize = 10_000;
 
@@ -925,6 +928,7 @@ impl<E: Engine> Db<E> {
     /// `ResourcesExhausted` past the concurrency limit or memory pool;
     /// `SnapshotTimeout` when the replica does not reach the snapshot in
     /// time; `Internal` when analytics were never started.
+    #[allow(clippy::too_many_lines)]
     pub fn sql_with(
         &self,
         query: &str,
@@ -943,7 +947,7 @@ impl<E: Engine> Db<E> {
             .keyspaces()
             .flat_map(|keyspace| keyspace.tables.values().cloned())
             .collect();
-        let (store, reason) = match choice {
+        let (store, mut reason) = match choice {
             StoreChoice::RowStore => (Store::RowStore, "forced by hint or option"),
             StoreChoice::Columnar => (Store::Columnar, "forced by hint or option"),
             StoreChoice::Auto => {
@@ -976,7 +980,27 @@ impl<E: Engine> Db<E> {
                         max_staleness,
                     },
                 };
-                let result = columnar.sql(query, snapshot)?;
+                // A cluster member that does not hold every token range
+                // reads the others from their replicas (crate::dist_sql).
+                let distributed = self
+                    .cluster_meta()
+                    .and_then(|cluster| cluster.meta())
+                    .and_then(|meta| {
+                        let view = meta.view();
+                        let distribution = crate::dist_sql::distribution(&view, meta.id())?;
+                        (!distribution.is_local()).then_some((distribution, view))
+                    });
+                let result = match distributed {
+                    Some((distribution, view)) => {
+                        reason = DISTRIBUTED_REASON;
+                        let runner = Arc::new(crate::dist_sql::FlightRunner { view });
+                        let (result, stats) =
+                            columnar.sql_distributed(query, snapshot, distribution, runner)?;
+                        tracing::debug!(?stats, "distributed query");
+                        result
+                    }
+                    None => columnar.sql(query, snapshot)?,
+                };
                 (Some(result.snapshot), result.schema, result.batches)
             }
         };

@@ -381,6 +381,53 @@ impl FlightSqlService for FlightSql {
         self.execute(query).await
     }
 
+    /// A fragment of a distributed query another node coordinates
+    /// (`crate::dist_sql`, design/cluster.md "Distributed analytics").
+    async fn do_get_fallback(
+        &self,
+        _request: Request<Ticket>,
+        message: arrow_flight::sql::Any,
+    ) -> Result<Response<DoGetStream>, Status> {
+        if message.type_url == crate::dist_sql::PROBE_TICKET_TYPE {
+            let columnar = self
+                .db
+                .columnar()
+                .ok_or_else(|| Status::failed_precondition("this node has no columnar replica"))?;
+            let (watermark, horizon) = columnar.watermarks();
+            let batch = crate::dist_sql::probe_answer(watermark.0, horizon.0);
+            let schema = batch
+                .as_ref()
+                .map(arrow::array::RecordBatch::schema)
+                .map_err(|error| Status::internal(error.to_string()))?;
+            return one_batch(schema, batch);
+        }
+        if message.type_url != crate::dist_sql::FRAGMENT_TICKET_TYPE {
+            return Err(Status::unimplemented(format!(
+                "do_get: unknown ticket type {}",
+                message.type_url
+            )));
+        }
+        if message.value.len() > crate::dist_sql::FRAGMENT_TICKET_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "a fragment ticket of {} bytes (FRAGMENT_TICKET_BYTES_MAX {})",
+                message.value.len(),
+                crate::dist_sql::FRAGMENT_TICKET_BYTES_MAX
+            )));
+        }
+        let request: concord_columnar::sql::distributed::FragmentRequest =
+            serde_json::from_slice(&message.value)
+                .map_err(|error| Status::invalid_argument(format!("fragment ticket: {error}")))?;
+        let columnar = self
+            .db
+            .columnar()
+            .ok_or_else(|| Status::failed_precondition("this node has no columnar replica"))?;
+        let (schema, batches) = columnar
+            .fragment_async(request)
+            .await
+            .map_err(|error| status(sqlstate::from_sql(&error)))?;
+        Ok(Response::new(stream_batches(schema, batches)))
+    }
+
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,

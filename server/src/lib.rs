@@ -17,6 +17,7 @@ pub mod cluster_meta;
 pub mod config;
 pub mod cql;
 pub mod db;
+pub mod dist_sql;
 pub mod error;
 pub mod flight;
 pub mod grpc;

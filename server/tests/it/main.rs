@@ -6,6 +6,7 @@
 mod analytics;
 mod binary;
 mod cluster;
+mod cluster_analytics;
 mod cluster_cli;
 mod cluster_data;
 mod cluster_peers;
