@@ -110,8 +110,8 @@ impl Drop for Analytics {
 /// The meta-family key holding the schema.
 const SCHEMA_KEY: &[u8] = b"schema";
 /// The router's reason when a replica query leaves this node.
-const DISTRIBUTED_REASON: &str = "scan, aggregate or join over partitions, distributed: this node \
-     does not hold every token range, so each range is read once from one replica";
+const DISTRIBUTED_REASON: &str = "distributed: this node does not hold every token range, so \
+     each range is read once from one replica (partition lookups too)";
 /// The most reads and mutations one transaction may carry.
 pub const TRANSACTION_OPERATIONS_MAX: usize = 10_000;
 
@@ -947,9 +947,21 @@ impl<E: Engine> Db<E> {
             .keyspaces()
             .flat_map(|keyspace| keyspace.tables.values().cloned())
             .collect();
+        // A cluster member that does not hold every token range reads the
+        // others from their replicas (crate::dist_sql); its row store may
+        // lack the partition a lookup pins, so lookups go there too.
+        let distributed = self
+            .cluster_meta()
+            .and_then(|cluster| cluster.meta())
+            .and_then(|meta| {
+                let view = meta.view();
+                let distribution = crate::dist_sql::distribution(&view, meta.id())?;
+                (!distribution.is_local()).then_some((distribution, view))
+            });
         let (store, mut reason) = match choice {
             StoreChoice::RowStore => (Store::RowStore, "forced by hint or option"),
             StoreChoice::Columnar => (Store::Columnar, "forced by hint or option"),
+            StoreChoice::Auto if distributed.is_some() => (Store::Columnar, DISTRIBUTED_REASON),
             StoreChoice::Auto => {
                 if columnar.pins_partitions(query, &tables)? {
                     (
@@ -980,16 +992,6 @@ impl<E: Engine> Db<E> {
                         max_staleness,
                     },
                 };
-                // A cluster member that does not hold every token range
-                // reads the others from their replicas (crate::dist_sql).
-                let distributed = self
-                    .cluster_meta()
-                    .and_then(|cluster| cluster.meta())
-                    .and_then(|meta| {
-                        let view = meta.view();
-                        let distribution = crate::dist_sql::distribution(&view, meta.id())?;
-                        (!distribution.is_local()).then_some((distribution, view))
-                    });
                 let result = match distributed {
                     Some((distribution, view)) => {
                         reason = DISTRIBUTED_REASON;

@@ -146,6 +146,18 @@ async fn check_answers(member: &Member, options: SqlOptions, who: &str) {
     let maxs: Vec<i64> = want.values().map(|vs| *vs.iter().max().unwrap()).collect();
     assert_eq!(ints(&grouped, 5), maxs, "maxs through {who}");
 
+    // Partition lookups: this node may not hold the partition, so in a
+    // distributed cluster they read the replica that does.
+    for k in [0, 17, 118, ROWS - 1] {
+        let found = sql(
+            member,
+            &format!("SELECT v FROM ks.t WHERE k = {k}"),
+            options,
+        )
+        .await;
+        assert_eq!(ints(&found, 0), vec![value(k)], "k = {k} through {who}");
+    }
+
     // A join: each side's scan is a fragment, the join runs here.
     let joined = sql(
         member,
