@@ -5,6 +5,7 @@
 //! `Columnar` replica following the feed.
 
 mod differential;
+mod distributed;
 mod follower;
 mod restart;
 mod row_segments;
