@@ -1070,6 +1070,12 @@ impl<E: Engine> Db<E> {
         self.cluster_meta.set(meta).is_ok()
     }
 
+    /// The accord runtime's counters (commits, fast and slow path, messages); `None` in
+    /// direct mode and on a cluster member awaiting its cluster.
+    pub fn accord_stats(&self) -> Option<&concord_cluster::runtime::RuntimeStats> {
+        self.accord.as_ref().map(|accord| accord.runtime.stats())
+    }
+
     /// The cluster handle of a cluster member; `None` on a single node.
     pub fn cluster_meta(&self) -> Option<&Arc<crate::cluster_meta::ClusterMeta>> {
         self.cluster_meta.get()

@@ -41,7 +41,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use concord_txn::messages::Message;
-use concord_txn::node::{ClientRequestId, Effects, Input, Node, NodeConfig, Outcome, Timer};
+use concord_txn::node::{
+    ClientRequestId, Effects, Input, Node, NodeConfig, NodeStats, Outcome, Timer,
+};
 use concord_txn::storage::{DataStore, Journal};
 use concord_txn::timestamp::{Epoch, LocalTime, NodeId, Timestamp};
 use concord_txn::topology::Topology;
@@ -213,6 +215,22 @@ pub struct RuntimeStats {
     /// Peer messages dropped waiting for their epoch (over [`EPOCH_WAIT_MESSAGES_MAX`] or
     /// [`EPOCH_WAIT_TIMEOUT`]).
     pub epoch_dropped: AtomicU64,
+    /// Transactions this node's coordinator committed on the fast path (one round trip:
+    /// PreAccept and a fast quorum of replies agreeing on executeAt = TxnId), summed over
+    /// every Node this runtime opened (`NodeStats::fast_path_commits`).
+    pub fast_path_commits: AtomicU64,
+    /// Transactions this node's coordinator committed on the slow path (an Accept round
+    /// after PreAccept: two round trips).
+    pub slow_path_commits: AtomicU64,
+    /// Recoveries this node started (a transaction whose coordinator went quiet).
+    pub recoveries_started: AtomicU64,
+    /// Transactions this node's coordinator invalidated (no quorum witnessed them).
+    pub invalidations: AtomicU64,
+    /// Protocol messages handed to [`Peers::send`] (to other nodes; messages to itself are
+    /// handled in place and not counted).
+    pub messages_sent: AtomicU64,
+    /// Protocol messages from peers handed to the Node.
+    pub messages_received: AtomicU64,
 }
 
 enum Work {
@@ -717,12 +735,51 @@ impl Driver {
     }
 
     fn step(&mut self, input: Input) -> concord_txn::Result<()> {
+        if let Input::Message { from, .. } = &input
+            && *from != self.node.id()
+        {
+            self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        }
+        let before = self.node.stats().clone();
         self.observer.before_step(self.node.apply_floor());
         let result = self.node.handle(self.clock.now(), input);
         self.observer.after_step(self.node.apply_floor());
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.count_protocol(&before);
         self.absorb(result?);
         Ok(())
+    }
+
+    /// Adds what the Node's counters gained in one step to [`RuntimeStats`] (a reopened Node
+    /// counts from zero again; the runtime's sums go on).
+    fn count_protocol(&self, before: &NodeStats) {
+        let after = self.node.stats();
+        let add = |counter: &AtomicU64, before: u64, after: u64| {
+            let gained = after.saturating_sub(before);
+            if gained > 0 {
+                counter.fetch_add(gained, Ordering::Relaxed);
+            }
+        };
+        add(
+            &self.stats.fast_path_commits,
+            before.fast_path_commits,
+            after.fast_path_commits,
+        );
+        add(
+            &self.stats.slow_path_commits,
+            before.slow_path_commits,
+            after.slow_path_commits,
+        );
+        add(
+            &self.stats.recoveries_started,
+            before.recoveries_started,
+            after.recoveries_started,
+        );
+        add(
+            &self.stats.invalidations,
+            before.invalidations,
+            after.invalidations,
+        );
     }
 
     fn absorb(&mut self, effects: Effects) {
@@ -739,6 +796,9 @@ impl Driver {
             }
         }
         for (to, messages) in outgoing {
+            self.stats
+                .messages_sent
+                .fetch_add(messages.len() as u64, Ordering::Relaxed);
             self.peers.send(to, messages);
         }
         for (at, timer) in effects.timers {

@@ -15,6 +15,7 @@ use concord_storage::value::{ClusteringOrder, CqlValue};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use concord_cluster::meta::state::{NodeIdx, NodeStatus};
 use concord_cluster::meta::view::ClusterView;
@@ -419,7 +420,10 @@ fn peer_rows(shared: &Shared, schema: &Schema, v2: bool) -> Vec<Vec<Option<CqlVa
 /// `system.concord_status`: one row about this node for operators
 /// (`concord cluster status`): its node id and applied schema log version
 /// (cluster members), the change feed's commit watermark and end position,
-/// and how far the columnar replica is behind them (null without one).
+/// how far the columnar replica is behind them (null without one), and the
+/// accord runtime's counters since it started (null in direct mode):
+/// transactions committed through this node, on the fast and the slow path,
+/// recoveries started, protocol messages sent to and received from peers.
 fn concord_status(shared: &Shared) -> Rows {
     let spec = columns(&[
         ("key", CqlType::Text, PK),
@@ -430,6 +434,12 @@ fn concord_status(shared: &Shared) -> Rows {
         ("columnar_watermark", CqlType::Bigint, REG),
         ("columnar_records_behind", CqlType::Bigint, REG),
         ("columnar_lag_ms", CqlType::Bigint, REG),
+        ("txn_committed", CqlType::Bigint, REG),
+        ("txn_fast_path", CqlType::Bigint, REG),
+        ("txn_slow_path", CqlType::Bigint, REG),
+        ("txn_recoveries", CqlType::Bigint, REG),
+        ("txn_messages_sent", CqlType::Bigint, REG),
+        ("txn_messages_received", CqlType::Bigint, REG),
     ]);
     let bigint = |value: u64| Some(CqlValue::Bigint(i64::try_from(value).unwrap_or(i64::MAX)));
     let cluster = shared.db.cluster_meta();
@@ -438,6 +448,10 @@ fn concord_status(shared: &Shared) -> Rows {
         .map(|meta| meta.id());
     let frontier = shared.db.feed().frontier();
     let replica = shared.db.columnar().map(|columnar| columnar.replica());
+    let accord = shared.db.accord_stats();
+    let counter = |read: fn(&concord_cluster::runtime::RuntimeStats) -> &AtomicU64| {
+        accord.and_then(|stats| bigint(read(stats).load(Ordering::Relaxed)))
+    };
     let row = vec![
         text("local"),
         node.map(|node| CqlValue::Int(i32::try_from(node).unwrap_or(i32::MAX))),
@@ -463,6 +477,12 @@ fn concord_status(shared: &Shared) -> Rows {
                     / 1000,
             )
         }),
+        counter(|stats| &stats.committed),
+        counter(|stats| &stats.fast_path_commits),
+        counter(|stats| &stats.slow_path_commits),
+        counter(|stats| &stats.recoveries_started),
+        counter(|stats| &stats.messages_sent),
+        counter(|stats| &stats.messages_received),
     ];
     (spec, vec![row])
 }

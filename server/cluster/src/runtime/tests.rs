@@ -109,8 +109,15 @@ fn transactions_commit_and_replies_arrive() {
             (0..10).collect::<Vec<_>>()
         );
     }
-    assert_eq!(runtime.stats().committed.load(Ordering::Relaxed), 60);
-    assert!(runtime.stats().committed_max_hlc.load(Ordering::Relaxed) >= last.hlc);
+    let stats = runtime.stats();
+    assert_eq!(stats.committed.load(Ordering::Relaxed), 60);
+    assert!(stats.committed_max_hlc.load(Ordering::Relaxed) >= last.hlc);
+    // One node: its own PreAccept is the whole fast quorum, every commit takes the fast
+    // path, and no message leaves the node.
+    assert_eq!(stats.fast_path_commits.load(Ordering::Relaxed), 60);
+    assert_eq!(stats.slow_path_commits.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.messages_sent.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.messages_received.load(Ordering::Relaxed), 0);
 }
 
 /// Blocks the Node's thread in its first step after the open (the journal replay is reported

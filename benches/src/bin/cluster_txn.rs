@@ -1,0 +1,719 @@
+//! Transactions on a local 3-node cluster (issue 6, "Measure"): latency p50/p99, throughput,
+//! the share of fast-path commits and the protocol messages per transaction, uncontended,
+//! contended and multi-shard, then with one node stopped; beside it, the same client load on
+//! one `concord start` node alone in accord mode (no network round trip: the reference row).
+//!
+//! One run: three `concord start` processes on loopback (node 1 bootstraps, 2 and 3 join;
+//! own ports and data directories under a temporary directory), a keyspace of RF 3 and a table
+//! `bench.t (k bigint PRIMARY KEY, v bigint)`; `--clients-per-node` concurrent clients per
+//! node, each its own gRPC connection (the Rust SDK, `concord-client`), each waiting for its
+//! transaction before the next (closed loop), for `--seconds` per scenario:
+//!
+//! - `single`: one-row upserts (`write_rows`, one partition: one shard), every key distinct;
+//! - `hot`: the same on `--hot-keys` keys shared by every client (write-write conflicts);
+//! - `multi`: transactions (`transact`) reading and upserting `--keys-per-txn` random
+//!   partitions (random tokens: with 48 ranges two keys share a shard 1 time in 48);
+//! - then node 3 is stopped (`--stop kill`: SIGKILL, or `term`) and `single` and `multi` run
+//!   again with the clients of nodes 1 and 2.
+//!
+//! Latencies are measured by the clients (submit to answer). The fast-path share and the
+//! message counts are the nodes' own counters (`system.concord_status`: `txn_fast_path`,
+//! `txn_slow_path`, `txn_messages_sent`), read before and after each scenario from every live
+//! node and summed; "msgs/txn" is messages sent between nodes (durability rounds included) per
+//! answered transaction. "delays" is the message delays before the reply implied by the path
+//! mix: 2 on the fast path (PreAccept out, replies back), 4 on the slow path (an Accept round
+//! more); with RF 3 on 3 nodes every coordinator is a replica of every shard, so the read is
+//! local and adds none.
+//!
+//! The reference: one node (`txn_mode = "accord"`, no cluster), the same clients, `single` and
+//! `multi`. `--runs N` repeats everything on fresh processes and prints the medians.
+//!
+//! Run: `cargo run --profile bench -p concord-benches --bin cluster_txn -- [--seconds 3]
+//! [--runs 1] [--clients-per-node 2] [--hot-keys 4] [--keys-per-txn 2] [--journal engine|log]
+//! [--stop kill|term] [--concord PATH]`. Without `--concord` the bench builds the `concord`
+//! binary with the same profile (`cargo build`) and runs it from its own directory.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use concord_benches::{median, quantile};
+use concord_client::{Client, Row, Transaction};
+
+/// How long a node may take to print `ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node may take to know the table after the DDL went through node 1.
+const SCHEMA_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopped node may take to exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client's pause after a failed transaction (a refused connection fails at once).
+const ERROR_BACKOFF: Duration = Duration::from_millis(10);
+/// The most keys a `multi` transaction may touch (the SDK's rows per call are bounded too).
+const KEYS_PER_TXN_MAX: usize = 16;
+/// The counters of `system.concord_status` the bench reads.
+const COUNTERS: [&str; 4] = [
+    "txn_committed",
+    "txn_fast_path",
+    "txn_slow_path",
+    "txn_messages_sent",
+];
+const KEYSPACE: &str = "bench";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Kill,
+    Term,
+}
+
+struct Args {
+    seconds: f64,
+    runs: usize,
+    clients_per_node: usize,
+    hot_keys: i64,
+    keys_per_txn: usize,
+    journal: String,
+    stop: Stop,
+    concord: Option<PathBuf>,
+}
+
+fn args() -> Result<Args> {
+    let mut args = Args {
+        seconds: 3.0,
+        runs: 1,
+        clients_per_node: 2,
+        hot_keys: 4,
+        keys_per_txn: 2,
+        journal: "engine".to_owned(),
+        stop: Stop::Kill,
+        concord: None,
+    };
+    let mut iter = std::env::args().skip(1);
+    while let Some(flag) = iter.next() {
+        let value = iter.next();
+        match (flag.as_str(), value) {
+            ("--seconds", Some(value)) => args.seconds = value.parse()?,
+            ("--runs", Some(value)) => args.runs = value.parse()?,
+            ("--clients-per-node", Some(value)) => args.clients_per_node = value.parse()?,
+            ("--hot-keys", Some(value)) => args.hot_keys = value.parse()?,
+            ("--keys-per-txn", Some(value)) => args.keys_per_txn = value.parse()?,
+            ("--journal", Some(value)) if value == "engine" || value == "log" => {
+                args.journal = value;
+            }
+            ("--stop", Some(value)) => {
+                args.stop = match value.as_str() {
+                    "kill" => Stop::Kill,
+                    "term" => Stop::Term,
+                    other => bail!("--stop {other}: kill or term"),
+                }
+            }
+            ("--concord", Some(value)) => args.concord = Some(PathBuf::from(value)),
+            (other, _) => bail!("unknown or incomplete flag {other} (see the file's header)"),
+        }
+    }
+    if args.seconds.is_nan() || args.seconds <= 0.0 || args.runs == 0 || args.clients_per_node == 0
+    {
+        bail!("--seconds, --runs and --clients-per-node must be positive");
+    }
+    if args.hot_keys < 1 || !(2..=KEYS_PER_TXN_MAX).contains(&args.keys_per_txn) {
+        bail!("--hot-keys must be at least 1, --keys-per-txn within 2..={KEYS_PER_TXN_MAX}");
+    }
+    Ok(args)
+}
+
+/// The `concord` binary: `--concord`, else built by cargo (same profile) next to this one.
+fn concord_binary(args: &Args) -> Result<PathBuf> {
+    if let Some(path) = &args.concord {
+        return Ok(path.clone());
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the bench binary has no directory")?;
+    if let Ok(cargo) = std::env::var("CARGO") {
+        // Under `cargo run`: make sure the node binary is current (a no-op when it is).
+        let profile = if dir.ends_with("release") {
+            "bench"
+        } else {
+            "dev"
+        };
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--profile",
+                profile,
+                "-p",
+                "concord-server",
+                "--bin",
+                "concord",
+            ])
+            .status()?;
+        if !status.success() {
+            bail!("cargo build of the concord binary failed");
+        }
+    }
+    let path = dir.join("concord");
+    if !path.exists() {
+        bail!(
+            "no concord binary at {}: build it (cargo build --profile bench -p concord-server \
+             --bin concord) or pass --concord PATH",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A started `concord start` process.
+struct Node {
+    id: u32,
+    child: Child,
+    grpc: String,
+    cluster: Option<String>,
+}
+
+impl Node {
+    /// Starts node `id` on `dir` (data, config, logs) and waits for `ready`. `cluster`:
+    /// `None` for a node alone in accord mode, `Some(None)` to bootstrap, `Some(Some(seed))`
+    /// to join.
+    fn start(
+        binary: &Path,
+        dir: &Path,
+        id: u32,
+        journal: &str,
+        cluster: Option<Option<&str>>,
+    ) -> Result<Node> {
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("concord.toml");
+        let mut text = format!("txn_journal = \"{journal}\"\n");
+        if cluster.is_none() {
+            text.push_str("txn_mode = \"accord\"\n");
+        }
+        std::fs::write(&config, text)?;
+        let mut command = Command::new(binary);
+        command
+            .arg("start")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args([
+                "--cql-listen-address",
+                "127.0.0.1:0",
+                "--pg-listen-address",
+                "127.0.0.1:0",
+                "--grpc-listen-address",
+                "127.0.0.1:0",
+                "--log-filter",
+                "warn",
+                "--node-id",
+                &id.to_string(),
+            ]);
+        if let Some(seed) = cluster {
+            command.args(["--cluster-listen-address", "127.0.0.1:0"]);
+            if let Some(seed) = seed {
+                command.args(["--join", seed]);
+            }
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(File::create(dir.join("stderr.log"))?))
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        // One thread per node drains stdout into its log (a full pipe would stall the node)
+        // and passes the lines up to `ready` to this one.
+        let (sender, lines) = mpsc::channel();
+        let mut log = File::create(dir.join("stdout.log"))?;
+        std::thread::spawn(move || {
+            let mut ready = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(log, "{line}");
+                if !ready {
+                    ready = line == "ready";
+                    let _ = sender.send(line);
+                }
+            }
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line == "ready" => break,
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!(
+                        "node {id} did not print ready within {READY_TIMEOUT:?}: {seen:?} \
+                         (see {})",
+                        dir.join("stderr.log").display()
+                    );
+                }
+            }
+        }
+        let value = |prefix: &str| -> Result<String> {
+            seen.iter()
+                .find_map(|line| line.strip_prefix(prefix))
+                .map(str::to_owned)
+                .with_context(|| format!("node {id}: no {prefix:?} line in {seen:?}"))
+        };
+        let grpc = format!("http://{}", value("grpc: listening on ")?);
+        // cluster: node N at ADDR, epoch E, nodes up: ...
+        let cluster = match cluster {
+            None => None,
+            Some(_) => {
+                let line = value("cluster: node ")?;
+                let address = line
+                    .split(" at ")
+                    .nth(1)
+                    .and_then(|rest| rest.split(", epoch ").next())
+                    .with_context(|| format!("node {id}: cluster line {line:?}"))?;
+                Some(address.to_owned())
+            }
+        };
+        Ok(Node {
+            id,
+            child,
+            grpc,
+            cluster,
+        })
+    }
+
+    /// Stops the process (SIGKILL or SIGTERM) and waits for it.
+    fn stop(mut self, how: Stop) -> Result<()> {
+        let signal = match how {
+            Stop::Kill => "-KILL",
+            Stop::Term => "-TERM",
+        };
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill {signal} node {} failed", self.id);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("node {} did not stop within {STOP_TIMEOUT:?}", self.id);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One node's `system.concord_status` counters ([`COUNTERS`], in order), through its gRPC
+/// endpoint (the same CQL executor).
+async fn counters(node: &Node) -> Result<[i64; COUNTERS.len()]> {
+    let client = Client::connect(&node.grpc).await?;
+    let result = client
+        .execute(
+            "",
+            &format!("SELECT {} FROM system.concord_status", COUNTERS.join(", ")),
+            vec![],
+        )
+        .await?;
+    let row = result.rows.first().context("concord_status has no row")?;
+    let mut values = [0; COUNTERS.len()];
+    for (value, name) in values.iter_mut().zip(COUNTERS) {
+        *value = row
+            .get(name)
+            .and_then(|cell| cell.as_i64())
+            .with_context(|| {
+                format!("node {}: no counter {name} (not in accord mode?)", node.id)
+            })?;
+    }
+    Ok(values)
+}
+
+/// The sum of the live nodes' counters.
+async fn total_counters(nodes: &[&Node]) -> Result<[i64; COUNTERS.len()]> {
+    let mut total = [0; COUNTERS.len()];
+    for node in nodes {
+        for (sum, value) in total.iter_mut().zip(counters(node).await?) {
+            *sum += value;
+        }
+    }
+    Ok(total)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// One-row upserts, every key distinct.
+    Single,
+    /// One-row upserts on a few shared keys.
+    Hot,
+    /// Reads and upserts of several random partitions in one transaction.
+    Multi,
+}
+
+/// A small deterministic generator (splitmix64): random partitions without a dependency.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// What one scenario measured.
+#[derive(Debug, Clone, Default)]
+struct Measured {
+    ok: usize,
+    errors: usize,
+    first_error: Option<String>,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    /// Counter deltas over the live nodes ([`COUNTERS`]).
+    deltas: [i64; COUNTERS.len()],
+}
+
+impl Measured {
+    fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+    fn p(&self, q: f64) -> Duration {
+        quantile(&self.latencies, q)
+    }
+    fn fast_share(&self) -> Option<f64> {
+        let (fast, slow) = (self.deltas[1], self.deltas[2]);
+        (fast + slow > 0).then(|| fast as f64 / (fast + slow) as f64)
+    }
+    fn messages_per_txn(&self) -> Option<f64> {
+        (self.ok > 0).then(|| self.deltas[3] as f64 / self.ok as f64)
+    }
+    /// Message delays before the reply implied by the path mix (none on a node alone).
+    fn delays(&self) -> Option<f64> {
+        if self.deltas[3] == 0 {
+            return self.fast_share().map(|_| 0.0);
+        }
+        self.fast_share().map(|s| 2.0 * s + 4.0 * (1.0 - s))
+    }
+}
+
+/// Runs `kind` for `duration` from `clients_per_node` clients on each of `nodes`; `seq`
+/// makes this scenario's keys distinct from every other's.
+async fn scenario(
+    nodes: &[&Node],
+    kind: Kind,
+    args: &Args,
+    duration: Duration,
+    seq: i64,
+) -> Result<Measured> {
+    let mut clients = Vec::new();
+    for node in nodes {
+        for _ in 0..args.clients_per_node {
+            clients.push(Client::connect(&node.grpc).await?);
+        }
+    }
+    let before = total_counters(nodes).await?;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for (index, client) in clients.into_iter().enumerate() {
+        let hot_keys = args.hot_keys;
+        let keys_per_txn = args.keys_per_txn;
+        tasks.push(tokio::spawn(async move {
+            let index = index as i64;
+            let mut rng = (seq as u64) << 32 | index as u64;
+            let mut measured = Measured::default();
+            let mut i: i64 = 0;
+            while Instant::now() < deadline {
+                i += 1;
+                let began = Instant::now();
+                let result = match kind {
+                    Kind::Single => {
+                        let k = (seq << 40) | (index << 32) | i;
+                        let row = Row::new().with("k", k).with("v", i);
+                        client.write_rows(KEYSPACE, "t", vec![row]).await
+                    }
+                    Kind::Hot => {
+                        let k = (seq << 40) | (splitmix(&mut rng) % hot_keys as u64) as i64;
+                        let row = Row::new().with("k", k).with("v", i);
+                        client.write_rows(KEYSPACE, "t", vec![row]).await
+                    }
+                    Kind::Multi => {
+                        let mut txn = Transaction::new(KEYSPACE);
+                        for key in 0..keys_per_txn {
+                            // Random partitions: random tokens, distinct shards mostly.
+                            let k = (seq << 40) | (splitmix(&mut rng) >> 24) as i64;
+                            txn = txn
+                                .read(&format!("r{key}"), "t", Row::new().with("k", k))
+                                .upsert("t", Row::new().with("k", k).with("v", i));
+                        }
+                        client.transact(txn).await.map(|_| ())
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        measured.ok += 1;
+                        measured.latencies.push(began.elapsed());
+                    }
+                    Err(error) => {
+                        measured.errors += 1;
+                        measured
+                            .first_error
+                            .get_or_insert_with(|| error.to_string());
+                        tokio::time::sleep(ERROR_BACKOFF).await;
+                    }
+                }
+            }
+            measured
+        }));
+    }
+    let mut total = Measured::default();
+    for task in tasks {
+        let measured = task.await?;
+        total.ok += measured.ok;
+        total.errors += measured.errors;
+        if total.first_error.is_none() {
+            total.first_error = measured.first_error;
+        }
+        total.latencies.extend(measured.latencies);
+    }
+    total.elapsed = started.elapsed();
+    total.latencies.sort_unstable();
+    let after = total_counters(nodes).await?;
+    for ((delta, after), before) in total.deltas.iter_mut().zip(after).zip(before) {
+        *delta = after - before;
+    }
+    Ok(total)
+}
+
+/// Creates the keyspace (replication factor `rf`) and table through `nodes[0]`, then waits
+/// until every node takes a write to it.
+async fn create_table(nodes: &[&Node], rf: usize) -> Result<()> {
+    let client = Client::connect(&nodes[0].grpc).await?;
+    client
+        .execute(
+            "",
+            &format!(
+                "CREATE KEYSPACE {KEYSPACE} WITH replication = \
+                 {{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"
+            ),
+            vec![],
+        )
+        .await?;
+    client
+        .execute(
+            KEYSPACE,
+            "CREATE TABLE t (k bigint PRIMARY KEY, v bigint)",
+            vec![],
+        )
+        .await?;
+    for node in nodes {
+        let client = Client::connect(&node.grpc).await?;
+        let deadline = Instant::now() + SCHEMA_TIMEOUT;
+        let probe = Row::new().with("k", -i64::from(node.id)).with("v", 0i64);
+        while let Err(error) = client.write_rows(KEYSPACE, "t", vec![probe.clone()]).await {
+            if Instant::now() > deadline {
+                bail!("node {} cannot write to the table: {error}", node.id);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Every scenario's results of one run, by row label.
+type RunResults = Vec<(String, Measured)>;
+
+async fn run_cluster(binary: &Path, dir: &Path, args: &Args, run: usize) -> Result<RunResults> {
+    let duration = Duration::from_secs_f64(args.seconds);
+    let node1 = Node::start(binary, &dir.join("n1"), 1, &args.journal, Some(None))?;
+    let seed = node1
+        .cluster
+        .clone()
+        .context("node 1 has no cluster address")?;
+    let node2 = Node::start(binary, &dir.join("n2"), 2, &args.journal, Some(Some(&seed)))?;
+    let node3 = Node::start(binary, &dir.join("n3"), 3, &args.journal, Some(Some(&seed)))?;
+    let all = [&node1, &node2, &node3];
+    create_table(&all, 3).await?;
+    let seq = |n: i64| (run as i64) * 16 + n;
+    // Warm-up: connections, the table's first ranges; not reported.
+    scenario(&all, Kind::Single, args, duration / 3, seq(0)).await?;
+    let mut results = Vec::new();
+    for (label, kind, n) in [
+        ("3 nodes  single", Kind::Single, 1),
+        ("3 nodes  hot", Kind::Hot, 2),
+        ("3 nodes  multi", Kind::Multi, 3),
+    ] {
+        results.push((
+            label.to_owned(),
+            scenario(&all, kind, args, duration, seq(n)).await?,
+        ));
+    }
+    node3.stop(args.stop)?;
+    let live = [&node1, &node2];
+    for (label, kind, n) in [
+        ("2 of 3   single", Kind::Single, 4),
+        ("2 of 3   multi", Kind::Multi, 5),
+    ] {
+        results.push((
+            label.to_owned(),
+            scenario(&live, kind, args, duration, seq(n)).await?,
+        ));
+    }
+    node2.stop(Stop::Term)?;
+    node1.stop(Stop::Term)?;
+    Ok(results)
+}
+
+async fn run_reference(binary: &Path, dir: &Path, args: &Args, run: usize) -> Result<RunResults> {
+    let duration = Duration::from_secs_f64(args.seconds);
+    let node = Node::start(binary, &dir.join("alone"), 1, &args.journal, None)?;
+    let one = [&node];
+    create_table(&one, 1).await?;
+    // As many clients as the cluster had, all on the one node.
+    let args_one = Args {
+        clients_per_node: args.clients_per_node * 3,
+        concord: None,
+        journal: args.journal.clone(),
+        ..*args
+    };
+    let seq = |n: i64| (run as i64) * 16 + 8 + n;
+    scenario(&one, Kind::Single, &args_one, duration / 3, seq(0)).await?;
+    let mut results = Vec::new();
+    for (label, kind, n) in [
+        ("1 node   single", Kind::Single, 1),
+        ("1 node   multi", Kind::Multi, 2),
+    ] {
+        results.push((
+            label.to_owned(),
+            scenario(&one, kind, &args_one, duration, seq(n)).await?,
+        ));
+    }
+    node.stop(Stop::Term)?;
+    Ok(results)
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn print_row(label: &str, m: &Measured) {
+    let share = m
+        .fast_share()
+        .map_or_else(|| "n/a".to_owned(), |s| format!("{:.1}%", s * 100.0));
+    let delays = m
+        .delays()
+        .map_or_else(|| "n/a".to_owned(), |d| format!("{d:.2}"));
+    let messages = m
+        .messages_per_txn()
+        .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}"));
+    println!(
+        "{label:<16} {:>9.0} {:>8.2} {:>8.2} {:>8} {:>7} {:>9} {:>7}",
+        m.throughput(),
+        ms(m.p(0.50)),
+        ms(m.p(0.99)),
+        share,
+        delays,
+        messages,
+        m.errors,
+    );
+    if let Some(error) = &m.first_error {
+        println!("{:<16} first error: {error}", "");
+    }
+}
+
+fn header() {
+    println!(
+        "{:<16} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>7}",
+        "scenario", "txn/s", "p50 ms", "p99 ms", "fast", "delays", "msgs/txn", "errors"
+    );
+}
+
+fn main() -> Result<()> {
+    let args = args()?;
+    let binary = concord_binary(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let scratch = tempfile::tempdir()?;
+    println!(
+        "cluster_txn bench: 3 local nodes (RF 3) and 1 node alone, {} clients per node, {} s \
+         per scenario, {} run(s), txn_journal = {}, node 3 stopped with {:?}, hot keys {}, \
+         keys per multi transaction {}",
+        args.clients_per_node,
+        args.seconds,
+        args.runs,
+        args.journal,
+        args.stop,
+        args.hot_keys,
+        args.keys_per_txn
+    );
+    let mut all: BTreeMap<String, Vec<Measured>> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for run in 0..args.runs {
+        let dir = scratch.path().join(format!("run{run}"));
+        let mut results = runtime.block_on(run_cluster(&binary, &dir, &args, run))?;
+        results.extend(runtime.block_on(run_reference(&binary, &dir, &args, run))?);
+        println!("run {}:", run + 1);
+        header();
+        for (label, measured) in results {
+            print_row(&label, &measured);
+            if !order.contains(&label) {
+                order.push(label.clone());
+            }
+            all.entry(label).or_default().push(measured);
+        }
+    }
+    if args.runs > 1 {
+        println!(
+            "medians of {} runs (each column its own median):",
+            args.runs
+        );
+        header();
+        for label in &order {
+            let runs = &all[label];
+            let pick = |f: &dyn Fn(&Measured) -> f64| {
+                let mut values: Vec<Duration> = runs
+                    .iter()
+                    .map(|m| Duration::from_secs_f64(f(m).max(0.0)))
+                    .collect();
+                median(&mut values).as_secs_f64()
+            };
+            let throughput = pick(&|m| m.throughput());
+            let p50 = pick(&|m| m.p(0.50).as_secs_f64()) * 1000.0;
+            let p99 = pick(&|m| m.p(0.99).as_secs_f64()) * 1000.0;
+            let fast = pick(&|m| m.fast_share().unwrap_or(0.0));
+            let delays = pick(&|m| m.delays().unwrap_or(0.0));
+            let messages = pick(&|m| m.messages_per_txn().unwrap_or(0.0));
+            let errors = pick(&|m| m.errors as f64);
+            println!(
+                "{label:<16} {throughput:>9.0} {p50:>8.2} {p99:>8.2} {:>8} {delays:>7.2} \
+                 {messages:>9.1} {errors:>7.0}",
+                format!("{:.1}%", fast * 100.0),
+            );
+        }
+    }
+    let p99 = all
+        .get("3 nodes  single")
+        .map(|runs| {
+            let mut values: Vec<Duration> = runs.iter().map(|m| m.p(0.99)).collect();
+            median(&mut values)
+        })
+        .unwrap_or_default();
+    println!(
+        "target (issue 6): uncontended single-shard p99 <= 10 ms: {:.2} ms, {}",
+        ms(p99),
+        if p99 <= Duration::from_millis(10) {
+            "met"
+        } else {
+            "not met"
+        }
+    );
+    Ok(())
+}
