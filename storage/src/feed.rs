@@ -161,6 +161,8 @@ impl Drop for SharedFeedTicket {
 struct InFlight {
     write_time: WriteTime,
     first_position: Option<u64>,
+    /// Its last record's position.
+    last_position: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -168,9 +170,33 @@ struct FeedState {
     next_position: u64,
     next_ticket: u64,
     in_flight: BTreeMap<u64, InFlight>,
+    /// Finished tickets with a record at or above the frontier's
+    /// `position_end` (a ticket still in flight appended below it):
+    /// last position → write time. They bound the watermark until
+    /// `position_end` passes them, else a record at a position not yet
+    /// published could carry a write time the watermark already passed.
+    finished_above: BTreeMap<u64, WriteTime>,
     write_time_max: WriteTime,
     /// Tickets finished since open: the frontier can only move when it does.
     n_tickets_ended: u64,
+}
+
+impl FeedState {
+    /// Every record below it is written or held by no ticket in flight.
+    fn position_end(&self) -> u64 {
+        self.in_flight
+            .values()
+            .filter_map(|in_flight| in_flight.first_position)
+            .min()
+            .unwrap_or(self.next_position)
+    }
+
+    /// Drops the finished tickets whose records are all below `position_end`
+    /// (their last one is).
+    fn prune_finished(&mut self) {
+        let position_end = self.position_end();
+        self.finished_above = self.finished_above.split_off(&position_end);
+    }
 }
 
 /// The node's change-feed writer: assigns positions and tracks the frontier.
@@ -209,6 +235,7 @@ impl ChangeFeed {
                 next_position,
                 next_ticket: 0,
                 in_flight: BTreeMap::new(),
+                finished_above: BTreeMap::new(),
                 write_time_max,
                 n_tickets_ended: 0,
             }),
@@ -283,6 +310,15 @@ impl ChangeFeed {
         let mut state = self.state.lock();
         let removed = state.in_flight.remove(&id);
         assert!(removed.is_some(), "change feed: ticket finished twice");
+        if let Some(InFlight {
+            write_time,
+            last_position: Some(last),
+            ..
+        }) = removed
+        {
+            state.finished_above.insert(last, write_time);
+        }
+        state.prune_finished();
         state.n_tickets_ended += 1;
         if state.in_flight.is_empty() {
             self.drained.notify_all();
@@ -337,6 +373,7 @@ impl ChangeFeed {
             InFlight {
                 write_time,
                 first_position: None,
+                last_position: None,
             },
         );
         (id, write_time)
@@ -382,6 +419,7 @@ impl ChangeFeed {
             .get_mut(&ticket)
             .ok_or_else(|| Error::Internal("feed append with a finished ticket".into()))?;
         in_flight.first_position.get_or_insert(position);
+        in_flight.last_position = Some(position);
         state.next_position += 1;
         drop(state);
         batch.put(Family::Feed, FeedPosition(position).key().to_vec(), bytes);
@@ -419,13 +457,21 @@ impl ChangeFeed {
     /// What consumers may read now.
     pub fn frontier(&self) -> FeedFrontier {
         let state = self.state.lock();
-        let position_end = state
+        let position_end = state.position_end();
+        // In flight, and finished with records at or above position_end
+        // (`prune_finished` keeps exactly those).
+        let oldest = state
             .in_flight
             .values()
-            .filter_map(|in_flight| in_flight.first_position)
-            .min()
-            .unwrap_or(state.next_position);
-        let watermark = match state.in_flight.values().map(|i| i.write_time).min() {
+            .map(|i| i.write_time)
+            .chain(
+                state
+                    .finished_above
+                    .range(position_end..)
+                    .map(|(_, write_time)| *write_time),
+            )
+            .min();
+        let watermark = match oldest {
             Some(oldest) => WriteTime(oldest.0.saturating_sub(1)),
             None => state.write_time_max,
         };
@@ -1245,6 +1291,38 @@ mod tests {
         let started = std::time::Instant::now();
         feed.wait_for_frontier_change(seen, std::time::Duration::from_secs(60));
         assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_finished_ticket_above_the_position_end_still_bounds_the_watermark() {
+        let engine = MemoryEngine::new(EngineOptions::default());
+        let feed = ChangeFeed::open(&engine).expect("open");
+        let def = table(0);
+        // A takes the lower write time, B the higher; B appends first.
+        let a = feed.begin(|| WriteTime(10));
+        let b = feed.begin(|| WriteTime(20));
+        let mut batch = WriteBatch::new();
+        let b_position = feed
+            .append(&b, &mut batch, &def, &upsert(&def, 1, Ttl::Unlimited))
+            .expect("b");
+        let a_position = feed
+            .append(&a, &mut batch, &def, &upsert(&def, 2, Ttl::Unlimited))
+            .expect("a");
+        assert!(b_position < a_position);
+        feed.finish(a);
+        // A's record lies above B's: not published yet, so the watermark
+        // must stay below A's write time while B is in flight.
+        let frontier = feed.frontier();
+        assert_eq!(frontier.position_end, b_position);
+        assert!(
+            frontier.watermark < WriteTime(10),
+            "watermark {:?} passed a record at {a_position:?} not below position_end",
+            frontier.watermark
+        );
+        feed.finish(b);
+        let frontier = feed.frontier();
+        assert_eq!(frontier.position_end, FeedPosition(a_position.0 + 1));
+        assert_eq!(frontier.watermark, WriteTime(20));
     }
 
     #[test]
