@@ -459,17 +459,13 @@ impl ChangeFeed {
         let state = self.state.lock();
         let position_end = state.position_end();
         // In flight, and finished with records at or above position_end
-        // (`prune_finished` keeps exactly those).
+        // (`end_ticket` prunes the others after every ticket ends, the only
+        // time position_end moves past a finished ticket's records).
         let oldest = state
             .in_flight
             .values()
             .map(|i| i.write_time)
-            .chain(
-                state
-                    .finished_above
-                    .range(position_end..)
-                    .map(|(_, write_time)| *write_time),
-            )
+            .chain(state.finished_above.values().copied())
             .min();
         let watermark = match oldest {
             Some(oldest) => WriteTime(oldest.0.saturating_sub(1)),
