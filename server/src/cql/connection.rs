@@ -89,8 +89,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         framing: Framing::Envelopes { lz4: false },
         version: None,
         in_flight: Arc::new(Semaphore::new(0)),
-        registered: Arc::new(Mutex::new(Vec::new())),
-        forwarding: false,
+        registered: None,
     };
     connection.in_flight = Arc::new(Semaphore::new(
         connection.shared.limits.in_flight_requests_max,
@@ -136,10 +135,9 @@ struct Connection {
     framing: Framing,
     version: Option<u8>,
     in_flight: Arc<Semaphore>,
-    /// The event types this connection registered for (REGISTER adds).
-    registered: Arc<Mutex<Vec<SimpleServerEvent>>>,
-    /// Whether the event forwarding task runs (started by the first REGISTER).
-    forwarding: bool,
+    /// The event types this connection registered for (REGISTER adds),
+    /// shared with the forwarding task the first REGISTER starts.
+    registered: Option<Arc<Mutex<Vec<SimpleServerEvent>>>>,
 }
 
 fn error_response(error: &CqlError) -> ResponseBody {
@@ -397,17 +395,17 @@ impl Connection {
                 self.send(version, stream_id, &response).await;
             }
             RequestBody::Register(register) => {
+                let registered = match &self.registered {
+                    Some(registered) => Arc::clone(registered),
+                    None => self.forward_events(version),
+                };
                 {
-                    let mut registered = self.registered.lock();
+                    let mut registered = registered.lock();
                     for event in register.events {
                         if !registered.contains(&event) {
                             registered.push(event);
                         }
                     }
-                }
-                if !self.forwarding {
-                    self.forwarding = true;
-                    self.forward_events(version);
                 }
                 self.send(version, stream_id, &ResponseBody::Ready).await;
             }
@@ -470,9 +468,13 @@ impl Connection {
         Ok(())
     }
 
-    fn forward_events(&self, version: u8) {
+    /// Starts the task that forwards the events this connection registers
+    /// for; the list it filters by, empty until the caller fills it.
+    fn forward_events(&mut self, version: u8) -> Arc<Mutex<Vec<SimpleServerEvent>>> {
+        let registered = Arc::new(Mutex::new(Vec::new()));
+        self.registered = Some(Arc::clone(&registered));
         let mut events = self.shared.events.subscribe();
-        let registered = Arc::clone(&self.registered);
+        let filter = Arc::clone(&registered);
         let sender = self.sender.clone();
         let framing = self.framing;
         tokio::spawn(async move {
@@ -482,10 +484,7 @@ impl Connection {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
-                if !registered
-                    .lock()
-                    .contains(&SimpleServerEvent::from(&change))
-                {
+                if !filter.lock().contains(&SimpleServerEvent::from(&change)) {
                     continue;
                 }
                 let response = ResponseBody::Event(BodyResEvent { event: change });
@@ -499,6 +498,7 @@ impl Connection {
                 send_response(&sender, framing, version, -1, &response, compression).await;
             }
         });
+        registered
     }
 }
 
