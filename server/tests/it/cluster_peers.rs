@@ -175,8 +175,7 @@ fn next_event(stream: &mut std::net::TcpStream) -> (String, String, SocketAddr) 
 
 #[test]
 fn registered_clients_hear_of_a_joining_node_and_of_a_peer_going_down_and_up() {
-    use crate::cql_protocol::{READY, STARTUP, envelope, read_envelope, string_map};
-    use std::io::Write;
+    use crate::cql_protocol::{register, start_v4};
 
     let _turn = crate::cluster::one_cluster_at_a_time();
     let dir = tempfile::tempdir().unwrap();
@@ -185,19 +184,9 @@ fn registered_clients_hear_of_a_joining_node_and_of_a_peer_going_down_and_up() {
     listener
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let startup = envelope(4, 0, 1, STARTUP, &string_map(&[("CQL_VERSION", "3.0.0")]));
-    listener.write_all(&startup).unwrap();
-    assert_eq!(read_envelope(&mut listener).2, READY);
-    // REGISTER [string list]: topology and status changes, not schema changes.
-    let mut register = 2u16.to_be_bytes().to_vec();
-    for event in ["TOPOLOGY_CHANGE", "STATUS_CHANGE"] {
-        register.extend_from_slice(&(event.len() as u16).to_be_bytes());
-        register.extend_from_slice(event.as_bytes());
-    }
-    listener
-        .write_all(&envelope(4, 0, 2, 0x0B, &register))
-        .unwrap();
-    assert_eq!(read_envelope(&mut listener).2, READY);
+    start_v4(&mut listener);
+    // Topology and status changes, not schema changes.
+    register(&mut listener, &["TOPOLOGY_CHANGE", "STATUS_CHANGE"]);
 
     // A schema change is not announced to this connection (it did not ask).
     runtime().block_on(async {

@@ -11,11 +11,11 @@ use concord_server::cql::frame::{SegmentRead, read_segment, write_segments};
 use crate::cql_node::Node;
 
 const OPTIONS: u8 = 0x05;
-pub(crate) const STARTUP: u8 = 0x01;
+const STARTUP: u8 = 0x01;
 const QUERY: u8 = 0x07;
 const EXECUTE: u8 = 0x0A;
 const ERROR: u8 = 0x00;
-pub(crate) const READY: u8 = 0x02;
+const READY: u8 = 0x02;
 const SUPPORTED: u8 = 0x06;
 const RESULT: u8 = 0x08;
 
@@ -27,7 +27,7 @@ fn connect(node: &Node) -> TcpStream {
     stream
 }
 
-pub(crate) fn envelope(version: u8, flags: u8, stream_id: i16, opcode: u8, body: &[u8]) -> Vec<u8> {
+fn envelope(version: u8, flags: u8, stream_id: i16, opcode: u8, body: &[u8]) -> Vec<u8> {
     let mut bytes = vec![version, flags];
     bytes.extend_from_slice(&stream_id.to_be_bytes());
     bytes.push(opcode);
@@ -36,7 +36,26 @@ pub(crate) fn envelope(version: u8, flags: u8, stream_id: i16, opcode: u8, body:
     bytes
 }
 
-pub(crate) fn string_map(entries: &[(&str, &str)]) -> Vec<u8> {
+/// STARTUP (protocol v4, stream 1) on a new connection; waits for READY.
+pub(crate) fn start_v4(stream: &mut TcpStream) {
+    let startup = envelope(4, 0, 1, STARTUP, &string_map(&[("CQL_VERSION", "3.0.0")]));
+    stream.write_all(&startup).unwrap();
+    assert_eq!(read_envelope(stream).2, READY);
+}
+
+/// REGISTER [string list] `events` (stream 2) on a started v4 connection;
+/// waits for READY.
+pub(crate) fn register(stream: &mut TcpStream, events: &[&str]) {
+    let mut body = (events.len() as u16).to_be_bytes().to_vec();
+    for event in events {
+        body.extend_from_slice(&(event.len() as u16).to_be_bytes());
+        body.extend_from_slice(event.as_bytes());
+    }
+    stream.write_all(&envelope(4, 0, 2, 0x0B, &body)).unwrap();
+    assert_eq!(read_envelope(stream).2, READY);
+}
+
+fn string_map(entries: &[(&str, &str)]) -> Vec<u8> {
     let mut body = (entries.len() as u16).to_be_bytes().to_vec();
     for (key, value) in entries {
         for text in [key, value] {
@@ -374,22 +393,12 @@ fn connections_over_the_limit_get_overloaded_and_bad_values_get_invalid() {
 #[test]
 fn registered_connections_receive_schema_change_events() {
     let node = Node::start("");
-    let startup = envelope(4, 0, 1, STARTUP, &string_map(&[("CQL_VERSION", "3.0.0")]));
     let mut listener = connect(&node);
-    listener.write_all(&startup).unwrap();
-    assert_eq!(read_envelope(&mut listener).2, READY);
-    // REGISTER [string list]: SCHEMA_CHANGE.
-    let mut register = 1u16.to_be_bytes().to_vec();
-    register.extend_from_slice(&13u16.to_be_bytes());
-    register.extend_from_slice(b"SCHEMA_CHANGE");
-    listener
-        .write_all(&envelope(4, 0, 2, 0x0B, &register))
-        .unwrap();
-    assert_eq!(read_envelope(&mut listener).2, READY);
+    start_v4(&mut listener);
+    register(&mut listener, &["SCHEMA_CHANGE"]);
 
     let mut writer = connect(&node);
-    writer.write_all(&startup).unwrap();
-    assert_eq!(read_envelope(&mut writer).2, READY);
+    start_v4(&mut writer);
     let ddl = "CREATE KEYSPACE evented WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}";
     writer
         .write_all(&envelope(4, 0, 3, QUERY, &query_body(ddl, 4)))
