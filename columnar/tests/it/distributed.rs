@@ -18,30 +18,13 @@ use concord_columnar::sql::distributed::{
 use concord_columnar::{Columnar, ColumnarOptions, Error, Snapshot};
 use concord_storage::cell::WriteTime;
 use concord_storage::partitioner::TokenRange;
-use concord_storage::rows::{CellOp, Liveness, Mutation, RowOp, Ttl};
 use concord_storage::testing::model;
-use concord_storage::value::CqlValue;
 
+use crate::sql::row;
 use crate::{Node, open_columnar};
 
 const T0: i64 = model::CLOCK_START_SECONDS * 1_000_000;
 const ROWS: i32 = 40;
-
-fn row(table: &concord_storage::schema::TableDef, key: i32) -> Mutation {
-    Mutation {
-        table: table.id,
-        partition_key: vec![CqlValue::Int(key)],
-        ops: vec![RowOp::Upsert {
-            clustering: vec![CqlValue::Int(0), CqlValue::Text("a".into())],
-            liveness: Liveness::RowMarker,
-            ttl: Ttl::Unlimited,
-            cells: vec![(
-                model::column_id(table, "v2"),
-                CellOp::Set(Some(CqlValue::Bigint(i64::from(key) * 3))),
-            )],
-        }],
-    }
-}
 
 /// Node 2 is a real replica; node 9 answers its probe but fails every
 /// fragment; node 8 fails its probe (and must then never be asked).
@@ -104,7 +87,10 @@ fn each_range_is_read_once_and_failed_nodes_hand_their_ranges_on() {
         // Both nodes hold every row (as RF 3 of 3 would).
         let mut node = Node::new(table.clone());
         for key in 0..ROWS {
-            node.write(row(&table, key), WriteTime(T0 + 1 + i64::from(key)));
+            node.write(
+                row(&table, key, i64::from(key) * 3),
+                WriteTime(T0 + 1 + i64::from(key)),
+            );
         }
         let columnar = Arc::new(open_columnar(dir.path(), ColumnarOptions::default()));
         columnar.replica().register_table(table.clone());

@@ -12,6 +12,22 @@ use concord_storage::value::CqlValue;
 
 use crate::{Node, frontier, open_columnar, query_rows, sorted};
 
+/// Writes row `idx` for each `idx` in `indexes` (partition `idx % 5`,
+/// clustering `idx % 3`, `v2 = idx`) at `t0 + idx`.
+fn write_rows(
+    node: &mut Node,
+    table: &concord_storage::schema::TableDef,
+    t0: i64,
+    indexes: std::ops::Range<i32>,
+) {
+    for idx in indexes {
+        node.write(
+            upsert(table, idx % 5, idx % 3, i64::from(idx)),
+            WriteTime(t0 + i64::from(idx)),
+        );
+    }
+}
+
 fn upsert(table: &concord_storage::schema::TableDef, key: i32, ck1: i32, v2: i64) -> Mutation {
     Mutation {
         table: table.id,
@@ -153,12 +169,7 @@ fn a_replica_behind_retention_rebuilds_from_a_snapshot_then_follows() {
     let table = model::table(model::model_table_options());
     let mut node = Node::new(table.clone());
     let t0 = model::CLOCK_START_SECONDS * 1_000_000;
-    for idx in 0..30 {
-        node.write(
-            upsert(&table, idx % 5, idx % 3, i64::from(idx)),
-            WriteTime(t0 + i64::from(idx)),
-        );
-    }
+    write_rows(&mut node, &table, t0, 0..30);
     let mut batch = WriteBatch::new();
     feed::truncate_before(&mut batch, FeedPosition(20));
     node.engine
@@ -184,12 +195,7 @@ fn a_replica_behind_retention_rebuilds_from_a_snapshot_then_follows() {
         .expect("rebuild");
     assert_eq!(replica.next_position(), FeedPosition(30));
     assert_eq!(replica.watermark(), WriteTime(t0 + 29));
-    for idx in 30..35 {
-        node.write(
-            upsert(&table, idx % 5, idx % 3, i64::from(idx)),
-            WriteTime(t0 + i64::from(idx)),
-        );
-    }
+    write_rows(&mut node, &table, t0, 30..35);
     let outcome = replica
         .catch_up(&node.engine, node.feed.frontier())
         .expect("follow");
@@ -241,12 +247,7 @@ fn a_rebuild_over_writes_above_the_watermark_waits_for_the_feed_to_pass_them() {
     let table = model::table(model::model_table_options());
     let mut node = Node::new(table.clone());
     let t0 = model::CLOCK_START_SECONDS * 1_000_000;
-    for idx in 0..10 {
-        node.write(
-            upsert(&table, idx % 5, idx % 3, i64::from(idx)),
-            WriteTime(t0 + i64::from(idx)),
-        );
-    }
+    write_rows(&mut node, &table, t0, 0..10);
     // A step at floor t0 + 10 applies key 1 at t0 + 20.
     node.write_step(
         WriteTime(t0 + 10),

@@ -16,7 +16,8 @@ use concord_storage::value::CqlValue;
 
 use crate::{Node, open_columnar};
 
-fn row(table: &concord_storage::schema::TableDef, key: i32, v2: i64) -> Mutation {
+/// An upsert of partition `key`'s row `(0, 'a')` with `v2`.
+pub(crate) fn row(table: &concord_storage::schema::TableDef, key: i32, v2: i64) -> Mutation {
     Mutation {
         table: table.id,
         partition_key: vec![CqlValue::Int(key)],
