@@ -87,6 +87,8 @@ fn move_live_state(from: &mut dyn Journal, to: &mut dyn Journal) -> Result<usize
         to.record(command, WriteBatch::new(), Durability::Sync)
             .map_err(|e| journal_error(context, e))?;
     }
+    // Durable in `to` before `from` forgets them.
+    to.flush().map_err(|e| journal_error(context, e))?;
     let ids: Vec<TxnId> = commands.iter().map(|command| command.txn_id).collect();
     from.erase(&ids).map_err(|e| journal_error(context, e))?;
     tracing::info!(

@@ -273,6 +273,7 @@ impl Node {
         node.replay(now)?;
         node.arm_progress_timer(now);
         node.drain(now)?;
+        node.journal.flush()?;
         let effects = std::mem::take(&mut node.effects);
         Ok((node, effects))
     }
@@ -394,11 +395,26 @@ impl Node {
             .fold(next, Timestamp::min)
     }
 
-    /// Handles one input and returns what to do.
+    /// Handles one input and returns what to do: one step, its journal records durable
+    /// ([`Node::flush`]) before the effects are returned.
     ///
     /// # Errors
     /// When storage fails; the node must then be stopped.
     pub fn handle(&mut self, now: LocalTime, input: Input) -> Result<Effects> {
+        let effects = self.handle_unflushed(now, input)?;
+        self.flush()?;
+        Ok(effects)
+    }
+
+    /// Handles one input like [`Node::handle`] but leaves its `Sync` journal records unsynced:
+    /// the caller must call [`Node::flush`] before any of the returned messages or replies
+    /// leaves the node (timers and messages to itself may be acted on before). A runtime uses
+    /// it to group the syncs of several queued inputs into one (group commit across
+    /// concurrent transactions).
+    ///
+    /// # Errors
+    /// When storage fails; the node must then be stopped.
+    pub fn handle_unflushed(&mut self, now: LocalTime, input: Input) -> Result<Effects> {
         match input {
             Input::Message { from, message } => self.on_message(now, from, message)?,
             Input::Timer(Timer::ProgressLog) => {
@@ -413,6 +429,15 @@ impl Node {
         }
         self.drain(now)?;
         Ok(std::mem::take(&mut self.effects))
+    }
+
+    /// Makes every journal record of the steps handled since the last flush durable (one
+    /// sync). Nothing those steps produced may leave the node before it returns.
+    ///
+    /// # Errors
+    /// When storage fails; the node must then be stopped.
+    pub fn flush(&mut self) -> Result<()> {
+        self.journal.flush()
     }
 
     /// Handles loopback messages and dependency notifications until none remain.

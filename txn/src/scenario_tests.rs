@@ -746,3 +746,48 @@ fn a_node_whose_clock_is_behind_a_fence_still_coordinates() {
         "{outcomes:?}"
     );
 }
+
+/// A step's journal records are durable before its messages leave the node (one flush per
+/// step, `Journal::flush`): n2 answers n1's PreAccept, "crashes" right after that step
+/// (every unsynced engine write lost) and finds the command it voted on in its journal.
+#[test]
+fn a_reply_leaves_a_node_only_after_its_records_are_synced() {
+    let (n1, n2) = (NodeId(1), NodeId(2));
+    let mut net = Net::new(3, FastPathMode::CoordinatorVotes);
+    net.engines.insert(
+        n2,
+        Arc::new(MemoryEngine::with_crash_simulation(EngineOptions::default())),
+    );
+    net.open(n2);
+    let key = Key::numbered(5);
+    net.input(
+        n1,
+        Input::Client {
+            request_id: ClientRequestId(1),
+            txn: Txn::new(Vec::new(), Update::Append(vec![(key, 1)])),
+        },
+    );
+    let txn_id = net.txn_id_of(n1, ClientRequestId(1));
+    let at = net
+        .in_flight
+        .iter()
+        .position(|(_, to, message)| *to == n2 && matches!(message, Message::PreAccept { .. }))
+        .expect("a PreAccept for n2");
+    let (from, to, message) = net.in_flight.remove(at).expect("in flight");
+    net.input(to, Input::Message { from, message });
+    assert!(
+        net.in_flight.iter().any(|(from, _, message)| *from == n2
+            && matches!(message, Message::PreAcceptOk { .. })),
+        "n2's vote left it"
+    );
+    net.engines[&n2].simulate_crash();
+    net.open(n2);
+    let status = net.nodes[&n2]
+        .commands
+        .get(&txn_id)
+        .map(|command| command.status);
+    assert!(
+        status.is_some_and(|status| status >= Status::PreAccepted),
+        "n2 voted on {txn_id:?} and must remember it after a crash: {status:?}"
+    );
+}

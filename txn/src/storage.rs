@@ -1,7 +1,9 @@
 //! The protocol's two storage interfaces and their engine-backed implementations.
 //!
 //! - [`Journal`]: durable command state. Every state change a reply depends on is recorded
-//!   with `Durability::Sync` before the reply leaves the node; a restarted node rebuilds from
+//!   with `Durability::Sync`, and [`Journal::flush`] at the end of each `Node::handle` makes
+//!   the step's records durable before any of its effects (messages, client replies) leave the
+//!   node: one sync per step, not one per record. A restarted node rebuilds from
 //!   [`Journal::replay`].
 //! - [`DataStore`]: the data the transactions read and write, narrowed to "read these keys"
 //!   and "add these writes to a batch". The server implements it over the row store.
@@ -27,12 +29,22 @@ use crate::txn::{Key, ReadData, Txn, Writes};
 
 /// Durable command state.
 pub trait Journal: Debug {
-    /// Records `command` atomically with `data` (data writes, possibly empty).
+    /// Records `command` atomically with `data` (data writes, possibly empty). `Sync`: durable
+    /// once the next [`Journal::flush`] returns (an implementation may sync at once);
+    /// `Buffered`: a crash may lose it (replay then repeats the step it came from).
     ///
     /// # Errors
     /// When storage fails; the node must stop.
     fn record(&mut self, command: &Command, data: WriteBatch, durability: Durability)
     -> Result<()>;
+
+    /// Makes every `Sync` record since the last flush durable. The Node calls it at the end of
+    /// every step (`Node::handle`, `Node::open`), before the step's effects are returned: a
+    /// crash before it loses the whole step, and nothing of the step has left the node.
+    ///
+    /// # Errors
+    /// When storage fails; the node must stop.
+    fn flush(&mut self) -> Result<()>;
 
     /// Forgets commands (garbage collection). Buffered: the watermarks that allow it were
     /// recorded with `Sync` first, and a command a crash brings back is final and erased
@@ -106,15 +118,22 @@ fn command_key(txn_id: TxnId) -> Vec<u8> {
     encoder.buf
 }
 
-/// The journal as records in the engine's `Family::Txn`, one per command.
+/// The journal as records in the engine's `Family::Txn`, one per command. `Sync` records are
+/// written buffered and synced together by [`Journal::flush`] (`Engine::sync_wal`: the WAL is
+/// ordered, so one sync covers every write before it).
 #[derive(Debug)]
 pub struct EngineJournal<E: Engine> {
     engine: Arc<E>,
+    /// A `Sync` record was written since the last flush.
+    unsynced: bool,
 }
 
 impl<E: Engine + Debug> EngineJournal<E> {
     pub fn new(engine: Arc<E>) -> EngineJournal<E> {
-        EngineJournal { engine }
+        EngineJournal {
+            engine,
+            unsynced: false,
+        }
     }
 }
 
@@ -126,7 +145,18 @@ impl<E: Engine + Debug> Journal for EngineJournal<E> {
         durability: Durability,
     ) -> Result<()> {
         data.put(Family::Txn, command_key(command.txn_id), command.encode());
-        self.engine.write(data, durability)?;
+        self.engine.write(data, Durability::Buffered)?;
+        if durability == Durability::Sync {
+            self.unsynced = true;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.unsynced {
+            self.engine.sync_wal()?;
+            self.unsynced = false;
+        }
         Ok(())
     }
 

@@ -20,7 +20,8 @@
 //! message counts are the nodes' own counters (`system.concord_status`: `txn_fast_path`,
 //! `txn_slow_path`, `txn_messages_sent`), read before and after each scenario from every live
 //! node and summed; "msgs/txn" is messages sent between nodes (durability rounds included) per
-//! answered transaction. "delays" is the message delays before the reply implied by the path
+//! answered transaction; "syncs/txn" is journal syncs (`txn_journal_syncs`, one per group of
+//! runtime steps) summed over the live nodes per answered transaction. "delays" is the message delays before the reply implied by the path
 //! mix: 2 on the fast path (PreAccept out, replies back), 4 on the slow path (an Accept round
 //! more); with RF 3 on 3 nodes every coordinator is a replica of every shard, so the read is
 //! local and adds none.
@@ -56,11 +57,12 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(10);
 /// The most keys a `multi` transaction may touch (the SDK's rows per call are bounded too).
 const KEYS_PER_TXN_MAX: usize = 16;
 /// The counters of `system.concord_status` the bench reads.
-const COUNTERS: [&str; 4] = [
+const COUNTERS: [&str; 5] = [
     "txn_committed",
     "txn_fast_path",
     "txn_slow_path",
     "txn_messages_sent",
+    "txn_journal_syncs",
 ];
 const KEYSPACE: &str = "bench";
 
@@ -393,6 +395,10 @@ impl Measured {
     fn messages_per_txn(&self) -> Option<f64> {
         (self.ok > 0).then(|| self.deltas[3] as f64 / self.ok as f64)
     }
+    /// Journal syncs summed over the live nodes per answered transaction.
+    fn syncs_per_txn(&self) -> Option<f64> {
+        (self.ok > 0).then(|| self.deltas[4] as f64 / self.ok as f64)
+    }
     /// Message delays before the reply implied by the path mix (none on a node alone).
     fn delays(&self) -> Option<f64> {
         if self.deltas[3] == 0 {
@@ -612,14 +618,18 @@ fn print_row(label: &str, m: &Measured) {
     let messages = m
         .messages_per_txn()
         .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}"));
+    let syncs = m
+        .syncs_per_txn()
+        .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
     println!(
-        "{label:<16} {:>9.0} {:>8.2} {:>8.2} {:>8} {:>7} {:>9} {:>7}",
+        "{label:<16} {:>9.0} {:>8.2} {:>8.2} {:>8} {:>7} {:>9} {:>10} {:>7}",
         m.throughput(),
         ms(m.p(0.50)),
         ms(m.p(0.99)),
         share,
         delays,
         messages,
+        syncs,
         m.errors,
     );
     if let Some(error) = &m.first_error {
@@ -629,8 +639,16 @@ fn print_row(label: &str, m: &Measured) {
 
 fn header() {
     println!(
-        "{:<16} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>7}",
-        "scenario", "txn/s", "p50 ms", "p99 ms", "fast", "delays", "msgs/txn", "errors"
+        "{:<16} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>10} {:>7}",
+        "scenario",
+        "txn/s",
+        "p50 ms",
+        "p99 ms",
+        "fast",
+        "delays",
+        "msgs/txn",
+        "syncs/txn",
+        "errors"
     );
 }
 
@@ -691,10 +709,11 @@ fn main() -> Result<()> {
             let fast = pick(&|m| m.fast_share().unwrap_or(0.0));
             let delays = pick(&|m| m.delays().unwrap_or(0.0));
             let messages = pick(&|m| m.messages_per_txn().unwrap_or(0.0));
+            let syncs = pick(&|m| m.syncs_per_txn().unwrap_or(0.0));
             let errors = pick(&|m| m.errors as f64);
             println!(
                 "{label:<16} {throughput:>9.0} {p50:>8.2} {p99:>8.2} {:>8} {delays:>7.2} \
-                 {messages:>9.1} {errors:>7.0}",
+                 {messages:>9.1} {syncs:>10.2} {errors:>7.0}",
                 format!("{:.1}%", fast * 100.0),
             );
         }

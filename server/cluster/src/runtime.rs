@@ -36,7 +36,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -57,6 +57,10 @@ pub const CLIENT_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(120);
 /// The most peer messages that wait for a topology epoch this runtime does not run yet.
 pub const EPOCH_WAIT_MESSAGES_MAX: usize = 4_096;
+/// The most Node steps whose journal records one sync covers (group commit). The runtime
+/// handles queued inputs back to back and syncs once when the queue is empty or after this
+/// many steps, then releases the steps' messages and replies (never before the sync).
+pub const STEP_GROUP_MAX: usize = 64;
 /// How long a peer message waits for its epoch before it is dropped (and counted).
 pub const EPOCH_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -202,6 +206,8 @@ pub struct RuntimeStats {
     pub refused_messages: AtomicU64,
     /// Inputs the Node handled.
     pub steps: AtomicU64,
+    /// Journal syncs (`Node::flush`), one per group of at most [`STEP_GROUP_MAX`] steps.
+    pub journal_flushes: AtomicU64,
     /// Transactions committed through this node's coordinator.
     pub committed: AtomicU64,
     /// The highest executeAt (HLC microseconds) of a committed transaction answered here.
@@ -357,6 +363,8 @@ impl Runtime {
                     pending: HashMap::new(),
                     next_request: 0,
                     backlog: VecDeque::new(),
+                    held: Effects::default(),
+                    held_steps: 0,
                     epoch_wait: EpochWait::default(),
                 };
                 driver.absorb(effects);
@@ -520,6 +528,11 @@ struct Driver {
     next_request: u64,
     /// Messages the Node addressed to itself, handled before the next queued input.
     backlog: VecDeque<Message>,
+    /// Messages to peers and client replies of the steps since the last journal flush: they
+    /// leave only after it (`release`).
+    held: Effects,
+    /// Steps since the last journal flush.
+    held_steps: usize,
     /// Peer messages of epochs the Node does not run yet (K1).
     epoch_wait: EpochWait,
 }
@@ -581,6 +594,8 @@ impl Driver {
             pending: HashMap::new(),
             next_request,
             backlog: VecDeque::new(),
+            held: Effects::default(),
+            held_steps: 0,
             epoch_wait: EpochWait::default(),
         };
         driver.absorb(effects);
@@ -677,17 +692,41 @@ impl Driver {
                 }
                 continue;
             }
-            let work = match self.next_deadline() {
-                None => inputs.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(deadline) => {
-                    let now = self.clock.now();
-                    inputs.recv_timeout(Duration::from_micros(deadline.0.saturating_sub(now.0)))
+            // Queued work first, unsynced; once the queue is empty the group's records are
+            // synced and its effects released, then the thread waits.
+            let work = match inputs.try_recv() {
+                Ok(work) => Ok(work),
+                Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {
+                    if let Err(error) = self.release() {
+                        tracing::error!(%error, "accord node failed; the runtime stops");
+                        return Exit::Stop;
+                    }
+                    match self.next_deadline() {
+                        None => inputs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                        Some(deadline) => {
+                            let now = self.clock.now();
+                            inputs.recv_timeout(Duration::from_micros(
+                                deadline.0.saturating_sub(now.0),
+                            ))
+                        }
+                    }
                 }
             };
             let result = match work {
-                Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => return Exit::Stop,
+                Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                    if let Err(error) = self.release() {
+                        tracing::error!(%error, "accord node failed to sync its journal on stop");
+                    }
+                    return Exit::Stop;
+                }
                 Ok(Work::Topology(topology)) => {
                     if topology.epoch > self.epoch() {
+                        // The old Node's last steps leave before it is replaced.
+                        if let Err(error) = self.release() {
+                            tracing::error!(%error, "accord node failed; the runtime stops");
+                            return Exit::Stop;
+                        }
                         return Exit::Reopen(topology);
                     }
                     Ok(())
@@ -742,11 +781,47 @@ impl Driver {
         }
         let before = self.node.stats().clone();
         self.observer.before_step(self.node.apply_floor());
-        let result = self.node.handle(self.clock.now(), input);
+        let result = self.node.handle_unflushed(self.clock.now(), input);
         self.observer.after_step(self.node.apply_floor());
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         self.count_protocol(&before);
-        self.absorb(result?);
+        self.hold(result?);
+        self.held_steps += 1;
+        if self.held_steps >= STEP_GROUP_MAX {
+            self.release()?;
+        }
+        Ok(())
+    }
+
+    /// Keeps an unflushed step's messages to peers and client replies until `release`;
+    /// its messages to itself and its timers are acted on at once (nothing leaves the node).
+    fn hold(&mut self, effects: Effects) {
+        let own = self.node.id();
+        for (to, message) in effects.messages {
+            if to == own {
+                self.backlog.push_back(message);
+            } else {
+                self.held.messages.push((to, message));
+            }
+        }
+        for (at, timer) in effects.timers {
+            self.timer_seq += 1;
+            self.timers.push(Reverse((at, self.timer_seq, timer)));
+        }
+        self.held.replies.extend(effects.replies);
+    }
+
+    /// Syncs the journal records of the held steps (one sync for the group), then sends their
+    /// messages and replies.
+    fn release(&mut self) -> concord_txn::Result<()> {
+        if self.held_steps == 0 {
+            return Ok(());
+        }
+        self.node.flush()?;
+        self.held_steps = 0;
+        self.stats.journal_flushes.fetch_add(1, Ordering::Relaxed);
+        let held = std::mem::take(&mut self.held);
+        self.absorb(held);
         Ok(())
     }
 

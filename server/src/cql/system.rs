@@ -423,7 +423,8 @@ fn peer_rows(shared: &Shared, schema: &Schema, v2: bool) -> Vec<Vec<Option<CqlVa
 /// how far the columnar replica is behind them (null without one), and the
 /// accord runtime's counters since it started (null in direct mode):
 /// transactions committed through this node, on the fast and the slow path,
-/// recoveries started, protocol messages sent to and received from peers.
+/// recoveries started, protocol messages sent to and received from peers, journal syncs (one
+/// per group of runtime steps).
 fn concord_status(shared: &Shared) -> Rows {
     let spec = columns(&[
         ("key", CqlType::Text, PK),
@@ -440,6 +441,7 @@ fn concord_status(shared: &Shared) -> Rows {
         ("txn_recoveries", CqlType::Bigint, REG),
         ("txn_messages_sent", CqlType::Bigint, REG),
         ("txn_messages_received", CqlType::Bigint, REG),
+        ("txn_journal_syncs", CqlType::Bigint, REG),
     ]);
     let bigint = |value: u64| Some(CqlValue::Bigint(i64::try_from(value).unwrap_or(i64::MAX)));
     let cluster = shared.db.cluster_meta();
@@ -483,6 +485,7 @@ fn concord_status(shared: &Shared) -> Rows {
         counter(|stats| &stats.recoveries_started),
         counter(|stats| &stats.messages_sent),
         counter(|stats| &stats.messages_received),
+        counter(|stats| &stats.journal_flushes),
     ];
     (spec, vec![row])
 }

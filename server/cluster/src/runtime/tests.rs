@@ -210,6 +210,9 @@ impl Journal for CrashBeforeApply {
         }
         self.0.record(command, data, durability)
     }
+    fn flush(&mut self) -> concord_txn::Result<()> {
+        self.0.flush()
+    }
     fn erase(&mut self, txn_ids: &[TxnId]) -> concord_txn::Result<()> {
         self.0.erase(txn_ids)
     }
@@ -430,4 +433,131 @@ fn the_clock_follows_the_wall_clock_forward_and_never_back() {
     let later = clock.now().0;
     assert!(later >= after + 5_000, "{later} vs {after}");
     assert!(later < wall + 11_000_000, "{later}");
+}
+
+/// Armed: the next flush says it entered on the sender, then waits on the receiver.
+type FlushPause = Arc<parking_lot::Mutex<Option<(mpsc::SyncSender<()>, mpsc::Receiver<()>)>>>;
+
+/// A journal that counts its flushes and, once armed, stops in the next flush (before its
+/// sync) until the test lets it go.
+#[derive(Debug)]
+struct PausingFlush {
+    inner: EngineJournal<MemoryEngine>,
+    flushes: Arc<AtomicU64>,
+    pause: FlushPause,
+}
+
+impl Journal for PausingFlush {
+    fn record(
+        &mut self,
+        command: &Command,
+        data: WriteBatch,
+        durability: Durability,
+    ) -> concord_txn::Result<()> {
+        self.inner.record(command, data, durability)
+    }
+    fn flush(&mut self) -> concord_txn::Result<()> {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        let pause = self.pause.lock().take();
+        if let Some((entered, release)) = pause {
+            let _ = entered.send(());
+            let _ = release.recv();
+        }
+        self.inner.flush()
+    }
+    fn erase(&mut self, txn_ids: &[TxnId]) -> concord_txn::Result<()> {
+        self.inner.erase(txn_ids)
+    }
+    fn record_watermarks(&mut self, watermarks: &Watermarks) -> concord_txn::Result<()> {
+        self.inner.record_watermarks(watermarks)
+    }
+    fn watermarks(&self) -> concord_txn::Result<Watermarks> {
+        self.inner.watermarks()
+    }
+    fn replay(&self, now: LocalTime) -> concord_txn::Result<Vec<Command>> {
+        self.inner.replay(now)
+    }
+    fn record_count(&self) -> concord_txn::Result<u64> {
+        self.inner.record_count()
+    }
+}
+
+/// Group commit: inputs queued while the Node's thread is busy are handled back to back and
+/// their journal records synced together (one sync per [`STEP_GROUP_MAX`] steps at most, not
+/// one per step), and no reply leaves before the sync that covers its step.
+#[test]
+fn queued_transactions_share_journal_syncs_and_no_reply_leaves_before_its_sync() {
+    let engine = engine();
+    let flushes = Arc::new(AtomicU64::new(0));
+    let pause = Arc::new(parking_lot::Mutex::new(None));
+    let (gate_entered_tx, gate_entered_rx) = mpsc::sync_channel(1);
+    let (gate_release_tx, gate_release_rx) = mpsc::sync_channel(1);
+    let runtime = Runtime::start(
+        config(),
+        Box::new(PausingFlush {
+            inner: EngineJournal::new(engine.clone()),
+            flushes: flushes.clone(),
+            pause: pause.clone(),
+        }),
+        Box::new(KvDataStore::new(engine.clone())),
+        Box::new(Loopback::default()),
+        Box::new(Gate {
+            opened: false,
+            entered: Some(gate_entered_tx),
+            release: Some(gate_release_rx),
+        }),
+    )
+    .expect("the runtime starts");
+    const TXNS: u64 = 32;
+    let first = runtime
+        .submit(append(&Key::numbered(200), 0))
+        .expect("queued");
+    // The thread takes the first input (the submission or the progress timer) and blocks.
+    gate_entered_rx.recv().expect("the thread entered a step");
+    let mut queued = vec![first];
+    for value in 1..TXNS {
+        queued.push(
+            runtime
+                .submit(append(&Key::numbered(200 + value), value))
+                .expect("queued"),
+        );
+    }
+    let (flush_entered_tx, flush_entered_rx) = mpsc::sync_channel(1);
+    let (flush_release_tx, flush_release_rx) = mpsc::sync_channel(1);
+    *pause.lock() = Some((flush_entered_tx, flush_release_rx));
+    let flushes_before = flushes.load(Ordering::SeqCst);
+    let steps_before = runtime.stats().steps.load(Ordering::SeqCst);
+    gate_release_tx.send(()).expect("release the gate");
+    // The thread handles what is queued and reaches its first sync: nothing has left yet,
+    // although steps completed whole transactions (a one-node commit needs no peer).
+    flush_entered_rx.recv().expect("the thread syncs");
+    for submission in &queued {
+        assert!(
+            submission.reply.try_recv().is_err(),
+            "a reply left before the journal sync of its step"
+        );
+    }
+    flush_release_tx.send(()).expect("release the sync");
+    for (value, submission) in queued.into_iter().enumerate() {
+        committed(&submission.wait(CLIENT_REPLY_TIMEOUT).expect("an outcome"));
+        assert_eq!(
+            list(&engine, &Key::numbered(200 + value as u64)),
+            vec![value as u64]
+        );
+    }
+    let grouped = flushes.load(Ordering::SeqCst) - flushes_before;
+    let steps = runtime.stats().steps.load(Ordering::SeqCst) - steps_before;
+    assert!(
+        steps >= TXNS,
+        "each transaction takes at least one step: {steps}"
+    );
+    assert!(
+        grouped <= steps.div_ceil(STEP_GROUP_MAX as u64) + 2,
+        "{TXNS} queued transactions took {grouped} journal syncs over {steps} steps"
+    );
+    assert_eq!(
+        runtime.stats().journal_flushes.load(Ordering::SeqCst),
+        flushes.load(Ordering::SeqCst) - 1,
+        "every flush but the open's is counted"
+    );
 }
