@@ -15,7 +15,9 @@
 //!
 //!   durability driver (sync.rs)         every replica of one shard
 //!   SyncFence(shard, bound)     ──►     SyncFenceOk(every TxnId it holds below bound)
-//!   SyncCheck(bound, txns)      ──►     SyncCheckOk(pending: not final here, extra: unlisted)
+//!   SyncCheck(bound, pass, txns) ──►    SyncCheckOk(pending: not final here, extra: unlisted)
+//!   SyncApplied(shard, bound)   ──►     (a quorum answered one pass clean: raise the
+//!                                        applied-before floor; sent to those replicas only)
 //!   SyncDurable(shard, bound)   ──►     (nothing; commands below bound may be erased)
 //! ```
 
@@ -160,10 +162,12 @@ pub enum Message {
         bound: Timestamp,
         known: Vec<TxnId>,
     },
-    /// Are `txns` (and everything else held here below `bound`) final here?
+    /// Are `txns` (and everything else held here below `bound`) final here? Fences too.
     SyncCheck {
         shard: ShardId,
         bound: Timestamp,
+        /// The driver's pass number; the reply carries it back.
+        pass: u32,
         txns: Vec<TxnId>,
     },
     /// `pending`: listed or held transactions not yet final here; `extra`: held here below
@@ -171,8 +175,16 @@ pub enum Message {
     SyncCheckOk {
         shard: ShardId,
         bound: Timestamp,
+        pass: u32,
         pending: Vec<TxnId>,
         extra: Vec<TxnId>,
+    },
+    /// A quorum of the shard's replicas, the receiver among them, answered one check pass at
+    /// `bound` with nothing pending and nothing unlisted: every transaction below `bound`
+    /// that can still commit is applied on the receiver (its applied-before floor).
+    SyncApplied {
+        shard: ShardId,
+        bound: Timestamp,
     },
     /// Every transaction below `bound` on the shard is final on every replica (or can never
     /// commit): commands below it may be erased.
@@ -207,6 +219,7 @@ impl Message {
             | Message::SyncFenceOk { .. }
             | Message::SyncCheck { .. }
             | Message::SyncCheckOk { .. }
+            | Message::SyncApplied { .. }
             | Message::SyncDurable { .. } => return None,
         })
     }
@@ -235,6 +248,7 @@ impl Message {
             Message::SyncFenceOk { .. } => "SyncFenceOk",
             Message::SyncCheck { .. } => "SyncCheck",
             Message::SyncCheckOk { .. } => "SyncCheckOk",
+            Message::SyncApplied { .. } => "SyncApplied",
             Message::SyncDurable { .. } => "SyncDurable",
         }
     }

@@ -87,6 +87,12 @@ pub enum ProtocolBug {
     RecoveryIgnoresAccepted,
     /// The coordinator picks t0 as executeAt on the slow path instead of the max witnessed.
     SlowPathUsesTxnId,
+    /// A durability round sends `SyncApplied` once a quorum answered a check pass, clean or
+    /// not, and replicas raise their applied-before floor without having promised.
+    AppliedFloorFromAnyReply,
+    /// A replica that answered a check pass clean answers a recovery of an unknown
+    /// transaction below that bound like any unknown one (no `superseding_rejects`).
+    RecoveryIgnoresCleanPromise,
 }
 
 /// Timing and limits.
@@ -117,10 +123,12 @@ pub struct NodeConfig {
     /// `b > 0` node ids must be below `2^b`; then two nodes never issue the same HLC value,
     /// so executeAt's HLC alone orders conflicting transactions (see [`Hlc`]).
     pub hlc_node_bits: u32,
-    /// Keep [`Node::apply_floor`] at or below DurableBefore of every shard: the floor is then
-    /// a bound in a cluster too (a write this node has yet to apply, whoever coordinates it
-    /// and whether or not this node voted on it, has its TxnId at or above its shard's
-    /// DurableBefore), at the price of lagging the durability rounds. Needs `gc_enabled`.
+    /// Keep [`Node::apply_floor`] at or below the applied-before floor of every shard this
+    /// node replicates: the floor is then a bound in a cluster too (a write this node has yet
+    /// to apply, whoever coordinates it and whether or not this node voted on it, executes at
+    /// or above that floor), at the price of lagging the durability rounds. The floor needs
+    /// only a quorum of each shard's replicas (`SyncApplied`, design/accord.md "Two levels"),
+    /// so it moves with a replica down. Needs `gc_enabled`.
     pub apply_floor_durable: bool,
 }
 
@@ -200,6 +208,9 @@ pub struct Node {
     pub(crate) sync_rounds: BTreeMap<crate::topology::ShardId, crate::sync::SyncRound>,
     /// When this node's last round of each shard ended.
     pub(crate) sync_last_end: BTreeMap<crate::topology::ShardId, LocalTime>,
+    /// When this node's applied-before floor of each shard it replicates last moved (or it
+    /// first looked): a replica takes over a shard's rounds when it stays put too long.
+    pub(crate) sync_floor_moved: BTreeMap<crate::topology::ShardId, LocalTime>,
     /// Every apply since the simulator last drained it: the oracle's view of execution,
     /// which survives garbage collection.
     #[cfg(any(test, feature = "sim"))]
@@ -258,6 +269,7 @@ impl Node {
             watermarks: crate::sync::Watermarks::default(),
             sync_rounds: BTreeMap::new(),
             sync_last_end: BTreeMap::new(),
+            sync_floor_moved: BTreeMap::new(),
             #[cfg(any(test, feature = "sim"))]
             applied_log: Vec::new(),
             journal,
@@ -356,6 +368,18 @@ impl Node {
         self.watermarks.durable_before.clone()
     }
 
+    /// This node's applied-before floor of every shard it replicates (the higher of the
+    /// floor `SyncApplied` raised and DurableBefore): every transaction below it on the shard
+    /// that can still commit is applied here.
+    pub fn applied_before(&self) -> BTreeMap<crate::topology::ShardId, Timestamp> {
+        self.topology
+            .shards
+            .iter()
+            .filter(|shard| shard.is_replica(self.id))
+            .map(|shard| (shard.id, self.applied_before_shard(shard.id)))
+            .collect()
+    }
+
     /// Commands that are not yet Applied or Invalidated.
     pub fn unfinished_count(&self) -> usize {
         self.commands
@@ -371,13 +395,15 @@ impl Node {
     /// above every timestamp the clock issued or witnessed). Every write below the floor is
     /// applied here. With peers that alone is not a bound (a peer's PreAccept may carry a
     /// lower t0, a replica outside the fast quorum applies what it never voted on): with
-    /// `NodeConfig::apply_floor_durable` the floor is also at or below every shard's
-    /// DurableBefore, below which every write is applied on every replica
-    /// (design/cluster.md, "Change feed frontier").
+    /// `NodeConfig::apply_floor_durable` the floor is also at or below the applied-before
+    /// floor of every shard this node replicates, below which every write that can still
+    /// commit is applied here (design/cluster.md, "Change feed frontier").
     pub fn apply_floor(&self) -> Timestamp {
         let mut next = self.hlc.next_floor();
-        if self.config.apply_floor_durable {
-            next = next.min(self.durable_before_all());
+        if self.config.apply_floor_durable
+            && let Some(applied) = self.applied_before_owned()
+        {
+            next = next.min(applied);
         }
         self.commands
             .values()
@@ -525,18 +551,23 @@ impl Node {
                 self.on_sync_fence_ok(now, from, shard, bound, known);
                 Ok(())
             }
-            Message::SyncCheck { shard, bound, txns } => {
-                self.on_sync_check(from, shard, bound, txns)
-            }
+            Message::SyncCheck {
+                shard,
+                bound,
+                pass,
+                txns,
+            } => self.on_sync_check(from, shard, bound, pass, txns),
             Message::SyncCheckOk {
                 shard,
                 bound,
+                pass,
                 pending,
                 extra,
             } => {
-                self.on_sync_check_ok(now, from, shard, bound, pending, extra);
+                self.on_sync_check_ok(now, from, shard, bound, pass, pending, extra);
                 Ok(())
             }
+            Message::SyncApplied { shard, bound } => self.on_sync_applied(now, shard, bound),
             Message::SyncDurable { shard, bound } => self.on_sync_durable(now, shard, bound),
             Message::CheckStatus { txn_id } => {
                 self.on_check_status(from, txn_id);

@@ -481,6 +481,33 @@ impl Node {
         ballot: Ballot,
     ) -> Result<()> {
         self.hlc.witness(ballot.0);
+        if self.fenced_off_unknown(txn_id, &txn) {
+            // This replica answered a durability round's check pass clean above t0 without
+            // knowing the transaction: no member of that round's fence quorum ever voted for
+            // it, so it cannot have taken the fast path, and recovery must not propose t0
+            // (design/accord.md, "Two levels"). No state is kept: the answer stays true.
+            let reply = RecoverOk {
+                status: Status::PreAccepted,
+                accepted: Ballot::ZERO,
+                execute_at: txn_id.timestamp(),
+                deps: Deps::new(),
+                txn: None,
+                writes: None,
+                voted_fast_path: false,
+                superseding_rejects: true,
+                earlier_accepted_no_witness: Vec::new(),
+                later_fast_votes_no_witness: Vec::new(),
+            };
+            self.send(
+                from,
+                Message::RecoverReply {
+                    txn_id,
+                    ballot,
+                    reply: Box::new(reply),
+                },
+            );
+            return Ok(());
+        }
         if !self.commands.contains_key(&txn_id) {
             // Pre-accept without a fast-path vote.
             let max_conflict = self.max_conflict(txn_id, &txn).max(txn_id.timestamp());

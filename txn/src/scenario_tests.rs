@@ -694,6 +694,99 @@ fn the_apply_floor_bounds_writes_a_replica_never_voted_on_only_with_durable_floo
     }
 }
 
+/// The applied level (design/accord.md, "Two levels"): τ is pre-accepted by its coordinator
+/// n3 alone (its own fast-path vote) and n3 is cut off. n1 and n2 run durability rounds
+/// between them and raise their applied-before floors past τ's t0. Then n3 recovers τ reaching
+/// n1 only: the recovery quorum {n3, n1} holds one non-vote, below fastReject (2), so n1's
+/// answer decides. n1 answered a check pass clean above t0 without knowing τ, so it answers
+/// that τ cannot have taken the fast path, and recovery invalidates τ. With
+/// `ProtocolBug::RecoveryIgnoresCleanPromise` recovery proposes t0 and τ commits below the
+/// floors n1 and n2 raised (the gap the answer closes).
+#[test]
+fn recovery_of_a_txn_only_a_cut_off_replica_knew_stays_above_the_applied_floor() {
+    use crate::node::ProtocolBug;
+    use crate::topology::ShardId;
+    for bug in [None, Some(ProtocolBug::RecoveryIgnoresCleanPromise)] {
+        let config = NodeConfig {
+            sync_interval_micros: 50_000,
+            sync_margin_micros: 10_000,
+            apply_floor_durable: true,
+            bug,
+            ..NodeConfig::default()
+        };
+        let mut net = Net::with_config(3, FastPathMode::CoordinatorVotes, config);
+        let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
+        let key = Key::numbered(1);
+        net.input(
+            n3,
+            Input::Client {
+                request_id: ClientRequestId(1),
+                txn: Txn::new(vec![key.clone()], Update::Append(vec![(key.clone(), 1)])),
+            },
+        );
+        let tau = net.txn_id_of(n3, ClientRequestId(1));
+        net.in_flight.clear();
+        // n1 and n2 alone: their rounds reach the applied level without n3.
+        for _ in 0..40 {
+            net.deliver(|from, to, _| from != n3 && to != n3);
+            net.fire_timers(n1, 20_000);
+            net.fire_timers(n2, 20_000);
+        }
+        net.in_flight.clear();
+        let floors: Vec<Timestamp> = [n1, n2]
+            .iter()
+            .map(|node| net.nodes[node].applied_before()[&ShardId(0)])
+            .collect();
+        for floor in &floors {
+            assert!(
+                *floor > tau.timestamp(),
+                "floor {floor} vs t0 {}",
+                tau.timestamp()
+            );
+        }
+        assert!(
+            net.nodes[&n1].durable_before().is_empty(),
+            "no DurableBefore without n3"
+        );
+        // n3 comes back reaching n1 only, and recovers τ.
+        for _ in 0..40 {
+            net.deliver(|from, to, _| (from == n3 && to == n1) || (from == n1 && to == n3));
+            net.fire_timers(n3, 20_000);
+            net.fire_timers(n1, 20_000);
+        }
+        let status = net.nodes[&n3]
+            .commands
+            .get(&tau)
+            .map(|command| command.status);
+        let applied: Vec<(NodeId, Timestamp)> = [n1, n3]
+            .iter()
+            .flat_map(|node| {
+                net.nodes
+                    .get_mut(node)
+                    .expect("node")
+                    .take_applied()
+                    .into_iter()
+                    .filter(|record| record.txn_id == tau)
+                    .map(move |record| (*node, record.execute_at))
+            })
+            .collect();
+        match bug {
+            None => {
+                assert_eq!(status, Some(Status::Invalidated), "τ at n3");
+                assert!(applied.is_empty(), "τ applied: {applied:?}");
+            }
+            Some(_) => {
+                assert!(
+                    applied
+                        .iter()
+                        .any(|(_, at)| *at == tau.timestamp() && *at < floors[0]),
+                    "the gap: τ {status:?}, applied {applied:?}, floors {floors:?}"
+                );
+            }
+        }
+    }
+}
+
 /// Jepsen (skew nemesis): a durability round driven by a node whose clock ran 79 s ahead
 /// fenced off every TxnId the other nodes' clocks gave, so their transactions were all
 /// rejected (client: unknown outcome) until their clocks passed the bound. A node witnesses

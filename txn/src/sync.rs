@@ -1,25 +1,37 @@
-//! Bounded state: per-shard durability rounds (a RejectBefore fence and a DurableBefore
-//! watermark) and the garbage collection of command state they allow.
+//! Bounded state: per-shard durability rounds (a RejectBefore fence, an applied-before floor
+//! and a DurableBefore watermark) and the garbage collection of command state they allow.
 //!
-//! One replica of each shard (its first) drives a round every `sync_interval_micros`:
+//! One replica of each shard (its first; another takes over when the floor stops moving)
+//! drives a round every `sync_interval_micros`:
 //!
 //! ```text
 //!   bound = driver's HLC − sync_margin
 //!   SyncFence(bound)   ──► every replica: RejectBefore = bound (Sync), reply every TxnId it
 //!                          holds below bound. From now on a PreAccept of an unknown txn with
-//!                          t0 < bound is rejected, so no new txn below bound can commit.
-//!   SyncCheck(bound,U) ──► every replica: which of U (∪ what it holds below bound) is not
-//!                          final here (Sync first, so "final" is durable); unknown ones are
-//!                          fetched from peers. Repeated, growing U, until one round in which
-//!                          every replica reports nothing pending and nothing unlisted.
-//!   SyncDurable(bound) ──► every node: DurableBefore = bound (Sync), then erase each final
-//!                          command whose executeAt (and TxnId) is below DurableBefore of every
-//!                          shard it touches.
+//!                          t0 < bound is rejected. The driver goes on with a quorum of replies.
+//!   SyncCheck(bound,pass,U) ──► every replica: fence too; which of U (∪ what it holds below
+//!                          bound) is not final here; unknown ones are fetched from peers. A
+//!                          clean answer (nothing pending, nothing unlisted) raises the
+//!                          replica's CleanBefore promise; the answer follows a Sync. Repeated,
+//!                          growing U.
+//!   SyncApplied(bound) ──► once a quorum answered one pass clean, to those replicas: their
+//!                          applied-before floor = bound (the applied level).
+//!   SyncDurable(bound) ──► once every replica answered one pass clean, to every node:
+//!                          DurableBefore = bound (Sync), then erase each final command whose
+//!                          executeAt (and TxnId) is below DurableBefore of every shard it
+//!                          touches. With a replica silent after the applied level, the round
+//!                          ends without it.
 //! ```
 //!
-//! Why erasing is then safe (design/accord.md, "Bounded state"): every transaction below
-//! `bound` that any replica knew when fenced is final on every replica; every other one can
-//! never get a PreAccept quorum, so never commits. A command T with executeAt < bound is
+//! Why the floor is sound (design/accord.md, "Two levels"): a transaction in the clean pass's
+//! list is final on the replica; any other one below `bound` was voted for by no member of the
+//! fence quorum, so it took neither path, and a recovery meets the clean quorum at a replica
+//! that either held it (then it was listed) or, having promised, answers that it cannot have
+//! taken the fast path (`fenced_off_unknown`), so recovery invalidates it.
+//!
+//! Why erasing is safe (design/accord.md, "Bounded state"): every transaction below
+//! `bound` that any replica knew when it answered is final on every replica; every other one
+//! never commits. A command T with executeAt < bound is
 //! applied on every replica, so no later transaction needs to wait for it; and every
 //! conflicting transaction whose recovery could need T's deps as evidence (t0 below T's
 //! executeAt, so below bound) is already decided or can never commit. Messages about an
@@ -31,7 +43,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::codec::{Decoder, Encoder};
 use crate::error::{Error, Result};
 use crate::messages::Message;
-use crate::node::Node;
+use crate::node::{Node, ProtocolBug};
 use crate::timestamp::{LocalTime, NodeId, Timestamp, TxnId};
 use crate::topology::ShardId;
 use crate::txn::Txn;
@@ -43,6 +55,10 @@ pub const SYNC_FETCH_PER_CHECK_MAX: usize = 64;
 pub const SYNC_ROUND_TXNS_MAX: usize = 200_000;
 /// How long a durability round phase waits before resending to replicas that did not reply.
 pub const SYNC_RESEND_MICROS: u64 = 100_000;
+/// How many round intervals without its applied-before floor moving a replica waits, per
+/// position after the first in the shard's replica list, before it drives the shard's rounds
+/// itself (the first replica, the usual driver, may be down).
+pub const SYNC_TAKEOVER_INTERVALS: u64 = 5;
 
 /// Per-shard watermarks of one replica, durable in the journal.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,15 +68,31 @@ pub struct Watermarks {
     /// Every transaction below this is final on every replica of the shard or can never
     /// commit.
     pub durable_before: BTreeMap<ShardId, Timestamp>,
+    /// The highest bound at which this replica answered a round's check pass with nothing
+    /// pending and nothing unlisted. Its promise: an unknown transaction below it (and at or
+    /// above DurableBefore) is answered in recovery as one that cannot have taken the fast
+    /// path (`Node::fenced_off_unknown`).
+    pub clean_before: BTreeMap<ShardId, Timestamp>,
+    /// The applied-before floor: every transaction below it on the shard that can still
+    /// commit is applied (or invalidated) on this replica. Raised by `SyncApplied` once a
+    /// quorum of the shard's replicas answered one check pass clean.
+    pub applied_before: BTreeMap<ShardId, Timestamp>,
 }
 
-const WATERMARKS_VERSION: u8 = 1;
+/// Version 2 added `clean_before` and `applied_before`; version 1 records still decode (with
+/// both empty).
+const WATERMARKS_VERSION: u8 = 2;
 
 impl Watermarks {
     pub fn encode(&self) -> Vec<u8> {
         let mut encoder = Encoder::default();
         encoder.u8(WATERMARKS_VERSION);
-        for map in [&self.reject_before, &self.durable_before] {
+        for map in [
+            &self.reject_before,
+            &self.durable_before,
+            &self.clean_before,
+            &self.applied_before,
+        ] {
             encoder.u32(map.len() as u32);
             for (shard, at) in map {
                 encoder.u32(shard.0);
@@ -75,13 +107,22 @@ impl Watermarks {
     pub fn decode(bytes: &[u8]) -> Result<Watermarks> {
         let mut decoder = Decoder::new(bytes);
         let version = decoder.u8()?;
-        if version != WATERMARKS_VERSION {
-            return Err(Error::Corruption(format!(
-                "unknown watermarks version {version}"
-            )));
-        }
-        let mut maps = [BTreeMap::new(), BTreeMap::new()];
-        for map in &mut maps {
+        let map_count = match version {
+            1 => 2,
+            WATERMARKS_VERSION => 4,
+            _ => {
+                return Err(Error::Corruption(format!(
+                    "unknown watermarks version {version}"
+                )));
+            }
+        };
+        let mut maps = [
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        ];
+        for map in maps.iter_mut().take(map_count) {
             let n = decoder.u32()?;
             for _ in 0..n {
                 let shard = ShardId(decoder.u32()?);
@@ -91,10 +132,12 @@ impl Watermarks {
         if !decoder.is_empty() {
             return Err(Error::Corruption("trailing bytes after watermarks".into()));
         }
-        let [reject_before, durable_before] = maps;
+        let [reject_before, durable_before, clean_before, applied_before] = maps;
         Ok(Watermarks {
             reject_before,
             durable_before,
+            clean_before,
+            applied_before,
         })
     }
 }
@@ -111,14 +154,27 @@ pub enum SyncPhase {
 pub struct SyncRound {
     pub bound: Timestamp,
     pub phase: SyncPhase,
+    /// The current check pass; replies of another pass are ignored.
+    pub pass: u32,
     /// Replicas that answered the current phase (or check pass).
     pub acks: BTreeSet<NodeId>,
+    /// Replicas that answered the current check pass with nothing pending and nothing
+    /// unlisted.
+    pub clean: BTreeSet<NodeId>,
+    /// Replicas sent `SyncApplied` in this round (the applied level is reached once a quorum
+    /// answered one pass clean).
+    pub applied_to: BTreeSet<NodeId>,
     /// Every transaction below `bound` some replica reported.
     pub known: BTreeSet<TxnId>,
     /// Some replica reported something pending or unlisted in this check pass.
     pub dirty: bool,
     /// When the current phase (or pass) was last sent.
     pub sent_at: LocalTime,
+}
+
+/// The size of a slow quorum (a simple majority) of `replicas`.
+fn majority(replicas: usize) -> usize {
+    replicas / 2 + 1
 }
 
 impl Node {
@@ -256,24 +312,36 @@ impl Node {
         Ok(())
     }
 
-    /// Starts or pushes on the durability rounds this node drives (one per shard whose first
-    /// replica it is).
+    /// Starts or pushes on the durability rounds this node drives: one per shard whose first
+    /// replica it is, and, as a fallback, one per shard it replicates whose applied-before
+    /// floor has not moved here for a while (the first replica is down or cut off): the
+    /// replica at position `i` takes over after `i × SYNC_TAKEOVER_INTERVALS` intervals.
     pub(crate) fn drive_sync(&mut self, now: LocalTime) {
         if !self.config.gc_enabled {
             return;
         }
-        let driven: Vec<(ShardId, Vec<NodeId>)> = self
-            .topology
-            .shards
-            .iter()
-            .filter(|shard| shard.replicas.first() == Some(&self.id))
-            .map(|shard| (shard.id, shard.replicas.clone()))
-            .collect();
+        let interval = self.config.sync_interval_micros;
+        let mut driven: Vec<(ShardId, Vec<NodeId>)> = Vec::new();
+        for shard in &self.topology.shards {
+            let Some(position) = shard.replicas.iter().position(|node| *node == self.id) else {
+                continue;
+            };
+            let moved = *self.sync_floor_moved.entry(shard.id).or_insert(now);
+            let takeover = interval
+                .saturating_mul(SYNC_TAKEOVER_INTERVALS)
+                .saturating_mul(position as u64);
+            if position == 0
+                || self.sync_rounds.contains_key(&shard.id)
+                || now.0.saturating_sub(moved.0) >= takeover
+            {
+                driven.push((shard.id, shard.replicas.clone()));
+            }
+        }
         for (shard, replicas) in driven {
             match self.sync_rounds.get(&shard).cloned() {
                 None => {
                     let last = self.sync_last_end.get(&shard).copied().unwrap_or_default();
-                    if now.0.saturating_sub(last.0) < self.config.sync_interval_micros {
+                    if now.0.saturating_sub(last.0) < interval {
                         continue;
                     }
                     let hlc = self.hlc.unique_now(now);
@@ -283,8 +351,8 @@ impl Node {
                         0,
                         NodeId(0),
                     );
-                    let durable = self.watermarks.durable_before.get(&shard).copied();
-                    if durable.is_some_and(|at| at >= bound) {
+                    let floor = self.applied_before_shard(shard);
+                    if floor >= bound {
                         continue;
                     }
                     self.sync_rounds.insert(
@@ -292,7 +360,10 @@ impl Node {
                         SyncRound {
                             bound,
                             phase: SyncPhase::Fence,
+                            pass: 0,
                             acks: BTreeSet::new(),
+                            clean: BTreeSet::new(),
+                            applied_to: BTreeSet::new(),
                             known: BTreeSet::new(),
                             dirty: false,
                             sent_at: now,
@@ -306,6 +377,24 @@ impl Node {
                     if now.0.saturating_sub(round.sent_at.0) < SYNC_RESEND_MICROS {
                         continue;
                     }
+                    if round.phase == SyncPhase::Check {
+                        let everyone = replicas.iter().all(|replica| round.acks.contains(replica));
+                        if !everyone && !round.applied_to.is_empty() {
+                            // The applied level is reached and a replica does not answer:
+                            // DurableBefore waits for a later round; start one after the
+                            // interval, so the floor keeps moving with that replica down.
+                            self.sync_rounds.remove(&shard);
+                            self.sync_last_end.insert(shard, now);
+                            continue;
+                        }
+                        if round.dirty && round.acks.len() >= majority(replicas.len()) {
+                            // Check again (with what was reported): what is pending needs
+                            // time to finish, and a replica that does not answer must not
+                            // hold the others' pass back.
+                            self.send_sync_check(now, shard);
+                            continue;
+                        }
+                    }
                     if let Some(round) = self.sync_rounds.get_mut(&shard) {
                         round.sent_at = now;
                     }
@@ -317,6 +406,7 @@ impl Node {
                         SyncPhase::Check => Message::SyncCheck {
                             shard,
                             bound: round.bound,
+                            pass: round.pass,
                             txns: round.known.iter().copied().collect(),
                         },
                     };
@@ -395,17 +485,21 @@ impl Node {
         let Some(round) = self.sync_rounds.get_mut(&shard) else {
             return;
         };
-        if round.bound != bound || round.phase != SyncPhase::Fence {
+        if round.bound != bound || round.phase != SyncPhase::Fence || !replicas.contains(&from) {
             return;
         }
         round.known.extend(known);
         round.acks.insert(from);
-        if replicas.iter().all(|replica| round.acks.contains(replica)) {
+        // A quorum fenced is enough: every commit quorum (fast or slow) meets it, and a
+        // replica that fences later does so when it answers the check (`on_sync_check`),
+        // reporting what it holds as `extra`.
+        if round.acks.len() >= majority(replicas.len()) {
             round.phase = SyncPhase::Check;
             self.send_sync_check(now, shard);
         }
     }
 
+    /// Starts the next check pass of `shard`'s round.
     fn send_sync_check(&mut self, now: LocalTime, shard: ShardId) {
         let replicas = self.topology.shard(shard).replicas.clone();
         let Some(round) = self.sync_rounds.get_mut(&shard) else {
@@ -417,12 +511,15 @@ impl Node {
             self.sync_last_end.insert(shard, now);
             return;
         }
+        round.pass += 1;
         round.acks.clear();
+        round.clean.clear();
         round.dirty = false;
         round.sent_at = now;
         let message = Message::SyncCheck {
             shard,
             bound: round.bound,
+            pass: round.pass,
             txns: round.known.iter().copied().collect(),
         };
         for replica in replicas {
@@ -435,11 +532,14 @@ impl Node {
         from: NodeId,
         shard: ShardId,
         bound: Timestamp,
+        pass: u32,
         txns: Vec<TxnId>,
     ) -> Result<()> {
-        // Make every "final" this reply reports durable (a Sync write flushes earlier
-        // buffered applies).
-        self.journal.record_watermarks(&self.watermarks)?;
+        // The check fences too: a replica that missed the fence (the driver moves on with a
+        // quorum) must reject PreAccepts below `bound` before it reports what it holds.
+        let fence = self.watermarks.reject_before.entry(shard).or_default();
+        *fence = (*fence).max(bound);
+        self.hlc.witness(bound);
         let durable = Some(self.durable_before_shard(shard));
         let listed: BTreeSet<TxnId> = txns.iter().copied().collect();
         let mut pending = Vec::new();
@@ -466,6 +566,15 @@ impl Node {
                 pending.push(txn_id);
             }
         }
+        if pending.is_empty() && extra.is_empty() {
+            // The promise behind the applied level: from now on an unknown transaction below
+            // `bound` is answered in recovery as fenced off (`fenced_off_unknown`).
+            let clean = self.watermarks.clean_before.entry(shard).or_default();
+            *clean = (*clean).max(bound);
+        }
+        // Make the fence, the promise and every "final" this reply reports durable (a Sync
+        // write flushes earlier buffered applies).
+        self.journal.record_watermarks(&self.watermarks)?;
         // Learn what this replica missed (an Apply or Commit that never arrived).
         for txn_id in unknown.into_iter().take(SYNC_FETCH_PER_CHECK_MAX) {
             let peers: Vec<NodeId> = self
@@ -485,6 +594,7 @@ impl Node {
             Message::SyncCheckOk {
                 shard,
                 bound,
+                pass,
                 pending,
                 extra,
             },
@@ -499,29 +609,54 @@ impl Node {
         from: NodeId,
         shard: ShardId,
         bound: Timestamp,
+        pass: u32,
         pending: Vec<TxnId>,
         extra: Vec<TxnId>,
     ) {
         let replicas = self.topology.shard(shard).replicas.clone();
+        let applied_bug = self.bug(ProtocolBug::AppliedFloorFromAnyReply);
         let Some(round) = self.sync_rounds.get_mut(&shard) else {
             return;
         };
-        if round.bound != bound || round.phase != SyncPhase::Check || round.acks.contains(&from) {
+        if round.bound != bound
+            || round.phase != SyncPhase::Check
+            || round.pass != pass
+            || round.acks.contains(&from)
+            || !replicas.contains(&from)
+        {
             return;
         }
         round.acks.insert(from);
-        if !pending.is_empty() || !extra.is_empty() {
+        if pending.is_empty() && extra.is_empty() {
+            round.clean.insert(from);
+        } else {
             round.dirty = true;
         }
         round.known.extend(extra);
+        // The applied level: a quorum answered this pass clean. Each of them has applied
+        // every transaction below `bound` that can still commit (design/accord.md, "Two
+        // levels").
+        let quorum = if applied_bug {
+            &round.acks
+        } else {
+            &round.clean
+        };
+        if quorum.len() >= majority(replicas.len()) {
+            let to: Vec<NodeId> = quorum.difference(&round.applied_to).copied().collect();
+            round.applied_to.extend(to.iter().copied());
+            for node in to {
+                self.send(node, Message::SyncApplied { shard, bound });
+            }
+        }
+        let Some(round) = self.sync_rounds.get_mut(&shard) else {
+            return;
+        };
         if !replicas.iter().all(|replica| round.acks.contains(replica)) {
             return;
         }
         if round.dirty {
             // Check again on the next progress tick, not at once: what is pending needs time
             // to finish.
-            round.acks.clear();
-            round.dirty = false;
             round.sent_at = LocalTime(0);
             return;
         }
@@ -532,6 +667,82 @@ impl Node {
         for node in self.topology.nodes() {
             self.send(node, Message::SyncDurable { shard, bound });
         }
+    }
+
+    /// Raises this replica's applied-before floor of `shard` to `bound`: a quorum of the
+    /// shard's replicas, this one among them, answered one check pass at `bound` clean.
+    pub(crate) fn on_sync_applied(
+        &mut self,
+        now: LocalTime,
+        shard: ShardId,
+        bound: Timestamp,
+    ) -> Result<()> {
+        if !self.topology.shard(shard).is_replica(self.id)
+            || self.applied_before_shard(shard) >= bound
+        {
+            return Ok(());
+        }
+        // Only a replica that promised (answered clean at `bound`) may raise its floor; the
+        // driver sends SyncApplied to no other, so this only guards against a bug.
+        let promised = self
+            .watermarks
+            .clean_before
+            .get(&shard)
+            .is_some_and(|at| *at >= bound);
+        if !promised && !self.bug(ProtocolBug::AppliedFloorFromAnyReply) {
+            return Ok(());
+        }
+        self.hlc.witness(bound);
+        self.watermarks.applied_before.insert(shard, bound);
+        self.sync_floor_moved.insert(shard, now);
+        self.journal.record_watermarks(&self.watermarks)
+    }
+
+    /// The applied-before floor of `shard` here: every transaction below it on the shard that
+    /// can still commit is applied (or invalidated) on this node. DurableBefore is one too.
+    pub(crate) fn applied_before_shard(&self, shard: ShardId) -> Timestamp {
+        let applied = self
+            .watermarks
+            .applied_before
+            .get(&shard)
+            .copied()
+            .unwrap_or(Timestamp::ZERO);
+        applied.max(self.durable_before_shard(shard))
+    }
+
+    /// The lowest applied-before floor over the shards this node replicates (`None` if it
+    /// replicates none): every write below it this node will ever apply is applied.
+    pub(crate) fn applied_before_owned(&self) -> Option<Timestamp> {
+        self.topology
+            .shards
+            .iter()
+            .filter(|shard| shard.is_replica(self.id))
+            .map(|shard| self.applied_before_shard(shard.id))
+            .min()
+    }
+
+    /// Returns true when recovery may be told that `txn_id` (unknown here) cannot have taken
+    /// the fast path: on a shard of it this node replicates, it answered a check pass clean
+    /// at a bound above t0 (and t0 is at or above DurableBefore, so it was not collected
+    /// here). Such a transaction was in no replica's report of that round's fence quorum, so
+    /// no member of that quorum ever voted for it, and every fast quorum meets it.
+    pub(crate) fn fenced_off_unknown(&self, txn_id: TxnId, txn: &Txn) -> bool {
+        if self.commands.contains_key(&txn_id)
+            || self.erased.contains(&txn_id)
+            || self.bug(ProtocolBug::RecoveryIgnoresCleanPromise)
+        {
+            return false;
+        }
+        let t0 = txn_id.timestamp();
+        self.owned_shards(txn).into_iter().any(|shard| {
+            let clean = self
+                .watermarks
+                .clean_before
+                .get(&shard)
+                .copied()
+                .unwrap_or(Timestamp::ZERO);
+            self.durable_before_shard(shard) <= t0 && t0 < clean
+        })
     }
 
     pub(crate) fn on_sync_durable(
@@ -547,6 +758,7 @@ impl Node {
             return Ok(());
         }
         *durable = bound;
+        self.sync_floor_moved.insert(shard, now);
         if self.topology.shard(shard).is_replica(self.id) {
             let fence = self.watermarks.reject_before.entry(shard).or_default();
             *fence = (*fence).max(bound);
@@ -725,5 +937,32 @@ mod tests {
         for cut in [0, 1, bytes.len() - 1] {
             assert!(Watermarks::decode(&bytes[..cut]).is_err());
         }
+        watermarks.clean_before.insert(ShardId(2), at);
+        watermarks.applied_before.insert(ShardId(2), at);
+        assert_eq!(
+            Watermarks::decode(&watermarks.encode()).unwrap(),
+            watermarks
+        );
+    }
+
+    /// A version-1 record (before the applied level) still decodes, with no promise and no
+    /// applied-before floor.
+    #[test]
+    fn version_1_watermarks_still_decode() {
+        let at = Timestamp::new(Epoch(1), 42, 0, NodeId(0));
+        let mut encoder = Encoder::default();
+        encoder.u8(1);
+        for _ in 0..2 {
+            encoder.u32(1);
+            encoder.u32(7);
+            encoder.timestamp(at);
+        }
+        let decoded = Watermarks::decode(&encoder.buf).unwrap();
+        assert_eq!(decoded.reject_before, BTreeMap::from([(ShardId(7), at)]));
+        assert_eq!(decoded.durable_before, BTreeMap::from([(ShardId(7), at)]));
+        assert!(decoded.clean_before.is_empty() && decoded.applied_before.is_empty());
+        let mut unknown = encoder.buf.clone();
+        unknown[0] = 3;
+        assert!(Watermarks::decode(&unknown).is_err());
     }
 }

@@ -15,7 +15,7 @@ use crate::timestamp::TxnId;
 use crate::topology::ShardId;
 
 /// The version of this encoding; bump it on any change to the layout of a message.
-pub const MESSAGE_CODEC_VERSION: u8 = 1;
+pub const MESSAGE_CODEC_VERSION: u8 = 2;
 
 /// Encodes `message` (see the module documentation for the layout).
 pub fn encode_message(message: &Message) -> Vec<u8> {
@@ -192,26 +192,39 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
             e.timestamp(*bound);
             encode_txn_ids(&mut e, known);
         }
-        Message::SyncCheck { shard, bound, txns } => {
+        Message::SyncCheck {
+            shard,
+            bound,
+            pass,
+            txns,
+        } => {
             e.u8(20);
             e.u32(shard.0);
             e.timestamp(*bound);
+            e.u32(*pass);
             encode_txn_ids(&mut e, txns);
         }
         Message::SyncCheckOk {
             shard,
             bound,
+            pass,
             pending,
             extra,
         } => {
             e.u8(21);
             e.u32(shard.0);
             e.timestamp(*bound);
+            e.u32(*pass);
             encode_txn_ids(&mut e, pending);
             encode_txn_ids(&mut e, extra);
         }
         Message::SyncDurable { shard, bound } => {
             e.u8(22);
+            e.u32(shard.0);
+            e.timestamp(*bound);
+        }
+        Message::SyncApplied { shard, bound } => {
+            e.u8(23);
             e.u32(shard.0);
             e.timestamp(*bound);
         }
@@ -340,15 +353,21 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message> {
         20 => Message::SyncCheck {
             shard: ShardId(d.u32()?),
             bound: d.timestamp()?,
+            pass: d.u32()?,
             txns: decode_txn_ids(&mut d)?,
         },
         21 => Message::SyncCheckOk {
             shard: ShardId(d.u32()?),
             bound: d.timestamp()?,
+            pass: d.u32()?,
             pending: decode_txn_ids(&mut d)?,
             extra: decode_txn_ids(&mut d)?,
         },
         22 => Message::SyncDurable {
+            shard: ShardId(d.u32()?),
+            bound: d.timestamp()?,
+        },
+        23 => Message::SyncApplied {
             shard: ShardId(d.u32()?),
             bound: d.timestamp()?,
         },
@@ -611,17 +630,23 @@ mod tests {
             Message::SyncCheck {
                 shard,
                 bound: ts(21, 1),
+                pass: 3,
                 txns: vec![txn_id],
             },
             Message::SyncCheckOk {
                 shard,
                 bound: ts(21, 1),
+                pass: 3,
                 pending: vec![other],
                 extra: vec![txn_id],
             },
             Message::SyncDurable {
                 shard,
                 bound: ts(22, 1),
+            },
+            Message::SyncApplied {
+                shard,
+                bound: ts(23, 1),
             },
         ]
     }
@@ -642,7 +667,7 @@ mod tests {
             );
         }
         // Every variant has its own tag.
-        assert_eq!(tags, (1..=22).collect());
+        assert_eq!(tags, (1..=23).collect());
     }
 
     #[test]

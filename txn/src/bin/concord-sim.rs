@@ -4,6 +4,7 @@
 //!   concord-sim --seeds 10000 [--first-seed 0] [--txns 500] [--bug DropDeps]
 //!   concord-sim --seed 42 [--txns 500]            replay one seed, print its report
 //!   concord-sim ... --plan recovery               SimConfig::recovery instead of swarm
+//!   concord-sim ... --plan one-down               SimConfig::one_down: one replica held out
 //!   concord-sim ... --no-gc                       without durability rounds / GC (bisecting)
 //!   concord-sim --measure                         messages per txn and fast-path share
 //!   concord-sim --long 1000000 [--calm]           bounded state: command/journal curve
@@ -22,6 +23,8 @@ fn parse_bug(name: &str) -> Option<ProtocolBug> {
         "FastQuorumTooSmall" => ProtocolBug::FastQuorumTooSmall,
         "RecoveryIgnoresAccepted" => ProtocolBug::RecoveryIgnoresAccepted,
         "SlowPathUsesTxnId" => ProtocolBug::SlowPathUsesTxnId,
+        "AppliedFloorFromAnyReply" => ProtocolBug::AppliedFloorFromAnyReply,
+        "RecoveryIgnoresCleanPromise" => ProtocolBug::RecoveryIgnoresCleanPromise,
         _ => return None,
     })
 }
@@ -40,11 +43,15 @@ fn main() -> ExitCode {
     let txns = number("--txns", 500) as usize;
     let bug = value("--bug").and_then(|name| parse_bug(&name));
     // `--plan recovery`: `SimConfig::recovery` instead of `SimConfig::swarm`.
-    let recovery_plan = value("--plan").as_deref() == Some("recovery");
+    let plan = value("--plan");
+    let recovery_plan = plan.as_deref() == Some("recovery");
+    let one_down_plan = plan.as_deref() == Some("one-down");
     let no_gc = args.iter().any(|arg| arg == "--no-gc");
     let config_for = |seed: u64| {
         let mut config = if recovery_plan {
             SimConfig::recovery(seed, txns)
+        } else if one_down_plan {
+            SimConfig::one_down(seed, txns)
         } else {
             SimConfig::swarm(seed, txns)
         };
@@ -141,6 +148,7 @@ fn measure(txns: usize) {
                     sync_margin_micros: 200_000,
                     sample_every: 0,
                     on_sample: None,
+                    one_down: None,
                 };
                 let report = run(&config);
                 let commits = (report.fast_path_commits + report.slow_path_commits).max(1);

@@ -10,6 +10,9 @@
 //! - **No lost writes**: every acknowledged transaction is applied.
 //! - **Convergence**: every replica holds a value the model held for each key it owns.
 //! - **Bank**: every acknowledged read of all balances sums to the initial total.
+//! - **Applied floor**: when a node's applied-before floor of a shard rises to `B`, every
+//!   transaction on that shard with executeAt below `B` that is applied anywhere (in the whole
+//!   run, before or after) was already applied on that node.
 //!
 //! The black-box checker (`concord-checker`, run from `history.rs`) is the second opinion, over
 //! the same client history, without access to executeAt.
@@ -21,6 +24,7 @@ use super::Workload;
 use super::cluster::INITIAL_BALANCE;
 use crate::node::Outcome;
 use crate::timestamp::{NodeId, Timestamp, TxnId};
+use crate::topology::{ShardId, Topology};
 use crate::txn::{Key, ReadData, Txn, Writes, decode_balance};
 
 /// A client operation as the history records it.
@@ -61,6 +65,71 @@ impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind, self.detail)
     }
+}
+
+/// One rise of a node's applied-before floor of a shard (`Node::applied_before`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FloorRaise {
+    pub node: NodeId,
+    pub shard: ShardId,
+    pub bound: Timestamp,
+    /// Simulated time of the rise.
+    pub time: u64,
+}
+
+/// The applied-floor oracle: for each node and shard, the first rise of the floor above a
+/// transaction's executeAt must come after that transaction applied on the node.
+pub(crate) fn check_floors(
+    raises: &[FloorRaise],
+    applied: &BTreeMap<NodeId, BTreeMap<TxnId, AppliedTxn>>,
+    applied_at: &BTreeMap<(NodeId, TxnId), u64>,
+    topology: &Topology,
+) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let mut global: BTreeMap<TxnId, &AppliedTxn> = BTreeMap::new();
+    for txns in applied.values() {
+        for (txn_id, txn) in txns {
+            global.entry(*txn_id).or_insert(txn);
+        }
+    }
+    let mut by_node_shard: BTreeMap<(NodeId, ShardId), Vec<&FloorRaise>> = BTreeMap::new();
+    for raise in raises {
+        by_node_shard
+            .entry((raise.node, raise.shard))
+            .or_default()
+            .push(raise);
+    }
+    for (txn_id, txn) in &global {
+        for shard in topology.shards_for_keys(txn.txn.keys()) {
+            for node in &topology.shard(shard).replicas {
+                let Some(raises) = by_node_shard.get(&(*node, shard)) else {
+                    continue;
+                };
+                let Some(raise) = raises.iter().find(|raise| raise.bound > txn.execute_at) else {
+                    continue;
+                };
+                let applied_here = applied_at.get(&(*node, *txn_id));
+                if applied_here.is_none_or(|at| *at > raise.time) {
+                    violations.push(Violation::new(
+                        "applied floor",
+                        format!(
+                            "{node}'s floor of shard {} rose to {} at {}us but {txn_id} (executeAt \
+                             {}) was applied there {}",
+                            shard.0,
+                            raise.bound,
+                            raise.time,
+                            txn.execute_at,
+                            applied_here.map_or("never".to_string(), |at| format!("at {at}us"))
+                        ),
+                    ));
+                    if violations.len() >= VIOLATIONS_MAX {
+                        return violations;
+                    }
+                }
+            }
+        }
+    }
+    violations
 }
 
 /// The most violations reported per run (the first few tell the story).

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use concord_storage::engine::EngineOptions;
 use concord_storage::memory::MemoryEngine;
 
-use super::check::{self, AppliedTxn, OpRecord, Violation};
+use super::check::{self, AppliedTxn, FloorRaise, OpRecord, Violation};
 use super::history::{self, CheckerVerdict};
-use super::{FaultPlan, SimConfig, SimRng, Workload};
+use super::{FaultPlan, OneDown, SimConfig, SimRng, Workload};
 use crate::command::Status;
 use crate::messages::Message;
 use crate::node::{ClientRequestId, Effects, Input, Node, NodeConfig, Outcome, Timer};
 use crate::storage::{EngineJournal, KvDataStore};
-use crate::timestamp::{LocalTime, NodeId, TxnId};
-use crate::topology::Topology;
+use crate::timestamp::{LocalTime, NodeId, Timestamp, TxnId};
+use crate::topology::{ShardId, Topology};
 use crate::txn::{Key, Txn, Update};
 
 /// How long a client waits before recording an unknown outcome.
@@ -27,6 +27,10 @@ const QUIESCE_MICROS_MAX: u64 = 120_000_000;
 const WATCHDOG_MICROS: u64 = 20_000_000;
 /// The most events one run may process before it is declared stuck.
 const EVENTS_MAX: u64 = 50_000_000;
+/// With a replica held down ([`SimConfig::one_down`]): how long, after the last client
+/// finished, the live replicas' applied-before floors may take to pass every applied
+/// transaction before the run fails ("floor stalled").
+const FLOOR_WAIT_MICROS_MAX: u64 = 30_000_000;
 /// Initial balance of every bank account.
 pub const INITIAL_BALANCE: i64 = 100;
 
@@ -57,6 +61,7 @@ enum Event {
     PartitionStart,
     PartitionEnd,
     QuiesceCheck,
+    FloorCheck,
 }
 
 #[derive(Debug)]
@@ -85,6 +90,11 @@ pub struct RunReport {
     /// Coordinators isolated just as they sent Commit after Accept (`isolate_after_accept`).
     pub isolations: u64,
     pub messages: BTreeMap<&'static str, u64>,
+    /// Times a node's applied-before floor of a shard rose (each checked by the floor oracle).
+    pub floor_raises: u64,
+    /// With [`SimConfig::one_down`]: the live replicas' floors passed every applied
+    /// transaction while that replica was still down or cut off.
+    pub floor_caught_up: bool,
     pub messages_total: u64,
     pub sim_time_micros: u64,
     /// Mean client latency of fast-path and slow-path commits.
@@ -124,6 +134,14 @@ struct Sim {
     applied_conflicts: Vec<Violation>,
     /// Transactions some node sent Accept for (the `isolate_after_accept` nemesis' trigger).
     accept_sent: BTreeSet<TxnId>,
+    /// Each node's applied-before floors as last observed.
+    floors: BTreeMap<NodeId, BTreeMap<ShardId, Timestamp>>,
+    /// Every rise of a node's floor, in time order (the floor oracle's input).
+    floor_raises: Vec<FloorRaise>,
+    /// When each transaction was first applied on each node (with `check`).
+    applied_at: BTreeMap<(NodeId, TxnId), u64>,
+    /// When the wait for the floors began (one replica down), if it did.
+    floor_wait_since: Option<u64>,
 }
 
 /// Runs one simulation. Panics inside the protocol (failed invariants) become violations; the
@@ -190,7 +208,20 @@ impl Sim {
             applied: BTreeMap::new(),
             applied_conflicts: Vec::new(),
             accept_sent: BTreeSet::new(),
+            floors: BTreeMap::new(),
+            floor_raises: Vec::new(),
+            applied_at: BTreeMap::new(),
+            floor_wait_since: None,
         };
+        match sim.config.one_down {
+            Some(OneDown::Partitioned(node)) => {
+                // Cut off from the start until the quiesce; no other partition may replace it.
+                sim.faults.partitions_per_second = 0.0;
+                sim.faults.isolate_after_accept = 0.0;
+                sim.partition = Some(BTreeSet::from([node]));
+            }
+            Some(OneDown::Crashed(_)) | None => {}
+        }
         for node_id in sim.topology.nodes() {
             let skew_micros = sim.rng.range(0, sim.faults.skew_max_micros);
             let engine = Arc::new(MemoryEngine::with_crash_simulation(EngineOptions::default()));
@@ -202,7 +233,9 @@ impl Sim {
                 last_local: 0,
             };
             sim.nodes.insert(node_id, slot);
-            sim.start_node(node_id);
+            if sim.config.one_down != Some(OneDown::Crashed(node_id)) {
+                sim.start_node(node_id);
+            }
         }
         for client in 0..sim.config.clients {
             let at = sim.rng.range(0, 1_000);
@@ -251,6 +284,8 @@ impl Sim {
                 .expect("the in-memory engine does not fail");
         let mut node = node;
         let applied = node.take_applied();
+        // A restarted node's floors come from its journal: not a rise.
+        self.floors.insert(node_id, node.applied_before());
         self.nodes.get_mut(&node_id).expect("known").node = Some(node);
         self.record_applied(node_id, applied);
         self.apply_effects(node_id, effects);
@@ -357,6 +392,7 @@ impl Sim {
                 }
             }
             Event::QuiesceCheck => self.quiesce_check(),
+            Event::FloorCheck => self.floor_check(),
         }
     }
 
@@ -417,7 +453,9 @@ impl Sim {
             .handle(now, input)
             .expect("the in-memory engine does not fail");
         let applied = node.take_applied();
+        let floors = node.applied_before();
         self.record_applied(node_id, applied);
+        self.observe_floors(node_id, floors);
         self.apply_effects(node_id, effects);
     }
 
@@ -439,6 +477,9 @@ impl Sim {
             }
             if self.config.check {
                 on_node.insert(record.txn_id, entry);
+                self.applied_at
+                    .entry((node_id, record.txn_id))
+                    .or_insert(self.now);
             }
         }
     }
@@ -539,7 +580,14 @@ impl Sim {
         if self.ops.len() >= self.config.txns {
             self.clients_busy[client] = false;
             if !self.clients_waiting() && !self.quiescing {
-                self.begin_quiesce();
+                if self.config.one_down.is_some() {
+                    if self.floor_wait_since.is_none() {
+                        self.floor_wait_since = Some(self.now);
+                        self.schedule(100_000, Event::FloorCheck);
+                    }
+                } else {
+                    self.begin_quiesce();
+                }
             }
             return;
         }
@@ -674,6 +722,73 @@ impl Sim {
         }
     }
 
+    /// Records every rise of `node_id`'s applied-before floors.
+    fn observe_floors(&mut self, node_id: NodeId, floors: BTreeMap<ShardId, Timestamp>) {
+        let last = self.floors.entry(node_id).or_default();
+        for (shard, at) in &floors {
+            if last.get(shard).is_none_or(|before| before < at) {
+                self.floor_raises.push(FloorRaise {
+                    node: node_id,
+                    shard: *shard,
+                    bound: *at,
+                    time: self.now,
+                });
+            }
+        }
+        *last = floors;
+    }
+
+    /// One replica held down: waits, before the quiesce brings it back, until every live
+    /// replica's floor of every shard passed every transaction applied on that shard.
+    fn floor_check(&mut self) {
+        if self.quiescing {
+            return;
+        }
+        let mut target: BTreeMap<ShardId, Timestamp> = BTreeMap::new();
+        for txns in self.applied.values() {
+            for txn in txns.values() {
+                for shard in self.topology.shards_for_keys(txn.txn.keys()) {
+                    let at = target.entry(shard).or_default();
+                    *at = (*at).max(txn.execute_at);
+                }
+            }
+        }
+        let caught_up = self.topology.shards.iter().all(|shard| {
+            let needed = target.get(&shard.id).copied().unwrap_or_default();
+            shard.replicas.iter().all(|node| {
+                let live = self.nodes[node].node.is_some()
+                    && self
+                        .partition
+                        .as_ref()
+                        .is_none_or(|side| !side.contains(node));
+                !live
+                    || self
+                        .floors
+                        .get(node)
+                        .and_then(|floors| floors.get(&shard.id))
+                        .is_some_and(|floor| *floor > needed)
+            })
+        });
+        let since = self.floor_wait_since.unwrap_or(self.now);
+        if caught_up {
+            self.report.floor_caught_up = true;
+            self.begin_quiesce();
+        } else if self.now.saturating_sub(since) >= FLOOR_WAIT_MICROS_MAX {
+            let floors = format!("{:?}", self.floors);
+            self.applied_conflicts.push(Violation::new(
+                "floor stalled",
+                format!(
+                    "the live replicas' applied-before floors did not pass every applied \
+                     transaction {FLOOR_WAIT_MICROS_MAX}us after the clients finished (one \
+                     replica down): targets {target:?}, floors {floors}"
+                ),
+            ));
+            self.begin_quiesce();
+        } else {
+            self.schedule(100_000, Event::FloorCheck);
+        }
+    }
+
     fn begin_quiesce(&mut self) {
         self.quiescing = true;
         self.partition = None;
@@ -758,7 +873,14 @@ impl Sim {
                 finals.insert(*node_id, data);
             }
         }
+        self.report.floor_raises = self.floor_raises.len() as u64;
         if self.config.check {
+            violations.extend(check::check_floors(
+                &self.floor_raises,
+                &applied,
+                &self.applied_at,
+                &self.topology,
+            ));
             violations.extend(check::check_run(
                 &self.ops,
                 &applied,

@@ -19,7 +19,7 @@ mod cluster;
 mod history;
 mod rng;
 
-pub use check::Violation;
+pub use check::{FloorRaise, Violation};
 pub use cluster::{RunReport, run};
 
 pub use history::CheckerVerdict;
@@ -139,6 +139,17 @@ impl FaultPlan {
     }
 }
 
+/// A replica held out of the run from its start until the clients finished and the other
+/// replicas' applied-before floors passed every applied transaction (then the quiesce brings
+/// it back as usual).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OneDown {
+    /// Not started until the quiesce.
+    Crashed(crate::timestamp::NodeId),
+    /// Up but cut off from every other node (no other partition is drawn).
+    Partitioned(crate::timestamp::NodeId),
+}
+
 /// One simulated run.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -170,6 +181,8 @@ pub struct SimConfig {
     pub sample_every: usize,
     /// Called with every sample as it is taken (long runs print their curve live).
     pub on_sample: Option<fn(&StateSample)>,
+    /// Hold one replica out of the run ([`SimConfig::one_down`]); `None` in drawn runs.
+    pub one_down: Option<OneDown>,
 }
 
 /// Command state of the whole cluster at one moment of a run.
@@ -196,6 +209,8 @@ pub enum PlanKind {
     Swarm,
     /// [`SimConfig::recovery`].
     Recovery,
+    /// [`SimConfig::one_down`].
+    OneDown,
 }
 
 impl SimConfig {
@@ -231,6 +246,7 @@ impl SimConfig {
             sync_margin_micros: crate::node::NodeConfig::default().sync_margin_micros,
             sample_every: 0,
             on_sample: None,
+            one_down: None,
         }
     }
 
@@ -247,6 +263,24 @@ impl SimConfig {
         config
     }
 
+    /// A swarm run with one node held out (down or cut off, drawn) from the start until the
+    /// others' applied-before floors passed every applied transaction: the floor must move
+    /// with a replica down. Three nodes (every shard loses a replica) and RF 3.
+    pub fn one_down(seed: u64, txns: usize) -> SimConfig {
+        let mut config = SimConfig::swarm(seed, txns);
+        let mut rng = SimRng::new(seed.wrapping_mul(977).wrapping_add(3));
+        config.nodes = 3;
+        config.replication_factor = 3;
+        let node = crate::timestamp::NodeId(1 + rng.range(0, 2) as u32);
+        config.one_down = Some(if rng.chance(0.5) {
+            OneDown::Crashed(node)
+        } else {
+            OneDown::Partitioned(node)
+        });
+        config.plan = PlanKind::OneDown;
+        config
+    }
+
     /// The one-line command that replays this run.
     pub fn replay_command(&self, txns: usize) -> String {
         let bug = self
@@ -256,6 +290,7 @@ impl SimConfig {
         let plan = match self.plan {
             PlanKind::Swarm => "",
             PlanKind::Recovery => " --plan recovery",
+            PlanKind::OneDown => " --plan one-down",
         };
         format!(
             "cargo run -p concord-txn --release --features sim --bin concord-sim -- --seed {} \
