@@ -663,7 +663,8 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
             node,
             topology,
             // Peers coordinate too: the change feed's floor must also stay below the
-            // durability rounds' DurableBefore (design/cluster.md, "Change feed frontier").
+            // durability rounds' applied-before floor of every shard this node replicates
+            // (design/cluster.md, "Change feed frontier").
             node_config: concord_txn::node::NodeConfig {
                 apply_floor_durable: true,
                 ..txn_store::node_config()

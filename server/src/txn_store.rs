@@ -476,7 +476,7 @@ impl<E: Engine> DataStore for CqlStore<E> {
                 // costs the row. In a cluster a write can arrive below the watermark this
                 // node published (a peer's transaction, fetched after a restart): its record
                 // is dropped and counted, the columnar replica misses it (design/cluster.md,
-                // "Change feed frontier": the cluster rule is not built).
+                // "Change feed frontier": the floor rule makes this a bug or an epoch change).
                 if let Err(error) = self.pacer.append(at, &mut staged, &table, &mutation) {
                     self.pacer.dropped_records.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(%error, table = %table.qualified_name(), "feed record dropped; the row is written");
