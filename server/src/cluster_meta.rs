@@ -369,11 +369,11 @@ impl ClusterMeta {
         };
         let ddl = serde_json::to_string(&entry)
             .map_err(|error| CqlError::Server(format!("encode the schema entry: {error}")))?;
+        let creates_table = matches!(statement, Statement::CreateTable(_));
         let meta = Arc::clone(&attached.meta);
-        let reply = block_on(
-            &attached.runtime,
-            async move { meta.schema_change(&ddl).await },
-        )?
+        let reply = block_on(&attached.runtime, async move {
+            meta.schema_change(&ddl, creates_table).await
+        })?
         .map_err(|error| CqlError::Server(format!("schema change not committed: {error}")))?;
         let version = reply.schema_version;
         self.wait_applied(version)?;

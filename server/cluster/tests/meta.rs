@@ -178,7 +178,10 @@ async fn schema_changes_apply_in_log_order_on_every_node() {
         // Proposed from each node in turn; followers forward to the leader.
         let proposer = &nodes[(version as usize) % 3].meta;
         let ddl = format!("CREATE TABLE ks.t{version} (k int PRIMARY KEY)");
-        let reply = proposer.schema_change(&ddl).await.expect("schema change");
+        let reply = proposer
+            .schema_change(&ddl, true)
+            .await
+            .expect("schema change");
         assert_eq!(reply.schema_version, version);
         assert!(reply.log_index > last_index);
         last_index = reply.log_index;
@@ -239,7 +242,7 @@ async fn removed_node_leaves_ring_and_voters() {
     // The two remaining nodes still commit; removing an unknown node is refused.
     let reply = nodes[0]
         .meta
-        .schema_change("CREATE KEYSPACE k2")
+        .schema_change("CREATE KEYSPACE k2", false)
         .await
         .expect("commit");
     converged(&remaining, reply.log_index).await;
@@ -275,7 +278,7 @@ async fn removing_the_leader_hands_over_and_bad_requests_change_nothing() {
     for attempt in [
         survivors[1].meta.set_replication("ks", 0).await,
         survivors[1].meta.set_replication("ks", 10).await,
-        survivors[1].meta.schema_change("").await,
+        survivors[1].meta.schema_change("", false).await,
     ] {
         match attempt {
             Err(MetaError::Admin(AdminError::Rejected(reason))) => {
@@ -289,7 +292,7 @@ async fn removing_the_leader_hands_over_and_bad_requests_change_nothing() {
     }
     let reply = survivors[1]
         .meta
-        .schema_change("CREATE KEYSPACE after")
+        .schema_change("CREATE KEYSPACE after", false)
         .await
         .expect("commit");
     let views = converged(&survivors, reply.log_index).await;
@@ -313,7 +316,7 @@ async fn a_stopped_leader_is_replaced_and_changes_still_commit() {
     // Proposed on a survivor: waits out the election, then commits.
     let reply = survivors[0]
         .meta
-        .schema_change("ALTER TABLE ks.t ADD v int")
+        .schema_change("ALTER TABLE ks.t ADD v int", false)
         .await
         .expect("commit after the leader stopped");
     assert_eq!(reply.schema_version, 1);
@@ -361,7 +364,10 @@ async fn a_restarted_node_recovers_from_its_engine_and_catches_up() {
     for version in 1..=10 {
         last = nodes[0]
             .meta
-            .schema_change(&format!("CREATE TABLE ks.r{version} (k int PRIMARY KEY)"))
+            .schema_change(
+                &format!("CREATE TABLE ks.r{version} (k int PRIMARY KEY)"),
+                true,
+            )
             .await
             .expect("commit with one node down");
     }
@@ -402,7 +408,7 @@ async fn a_restarted_node_recovers_from_its_engine_and_catches_up() {
     // And it takes part again: a change proposed through it commits everywhere.
     let reply = nodes[2]
         .meta
-        .schema_change("DROP TABLE ks.r1")
+        .schema_change("DROP TABLE ks.r1", false)
         .await
         .expect("commit");
     let views = converged(&nodes.iter().collect::<Vec<_>>(), reply.log_index).await;

@@ -363,3 +363,58 @@ async fn a_schema_change_under_load_loses_no_write() {
         }
     }
 }
+
+/// Once the cluster holds a table, a node that would gain token ranges is refused with a clear
+/// error: nothing streams the rows of those ranges to a joining node yet, so it would answer
+/// reads of them without the rows. The refusal comes before it becomes a member: node 1 goes
+/// on alone, serving its rows.
+// The turn guard is a std mutex held for the whole test on purpose: each test runs on its own
+// thread, and the other cluster tests wait on theirs.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_would_gain_ranges_of_existing_tables_is_refused() {
+    let _turn = crate::cluster::one_cluster_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let node1 = start(&dir.path().join("n1"), 1, "127.0.0.1:0", None);
+    let mut c1 = client(&node1).await;
+    create_table(&mut c1).await;
+    c1.query("INSERT INTO ks.t (k, v) VALUES (1, 10)")
+        .await
+        .unwrap();
+    let seed = node1.cluster.clone();
+    let data_dir = dir.path().join("n2");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(crate::binary::BINARY)
+            .arg("start")
+            .args(crate::binary::EPHEMERAL_ENDPOINTS)
+            .args([
+                "--node-id",
+                "2",
+                "--cluster-listen-address",
+                "127.0.0.1:0",
+                "--join",
+                &seed,
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!output.status.success(), "the join was refused");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("node 2 would become a replica") && stderr.contains("does not stream data"),
+        "{stderr}"
+    );
+    assert_eq!(read(&mut c1, 1).await, Some(10));
+    let peers = c1.query("SELECT peer FROM system.peers").await.unwrap();
+    assert_eq!(
+        rows(&peers, &[CqlType::Inet]).unwrap().len(),
+        0,
+        "node 2 is no member"
+    );
+}

@@ -153,6 +153,8 @@ struct Shared {
     address: String,
     endpoints: Endpoints,
     raft: Raft<MetaTypes>,
+    /// The state this node has applied (the leader's is the latest committed).
+    view: watch::Receiver<Arc<ClusterView>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -215,13 +217,22 @@ impl Shared {
                 "node {node}: 1..={VNODES_PER_NODE_MAX} vnodes (VNODES_PER_NODE_MAX), got {vnodes}"
             )));
         }
-        self.write(Command::AddNode {
+        let add = Command::AddNode {
             node,
             address: address.clone(),
             tokens: default_tokens(node, vnodes),
             endpoints,
-        })
-        .await?;
+        };
+        // Refuse before the node becomes a Raft voter: the state machine would reject its
+        // NodeUp (e.g. it would gain ranges whose rows nothing streams to it) and leave a
+        // voter that owns nothing.
+        let mut trial = self.view.borrow().state.clone();
+        for command in [&add, &Command::NodeUp { node }] {
+            if let CommandResult::Rejected(reason) = trial.apply(command) {
+                return Err(AdminError::Rejected(reason));
+            }
+        }
+        self.write(add).await?;
         let raft_id = u64::from(node);
         let is_voter = self
             .membership()
@@ -395,6 +406,7 @@ impl MetaNode {
             address,
             endpoints: config.endpoints.clone(),
             raft,
+            view: view.clone(),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let service = rpc::MetaServer::new(Arc::clone(&shared));
@@ -569,11 +581,17 @@ impl MetaNode {
     }
 
     /// Appends a schema change (one DDL statement) to the replicated schema
-    /// log; every node applies it in log order.
+    /// log; every node applies it in log order. `creates_table`: the statement
+    /// creates a table (from then on the cluster may hold rows, and placement
+    /// changes that would give a node ranges it lacks are refused).
     ///
     /// # Errors
     /// As [`MetaNode::admin`].
-    pub async fn schema_change(&self, ddl: &str) -> Result<AdminReply, MetaError> {
+    pub async fn schema_change(
+        &self,
+        ddl: &str,
+        creates_table: bool,
+    ) -> Result<AdminReply, MetaError> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
@@ -582,6 +600,7 @@ impl MetaNode {
         self.admin(AdminRequest::Command(Command::Schema {
             ddl: ddl.to_string(),
             request,
+            creates_table,
         }))
         .await
     }

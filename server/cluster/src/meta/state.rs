@@ -83,6 +83,9 @@ pub struct SchemaChange {
     /// The proposer's request id: a retried proposal with the same id
     /// applies once.
     pub request: u64,
+    /// The change creates a table: from now on the cluster may hold rows.
+    #[serde(default)]
+    pub creates_table: bool,
 }
 
 /// The replicated cluster metadata.
@@ -124,7 +127,14 @@ pub enum Command {
     },
     /// Appends one DDL statement to the schema log, once per `request` id
     /// (a proposal retried after a leader change is not applied twice).
-    Schema { ddl: String, request: u64 },
+    /// `creates_table`: the proposer says the statement creates a table (the
+    /// DDL is opaque here).
+    Schema {
+        ddl: String,
+        request: u64,
+        #[serde(default)]
+        creates_table: bool,
+    },
 }
 
 /// What applying a command did (the Raft response of an entry).
@@ -281,7 +291,53 @@ impl ClusterState {
         if let Err(reason) = self.validate(command) {
             return CommandResult::Rejected(reason);
         }
-        let changed = match command {
+        if let Err(reason) = self.check_no_replica_gains(command) {
+            return CommandResult::Rejected(reason);
+        }
+        if self.change(command) {
+            CommandResult::Applied {
+                epoch: self.epoch,
+                schema_version: self.schema_version,
+            }
+        } else {
+            self.unchanged()
+        }
+    }
+
+    /// Whether the schema log ever created a table: the cluster may then hold rows.
+    pub fn may_hold_data(&self) -> bool {
+        self.schema.iter().any(|change| change.creates_table)
+    }
+
+    /// Refuses a placement change that would make a node a replica of a token range it does
+    /// not replicate now, once the cluster may hold rows: nothing streams a range's rows to a
+    /// node that gains it yet (design/cluster.md, "Epoch transitions and bootstrap"), so
+    /// that node would answer reads of the range without its rows. Changes that only take
+    /// replicas away (removing one of three nodes at RF 3) pass.
+    fn check_no_replica_gains(&self, command: &Command) -> Result<(), String> {
+        let moves_placement = matches!(
+            command,
+            Command::NodeUp { .. } | Command::RemoveNode { .. } | Command::SetReplication { .. }
+        );
+        if !moves_placement || !self.may_hold_data() {
+            return Ok(());
+        }
+        let mut next = self.clone();
+        next.change(command);
+        match super::view::gained_replica(self, &next) {
+            None => Ok(()),
+            Some((node, token)) => Err(format!(
+                "node {node} would become a replica of the token range ending at {token} \
+                 without its rows: this build does not stream data to a node that gains \
+                 ranges (design/cluster.md, \"Epoch transitions and bootstrap\"); add \
+                 nodes and set replication factors before creating tables"
+            )),
+        }
+    }
+
+    /// Changes the state by a validated command; whether anything changed.
+    fn change(&mut self, command: &Command) -> bool {
+        match command {
             Command::AddNode {
                 node,
                 address,
@@ -335,7 +391,11 @@ impl ClusterState {
                     true
                 }
             }
-            Command::Schema { ddl, request } => {
+            Command::Schema {
+                ddl,
+                request,
+                creates_table,
+            } => {
                 if self.schema.iter().any(|change| change.request == *request) {
                     false
                 } else {
@@ -345,18 +405,11 @@ impl ClusterState {
                         epoch: self.epoch,
                         ddl: ddl.clone(),
                         request: *request,
+                        creates_table: *creates_table,
                     });
                     true
                 }
             }
-        };
-        if changed {
-            CommandResult::Applied {
-                epoch: self.epoch,
-                schema_version: self.schema_version,
-            }
-        } else {
-            self.unchanged()
         }
     }
 
@@ -467,6 +520,7 @@ mod tests {
         let ddl = Command::Schema {
             ddl: "CREATE TABLE ks.t (k int PRIMARY KEY)".into(),
             request: 7,
+            creates_table: true,
         };
         assert_eq!(
             state.apply(&ddl),
@@ -544,10 +598,12 @@ mod tests {
             Command::Schema {
                 ddl: String::new(),
                 request: 1,
+                creates_table: false,
             },
             Command::Schema {
                 ddl: "x".repeat(DDL_BYTES_MAX + 1),
                 request: 2,
+                creates_table: false,
             },
         ];
         for command in cases {
@@ -570,5 +626,100 @@ mod tests {
             .into_iter()
             .collect();
         assert!(first.iter().all(|t| !second.contains(t)));
+    }
+
+    /// Nodes 1..=n up, keyspace `ks` at `rf`, and (when `table`) a table created.
+    fn cluster(n: NodeIdx, rf: u32, table: bool) -> ClusterState {
+        let mut state = ClusterState::default();
+        for node in 1..=n {
+            state.apply(&add(node));
+            state.apply(&Command::NodeUp { node });
+        }
+        state.apply(&Command::SetReplication {
+            keyspace: "ks".into(),
+            replication_factor: rf,
+        });
+        if table {
+            // A keyspace alone holds no rows; the flag, not the (opaque) text, says so.
+            state.apply(&Command::Schema {
+                ddl: "CREATE KEYSPACE other".into(),
+                request: 1,
+                creates_table: false,
+            });
+            assert!(!state.may_hold_data());
+            state.apply(&Command::Schema {
+                ddl: "CREATE TABLE ks.t (k int PRIMARY KEY)".into(),
+                request: 2,
+                creates_table: true,
+            });
+        }
+        state
+    }
+
+    fn rejected_for_gain(state: &mut ClusterState, command: &Command) {
+        let before = state.clone();
+        match state.apply(command) {
+            CommandResult::Rejected(reason) => {
+                assert!(reason.contains("does not stream data"), "{reason}")
+            }
+            other => panic!("{command:?} gave {other:?}"),
+        }
+        assert_eq!(*state, before, "{command:?} changed the state");
+    }
+
+    #[test]
+    fn once_tables_exist_no_change_makes_a_node_replicate_a_range_it_lacks() {
+        // Before any table, nodes join freely (the usual way to build a cluster).
+        let mut empty = cluster(3, 3, false);
+        assert!(!empty.may_hold_data());
+        empty.apply(&add(4));
+        assert!(matches!(
+            empty.apply(&Command::NodeUp { node: 4 }),
+            CommandResult::Applied { .. }
+        ));
+
+        // With a table: a fourth node would take ranges whose rows it does not hold.
+        let mut three = cluster(3, 3, true);
+        assert!(three.may_hold_data());
+        assert!(matches!(
+            three.apply(&add(4)),
+            CommandResult::Applied { .. }
+        ));
+        rejected_for_gain(&mut three, &Command::NodeUp { node: 4 });
+        assert_eq!(three.members[&4].status, NodeStatus::Joining);
+        // A wider replication factor would too; a new keyspace within it would not.
+        rejected_for_gain(
+            &mut cluster(4, 2, true),
+            &Command::SetReplication {
+                keyspace: "wide".into(),
+                replication_factor: 3,
+            },
+        );
+        assert!(matches!(
+            three.apply(&Command::SetReplication {
+                keyspace: "other".into(),
+                replication_factor: 3,
+            }),
+            CommandResult::Applied { .. }
+        ));
+        // Removing one of three replicas only takes copies away.
+        let epoch = three.epoch;
+        assert!(matches!(
+            three.apply(&Command::RemoveNode { node: 3 }),
+            CommandResult::Applied { .. }
+        ));
+        assert_eq!(three.epoch, epoch + 1);
+        // Removing one of four at RF 3 moves its ranges to nodes that lack them.
+        rejected_for_gain(&mut cluster(4, 3, true), &Command::RemoveNode { node: 2 });
+        // A restarted member's repeated join changes nothing and passes.
+        let mut four = cluster(4, 3, true);
+        assert!(matches!(
+            four.apply(&add(2)),
+            CommandResult::Unchanged { .. }
+        ));
+        assert!(matches!(
+            four.apply(&Command::NodeUp { node: 2 }),
+            CommandResult::Unchanged { .. }
+        ));
     }
 }

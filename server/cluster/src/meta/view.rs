@@ -74,26 +74,14 @@ pub struct ClusterView {
 impl ClusterView {
     /// Derives the view of `state` applied up to `applied_index`.
     pub fn new(applied_index: u64, state: ClusterState) -> ClusterView {
-        let mut ring: Vec<(Token, NodeIdx)> = state
-            .members
-            .iter()
-            .filter(|(_, member)| member.status == NodeStatus::Up)
-            .flat_map(|(node, member)| member.tokens.iter().map(move |token| (*token, *node)))
-            .collect();
-        ring.sort_unstable();
+        let ring = ring_of(&state);
         let placements = state
             .keyspaces
             .iter()
             .map(|(name, rf)| (name.clone(), place(&ring, *rf)))
             .collect();
-        let topology_rf = state
-            .keyspaces
-            .values()
-            .copied()
-            .max()
-            .unwrap_or(TOPOLOGY_REPLICATION_FACTOR_DEFAULT);
         let topology = (!ring.is_empty()).then(|| {
-            let placement = place(&ring, topology_rf);
+            let placement = place(&ring, topology_replication_factor(&state));
             topology_of(state.epoch, &placement)
         });
         ClusterView {
@@ -118,6 +106,58 @@ impl ClusterView {
     pub fn replicas(&self, keyspace: &str, token: Token) -> Option<&[NodeIdx]> {
         self.placements.get(keyspace)?.replicas_for(token)
     }
+}
+
+/// The replication factor of the transaction topology: the largest of any keyspace.
+fn topology_replication_factor(state: &ClusterState) -> u32 {
+    state
+        .keyspaces
+        .values()
+        .copied()
+        .max()
+        .unwrap_or(TOPOLOGY_REPLICATION_FACTOR_DEFAULT)
+}
+
+/// The ring of `state`'s up members, ascending by token.
+fn ring_of(state: &ClusterState) -> Vec<(Token, NodeIdx)> {
+    let mut ring: Vec<(Token, NodeIdx)> = state
+        .members
+        .iter()
+        .filter(|(_, member)| member.status == NodeStatus::Up)
+        .flat_map(|(node, member)| member.tokens.iter().map(move |token| (*token, *node)))
+        .collect();
+    ring.sort_unstable();
+    ring
+}
+
+/// A node that replicates some token in `after`'s transaction topology (where Accord applies
+/// the rows) but not in `before`'s, with a token of the range it gains; `None` when every
+/// replica of every range in `after` already replicated it (or `before` placed nothing).
+/// Placement is constant on each range `(previous token, token]`, so comparing both
+/// placements at every token of either ring covers the whole ring.
+pub fn gained_replica(before: &ClusterState, after: &ClusterState) -> Option<(NodeIdx, Token)> {
+    let (ring_before, ring_after) = (ring_of(before), ring_of(after));
+    if ring_before.is_empty() || ring_after.is_empty() {
+        return None;
+    }
+    let placed_before = place(&ring_before, topology_replication_factor(before));
+    let placed_after = place(&ring_after, topology_replication_factor(after));
+    let mut tokens: Vec<Token> = ring_before
+        .iter()
+        .chain(&ring_after)
+        .map(|(token, _)| *token)
+        .collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    tokens.into_iter().find_map(|token| {
+        let had = placed_before.replicas_for(token).unwrap_or(&[]);
+        placed_after
+            .replicas_for(token)
+            .unwrap_or(&[])
+            .iter()
+            .find(|node| !had.contains(node))
+            .map(|node| (*node, token))
+    })
 }
 
 /// Places every range of `ring` on `replication_factor` distinct nodes.
