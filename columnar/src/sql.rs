@@ -52,7 +52,9 @@ use crate::row_segment::{self, RowSegment};
 use crate::{Error, Result, types};
 use datafusion::common::DFSchema;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::common::Statistics;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -927,7 +929,7 @@ impl SourceTable {
     /// scan of the segment (projection, the query's filters as a pruning
     /// predicate, one byte range per analytics thread), less the excluded
     /// partitions, in union with the reconciled rows of those partitions.
-    fn row_segment_plan(
+    async fn row_segment_plan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
@@ -949,7 +951,10 @@ impl SourceTable {
         let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
         let mut source =
             ParquetSource::new(Arc::clone(&file_schema)).with_parquet_file_reader_factory(
-                Arc::new(CachedParquetFileReaderFactory::new(store, metadata_cache)),
+                Arc::new(CachedParquetFileReaderFactory::new(
+                    Arc::clone(&store),
+                    Arc::clone(&metadata_cache),
+                )),
             );
         if let Some(predicate) = datafusion::logical_expr::utils::conjunction(filters.to_vec()) {
             let df_schema = DFSchema::try_from(Arc::clone(&file_schema))?;
@@ -968,6 +973,20 @@ impl SourceTable {
         let size = segment.size_bytes;
         let n_ranges = (state.config().target_partitions().max(1) as u64).min(size.max(1));
         let step = size.div_ceil(n_ranges).max(1);
+        // The file's statistics (row count, per-column min/max and null
+        // counts from its footer, through the metadata cache) let the
+        // optimizer estimate filters and pick join sides and orders. They
+        // are inexact: excluded and reconciled partitions change the rows,
+        // so no aggregate is ever answered from them.
+        let statistics = {
+            let file = PartitionedFile::new(path.clone(), size);
+            DFParquetMetadata::new(store.as_ref(), &file.object_meta)
+                .with_file_metadata_cache(Some(Arc::clone(&metadata_cache)))
+                .fetch_statistics(&file_schema)
+                .await
+                .map(|statistics| statistics.to_inexact())
+                .unwrap_or_else(|_| Statistics::new_unknown(&file_schema))
+        };
         let groups: Vec<FileGroup> = (0..n_ranges)
             .map(|idx| {
                 let start = (idx * step).min(size) as i64;
@@ -989,6 +1008,7 @@ impl SourceTable {
             FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
                 .with_file_groups(groups)
                 .with_projection_indices(Some(file_projection))?
+                .with_statistics(statistics)
                 .build();
         let mut plan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
         if exclude {
@@ -1078,7 +1098,8 @@ impl TableProvider for SourceTable {
             if let Some(rows_scan) = rows_scan {
                 reservation.resize(0);
                 let plan =
-                    self.row_segment_plan(state, projection, filters, rows_scan, reservation)?;
+                    self.row_segment_plan(state, projection, filters, rows_scan, reservation)
+                        .await?;
                 return Ok(plan);
             }
         }
