@@ -15,10 +15,13 @@
 //!     replica.advance_watermark(frontier.watermark)     (stepwise, after every chunk)
 //!   delta past its bound, or every merge_interval: replica.request_merge()
 //!   delta past twice its bound: replica.merge_cells() here (back-pressure)
+//!   replica.set_feed_backlog(frontier.position_end − next position); back within
+//!     row_segment_backlog_records_max after being behind: request_row_segments()
 //! row writer (attached to the replica), on request (requests made while it
 //! works coalesce into one more pass):
 //!   replica.merge_cells() if a merge was asked  (cell segments written outside the state lock)
-//!   replica.write_row_segments()                (no state lock held while it writes)
+//!   replica.write_row_segments_unless_behind()  (no state lock held while it writes; skipped
+//!                                                while the follower trails the feed)
 //! ```
 //!
 //! Merges and row-segment rewrites take seconds for a large table; on their
@@ -100,7 +103,7 @@ impl Follower {
                         {
                             tracing::warn!(%error, "columnar row writer: merge failed, retrying");
                         }
-                        if let Err(error) = replica.write_row_segments() {
+                        if let Err(error) = replica.write_row_segments_unless_behind() {
                             tracing::warn!(%error, "columnar row writer: row segments not written");
                         }
                     }
@@ -118,6 +121,7 @@ impl Follower {
             .spawn(move || {
                 let mut last_merge = Instant::now();
                 let mut pending: VecDeque<FeedFrontier> = VecDeque::new();
+                let mut behind = false;
                 while !stopping.load(Ordering::Acquire) {
                     let n_tickets_ended = feed.n_tickets_ended();
                     let frontier = feed.frontier();
@@ -161,6 +165,15 @@ impl Follower {
                     if let Some(watermark) = passed {
                         following.advance_watermark(watermark);
                     }
+                    // The row writer puts off row-segment rewrites while the
+                    // backlog is large; ask for the pass it skipped once the
+                    // follower is back within the bound.
+                    following.set_feed_backlog(frontier.position_end.0.saturating_sub(next.0));
+                    let now_behind = following.behind_for_row_segments();
+                    if behind && !now_behind {
+                        following.request_row_segments();
+                    }
+                    behind = now_behind;
                     let n_delta = following.n_delta_versions();
                     let max = following.delta_versions_max();
                     if n_delta > max.saturating_mul(2) {

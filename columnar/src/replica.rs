@@ -71,6 +71,11 @@ pub const ROW_SEGMENT_DIRTY_PARTITIONS_MAX: usize = 64 * 1024;
 /// percentage of its rows (so a large table written a little is not
 /// rewritten at every merge).
 pub const ROW_SEGMENT_DIRTY_PERCENT_MAX_DEFAULT: usize = 10;
+/// Feed records the follower may trail the feed by and still have the row
+/// writer rewrite row segments; further behind, the rewrites wait until it
+/// caught up (`ColumnarOptions::row_segment_backlog_records_max`; see
+/// [`Replica::write_row_segments_unless_behind`]).
+pub const ROW_SEGMENT_BACKLOG_RECORDS_MAX_DEFAULT: u64 = 4 * CATCH_UP_RECORDS_MAX as u64;
 
 #[derive(Debug, Clone)]
 struct Version {
@@ -232,6 +237,12 @@ pub struct Replica {
     scan_cache_bytes_max: usize,
     row_segment_dirty_percent_max: usize,
     row_segment_write_chunk_bytes: usize,
+    row_segment_backlog_records_max: u64,
+    /// Feed records between the replica's next position and the newest
+    /// frontier the follower saw ([`Replica::set_feed_backlog`]).
+    feed_backlog: std::sync::atomic::AtomicU64,
+    /// Row-segment passes put off because the follower was behind.
+    n_row_segment_passes_deferred: std::sync::atomic::AtomicU64,
     n_scan_cache_hits: std::sync::atomic::AtomicU64,
     n_row_segment_scans: std::sync::atomic::AtomicU64,
     row_writer: Mutex<RowWriterRequests>,
@@ -330,6 +341,9 @@ impl Replica {
             scan_cache_bytes_max: SCAN_CACHE_BYTES_MAX_DEFAULT,
             row_segment_dirty_percent_max: ROW_SEGMENT_DIRTY_PERCENT_MAX_DEFAULT,
             row_segment_write_chunk_bytes: ROW_SEGMENT_WRITE_CHUNK_BYTES,
+            row_segment_backlog_records_max: ROW_SEGMENT_BACKLOG_RECORDS_MAX_DEFAULT,
+            feed_backlog: std::sync::atomic::AtomicU64::new(0),
+            n_row_segment_passes_deferred: std::sync::atomic::AtomicU64::new(0),
             n_scan_cache_hits: std::sync::atomic::AtomicU64::new(0),
             n_row_segment_scans: std::sync::atomic::AtomicU64::new(0),
             row_writer: Mutex::new(RowWriterRequests::default()),
@@ -974,6 +988,59 @@ impl Replica {
             }
         }
         Ok(())
+    }
+
+    /// The row writer's pass: [`Replica::write_row_segments`], unless the
+    /// follower trails the feed by more than `row_segment_backlog_records_max`
+    /// records ([`Replica::set_feed_backlog`]). Rewriting whole tables takes
+    /// seconds of CPU the follower needs while it is behind (on two cores
+    /// the rewrites after every merge starved it during a load); meanwhile
+    /// reads leave the partitions merged since the old row segment out of it
+    /// and reconcile them from the cells (exact, slower), and a table with
+    /// no row segment yet is read from the cells. The follower asks for a
+    /// pass once it is back within the bound. Returns whether it wrote.
+    ///
+    /// # Errors
+    /// As [`Replica::write_row_segments`].
+    pub fn write_row_segments_unless_behind(&self) -> Result<bool> {
+        if self.feed_backlog() > self.row_segment_backlog_records_max {
+            self.n_row_segment_passes_deferred
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(false);
+        }
+        self.write_row_segments()?;
+        Ok(true)
+    }
+
+    /// Records how many feed records the follower trails the feed by (the
+    /// newest frontier's end less [`Replica::next_position`]).
+    pub fn set_feed_backlog(&self, records: u64) {
+        self.feed_backlog
+            .store(records, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The backlog the follower last recorded ([`Replica::set_feed_backlog`]).
+    pub fn feed_backlog(&self) -> u64 {
+        self.feed_backlog.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the follower trails the feed by more than
+    /// `row_segment_backlog_records_max` records.
+    pub fn behind_for_row_segments(&self) -> bool {
+        self.feed_backlog() > self.row_segment_backlog_records_max
+    }
+
+    /// Row-segment passes put off since open because the follower was
+    /// behind (for tests and metrics).
+    pub fn n_row_segment_passes_deferred(&self) -> u64 {
+        self.n_row_segment_passes_deferred
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the follower backlog past which row-segment rewrites wait (see
+    /// [`ROW_SEGMENT_BACKLOG_RECORDS_MAX_DEFAULT`]).
+    pub fn set_row_segment_backlog_records_max(&mut self, records: u64) {
+        self.row_segment_backlog_records_max = records;
     }
 
     /// Materialises `def`'s rows at `horizon` from its cell segments,

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -51,8 +51,8 @@ use crate::replica::{PartitionFilter, Replica, RowsScan};
 use crate::row_segment::{self, RowSegment};
 use crate::{Error, Result, types};
 use datafusion::common::DFSchema;
-use datafusion::datasource::listing::PartitionedFile;
 use datafusion::common::Statistics;
+use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
@@ -96,6 +96,15 @@ pub struct ColumnarOptions {
     /// Cells a row-segment write converts at a time (whole partitions):
     /// the write streams the table in chunks of about this many bytes.
     pub row_segment_write_chunk_bytes: usize,
+    /// Feed records the follower may trail the feed by while the row writer
+    /// still rewrites row segments; further behind, rewrites wait until it
+    /// caught up (see `Replica::write_row_segments_unless_behind`).
+    pub row_segment_backlog_records_max: u64,
+    /// How long one query may run (planning, reading and executing);
+    /// past it the query is stopped with `ResourcesExhausted`. `None`: no
+    /// limit (the default). Checked whenever a scan charges the memory pool
+    /// (every page of a row-store scan) and around the whole query.
+    pub query_time_max: Option<Duration>,
 }
 
 impl Default for ColumnarOptions {
@@ -109,6 +118,9 @@ impl Default for ColumnarOptions {
             scan_cache_bytes_max: crate::replica::SCAN_CACHE_BYTES_MAX_DEFAULT,
             row_segment_dirty_percent_max: crate::replica::ROW_SEGMENT_DIRTY_PERCENT_MAX_DEFAULT,
             row_segment_write_chunk_bytes: crate::replica::ROW_SEGMENT_WRITE_CHUNK_BYTES,
+            row_segment_backlog_records_max:
+                crate::replica::ROW_SEGMENT_BACKLOG_RECORDS_MAX_DEFAULT,
+            query_time_max: None,
         }
     }
 }
@@ -274,6 +286,7 @@ impl Columnar {
         replica.set_scan_cache_bytes_max(options.scan_cache_bytes_max);
         replica.set_row_segment_dirty_percent_max(options.row_segment_dirty_percent_max);
         replica.set_row_segment_write_chunk_bytes(options.row_segment_write_chunk_bytes);
+        replica.set_row_segment_backlog_records_max(options.row_segment_backlog_records_max);
         let replica = Arc::new(replica);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(options.analytics_threads.max(1))
@@ -428,7 +441,7 @@ impl Columnar {
                 "routing analysis".into()
             }
         }
-        let context = self.session(Arc::new(NoData), tables)?;
+        let context = self.session(Arc::new(NoData), tables, None)?;
         let pinned = self.runtime().block_on(async {
             let plan = plan_query(&context, query, tables).await?;
             let plan = match plan {
@@ -476,25 +489,38 @@ impl Columnar {
         source: Arc<dyn PartitionSource>,
         tables: &[Arc<TableDef>],
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        let context = self.session(source, tables)?;
-        self.runtime()
-            .block_on(async {
-                let plan = plan_query(&context, query, tables).await?;
-                let frame = context.execute_logical_plan(plan).await?;
-                let planned: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-                let batches = frame.collect().await?;
-                // The batches' own schema when there are any (what an IPC
-                // writer must announce); the plan's otherwise.
-                let schema = batches.first().map_or(planned, RecordBatch::schema);
-                Ok((schema, batches))
-            })
-            .map_err(map_datafusion_error)
+        let deadline = self.options.query_time_max.map(|limit| Deadline {
+            started: Instant::now(),
+            limit,
+        });
+        let context = self.session(source, tables, deadline)?;
+        let query = async {
+            let plan = plan_query(&context, query, tables).await?;
+            let frame = context.execute_logical_plan(plan).await?;
+            let planned: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+            let batches = frame.collect().await?;
+            // The batches' own schema when there are any (what an IPC
+            // writer must announce); the plan's otherwise.
+            let schema = batches.first().map_or(planned, RecordBatch::schema);
+            Ok((schema, batches))
+        };
+        self.runtime().block_on(async {
+            match deadline {
+                // Dropping the query's future on timeout cancels its tasks.
+                Some(deadline) => tokio::time::timeout(deadline.limit, query)
+                    .await
+                    .map_err(|_| deadline.error())?
+                    .map_err(map_datafusion_error),
+                None => query.await.map_err(map_datafusion_error),
+            }
+        })
     }
 
     fn session(
         &self,
         source: Arc<dyn PartitionSource>,
         tables: &[Arc<TableDef>],
+        deadline: Option<Deadline>,
     ) -> Result<SessionContext> {
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         let catalog = Arc::new(MemoryCatalogProvider::new());
@@ -511,7 +537,7 @@ impl Columnar {
             let schema = keyspaces
                 .entry(def.keyspace.clone())
                 .or_insert_with(|| Arc::new(MemorySchemaProvider::new()));
-            let table = SourceTable::new(Arc::clone(&source), def.clone())?;
+            let table = SourceTable::new(Arc::clone(&source), def.clone())?.with_deadline(deadline);
             schema
                 .register_table(def.name.clone(), Arc::new(table))
                 .map_err(map_datafusion_error)?;
@@ -867,6 +893,9 @@ struct SourceTable {
     /// Row segments the query's Parquet scans read: kept (so their files
     /// stay) until the query's context drops.
     row_segments: Mutex<Vec<Arc<RowSegment>>>,
+    /// The query's time limit (`ColumnarOptions::query_time_max`), checked
+    /// every time a scan charges the memory pool.
+    deadline: Option<Deadline>,
 }
 
 impl SourceTable {
@@ -877,7 +906,47 @@ impl SourceTable {
             def,
             reservations: Mutex::new(Vec::new()),
             row_segments: Mutex::new(Vec::new()),
+            deadline: None,
         })
+    }
+
+    fn with_deadline(mut self, deadline: Option<Deadline>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// `charge` for a scan: the query's deadline, then the memory pool.
+    fn charge(&self, reservation: &MemoryReservation, bytes: usize) -> Result<()> {
+        if let Some(deadline) = &self.deadline {
+            deadline.check()?;
+        }
+        reservation
+            .try_grow(bytes)
+            .map_err(|error| Error::ResourcesExhausted(error.to_string()))
+    }
+}
+
+/// When a query started and how long it may run
+/// (`ColumnarOptions::query_time_max`).
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    started: Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    fn error(&self) -> Error {
+        Error::ResourcesExhausted(format!(
+            "the query ran past query_time_max ({} ms) and was stopped",
+            self.limit.as_millis()
+        ))
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.started.elapsed() > self.limit {
+            return Err(self.error());
+        }
+        Ok(())
     }
 }
 
@@ -949,13 +1018,11 @@ impl SourceTable {
             .runtime_env()
             .object_store(ObjectStoreUrl::local_filesystem())?;
         let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
-        let mut source =
-            ParquetSource::new(Arc::clone(&file_schema)).with_parquet_file_reader_factory(
-                Arc::new(CachedParquetFileReaderFactory::new(
-                    Arc::clone(&store),
-                    Arc::clone(&metadata_cache),
-                )),
-            );
+        let mut source = ParquetSource::new(Arc::clone(&file_schema))
+            .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
+                Arc::clone(&store),
+                Arc::clone(&metadata_cache),
+            )));
         if let Some(predicate) = datafusion::logical_expr::utils::conjunction(filters.to_vec()) {
             let df_schema = DFSchema::try_from(Arc::clone(&file_schema))?;
             // The predicate prunes row groups and pages and filters rows while
@@ -1089,17 +1156,13 @@ impl TableProvider for SourceTable {
                     .register(&state.runtime_env().memory_pool);
             let rows_scan = self
                 .source
-                .rows_scan(&self.def, &mut |bytes| {
-                    reservation
-                        .try_grow(bytes)
-                        .map_err(|error| Error::ResourcesExhausted(error.to_string()))
-                })
+                .rows_scan(&self.def, &mut |bytes| self.charge(&reservation, bytes))
                 .map_err(external)?;
             if let Some(rows_scan) = rows_scan {
                 reservation.resize(0);
-                let plan =
-                    self.row_segment_plan(state, projection, filters, rows_scan, reservation)
-                        .await?;
+                let plan = self
+                    .row_segment_plan(state, projection, filters, rows_scan, reservation)
+                    .await?;
                 return Ok(plan);
             }
         }
@@ -1115,11 +1178,7 @@ impl TableProvider for SourceTable {
                 &self.def,
                 &filter,
                 projection.map(Vec::as_slice),
-                &mut |bytes| {
-                    reservation
-                        .try_grow(bytes)
-                        .map_err(|error| Error::ResourcesExhausted(error.to_string()))
-                },
+                &mut |bytes| self.charge(&reservation, bytes),
             )
             .map_err(external)?;
         // The cell view is gone; keep what the batch holds.

@@ -279,3 +279,45 @@ fn streamed_row_segment_writes_and_compactions_read_as_the_row_store() {
         );
     }
 }
+
+#[test]
+fn row_segment_rewrites_wait_while_the_follower_trails_the_feed() {
+    let table = model::table(model::model_table_options());
+    let mut node = Node::new(table.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    let options = ColumnarOptions {
+        row_segment_backlog_records_max: 100,
+        ..ColumnarOptions::default()
+    };
+    let columnar = open_columnar(dir.path(), options);
+    columnar.replica().register_table(table.clone());
+    for key in 0..30 {
+        node.write(
+            upsert(&table, key, i64::from(key), Ttl::Unlimited),
+            WriteTime(T0 + i64::from(key)),
+        );
+    }
+    let replica = columnar.replica();
+    replica
+        .catch_up(&node.engine, node.feed.frontier())
+        .expect("catch up");
+    replica.merge_cells().expect("merge cells");
+    assert!(!replica.has_row_segment(table.id));
+
+    // Behind by more than the bound: the pass is put off, reads stay exact
+    // (from the cells).
+    replica.set_feed_backlog(101);
+    assert!(!replica.write_row_segments_unless_behind().expect("pass"));
+    assert!(!replica.has_row_segment(table.id));
+    assert_eq!(replica.n_row_segment_passes_deferred(), 1);
+    check(&columnar, &node, WriteTime(T0 + 29));
+
+    // Back within it: the pass writes the row segment.
+    replica.set_feed_backlog(100);
+    assert!(replica.write_row_segments_unless_behind().expect("pass"));
+    assert!(replica.has_row_segment(table.id));
+    assert_eq!(replica.n_row_segment_passes_deferred(), 1);
+    let scans = replica.n_row_segment_scans();
+    check(&columnar, &node, WriteTime(T0 + 29));
+    assert!(replica.n_row_segment_scans() > scans);
+}

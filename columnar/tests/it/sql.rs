@@ -376,3 +376,116 @@ fn select_star_leaves_out_the_hidden_columns_which_stay_selectable_by_name() {
         .value(0);
     assert_eq!(w, T0 + 1);
 }
+
+#[test]
+fn a_query_past_query_time_max_is_stopped_with_resources_exhausted() {
+    let table = model::table(model::model_table_options());
+    let mut node = Node::new(table.clone());
+    for idx in 0..50 {
+        node.write(
+            row(&table, idx, i64::from(idx)),
+            WriteTime(T0 + i64::from(idx)),
+        );
+    }
+    let query = "SELECT count(*) AS n FROM ks.t";
+    for (limit, stopped) in [(Duration::ZERO, true), (Duration::from_secs(60), false)] {
+        let dir = tempfile::tempdir().expect("dir");
+        let options = ColumnarOptions {
+            query_time_max: Some(limit),
+            ..ColumnarOptions::default()
+        };
+        let columnar = open_columnar(dir.path(), options);
+        columnar.replica().register_table(table.clone());
+        columnar
+            .replica()
+            .catch_up(&node.engine, node.feed.frontier())
+            .expect("catch up");
+        match columnar.sql(query, Snapshot::Watermark) {
+            Err(error) if stopped => {
+                assert!(matches!(error, Error::ResourcesExhausted(_)), "{error}");
+                assert!(error.to_string().contains("query_time_max"), "{error}");
+            }
+            Ok(_) if stopped => panic!("a query with query_time_max = 0 ran to the end"),
+            result => {
+                let result = result.expect("within the limit");
+                let n = result.batches[0]
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .expect("count is Int64")
+                    .value(0);
+                assert_eq!(n, 50);
+            }
+        }
+    }
+}
+
+#[test]
+fn row_segment_statistics_put_the_smaller_join_input_on_the_build_side() {
+    let table = model::table(model::model_table_options());
+    let mut node = Node::new(table.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    let columnar = open_columnar(dir.path(), ColumnarOptions::default());
+    columnar.replica().register_table(table.clone());
+    for idx in 0..400 {
+        node.write(
+            row(&table, idx, i64::from(idx)),
+            WriteTime(T0 + i64::from(idx)),
+        );
+    }
+    let replica = columnar.replica();
+    replica
+        .catch_up(&node.engine, node.feed.frontier())
+        .expect("catch up");
+    replica.merge().expect("merge");
+    assert!(replica.has_row_segment(table.id));
+    // The query names the whole table first; its filtered twin (a few rows
+    // by the footer's min/max of pk) is the smaller input and must be the
+    // hash join's build (left) side. Without statistics DataFusion keeps the
+    // query's order.
+    let explain = columnar
+        .sql(
+            "EXPLAIN SELECT count(*) FROM ks.t AS a JOIN (SELECT pk FROM ks.t WHERE pk < 5) AS b \
+             ON a.pk = b.pk",
+            Snapshot::Watermark,
+        )
+        .expect("explain");
+    let plan = arrow::util::pretty::pretty_format_batches(&explain.batches)
+        .expect("format")
+        .to_string();
+    let physical = plan
+        .split("physical_plan")
+        .nth(1)
+        .expect("a physical plan")
+        .to_string();
+    let lines: Vec<&str> = physical.lines().collect();
+    let join = lines
+        .iter()
+        .position(|line| line.contains("HashJoinExec"))
+        .unwrap_or_else(|| panic!("a hash join: {plan}"));
+    let scans: Vec<&&str> = lines[join..]
+        .iter()
+        .filter(|line| line.contains("DataSourceExec"))
+        .collect();
+    assert_eq!(scans.len(), 2, "{plan}");
+    assert!(
+        scans[0].contains("< 5"),
+        "build side is not the filtered input: {plan}"
+    );
+    assert!(!scans[1].contains("< 5"), "{plan}");
+    // The answer is the join's, whichever side builds.
+    let result = columnar
+        .sql(
+            "SELECT count(*) FROM ks.t AS a JOIN (SELECT pk FROM ks.t WHERE pk < 5) AS b \
+             ON a.pk = b.pk",
+            Snapshot::Watermark,
+        )
+        .expect("join");
+    let n = result.batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .expect("count is Int64")
+        .value(0);
+    assert_eq!(n, 5);
+}
