@@ -820,8 +820,7 @@ impl Driver {
         self.node.flush()?;
         self.held_steps = 0;
         self.stats.journal_flushes.fetch_add(1, Ordering::Relaxed);
-        let held = std::mem::take(&mut self.held);
-        self.absorb(held);
+        self.send_held();
         Ok(())
     }
 
@@ -857,14 +856,19 @@ impl Driver {
         );
     }
 
+    /// Acts on effects whose journal records are already durable (a Node's open): keeps
+    /// what stays in the node, sends the rest at once.
     fn absorb(&mut self, effects: Effects) {
-        let own = self.node.id();
+        self.hold(effects);
+        self.send_held();
+    }
+
+    /// Sends the held messages (one batch per run of messages to the same peer) and hands
+    /// the held replies to their clients.
+    fn send_held(&mut self) {
+        let held = std::mem::take(&mut self.held);
         let mut outgoing: Vec<(NodeId, Vec<Message>)> = Vec::new();
-        for (to, message) in effects.messages {
-            if to == own {
-                self.backlog.push_back(message);
-                continue;
-            }
+        for (to, message) in held.messages {
             match outgoing.last_mut() {
                 Some((last, batch)) if *last == to => batch.push(message),
                 _ => outgoing.push((to, vec![message])),
@@ -876,11 +880,7 @@ impl Driver {
                 .fetch_add(messages.len() as u64, Ordering::Relaxed);
             self.peers.send(to, messages);
         }
-        for (at, timer) in effects.timers {
-            self.timer_seq += 1;
-            self.timers.push(Reverse((at, self.timer_seq, timer)));
-        }
-        for (request_id, outcome) in effects.replies {
+        for (request_id, outcome) in held.replies {
             if let Outcome::Committed { execute_at, .. } = &outcome {
                 self.stats.committed.fetch_add(1, Ordering::Relaxed);
                 self.stats
