@@ -139,27 +139,33 @@ fn a_second_node_joins_and_a_restart_resumes_the_cluster() {
     node1.stop();
 }
 
-#[test]
-fn joining_an_unreachable_seed_fails_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    // Nothing listens on port 1 of the loopback address.
-    let output = Command::new(BINARY)
+/// Runs `concord start` for node `node_id` on `data_dir` joining through `seed`, for a join
+/// that must fail: waits for the process to exit and returns its output (stderr captured).
+pub(crate) fn failed_join(data_dir: &Path, node_id: u32, seed: &str) -> std::process::Output {
+    Command::new(BINARY)
         .arg("start")
         .args(EPHEMERAL_ENDPOINTS)
         .args([
             "--node-id",
-            "2",
+            &node_id.to_string(),
             "--cluster-listen-address",
             "127.0.0.1:0",
             "--join",
-            "127.0.0.1:1",
+            seed,
             "--data-dir",
         ])
-        .arg(dir.path().join("n2"))
+        .arg(data_dir)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn joining_an_unreachable_seed_fails_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1 of the loopback address.
+    let output = failed_join(&dir.path().join("n2"), 2, "127.0.0.1:1");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -58,6 +58,35 @@ fn value(k: i64) -> i64 {
     (k * 37) % 101
 }
 
+/// Creates `ks` (RF 3) and `ks.t (k int PRIMARY KEY, g int, v int)` through `client`.
+async fn create_table(client: &mut CqlClient) {
+    client
+        .query(
+            "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
+        )
+        .await
+        .unwrap();
+    client
+        .query("CREATE TABLE ks.t (k int PRIMARY KEY, g int, v int)")
+        .await
+        .unwrap();
+}
+
+/// One CQL batch inserting the row of each key: group `k % GROUPS`, value `value(k)`.
+fn insert_batch(keys: impl IntoIterator<Item = i64>) -> String {
+    let inserts: Vec<String> = keys
+        .into_iter()
+        .map(|k| {
+            format!(
+                "INSERT INTO ks.t (k, g, v) VALUES ({k}, {}, {});",
+                k % GROUPS,
+                value(k)
+            )
+        })
+        .collect();
+    format!("BEGIN BATCH {} APPLY BATCH", inserts.join(" "))
+}
+
 async fn sql(member: &Member, query: &str, options: SqlOptions) -> Vec<RecordBatch> {
     let client = Client::connect(&format!("http://{}", member.grpc))
         .await
@@ -199,26 +228,9 @@ async fn analytics_over_four_nodes_read_every_range_once_and_aggregate_where_the
     let node3 = start(&dir.path().join("n3"), 3, Some(&seed));
     let node4 = start(&dir.path().join("n4"), 4, Some(&seed));
     let mut c1 = CqlClient::connect(node1.cql).await.unwrap();
-    c1.query(
-        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
-    )
-    .await
-    .unwrap();
-    c1.query("CREATE TABLE ks.t (k int PRIMARY KEY, g int, v int)")
-        .await
-        .unwrap();
+    create_table(&mut c1).await;
     for chunk in (0..ROWS).collect::<Vec<_>>().chunks(24) {
-        let inserts: Vec<String> = chunk
-            .iter()
-            .map(|k| {
-                format!(
-                    "INSERT INTO ks.t (k, g, v) VALUES ({k}, {}, {});",
-                    k % GROUPS,
-                    value(*k)
-                )
-            })
-            .collect();
-        c1.query(&format!("BEGIN BATCH {} APPLY BATCH", inserts.join(" ")))
+        c1.query(&insert_batch(chunk.iter().copied()))
             .await
             .unwrap();
     }
@@ -352,27 +364,8 @@ async fn a_latest_query_sees_new_rows_with_one_of_three_nodes_down() {
     let node2 = start(&dir.path().join("n2"), 2, Some(&seed));
     let node3 = start(&dir.path().join("n3"), 3, Some(&seed));
     let mut c1 = CqlClient::connect(node1.cql).await.unwrap();
-    c1.query(
-        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
-    )
-    .await
-    .unwrap();
-    c1.query("CREATE TABLE ks.t (k int PRIMARY KEY, g int, v int)")
-        .await
-        .unwrap();
-    let write = |range: std::ops::Range<i64>| {
-        let inserts: Vec<String> = range
-            .map(|k| {
-                format!(
-                    "INSERT INTO ks.t (k, g, v) VALUES ({k}, {}, {});",
-                    k % GROUPS,
-                    value(k)
-                )
-            })
-            .collect();
-        format!("BEGIN BATCH {} APPLY BATCH", inserts.join(" "))
-    };
-    c1.query(&write(0..40)).await.unwrap();
+    create_table(&mut c1).await;
+    c1.query(&insert_batch(0..40)).await.unwrap();
     let query = "SELECT count(*), sum(v) FROM ks.t";
     let sum = |rows: i64| (0..rows).map(value).sum::<i64>();
     let batches = sql(&node1, query, SqlOptions::default()).await;
@@ -385,7 +378,7 @@ async fn a_latest_query_sees_new_rows_with_one_of_three_nodes_down() {
         ("node 2", &node2, &mut c2, 80..120),
     ] {
         let end = rows.end;
-        client.query(&write(rows)).await.unwrap();
+        client.query(&insert_batch(rows)).await.unwrap();
         let started = std::time::Instant::now();
         let batches = sql(member, query, SqlOptions::default()).await;
         println!(

@@ -383,27 +383,10 @@ async fn a_node_that_would_gain_ranges_of_existing_tables_is_refused() {
         .unwrap();
     let seed = node1.cluster.clone();
     let data_dir = dir.path().join("n2");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(crate::binary::BINARY)
-            .arg("start")
-            .args(crate::binary::EPHEMERAL_ENDPOINTS)
-            .args([
-                "--node-id",
-                "2",
-                "--cluster-listen-address",
-                "127.0.0.1:0",
-                "--join",
-                &seed,
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let output =
+        tokio::task::spawn_blocking(move || crate::cluster::failed_join(&data_dir, 2, &seed))
+            .await
+            .unwrap();
     assert!(!output.status.success(), "the join was refused");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
