@@ -3,6 +3,9 @@
 //! writer thread that rewrites the typed row segments after merges.
 //!
 //! ```text
+//! follower, first in every round: a rebuild asked by `Follower::rebuild` (rows written
+//!   without feed records, e.g. a token range streamed in) →
+//!     (frontier, snapshot) = feed.quiesce(..); replica.rebuild(snapshot, frontier); answer the asker
 //! follower, while it has nothing to apply: when a feed ticket ends or after
 //! poll_interval (`ChangeFeed::wait_for_frontier_change`); else at once (until stopped):
 //!   frontier = feed.frontier()            (before the snapshot: nothing below it can appear)
@@ -45,6 +48,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex};
+
 use concord_storage::engine::Engine;
 use concord_storage::feed::{ChangeFeed, FeedFrontier};
 
@@ -54,6 +59,41 @@ use crate::{Error, Result};
 /// Frontiers the follower remembers while it works through a backlog (one
 /// per applied chunk); past it, it samples no more until it passes some.
 pub const PENDING_FRONTIERS_MAX: usize = 4096;
+
+/// How often a caller of [`Follower::rebuild`] checks that the follower
+/// still runs while it waits.
+pub const REBUILD_WAIT_STEP: Duration = Duration::from_millis(100);
+
+/// Rebuilds asked of the follower from outside: `requested` counts the
+/// asks, `finished` the highest ask a completed rebuild answered (a rebuild
+/// answers every ask made before it started), with that rebuild's outcome.
+#[derive(Debug, Default)]
+struct RebuildRequests {
+    state: Mutex<RebuildState>,
+    finished_changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct RebuildState {
+    requested: u64,
+    finished: u64,
+    outcome: Option<String>,
+}
+
+impl RebuildRequests {
+    /// The newest ask not answered yet.
+    fn pending(&self) -> Option<u64> {
+        let state = self.state.lock();
+        (state.requested > state.finished).then_some(state.requested)
+    }
+
+    fn finish(&self, answered: u64, outcome: Option<String>) {
+        let mut state = self.state.lock();
+        state.finished = state.finished.max(answered);
+        state.outcome = outcome;
+        self.finished_changed.notify_all();
+    }
+}
 
 /// How often the follower looks at the feed and merges.
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +116,7 @@ impl Default for FollowerOptions {
 pub struct Follower {
     stop: Arc<AtomicBool>,
     replica: Arc<Replica>,
+    rebuilds: Arc<RebuildRequests>,
     thread: Option<JoinHandle<()>>,
     row_writer: Option<JoinHandle<()>>,
 }
@@ -114,6 +155,8 @@ impl Follower {
                 })?
         };
         replica.attach_row_writer();
+        let rebuilds = Arc::new(RebuildRequests::default());
+        let asked = Arc::clone(&rebuilds);
         let stopping = Arc::clone(&stop);
         let following = Arc::clone(&replica);
         let thread = std::thread::Builder::new()
@@ -123,6 +166,16 @@ impl Follower {
                 let mut pending: VecDeque<FeedFrontier> = VecDeque::new();
                 let mut behind = false;
                 while !stopping.load(Ordering::Acquire) {
+                    if let Some(ask) = asked.pending() {
+                        pending.clear();
+                        let (frontier, snapshot) =
+                            feed.quiesce(|frontier| (frontier, engine.snapshot()));
+                        let outcome = following.rebuild(&snapshot, frontier).err();
+                        if let Some(error) = &outcome {
+                            tracing::warn!(%error, "columnar follower: asked rebuild failed");
+                        }
+                        asked.finish(ask, outcome.map(|error| error.to_string()));
+                    }
                     let n_tickets_ended = feed.n_tickets_ended();
                     let frontier = feed.frontier();
                     let newer = pending.back().is_none_or(|last| {
@@ -216,9 +269,42 @@ impl Follower {
         Ok(Follower {
             stop,
             replica,
+            rebuilds,
             thread: Some(thread),
             row_writer: Some(row_writer),
         })
+    }
+}
+
+impl Follower {
+    /// Rebuilds the replica from a row-store snapshot taken after this call
+    /// (on the follower's thread, at its next round) and returns once done:
+    /// for rows written without feed records (a streamed-in token range).
+    ///
+    /// # Errors
+    /// `RebuildFailed` when the rebuild failed or the follower stopped first.
+    pub fn rebuild(&self) -> Result<()> {
+        let mut state = self.rebuilds.state.lock();
+        state.requested += 1;
+        let ask = state.requested;
+        while state.finished < ask {
+            let running = self
+                .thread
+                .as_ref()
+                .is_some_and(|thread| !thread.is_finished());
+            if !running || self.stop.load(Ordering::Acquire) {
+                return Err(Error::RebuildFailed(
+                    "the columnar follower stopped before rebuilding".into(),
+                ));
+            }
+            self.rebuilds
+                .finished_changed
+                .wait_for(&mut state, REBUILD_WAIT_STEP);
+        }
+        match &state.outcome {
+            None => Ok(()),
+            Some(error) => Err(Error::RebuildFailed(error.clone())),
+        }
     }
 }
 

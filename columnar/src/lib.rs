@@ -69,6 +69,10 @@ pub enum Error {
     Corruption(String),
     #[error("internal error (a bug): {0}")]
     Internal(String),
+    /// A rebuild asked of the follower (`Follower::rebuild`) failed, or the
+    /// follower stopped before it ran.
+    #[error("columnar rebuild failed: {0}")]
+    RebuildFailed(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

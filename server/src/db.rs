@@ -39,9 +39,10 @@ use concord_storage::rows::{
     TableRegistry,
 };
 use concord_storage::schema::{
-    ColumnId, ColumnSpec, IfExists, KeyspaceDef, Schema, TableDef, TableOptions, TableSpec,
-    TypeChange,
+    ColumnId, ColumnSpec, IfExists, KeyspaceDef, Schema, TableDef, TableId, TableOptions,
+    TableSpec, TypeChange,
 };
+use concord_storage::stream::{self, RowChunk};
 use concord_storage::types::{CqlType, UdtDefinition};
 use concord_storage::value::CqlValue;
 use concord_storage_rocksdb::{RocksEngine, RocksTuning};
@@ -368,7 +369,15 @@ pub struct Db<E: Engine = RocksEngine> {
     /// Where the accord runtime journals (`txn_journal`), and the log
     /// journal's directory (`None` in memory: no log journal).
     txn_journal: (TxnJournal, Option<PathBuf>),
+    /// Whether this node may serve a token range's rows to a node gaining
+    /// it (`crate::bootstrap`); unset: always.
+    range_source_check: RwLock<Option<RangeSourceCheck>>,
 }
+
+/// Decides whether this node may serve `range` for the epoch transition
+/// sealed at `seal_epoch` (`Err(reason)`: not yet, the fetcher retries).
+pub type RangeSourceCheck =
+    Arc<dyn Fn(&TokenRange, u64) -> std::result::Result<(), String> + Send + Sync>;
 
 /// The Accord runtime of a database in accord mode: one node alone
 /// (loopback peers), or a cluster member (the transport).
@@ -782,6 +791,7 @@ impl<E: Engine> Db<E> {
             awaiting_cluster: false,
             cluster_meta: std::sync::OnceLock::new(),
             txn_journal: (TxnJournal::Engine, None),
+            range_source_check: RwLock::new(None),
         })
     }
 
@@ -848,6 +858,105 @@ impl<E: Engine> Db<E> {
     /// The columnar replica and its SQL engine, once started.
     pub fn columnar(&self) -> Option<&Arc<Columnar>> {
         self.analytics.as_ref().map(|analytics| &analytics.columnar)
+    }
+
+    /// Rebuilds the columnar replica from a row-store snapshot taken after
+    /// this call, on the follower's thread, and returns once it is done:
+    /// rows written without feed records ([`Db::import_rows`],
+    /// [`Db::clear_rows`]) reach the replica this way. Blocks for as long
+    /// as the rebuild takes (call it off an async runtime's threads). `Ok`
+    /// at once when the node has no replica.
+    ///
+    /// # Errors
+    /// The rebuild's failure, or a follower that stopped.
+    pub fn rebuild_analytics(&self) -> Result<()> {
+        match self
+            .analytics
+            .as_ref()
+            .and_then(|analytics| analytics.follower.as_ref())
+        {
+            Some(follower) => Ok(follower.rebuild()?),
+            None => Ok(()),
+        }
+    }
+
+    /// Raw row-family pairs of `table` whose token lies in `range`, in key
+    /// order, after key `after`, up to `bytes_max` bytes of keys and values
+    /// (at least one pair), read from one engine snapshot; `next` is set
+    /// when more remain. For range streaming (`crate::bootstrap`).
+    ///
+    /// # Errors
+    /// `InvalidRequest` for `bytes_max` 0; engine errors.
+    pub fn export_rows(
+        &self,
+        table: TableId,
+        range: &TokenRange,
+        after: Option<&[u8]>,
+        bytes_max: usize,
+    ) -> Result<RowChunk> {
+        let snapshot = self.engine.snapshot();
+        Ok(stream::export_chunk(
+            &snapshot, table, range, after, bytes_max,
+        )?)
+    }
+
+    /// Deletes every row-family key of `table` in `range` (stale rows of a
+    /// range this node held before), durably. The replica sees it after
+    /// [`Db::rebuild_analytics`].
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn clear_rows(&self, table: TableId, range: &TokenRange) -> Result<()> {
+        self.engine
+            .write(stream::clear_batch(table, range), Durability::Sync)?;
+        Ok(())
+    }
+
+    /// Writes `chunk`'s raw pairs in one synced engine batch, after checking
+    /// every key is a row of `table` in `range` and every cell decodes. The
+    /// replica sees them after [`Db::rebuild_analytics`].
+    ///
+    /// # Errors
+    /// `InvalidRequest` for a table not in the schema, a key outside the
+    /// table or range or a cell that does not decode, `LimitExceeded` past `STREAM_CHUNK_BYTES_MAX`
+    /// (nothing written in either case); engine errors.
+    pub fn import_rows(&self, table: TableId, range: &TokenRange, chunk: &RowChunk) -> Result<()> {
+        if self.schema().table_by_id(table).is_none() {
+            return Err(concord_storage::Error::InvalidRequest(format!(
+                "imported rows of table id {} which is not in this node's schema",
+                table.0
+            ))
+            .into());
+        }
+        let batch = stream::import_batch(table, range, chunk)?;
+        if !batch.is_empty() {
+            self.engine.write(batch, Durability::Sync)?;
+        }
+        Ok(())
+    }
+
+    /// Installs the check [`Db::range_source_ready`] asks before this node
+    /// serves a range's rows (the epoch seal's readiness).
+    pub fn set_range_source_check(&self, check: RangeSourceCheck) {
+        *self.range_source_check.write() = Some(check);
+    }
+
+    /// Whether this node may serve `range`'s rows for the transition sealed
+    /// at `seal_epoch`: `Ok` without a check installed, else the check's
+    /// answer (`Err(reason)`: not yet).
+    ///
+    /// # Errors
+    /// The check's reason.
+    pub fn range_source_ready(
+        &self,
+        range: &TokenRange,
+        seal_epoch: u64,
+    ) -> std::result::Result<(), String> {
+        let check = self.range_source_check.read().clone();
+        match check {
+            Some(check) => check(range, seal_epoch),
+            None => Ok(()),
+        }
     }
 
     /// The node's change feed.

@@ -36,7 +36,8 @@ pub const FRAGMENT_TICKET_TYPE: &str = "type.concord.dev/concord.FragmentRequest
 /// The `Any` type of a watermark probe ticket (empty value): the answer is
 /// one row, `watermark` and `horizon` (Int64 microseconds).
 pub const PROBE_TICKET_TYPE: &str = "type.concord.dev/concord.WatermarkProbe";
-/// How long a coordinator waits to connect to a fragment node.
+/// How long a node waits to connect to another node's Flight endpoint (a
+/// fragment node, a range streaming source).
 pub const FRAGMENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest fragment ticket (the query text is most of it).
 pub const FRAGMENT_TICKET_BYTES_MAX: usize = 2 << 20;
@@ -107,6 +108,25 @@ pub fn probe_answer(watermark: i64, horizon: i64) -> Result<RecordBatch, arrow::
     )
 }
 
+/// A Flight client of another node's gRPC endpoint `address` (`host:port`,
+/// as the metadata's member endpoints publish it), with the service's
+/// message bounds; also the range streaming client (`crate::bootstrap`).
+///
+/// # Errors
+/// A malformed address or a failed connection, as text naming the address.
+pub async fn connect_flight(address: &str) -> Result<FlightClient, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|error| format!("bad endpoint {address}: {error}"))?
+        .connect_timeout(FRAGMENT_CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|error| format!("connect to {address}: {error}"))?;
+    let inner = FlightServiceClient::new(channel)
+        .max_decoding_message_size(crate::flight::MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(crate::flight::MESSAGE_BYTES_MAX);
+    Ok(FlightClient::new_from_inner(inner))
+}
+
 /// Runs fragments on other nodes through their Flight endpoint.
 #[derive(Debug)]
 pub struct FlightRunner {
@@ -170,16 +190,7 @@ impl FlightRunner {
             .get(&node)
             .and_then(|member| member.endpoints.get("grpc"))
             .ok_or_else(|| fail("no Flight (grpc) endpoint in the cluster metadata".into()))?;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|error| fail(format!("bad endpoint {address}: {error}")))?
-            .connect_timeout(FRAGMENT_CONNECT_TIMEOUT)
-            .connect()
-            .await
-            .map_err(|error| fail(format!("connect to {address}: {error}")))?;
-        let inner = FlightServiceClient::new(channel)
-            .max_decoding_message_size(crate::flight::MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(crate::flight::MESSAGE_BYTES_MAX);
-        let mut client = FlightClient::new_from_inner(inner);
+        let mut client = connect_flight(address).await.map_err(fail)?;
         let mut stream = client
             .do_get(ticket)
             .await

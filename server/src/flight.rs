@@ -8,6 +8,8 @@
 //! DoGet(TicketStatementQuery q)           → Db::sql_with(q) (the router, the query's
 //!                                           snapshot taken now) → Arrow IPC stream
 //! CreatePreparedStatement(q)              → handle in a bounded map (PREPARED_STATEMENTS_MAX)
+//! DoGet(Any RangeFetch)                   → Db::range_source_ready, then the range's raw rows
+//!                                           (crate::bootstrap, node to node)
 //! GetCatalogs / GetDbSchemas / GetTables / GetTableTypes / GetSqlInfo → from Db::schema()
 //! errors → tonic Status (NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...) with the
 //!          SQLSTATE in brackets, as the Postgres endpoint reports it
@@ -382,7 +384,9 @@ impl FlightSqlService for FlightSql {
     }
 
     /// A fragment of a distributed query another node coordinates
-    /// (`crate::dist_sql`, design/cluster.md "Distributed analytics").
+    /// (`crate::dist_sql`, design/cluster.md "Distributed analytics"), a
+    /// replica watermark probe, or a token range's rows for a node gaining
+    /// the range (`crate::bootstrap`).
     async fn do_get_fallback(
         &self,
         _request: Request<Ticket>,
@@ -400,6 +404,23 @@ impl FlightSqlService for FlightSql {
                 .map(arrow::array::RecordBatch::schema)
                 .map_err(|error| Status::internal(error.to_string()))?;
             return one_batch(schema, batch);
+        }
+        if message.type_url == crate::bootstrap::RANGE_FETCH_TICKET_TYPE {
+            let request = crate::bootstrap::RangeFetch::from_ticket_value(&message.value)?;
+            // The epoch seal's readiness: a source serves a range only once
+            // every transaction of the old epoch applied here.
+            self.db
+                .range_source_ready(&request.range(), request.seal_epoch)
+                .map_err(|reason| {
+                    Status::unavailable(format!(
+                        "{}: {reason}",
+                        crate::bootstrap::RANGE_SOURCE_NOT_READY
+                    ))
+                })?;
+            return Ok(Response::new(crate::bootstrap::range_fetch_stream(
+                Arc::clone(&self.db),
+                request,
+            )?));
         }
         if message.type_url != crate::dist_sql::FRAGMENT_TICKET_TYPE {
             return Err(Status::unimplemented(format!(

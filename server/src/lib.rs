@@ -13,6 +13,7 @@
 //! Key types: [`db::Db`], [`db::Transaction`], [`db::TransactionResult`],
 //! [`config::Config`].
 
+pub mod bootstrap;
 pub mod cluster_meta;
 pub mod config;
 pub mod cql;

@@ -4,8 +4,9 @@
 //! types and values with their byte encodings, the Cassandra-compatible
 //! Murmur3 partitioner and token ranges, the order-preserving key layout,
 //! cells with write time and expiry, row / range / partition deletes,
-//! last-write-wins reconciliation, TTL expiry in compaction, and the engine
-//! interface with its in-memory implementation.
+//! last-write-wins reconciliation, TTL expiry in compaction, raw export and
+//! import of a token range's rows for range streaming ([`stream`]), and the
+//! engine interface with its in-memory implementation.
 //!
 //! **Must never**: know about networking, the transaction protocol (beyond
 //! "apply this batch at this timestamp"), the columnar replica, or RocksDB
@@ -25,6 +26,7 @@ pub mod memory;
 pub mod partitioner;
 pub mod rows;
 pub mod schema;
+pub mod stream;
 pub mod types;
 pub mod value;
 

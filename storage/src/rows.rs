@@ -1107,25 +1107,10 @@ pub fn scan_token_range(
     }
     let mut partitions = Vec::new();
     let mut rows_left = page_rows;
-    // A wrapping range (start >= end) is two key ranges.
-    let token_key = |token: Token| {
-        let mut key = table_prefix.clone();
-        key.extend_from_slice(&keys::token_bytes(token));
-        key
-    };
-    let after_token = |token: Token| match token.0.checked_add(1) {
-        Some(next) => token_key(Token(next)),
-        None => prefix_successor(&table_prefix).unwrap_or_default(),
-    };
-    let table_end = prefix_successor(&table_prefix).unwrap_or_else(|| vec![0xFF; 5]);
-    let key_ranges: Vec<(Vec<u8>, Vec<u8>)> = if range.start < range.end {
-        vec![(after_token(range.start), after_token(range.end))]
-    } else {
-        vec![
-            (after_token(range.start), table_end.clone()),
-            (token_key(Token(i64::MIN)), after_token(range.end)),
-        ]
-    };
+    // A wrapping range (start >= end) is two key ranges, scanned in ring
+    // order: the part after `start` first.
+    let mut key_ranges = crate::stream::token_range_key_ranges(table.id, range);
+    key_ranges.reverse();
     let mut resume = cursor.cloned();
     // The second part of a wrapping range sorts first in key space, so the
     // ranges before the cursor's are found by position in the list, not by

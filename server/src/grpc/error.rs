@@ -131,7 +131,9 @@ impl From<crate::sql::SqlError> for ApiError {
                 ApiError::new(Code::FailedPrecondition, codes::SQL_ERROR, message)
             }
             E::Storage(error) => error.into(),
-            E::Io { .. } | E::Corruption(_) | E::Internal(_) => ApiError::internal(message),
+            E::Io { .. } | E::Corruption(_) | E::Internal(_) | E::RebuildFailed(_) => {
+                ApiError::internal(message)
+            }
         }
     }
 }

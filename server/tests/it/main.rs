@@ -19,4 +19,5 @@ mod cql_transcripts;
 mod embedded;
 mod grpc_sdk;
 mod pg_clients;
+mod streaming;
 mod tidy;
