@@ -161,6 +161,8 @@ pub struct FetchStats {
     pub bytes: u64,
     /// Batches imported.
     pub chunks: u64,
+    /// Attempts that resumed after a key imported by an interrupted one.
+    pub resumed: u64,
 }
 
 /// A fetch's knobs; [`FetchOptions::default`] is what [`fetch_range`] uses.
@@ -347,6 +349,7 @@ pub async fn fetch_range_with<E: Engine>(
     let mut backoff = FETCH_RETRY_BACKOFF_INITIAL;
     loop {
         let chunks_before = stats.chunks;
+        stats.resumed += u64::from(after.is_some());
         let request = RangeFetch {
             table: table.0,
             start: range.start.0,
@@ -490,4 +493,39 @@ async fn blocking<E: Engine, T: Send + 'static>(
             context: "range streaming task".into(),
             source: std::io::Error::other(error.to_string()),
         })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_round_trips_its_resume_key_and_an_oversized_one_is_refused() {
+        let request = RangeFetch {
+            table: 9,
+            start: i64::MIN,
+            end: -5,
+            seal_epoch: 3,
+            after: Some(vec![0x00, 0x7f, 0x80, 0xff]),
+            chunk_bytes: None,
+        };
+        let json = serde_json::to_vec(&request).expect("encode");
+        assert!(String::from_utf8_lossy(&json).contains("\"007f80ff\""));
+        assert_eq!(
+            RangeFetch::from_ticket_value(&json).expect("decode"),
+            request
+        );
+        let without_after = br#"{"table":1,"start":0,"end":0,"seal_epoch":1}"#;
+        let decoded = RangeFetch::from_ticket_value(without_after).expect("decode");
+        assert_eq!((decoded.after, decoded.chunk_bytes), (None, None));
+        let odd = br#"{"table":1,"start":0,"end":0,"seal_epoch":1,"after":"abc"}"#;
+        assert_eq!(
+            RangeFetch::from_ticket_value(odd).map_err(|status| status.code()),
+            Err(Code::InvalidArgument)
+        );
+        let oversized = vec![b' '; RANGE_FETCH_TICKET_BYTES_MAX + 1];
+        let refused = RangeFetch::from_ticket_value(&oversized).expect_err("too big");
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(refused.message().contains("RANGE_FETCH_TICKET_BYTES_MAX"));
+    }
 }

@@ -478,6 +478,7 @@ async fn a_range_fetched_over_flight_reaches_the_target_replica_after_a_rebuild(
     let source_pairs = pairs(&export_all(source.as_ref(), &table, &range, usize::MAX));
     assert_eq!(stats.cells, source_pairs.len() as u64);
     assert!(stats.chunks > 3, "{stats:?}");
+    assert_eq!(stats.resumed, 0);
     assert_eq!(
         pairs(&export_all(target.as_ref(), &table, &range, usize::MAX)),
         source_pairs
@@ -573,5 +574,96 @@ async fn a_fetch_waits_for_a_source_that_is_not_ready_then_fails_clearly() {
             usize::MAX
         ))
         .len() as u64
+    );
+}
+
+/// A TCP proxy to `target` that cuts its first connection after
+/// `cut_after` bytes from the server; later connections pass whole. Counts
+/// the connections.
+async fn cutting_proxy(
+    target: std::net::SocketAddr,
+    cut_after: usize,
+) -> (std::net::SocketAddr, Arc<AtomicU32>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let connections = Arc::new(AtomicU32::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                if n > 0 {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    return;
+                }
+                let (mut client_read, mut client_write) = client.split();
+                let (mut server_read, mut server_write) = server.split();
+                let upstream = tokio::io::copy(&mut client_read, &mut server_write);
+                let downstream = async {
+                    let mut buffer = vec![0u8; 1024];
+                    let mut forwarded = 0;
+                    while forwarded < cut_after {
+                        let Ok(n) = server_read.read(&mut buffer).await else {
+                            break;
+                        };
+                        if n == 0 || client_write.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                        forwarded += n;
+                    }
+                };
+                // The first to finish (the cut) ends both directions.
+                tokio::select! {
+                    _ = upstream => {}
+                    () = downstream => {}
+                }
+            });
+        }
+    });
+    (address, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_cut_mid_stream_resumes_after_the_last_imported_key() {
+    let (source_dir, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (source, server, table) = serving_node(source_dir.path()).await;
+    let (target, _target_server, _) = serving_node(target_dir.path()).await;
+    write_data(source.as_ref(), &table);
+    let range = TokenRange::full_ring();
+    let source_pairs = pairs(&export_all(source.as_ref(), &table, &range, usize::MAX));
+    let total_bytes: usize = source_pairs
+        .iter()
+        .map(|(key, cell)| key.len() + cell.len())
+        .sum();
+    let (proxy, connections) = cutting_proxy(server.local_address(), total_bytes / 3).await;
+    let stats = bootstrap::fetch_range_with(
+        &target,
+        &proxy.to_string(),
+        table.id,
+        range,
+        1,
+        FetchOptions {
+            chunk_bytes: 1024,
+            ..FetchOptions::default()
+        },
+    )
+    .await
+    .expect("fetch");
+    assert!(
+        connections.load(Ordering::SeqCst) >= 2,
+        "the first stream was cut"
+    );
+    // Every pair once: none skipped, none imported twice.
+    assert_eq!(stats.cells, source_pairs.len() as u64);
+    assert_eq!(stats.bytes, total_bytes as u64);
+    assert_eq!(
+        pairs(&export_all(target.as_ref(), &table, &range, usize::MAX)),
+        source_pairs
     );
 }
