@@ -28,7 +28,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::Any;
-use arrow_flight::{FlightData, Ticket};
+use arrow_flight::{FlightClient, FlightData, Ticket};
 use concord_storage::engine::Engine;
 use concord_storage::partitioner::{Token, TokenRange};
 use concord_storage::schema::TableId;
@@ -347,6 +347,8 @@ pub async fn fetch_range_with<E: Engine>(
     let mut after: Option<Vec<u8>> = None;
     let mut failures = 0u32;
     let mut backoff = FETCH_RETRY_BACKOFF_INITIAL;
+    // Kept across attempts while the source only says "not ready".
+    let mut client: Option<FlightClient> = None;
     loop {
         let chunks_before = stats.chunks;
         stats.resumed += u64::from(after.is_some());
@@ -358,11 +360,18 @@ pub async fn fetch_range_with<E: Engine>(
             after: after.clone(),
             chunk_bytes: Some(options.chunk_bytes),
         };
-        let interrupted =
-            match fetch_attempt(db, flight_address, request, &mut after, &mut stats).await {
-                Ok(()) => return Ok(stats),
-                Err(interrupted) => interrupted,
-            };
+        let attempt = fetch_attempt(
+            db,
+            flight_address,
+            request,
+            &mut after,
+            &mut stats,
+            &mut client,
+        );
+        let interrupted = match attempt.await {
+            Ok(()) => return Ok(stats),
+            Err(interrupted) => interrupted,
+        };
         match interrupted {
             Interrupted::Failed(error) => return Err(error),
             Interrupted::NotReady(reason) => {
@@ -376,6 +385,8 @@ pub async fn fetch_range_with<E: Engine>(
                 tokio::time::sleep(FETCH_SOURCE_POLL).await;
             }
             Interrupted::Dropped(reason) => {
+                // A new connection for the next attempt.
+                client = None;
                 if stats.chunks > chunks_before {
                     failures = 0;
                     backoff = FETCH_RETRY_BACKOFF_INITIAL;
@@ -411,15 +422,23 @@ async fn fetch_attempt<E: Engine>(
     request: RangeFetch,
     after: &mut Option<Vec<u8>>,
     stats: &mut FetchStats,
+    client: &mut Option<FlightClient>,
 ) -> std::result::Result<(), Interrupted> {
     let (table, range) = (TableId(request.table), request.range());
     let ticket = request.ticket().map_err(|error| {
-        Interrupted::Failed(Error::Config(format!("range fetch ticket: {error}")))
+        Interrupted::Failed(
+            concord_storage::Error::Internal(format!("range fetch ticket: {error}")).into(),
+        )
     })?;
-    let mut client = crate::dist_sql::connect_flight(flight_address)
-        .await
-        .map_err(Interrupted::Dropped)?;
-    let mut stream = client.do_get(ticket).await.map_err(classify)?;
+    let flight = match client {
+        Some(flight) => flight,
+        None => client.insert(
+            crate::dist_sql::connect_flight(flight_address)
+                .await
+                .map_err(Interrupted::Dropped)?,
+        ),
+    };
+    let mut stream = flight.do_get(ticket).await.map_err(classify)?;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(classify)?;
         let chunk = batch_chunk(&batch).map_err(|error| {
