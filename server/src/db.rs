@@ -918,8 +918,9 @@ impl<E: Engine> Db<E> {
     ///
     /// # Errors
     /// `InvalidRequest` for a table not in the schema, a key outside the
-    /// table or range or a cell that does not decode, `LimitExceeded` past `STREAM_CHUNK_BYTES_MAX`
-    /// (nothing written in either case); engine errors.
+    /// table or range or a cell that does not decode, `LimitExceeded` past
+    /// `STREAM_CHUNK_BYTES_MAX` (nothing written in either case); engine
+    /// errors.
     pub fn import_rows(&self, table: TableId, range: &TokenRange, chunk: &RowChunk) -> Result<()> {
         if self.schema().table_by_id(table).is_none() {
             return Err(concord_storage::Error::InvalidRequest(format!(
