@@ -646,6 +646,7 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
             topology: Arc::new(Topology::ring(1, 1, 1, FastPathMode::CoordinatorVotes)),
             node_config: txn_store::node_config(),
             clock_offset_micros: self.clock_offset_micros,
+            epoch_floor: None,
         };
         self.start_runtime(feed_on, config, Box::new(Loopback::default()), false)
             .map(|_| ())
@@ -679,6 +680,7 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
                 ..txn_store::node_config()
             },
             clock_offset_micros: self.clock_offset_micros,
+            epoch_floor: None,
         };
         let runtime = self.start_runtime(self.analytics.is_some(), config, peers, true)?;
         self.awaiting_cluster = false;

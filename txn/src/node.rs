@@ -227,6 +227,12 @@ pub struct Node {
     pub(crate) changed: VecDeque<TxnId>,
     pub(crate) next_phase_seq: u64,
     pub(crate) progress_timer_armed: bool,
+    /// The epoch seal this node drives towards (`Node::seal`): durability rounds run at this
+    /// bound until DurableBefore reaches it. `None` outside an epoch transition.
+    pub(crate) seal: Option<Timestamp>,
+    /// Shards whose rounds at the seal bound have started here (the first starts at once,
+    /// later ones after the usual interval).
+    pub(crate) sealed_rounds: BTreeSet<crate::topology::ShardId>,
 }
 
 impl Node {
@@ -281,6 +287,8 @@ impl Node {
             changed: VecDeque::new(),
             next_phase_seq: 0,
             progress_timer_armed: false,
+            seal: None,
+            sealed_rounds: BTreeSet::new(),
         };
         node.replay(now)?;
         node.arm_progress_timer(now);
@@ -467,7 +475,7 @@ impl Node {
     }
 
     /// Handles loopback messages and dependency notifications until none remain.
-    fn drain(&mut self, now: LocalTime) -> Result<()> {
+    pub(crate) fn drain(&mut self, now: LocalTime) -> Result<()> {
         loop {
             if let Some(txn_id) = self.changed.pop_front() {
                 self.on_status_changed(now, txn_id)?;

@@ -884,3 +884,210 @@ fn a_reply_leaves_a_node_only_after_its_records_are_synced() {
         "n2 voted on {txn_id:?} and must remember it after a crash: {status:?}"
     );
 }
+
+/// Runs `net` for `steps` × 20 ms of timers on every node, delivering what `keep` accepts.
+fn run_timers(net: &mut Net, steps: usize, keep: impl Fn(NodeId, NodeId, &Message) -> bool) {
+    for _ in 0..steps {
+        net.deliver(&keep);
+        let ids: Vec<NodeId> = net.nodes.keys().copied().collect();
+        for id in ids {
+            net.fire_timers(id, 20_000);
+        }
+    }
+    net.deliver(&keep);
+}
+
+/// An epoch seal (design/cluster.md, "Epoch transitions"): a transaction left in flight by a
+/// coordinator cut off after its PreAccept, and committed ones, all end up applied or
+/// invalidated on every replica below the seal bound; every node's DurableBefore reaches the
+/// bound; and a PreAccept of the old epoch arriving afterwards is rejected.
+#[test]
+fn an_epoch_seal_applies_or_fences_off_every_transaction_of_the_old_epoch() {
+    let config = NodeConfig {
+        sync_interval_micros: 50_000,
+        sync_margin_micros: 10_000,
+        ..NodeConfig::default()
+    };
+    let mut net = Net::with_config(3, FastPathMode::CoordinatorVotes, config);
+    let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
+    for request in 0..6u64 {
+        let node = NodeId(1 + (request % 3) as u32);
+        let key = Key::numbered(request % 2);
+        let txn = Txn::new(vec![key.clone()], Update::Append(vec![(key, request)]));
+        net.input(
+            node,
+            Input::Client {
+                request_id: ClientRequestId(request),
+                txn,
+            },
+        );
+        net.deliver(|_, _, _| true);
+    }
+    // n3 starts one more and its PreAccepts reach only n1: it is in flight when the seal
+    // begins.
+    let key = Key::numbered(0);
+    let txn = Txn::new(vec![key.clone()], Update::Append(vec![(key, 77)]));
+    net.input(
+        n3,
+        Input::Client {
+            request_id: ClientRequestId(77),
+            txn,
+        },
+    );
+    let in_flight = net.txn_id_of(n3, ClientRequestId(77));
+    net.deliver(|from, to, _| from != n3 || to == n1);
+    let bound = crate::sync::epoch_seal_bound(crate::timestamp::Epoch(2));
+    assert!(in_flight.timestamp() < bound);
+    for node in net.nodes.values_mut() {
+        assert!(!node.sealed_locally(bound));
+        node.seal(bound);
+    }
+    run_timers(&mut net, 60, |_, _, _| true);
+    let full = concord_storage::partitioner::TokenRange::full_ring();
+    for (id, node) in &net.nodes {
+        assert!(node.sealed_locally(bound), "{id} not sealed");
+        assert!(
+            node.applied_covers(&full, bound),
+            "{id} does not cover the ring"
+        );
+        for (shard, durable) in node.durable_before() {
+            assert!(
+                durable >= bound,
+                "{id}: shard {shard:?} durable only {durable}"
+            );
+        }
+        assert_eq!(node.unfinished_count(), 0, "{id} left work unfinished");
+    }
+    // Every node applied the same appends (the in-flight one committed or was invalidated
+    // the same way everywhere).
+    let applied: Vec<Vec<(TxnId, Timestamp)>> = net
+        .nodes
+        .values_mut()
+        .map(|node| {
+            let mut applied: Vec<(TxnId, Timestamp)> = node
+                .take_applied()
+                .into_iter()
+                .map(|record| (record.txn_id, record.execute_at))
+                .collect();
+            applied.sort();
+            applied
+        })
+        .collect();
+    assert!(
+        applied.iter().all(|each| *each == applied[0]),
+        "{applied:?}"
+    );
+    assert!(applied[0].len() >= 6, "{applied:?}");
+    // A late PreAccept of the old epoch is rejected.
+    let late = TxnId::new(
+        Timestamp::new(crate::timestamp::Epoch(1), net.now + 1_000_000, 0, n3),
+        TxnKind::Write,
+        crate::timestamp::Domain::Key,
+    );
+    let txn = Txn::new(
+        vec![Key::numbered(1)],
+        Update::Append(vec![(Key::numbered(1), 5)]),
+    );
+    net.input(
+        n2,
+        Input::Message {
+            from: n3,
+            message: Message::PreAccept { txn_id: late, txn },
+        },
+    );
+    let rejected = net.in_flight.iter().any(|(from, to, message)| {
+        (*from, *to) == (n2, n3)
+            && matches!(message, Message::PreAcceptRejected { txn_id } if *txn_id == late)
+    });
+    assert!(rejected, "{:?}", net.in_flight);
+}
+
+/// With one replica cut off, the seal cannot become durable, but the live replicas reach
+/// the applied level (each has applied every old transaction that can still commit), which
+/// is what removing the cut-off node needs.
+#[test]
+fn an_epoch_seal_reaches_the_applied_level_with_one_replica_cut_off() {
+    let config = NodeConfig {
+        sync_interval_micros: 50_000,
+        sync_margin_micros: 10_000,
+        ..NodeConfig::default()
+    };
+    let mut net = Net::with_config(3, FastPathMode::CoordinatorVotes, config);
+    let n3 = NodeId(3);
+    for request in 0..4u64 {
+        let node = NodeId(1 + (request % 2) as u32);
+        let key = Key::numbered(request);
+        let txn = Txn::new(vec![key.clone()], Update::Append(vec![(key, request)]));
+        net.input(
+            node,
+            Input::Client {
+                request_id: ClientRequestId(request),
+                txn,
+            },
+        );
+        net.deliver(|_, _, _| true);
+    }
+    let bound = crate::sync::epoch_seal_bound(crate::timestamp::Epoch(2));
+    for node in net.nodes.values_mut() {
+        node.seal(bound);
+    }
+    // Long enough for the second replica to take over the rounds if it had to.
+    run_timers(&mut net, 150, |from, to, _| from != n3 && to != n3);
+    for id in [NodeId(1), NodeId(2)] {
+        let node = &net.nodes[&id];
+        assert!(node.sealed_locally(bound), "{id} not sealed");
+        assert!(
+            node.durable_before()
+                .values()
+                .all(|durable| *durable < bound),
+            "{id}: durable without n3"
+        );
+    }
+    assert!(!net.nodes[&n3].sealed_locally(bound));
+}
+
+/// A node entering an epoch through a completed transition adopts its floor on every shard
+/// of the new topology and forgets the watermarks of shard ids the new topology lacks.
+#[test]
+fn adopting_an_epoch_floor_replaces_the_old_epochs_watermarks() {
+    let config = NodeConfig {
+        sync_interval_micros: 50_000,
+        sync_margin_micros: 10_000,
+        ..NodeConfig::default()
+    };
+    let mut net = Net::with_config(3, FastPathMode::CoordinatorVotes, config);
+    net.topology = Arc::new(Topology::ring(3, 4, 3, FastPathMode::CoordinatorVotes));
+    for id in 1..=3 {
+        net.open(NodeId(id));
+    }
+    let key = Key::numbered(1);
+    let txn = Txn::new(vec![key.clone()], Update::Append(vec![(key, 1)]));
+    net.input(
+        NodeId(1),
+        Input::Client {
+            request_id: ClientRequestId(1),
+            txn,
+        },
+    );
+    run_timers(&mut net, 20, |_, _, _| true);
+    assert!(net.nodes[&NodeId(1)].durable_before().len() == 4);
+    // The next epoch has one shard.
+    let mut next = Topology::ring(3, 1, 3, FastPathMode::CoordinatorVotes);
+    next.epoch = crate::timestamp::Epoch(2);
+    net.topology = Arc::new(next);
+    net.open(NodeId(1));
+    let bound = crate::sync::epoch_seal_bound(crate::timestamp::Epoch(2));
+    let now = LocalTime(net.now);
+    let node = net.nodes.get_mut(&NodeId(1)).expect("node");
+    node.adopt_epoch_floor(now, bound).expect("adopt");
+    let durable = node.durable_before();
+    assert_eq!(
+        durable.keys().copied().collect::<Vec<_>>(),
+        vec![crate::topology::ShardId(0)]
+    );
+    assert!(durable.values().all(|at| *at >= bound));
+    assert!(node.sealed_locally(bound));
+    // The watermarks are durable: a restart keeps them.
+    net.open(NodeId(1));
+    assert_eq!(net.nodes[&NodeId(1)].durable_before(), durable);
+}

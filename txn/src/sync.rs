@@ -47,6 +47,7 @@ use crate::node::{Node, ProtocolBug};
 use crate::timestamp::{LocalTime, NodeId, Timestamp, TxnId};
 use crate::topology::ShardId;
 use crate::txn::Txn;
+use concord_storage::partitioner::TokenRange;
 
 /// The most unknown transactions one SyncCheck makes a replica fetch from its peers.
 pub const SYNC_FETCH_PER_CHECK_MAX: usize = 64;
@@ -59,6 +60,18 @@ pub const SYNC_RESEND_MICROS: u64 = 100_000;
 /// position after the first in the shard's replica list, before it drives the shard's rounds
 /// itself (the first replica, the usual driver, may be down).
 pub const SYNC_TAKEOVER_INTERVALS: u64 = 5;
+
+/// The bound that seals every epoch before `next`: the lowest timestamp of `next`, so every
+/// transaction of an earlier epoch is below it and every one of `next` at or above it.
+pub fn epoch_seal_bound(next: crate::timestamp::Epoch) -> Timestamp {
+    Timestamp::new(next, 0, 0, NodeId(0))
+}
+
+/// Whether two ring ranges share a token: where arcs overlap, the overlap ends at the end of
+/// one of them (a full ring contains every token).
+fn ranges_meet(a: &TokenRange, b: &TokenRange) -> bool {
+    a.contains(b.end) || b.contains(a.end)
+}
 
 /// Per-shard watermarks of one replica, durable in the journal.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -338,21 +351,32 @@ impl Node {
             }
         }
         for (shard, replicas) in driven {
+            // An epoch seal not yet durable on this shard: rounds run at the seal's bound (the
+            // first at once), and go on after the applied level until every replica is
+            // durable, since a replica that missed one round's applied level needs another.
+            let seal = self
+                .seal
+                .filter(|seal| self.durable_before_shard(shard) < *seal);
             match self.sync_rounds.get(&shard).cloned() {
                 None => {
                     let last = self.sync_last_end.get(&shard).copied().unwrap_or_default();
-                    if now.0.saturating_sub(last.0) < interval {
+                    let first_sealed = seal.is_some() && !self.sealed_rounds.contains(&shard);
+                    if now.0.saturating_sub(last.0) < interval && !first_sealed {
                         continue;
                     }
                     let hlc = self.hlc.unique_now(now);
-                    let bound = Timestamp::new(
+                    let mut bound = Timestamp::new(
                         hlc.epoch,
                         hlc.hlc.saturating_sub(self.config.sync_margin_micros),
                         0,
                         NodeId(0),
                     );
+                    if let Some(seal) = seal {
+                        bound = bound.max(seal);
+                        self.sealed_rounds.insert(shard);
+                    }
                     let floor = self.applied_before_shard(shard);
-                    if floor >= bound {
+                    if floor >= bound && seal.is_none() {
                         continue;
                     }
                     self.sync_rounds.insert(
@@ -418,6 +442,90 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Seals the epoch before `bound` (an epoch transition, design/cluster.md "Epoch
+    /// transitions"): every durability round this node drives runs at `bound` until the
+    /// shard's DurableBefore reaches it, so every replica fences off (rejects) each unknown
+    /// transaction below it and applies every one that can still commit. The caller stops
+    /// coordinating new transactions of the old epoch first. A lower bound than the current
+    /// seal is ignored.
+    pub fn seal(&mut self, bound: Timestamp) {
+        if self.seal.is_none_or(|seal| seal < bound) {
+            self.seal = Some(bound);
+            self.sealed_rounds.clear();
+        }
+    }
+
+    /// Whether every shard this node replicates has its applied-before floor at or above
+    /// `bound`: every transaction below it that can still commit is applied here.
+    pub fn sealed_locally(&self, bound: Timestamp) -> bool {
+        self.topology
+            .shards
+            .iter()
+            .filter(|shard| shard.is_replica(self.id))
+            .all(|shard| self.applied_before_shard(shard.id) >= bound)
+    }
+
+    /// Whether this node replicates every token of `range` and its applied-before floor is at
+    /// or above `bound` on each shard meeting the range: its rows of the range hold every
+    /// write below `bound` (a source for a node that gains the range).
+    pub fn applied_covers(&self, range: &TokenRange, bound: Timestamp) -> bool {
+        let meeting: Vec<&crate::topology::Shard> = self
+            .topology
+            .shards
+            .iter()
+            .filter(|shard| ranges_meet(&shard.range, range))
+            .collect();
+        !meeting.is_empty()
+            && meeting.iter().all(|shard| {
+                shard.is_replica(self.id) && self.applied_before_shard(shard.id) >= bound
+            })
+    }
+
+    /// Adopts the floor of an epoch entered through a completed transition: every
+    /// transaction below `bound` (every one of the earlier epochs) is applied on every
+    /// replica of the new topology, each having applied its kept ranges and fetched the rows
+    /// of the ranges it gained. Sets every watermark of every shard to at least `bound` and
+    /// drops watermarks of shard ids the topology does not have (shard ids name other ranges
+    /// in another epoch, so an earlier epoch's watermarks must not carry over).
+    ///
+    /// # Errors
+    /// When the journal cannot record the watermarks.
+    pub fn adopt_epoch_floor(
+        &mut self,
+        now: LocalTime,
+        bound: Timestamp,
+    ) -> Result<crate::node::Effects> {
+        let shards: Vec<ShardId> = self.topology.shards.iter().map(|shard| shard.id).collect();
+        for map in [
+            &mut self.watermarks.reject_before,
+            &mut self.watermarks.durable_before,
+            &mut self.watermarks.clean_before,
+            &mut self.watermarks.applied_before,
+        ] {
+            map.retain(|shard, _| shards.contains(shard));
+            for shard in &shards {
+                let at = map.entry(*shard).or_default();
+                *at = (*at).max(bound);
+            }
+        }
+        self.hlc.witness(bound);
+        self.journal.record_watermarks(&self.watermarks)?;
+        self.release_collected_deps(now)?;
+        let foreign: Vec<TxnId> = self
+            .commands
+            .values()
+            .filter(|command| !command.status.is_final() && command.txn_id.timestamp() < bound)
+            .map(|command| command.txn_id)
+            .collect();
+        for txn_id in foreign {
+            self.finish_collected_foreign(now, txn_id)?;
+        }
+        self.collect_garbage()?;
+        self.drain(now)?;
+        self.journal.flush()?;
+        Ok(std::mem::take(&mut self.effects))
     }
 
     /// Every transaction this node holds below `bound` on `shard` (stubs without a

@@ -35,11 +35,14 @@ use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use concord_storage::partitioner::TokenRange;
 use concord_txn::messages::Message;
 use concord_txn::node::{
     ClientRequestId, Effects, Input, Node, NodeConfig, NodeStats, Outcome, Timer,
@@ -55,6 +58,9 @@ pub const INPUT_QUEUE_CAPACITY: usize = 4_096;
 pub const CLIENT_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`Runtime::start`] waits for the Node to open (journal replay included).
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(120);
+/// The most client transactions an epoch seal holds back (they start on the next epoch's
+/// Node); more get `Outcome::Overloaded` (nothing started).
+pub const SEAL_HELD_CLIENTS_MAX: usize = 1_024;
 /// The most peer messages that wait for a topology epoch this runtime does not run yet.
 pub const EPOCH_WAIT_MESSAGES_MAX: usize = 4_096;
 /// The most Node steps whose journal records one sync covers (group commit). The runtime
@@ -195,6 +201,23 @@ pub struct RuntimeConfig {
     /// How far this node's clock runs ahead of the wall clock (behind when negative), in
     /// microseconds: 0 but for fault injection (the server's `test_clock_offset_ms`).
     pub clock_offset_micros: i64,
+    /// The floor of the epoch `topology` was entered with through a completed transition
+    /// (`Node::adopt_epoch_floor`), adopted on open; `None` for an epoch entered without one.
+    pub epoch_floor: Option<Timestamp>,
+}
+
+/// An epoch seal as other threads see it (`Runtime::seal_status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SealStatus {
+    /// The seal's bound (`concord_txn::sync::epoch_seal_bound` of the next epoch).
+    pub bound: Option<Timestamp>,
+    /// Every shard this node replicates has applied every transaction below the bound.
+    pub sealed_locally: bool,
+    /// Every shard's range, and whether this node replicates it with its applied-before
+    /// floor at the bound (its rows there hold every write below it).
+    pub shards: Vec<(TokenRange, bool)>,
+    /// The epoch of the Node the status was read from.
+    pub epoch: u64,
 }
 
 /// Counters, readable from any thread.
@@ -237,6 +260,10 @@ pub struct RuntimeStats {
     pub messages_sent: AtomicU64,
     /// Protocol messages from peers handed to the Node.
     pub messages_received: AtomicU64,
+    /// Client transactions held back by an epoch seal (they start on the next epoch).
+    pub seal_held_clients: AtomicU64,
+    /// The current epoch seal's progress (published after each step while sealed).
+    pub seal: Mutex<SealStatus>,
 }
 
 enum Work {
@@ -250,14 +277,15 @@ enum Work {
         epoch: Option<Epoch>,
         messages: Vec<Message>,
     },
-    Topology(Arc<Topology>),
+    Topology(Arc<Topology>, Option<Timestamp>),
+    Seal(Timestamp),
     Stop,
 }
 
 /// Why [`Driver::run`] returned.
 enum Exit {
     Stop,
-    Reopen(Arc<Topology>),
+    Reopen(Arc<Topology>, Option<Timestamp>),
 }
 
 /// Peer messages waiting for their epoch's topology.
@@ -329,13 +357,13 @@ impl Runtime {
                 // watermark above every write in the row store).
                 observer.before_step(Timestamp::ZERO);
                 let node_config = config.node_config.clone();
-                let opened = Node::open(
+                let opened = open_node(
                     config.node,
                     config.topology,
                     config.node_config,
-                    journal,
-                    data,
+                    (journal, data),
                     clock.now(),
+                    config.epoch_floor,
                 );
                 let (node, effects) = match opened {
                     Ok(opened) => {
@@ -366,12 +394,14 @@ impl Runtime {
                     held: Effects::default(),
                     held_steps: 0,
                     epoch_wait: EpochWait::default(),
+                    sealed: None,
+                    held_clients: VecDeque::new(),
                 };
                 driver.absorb(effects);
                 loop {
                     match driver.run(&inputs) {
                         Exit::Stop => return,
-                        Exit::Reopen(topology) => match driver.reopen(topology) {
+                        Exit::Reopen(topology, floor) => match driver.reopen(topology, floor) {
                             Some(reopened) => driver = reopened,
                             None => return,
                         },
@@ -468,13 +498,65 @@ impl Runtime {
     /// # Errors
     /// `Overloaded` when the input queue is full (retry); `Stopped` when the runtime is gone.
     pub fn set_topology(&self, topology: Arc<Topology>) -> Result<(), RuntimeError> {
-        match self.queue.try_send(Work::Topology(topology)) {
+        self.set_topology_with_floor(topology, None)
+    }
+
+    /// As [`Runtime::set_topology`], for an epoch entered through a completed transition:
+    /// the new Node adopts `floor` (`Node::adopt_epoch_floor`), and client transactions held
+    /// by the seal start on it.
+    ///
+    /// # Errors
+    /// As [`Runtime::set_topology`].
+    pub fn set_topology_with_floor(
+        &self,
+        topology: Arc<Topology>,
+        floor: Option<Timestamp>,
+    ) -> Result<(), RuntimeError> {
+        match self.queue.try_send(Work::Topology(topology, floor)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(RuntimeError::Overloaded),
             Err(TrySendError::Disconnected(_)) => Err(RuntimeError::Stopped(
                 "the runtime thread has exited".into(),
             )),
         }
+    }
+
+    /// Seals the Node's epoch before `bound` (`Node::seal`): from now on new client
+    /// transactions are held (up to [`SEAL_HELD_CLIENTS_MAX`]) until a newer topology comes,
+    /// and the durability rounds this node drives run at `bound`. Repeating it is harmless.
+    ///
+    /// # Errors
+    /// `Overloaded` when the input queue is full (retry); `Stopped` when the runtime is gone.
+    pub fn seal(&self, bound: Timestamp) -> Result<(), RuntimeError> {
+        match self.queue.try_send(Work::Seal(bound)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(RuntimeError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(RuntimeError::Stopped(
+                "the runtime thread has exited".into(),
+            )),
+        }
+    }
+
+    /// The current seal's progress.
+    pub fn seal_status(&self) -> SealStatus {
+        self.stats.seal.lock().clone()
+    }
+
+    /// Whether this node's rows of `range` hold every write below `bound`: it replicates
+    /// every shard meeting the range and each one's applied-before floor reached the bound
+    /// (a node that gains the range may fetch it from here).
+    pub fn applied_covers(&self, range: &TokenRange, bound: Timestamp) -> bool {
+        let status = self.seal_status();
+        if status.bound.is_none_or(|sealed| sealed < bound) {
+            return false;
+        }
+        let meeting: Vec<bool> = status
+            .shards
+            .iter()
+            .filter(|(shard, _)| ranges_meet(shard, range))
+            .map(|(_, applied)| *applied)
+            .collect();
+        !meeting.is_empty() && meeting.iter().all(|applied| *applied)
     }
 
     fn enqueue_messages(
@@ -535,12 +617,41 @@ struct Driver {
     held_steps: usize,
     /// Peer messages of epochs the Node does not run yet (K1).
     epoch_wait: EpochWait,
+    /// The epoch seal in force (`Runtime::seal`), until the next topology.
+    sealed: Option<Timestamp>,
+    /// Client transactions the seal holds back, with when each came.
+    held_clients: VecDeque<(Instant, Txn, SyncSender<Outcome>)>,
+}
+
+/// Opens a Node and, for an epoch entered through a completed transition, adopts its floor.
+fn open_node(
+    id: NodeId,
+    topology: Arc<Topology>,
+    config: NodeConfig,
+    (journal, data): (Box<dyn Journal>, Box<dyn DataStore>),
+    now: LocalTime,
+    floor: Option<Timestamp>,
+) -> concord_txn::Result<(Node, Effects)> {
+    let (mut node, mut effects) = Node::open(id, topology, config, journal, data, now)?;
+    if let Some(floor) = floor {
+        let more = node.adopt_epoch_floor(now, floor)?;
+        effects.messages.extend(more.messages);
+        effects.timers.extend(more.timers);
+        effects.replies.extend(more.replies);
+    }
+    Ok((node, effects))
+}
+
+/// Whether two ring ranges share a token (where arcs overlap, the overlap ends at the end of
+/// one of them).
+fn ranges_meet(a: &TokenRange, b: &TokenRange) -> bool {
+    a.contains(b.end) || b.contains(a.end)
 }
 
 impl Driver {
     /// Reopens the Node on `topology` (same journal and data store). `None` when the new
     /// Node cannot open: the runtime stops.
-    fn reopen(self, topology: Arc<Topology>) -> Option<Driver> {
+    fn reopen(self, topology: Arc<Topology>, floor: Option<Timestamp>) -> Option<Driver> {
         let Driver {
             node,
             node_config,
@@ -551,6 +662,7 @@ impl Driver {
             pending,
             next_request,
             epoch_wait,
+            held_clients,
             ..
         } = self;
         let id = node.id();
@@ -562,13 +674,13 @@ impl Driver {
         let epoch = topology.epoch;
         // Replay applies writes: bracketed like a step, as at start.
         observer.before_step(Timestamp::ZERO);
-        let (node, effects) = match Node::open(
+        let (node, effects) = match open_node(
             id,
             topology,
             node_config.clone(),
-            journal,
-            data,
+            (journal, data),
             clock.now(),
+            floor,
         ) {
             Ok(opened) => {
                 observer.after_step(opened.0.apply_floor());
@@ -597,8 +709,22 @@ impl Driver {
             held: Effects::default(),
             held_steps: 0,
             epoch_wait: EpochWait::default(),
+            sealed: None,
+            held_clients: VecDeque::new(),
         };
+        *driver.stats.seal.lock() = SealStatus::default();
         driver.absorb(effects);
+        // What the seal held starts on the new epoch, unless its client gave up waiting.
+        for (since, txn, reply) in held_clients {
+            if since.elapsed() >= CLIENT_REPLY_TIMEOUT {
+                let _ = reply.try_send(Outcome::Overloaded);
+                continue;
+            }
+            if let Err(error) = driver.start_client(txn, reply) {
+                tracing::error!(%error, "accord node failed; the runtime stops");
+                return None;
+            }
+        }
         // Hand over what waited for this epoch; keep what waits for a later one.
         for (until, from, waited, messages) in epoch_wait.waiting {
             if waited <= epoch {
@@ -720,23 +846,39 @@ impl Driver {
                     }
                     return Exit::Stop;
                 }
-                Ok(Work::Topology(topology)) => {
+                Ok(Work::Topology(topology, floor)) => {
                     if topology.epoch > self.epoch() {
                         // The old Node's last steps leave before it is replaced.
                         if let Err(error) = self.release() {
                             tracing::error!(%error, "accord node failed; the runtime stops");
                             return Exit::Stop;
                         }
-                        return Exit::Reopen(topology);
+                        return Exit::Reopen(topology, floor);
                     }
                     Ok(())
                 }
                 Err(RecvTimeoutError::Timeout) => Ok(()),
                 Ok(Work::Client { txn, reply }) => {
-                    let request_id = ClientRequestId(self.next_request);
-                    self.next_request += 1;
-                    self.pending.insert(request_id, reply);
-                    self.step(Input::Client { request_id, txn })
+                    if self.sealed.is_some() {
+                        if self.held_clients.len() >= SEAL_HELD_CLIENTS_MAX {
+                            let _ = reply.try_send(Outcome::Overloaded);
+                        } else {
+                            self.stats.seal_held_clients.fetch_add(1, Ordering::Relaxed);
+                            self.held_clients.push_back((Instant::now(), txn, reply));
+                        }
+                        Ok(())
+                    } else {
+                        self.start_client(txn, reply)
+                    }
+                }
+                Ok(Work::Seal(bound)) => {
+                    if self.sealed.is_none_or(|sealed| sealed < bound) && bound.epoch > self.epoch()
+                    {
+                        self.sealed = Some(bound);
+                        self.node.seal(bound);
+                        self.publish_seal();
+                    }
+                    Ok(())
                 }
                 Ok(Work::Messages {
                     from,
@@ -749,6 +891,32 @@ impl Driver {
                 return Exit::Stop;
             }
         }
+    }
+
+    fn start_client(&mut self, txn: Txn, reply: SyncSender<Outcome>) -> concord_txn::Result<()> {
+        let request_id = ClientRequestId(self.next_request);
+        self.next_request += 1;
+        self.pending.insert(request_id, reply);
+        self.step(Input::Client { request_id, txn })
+    }
+
+    /// Publishes the seal's progress for other threads (`Runtime::seal_status`).
+    fn publish_seal(&self) {
+        let Some(bound) = self.sealed else {
+            return;
+        };
+        let topology = self.node.topology();
+        let shards = topology
+            .shards
+            .iter()
+            .map(|shard| (shard.range, self.node.applied_covers(&shard.range, bound)))
+            .collect();
+        *self.stats.seal.lock() = SealStatus {
+            bound: Some(bound),
+            sealed_locally: self.node.sealed_locally(bound),
+            shards,
+            epoch: topology.epoch.0,
+        };
     }
 
     fn next_deadline(&self) -> Option<LocalTime> {
@@ -786,6 +954,9 @@ impl Driver {
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         self.count_protocol(&before);
         self.hold(result?);
+        if self.sealed.is_some() {
+            self.publish_seal();
+        }
         self.held_steps += 1;
         if self.held_steps >= STEP_GROUP_MAX {
             self.release()?;

@@ -23,6 +23,7 @@ pub(crate) fn config() -> RuntimeConfig {
         topology: Arc::new(Topology::ring(1, 1, 1, FastPathMode::CoordinatorVotes)),
         node_config: NodeConfig::default(),
         clock_offset_micros: 0,
+        epoch_floor: None,
     }
 }
 
@@ -560,4 +561,59 @@ fn queued_transactions_share_journal_syncs_and_no_reply_leaves_before_its_sync()
         flushes.load(Ordering::SeqCst) - 1,
         "every flush but the open's is counted"
     );
+}
+
+/// An epoch seal holds new client transactions (they start on the next epoch's Node, which
+/// adopts the seal's floor), seals the old epoch locally, and reports which ranges a gaining
+/// node may fetch from here.
+#[test]
+fn a_seal_holds_clients_until_the_next_epoch_and_reports_its_progress() {
+    let engine = engine();
+    let runtime = Runtime::start(
+        RuntimeConfig {
+            node_config: NodeConfig {
+                sync_interval_micros: 20_000,
+                sync_margin_micros: 5_000,
+                ..NodeConfig::default()
+            },
+            ..config()
+        },
+        Box::new(EngineJournal::new(engine.clone())),
+        Box::new(KvDataStore::new(engine.clone())),
+        Box::new(Loopback::default()),
+        Box::new(NoObserver),
+    )
+    .expect("the runtime starts");
+    let key = Key::numbered(3);
+    committed(&runtime.execute(append(&key, 1)).expect("an outcome"));
+    let next = concord_txn::timestamp::Epoch(2);
+    let bound = concord_txn::sync::epoch_seal_bound(next);
+    let full = concord_storage::partitioner::TokenRange::full_ring();
+    assert!(!runtime.applied_covers(&full, bound));
+    runtime.seal(bound).expect("queued");
+    wait_until("the old epoch is sealed here", || {
+        runtime.seal_status().sealed_locally
+    });
+    assert!(runtime.applied_covers(&full, bound));
+    // A transaction submitted now waits for the next epoch.
+    let held = runtime.submit(append(&key, 2)).expect("queued");
+    wait_until("the transaction is held", || {
+        runtime.stats().seal_held_clients.load(Ordering::Relaxed) == 1
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(list(&engine, &key), vec![1], "a held transaction ran");
+    let mut two = Topology::ring(1, 2, 1, FastPathMode::CoordinatorVotes);
+    two.epoch = next;
+    runtime
+        .set_topology_with_floor(Arc::new(two), Some(bound))
+        .expect("queued");
+    let outcome = held.wait(CLIENT_REPLY_TIMEOUT).expect("an outcome");
+    let Outcome::Committed { execute_at, .. } = outcome else {
+        panic!("not committed: {outcome:?}");
+    };
+    assert!(execute_at >= bound, "ran in the old epoch at {execute_at}");
+    assert_eq!(list(&engine, &key), vec![1, 2]);
+    assert_eq!(runtime.seal_status(), SealStatus::default());
+    // New transactions run at once again.
+    committed(&runtime.execute(append(&key, 3)).expect("an outcome"));
 }
