@@ -14,6 +14,13 @@
 //!   SetReplication ─► keyspace RF                          epoch + 1
 //!   Schema ─► DDL appended to the log, schema_version + 1  (epoch unchanged)
 //! ```
+//!
+//! Once the cluster may hold rows, a placement change does not apply at once: it starts a
+//! [`Transition`] (design/cluster.md, "Epoch transitions and bootstrap"). Every node seals
+//! the epoch; each node of the next placement reports `TransitionReady` once it has applied
+//! every transaction of the old epoch on its kept ranges and fetched its gained ones; the
+//! last report applies the change (epoch + 1, `sealed_epoch` = it). `AbortTransition` gives
+//! up: the epoch still moves on (every node fenced the old one) with the placement unchanged.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -100,6 +107,31 @@ pub struct ClusterState {
     pub schema_version: u64,
     /// Every schema change, in log order.
     pub schema: Vec<SchemaChange>,
+    /// The placement change in progress, if any.
+    #[serde(default)]
+    pub transition: Option<Transition>,
+    /// The latest epoch entered through a completed transition: every transaction of an
+    /// earlier epoch is applied on every replica of it (0: none).
+    #[serde(default)]
+    pub sealed_epoch: u64,
+}
+
+/// A placement change waiting for the old epoch to be sealed and gained ranges fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// The change (`NodeUp`, `RemoveNode` or `SetReplication`) applied when it completes.
+    pub command: Command,
+    /// The epoch being left; the change enters `from_epoch + 1`.
+    pub from_epoch: u64,
+    /// Nodes of the next placement that have not reported ready.
+    pub waiting: BTreeSet<NodeIdx>,
+}
+
+impl Transition {
+    /// The epoch the transition enters.
+    pub fn next_epoch(&self) -> u64 {
+        self.from_epoch + 1
+    }
 }
 
 /// A change to the cluster state: the payload of a Raft log entry.
@@ -135,6 +167,12 @@ pub enum Command {
         #[serde(default)]
         creates_table: bool,
     },
+    /// `node` has applied every transaction of the transition's old epoch on the ranges it
+    /// keeps and holds the rows of the ranges it gains (`epoch`: the epoch entered).
+    TransitionReady { node: NodeIdx, epoch: u64 },
+    /// Gives up the transition entering `epoch`: the epoch moves on with the placement
+    /// unchanged.
+    AbortTransition { epoch: u64 },
 }
 
 /// What applying a command did (the Raft response of an entry).
@@ -273,6 +311,12 @@ impl ClusterState {
                 }
                 Ok(())
             }
+            Command::TransitionReady { epoch, .. } | Command::AbortTransition { epoch } => {
+                match &self.transition {
+                    Some(transition) if transition.next_epoch() == *epoch => Ok(()),
+                    _ => Err(format!("no transition to epoch {epoch} is in progress")),
+                }
+            }
             Command::Schema { ddl, .. } => {
                 if ddl.is_empty() || ddl.len() > DDL_BYTES_MAX {
                     return Err(format!(
@@ -291,8 +335,16 @@ impl ClusterState {
         if let Err(reason) = self.validate(command) {
             return CommandResult::Rejected(reason);
         }
-        if let Err(reason) = self.check_no_replica_gains(command) {
-            return CommandResult::Rejected(reason);
+        match self.transition_for(command) {
+            Err(reason) => return CommandResult::Rejected(reason),
+            Ok(Some(transition)) => {
+                self.transition = Some(transition);
+                return CommandResult::Applied {
+                    epoch: self.epoch,
+                    schema_version: self.schema_version,
+                };
+            }
+            Ok(None) => {}
         }
         if self.change(command) {
             CommandResult::Applied {
@@ -309,30 +361,51 @@ impl ClusterState {
         self.schema.iter().any(|change| change.creates_table)
     }
 
-    /// Refuses a placement change that would make a node a replica of a token range it does
-    /// not replicate now, once the cluster may hold rows: nothing streams a range's rows to a
-    /// node that gains it yet (design/cluster.md, "Epoch transitions and bootstrap"), so
-    /// that node would answer reads of the range without its rows. Changes that only take
-    /// replicas away (removing one of three nodes at RF 3) pass.
-    fn check_no_replica_gains(&self, command: &Command) -> Result<(), String> {
+    /// Whether `command` must wait for a transition, and which: once the cluster may hold
+    /// rows, a change of placement seals the epoch and waits for every node of the next
+    /// placement (`TransitionReady`), so that no transaction of the old epoch is left
+    /// unapplied on a replica of the new one and every node that gains a range holds its
+    /// rows first (design/cluster.md, "Epoch transitions and bootstrap"). Refused while
+    /// another transition is in progress.
+    fn transition_for(&self, command: &Command) -> Result<Option<Transition>, String> {
         let moves_placement = matches!(
             command,
             Command::NodeUp { .. } | Command::RemoveNode { .. } | Command::SetReplication { .. }
         );
-        if !moves_placement || !self.may_hold_data() {
-            return Ok(());
+        if !moves_placement {
+            return Ok(None);
+        }
+        if let Some(transition) = &self.transition {
+            return Err(format!(
+                "a transition to epoch {} is in progress ({:?}); retry when it ends",
+                transition.next_epoch(),
+                transition.command
+            ));
+        }
+        if !self.may_hold_data() {
+            return Ok(None);
         }
         let mut next = self.clone();
-        next.change(command);
-        match super::view::gained_replica(self, &next) {
-            None => Ok(()),
-            Some((node, token)) => Err(format!(
-                "node {node} would become a replica of the token range ending at {token} \
-                 without its rows: this build does not stream data to a node that gains \
-                 ranges (design/cluster.md, \"Epoch transitions and bootstrap\"); add \
-                 nodes and set replication factors before creating tables"
-            )),
+        if !next.change(command)
+            || next.epoch == self.epoch
+            || super::view::same_placement(self, &next)
+        {
+            return Ok(None);
         }
+        Ok(Some(Transition {
+            command: command.clone(),
+            from_epoch: self.epoch,
+            waiting: next.up_nodes().collect(),
+        }))
+    }
+
+    /// The state the transition in progress leads to (`None` without one).
+    pub fn transition_target(&self) -> Option<ClusterState> {
+        let transition = self.transition.as_ref()?;
+        let mut next = self.clone();
+        next.transition = None;
+        next.change(&transition.command);
+        Some(next)
     }
 
     /// Changes the state by a validated command; whether anything changed.
@@ -390,6 +463,30 @@ impl ClusterState {
                     self.epoch += 1;
                     true
                 }
+            }
+            Command::TransitionReady { node, .. } => {
+                let Some(transition) = self.transition.as_mut() else {
+                    return false;
+                };
+                if !transition.waiting.remove(node) {
+                    return false;
+                }
+                if transition.waiting.is_empty() {
+                    let command = transition.command.clone();
+                    let next_epoch = transition.next_epoch();
+                    self.transition = None;
+                    self.change(&command);
+                    // Every placement change moves the epoch by one; the sealed floor is
+                    // the epoch entered.
+                    self.epoch = next_epoch;
+                    self.sealed_epoch = next_epoch;
+                }
+                true
+            }
+            Command::AbortTransition { epoch } => {
+                self.transition = None;
+                self.epoch = *epoch;
+                true
             }
             Command::Schema {
                 ddl,
@@ -656,20 +753,13 @@ mod tests {
         state
     }
 
-    fn rejected_for_gain(state: &mut ClusterState, command: &Command) {
-        let before = state.clone();
-        match state.apply(command) {
-            CommandResult::Rejected(reason) => {
-                assert!(reason.contains("does not stream data"), "{reason}")
-            }
-            other => panic!("{command:?} gave {other:?}"),
-        }
-        assert_eq!(*state, before, "{command:?} changed the state");
+    fn ready(node: NodeIdx, epoch: u64) -> Command {
+        Command::TransitionReady { node, epoch }
     }
 
     #[test]
-    fn once_tables_exist_no_change_makes_a_node_replicate_a_range_it_lacks() {
-        // Before any table, nodes join freely (the usual way to build a cluster).
+    fn once_tables_exist_a_placement_change_waits_for_its_transition() {
+        // Before any table, nodes join at once (the usual way to build a cluster).
         let mut empty = cluster(3, 3, false);
         assert!(!empty.may_hold_data());
         empty.apply(&add(4));
@@ -677,24 +767,98 @@ mod tests {
             empty.apply(&Command::NodeUp { node: 4 }),
             CommandResult::Applied { .. }
         ));
+        assert!(empty.transition.is_none());
 
-        // With a table: a fourth node would take ranges whose rows it does not hold.
-        let mut three = cluster(3, 3, true);
-        assert!(three.may_hold_data());
+        // With a table, a fourth node's NodeUp starts a transition and changes nothing else.
+        let mut state = cluster(3, 3, true);
+        let epoch = state.epoch;
+        state.apply(&add(4));
         assert!(matches!(
-            three.apply(&add(4)),
+            state.apply(&Command::NodeUp { node: 4 }),
+            CommandResult::Applied { epoch: e, .. } if e == epoch
+        ));
+        let transition = state.transition.clone().expect("a transition");
+        assert_eq!(transition.from_epoch, epoch);
+        assert_eq!(transition.waiting, BTreeSet::from([1, 2, 3, 4]));
+        assert_eq!(state.members[&4].status, NodeStatus::Joining);
+        let target = state.transition_target().expect("a target");
+        assert_eq!(target.members[&4].status, NodeStatus::Up);
+        assert_eq!(target.epoch, epoch + 1);
+        // Another placement change waits; a schema change does not.
+        let before = state.clone();
+        match state.apply(&Command::RemoveNode { node: 1 }) {
+            CommandResult::Rejected(reason) => assert!(reason.contains("in progress"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(state, before);
+        assert!(matches!(
+            state.apply(&Command::Schema {
+                ddl: "CREATE TABLE ks.u (k int PRIMARY KEY)".into(),
+                request: 3,
+                creates_table: true,
+            }),
             CommandResult::Applied { .. }
         ));
-        rejected_for_gain(&mut three, &Command::NodeUp { node: 4 });
-        assert_eq!(three.members[&4].status, NodeStatus::Joining);
-        // A wider replication factor would too; a new keyspace within it would not.
-        rejected_for_gain(
-            &mut cluster(4, 2, true),
-            &Command::SetReplication {
-                keyspace: "wide".into(),
-                replication_factor: 3,
-            },
+        // Reports: of another epoch are refused; a repeated one changes nothing.
+        assert!(matches!(
+            state.apply(&ready(1, epoch + 2)),
+            CommandResult::Rejected(_)
+        ));
+        for node in [1, 2, 3] {
+            assert!(matches!(
+                state.apply(&ready(node, epoch + 1)),
+                CommandResult::Applied { .. }
+            ));
+        }
+        assert!(matches!(
+            state.apply(&ready(3, epoch + 1)),
+            CommandResult::Unchanged { .. }
+        ));
+        assert_eq!(state.epoch, epoch);
+        assert_eq!(state.members[&4].status, NodeStatus::Joining);
+        // The last report applies the change.
+        assert!(matches!(
+            state.apply(&ready(4, epoch + 1)),
+            CommandResult::Applied { epoch: e, .. } if e == epoch + 1
+        ));
+        assert_eq!(state.members[&4].status, NodeStatus::Up);
+        assert_eq!(state.sealed_epoch, epoch + 1);
+        assert!(state.transition.is_none());
+        assert!(matches!(
+            state.apply(&ready(4, epoch + 1)),
+            CommandResult::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn an_aborted_transition_moves_the_epoch_and_keeps_the_placement() {
+        let mut state = cluster(4, 3, true);
+        let epoch = state.epoch;
+        let members = state.members.clone();
+        assert!(matches!(
+            state.apply(&Command::RemoveNode { node: 2 }),
+            CommandResult::Applied { .. }
+        ));
+        assert_eq!(
+            state.transition.as_ref().map(|t| t.waiting.clone()),
+            Some(BTreeSet::from([1, 3, 4]))
         );
+        assert!(matches!(
+            state.apply(&Command::AbortTransition { epoch: epoch + 1 }),
+            CommandResult::Applied { epoch: e, .. } if e == epoch + 1
+        ));
+        assert_eq!(state.members, members);
+        assert_eq!(state.sealed_epoch, 0);
+        assert!(state.transition.is_none());
+        // A wider replication factor is a placement change too.
+        let mut four = cluster(4, 2, true);
+        four.apply(&Command::SetReplication {
+            keyspace: "wide".into(),
+            replication_factor: 3,
+        });
+        assert!(four.transition.is_some());
+        // A new keyspace within the topology's replication factor moves nothing.
+        let mut three = cluster(3, 3, true);
         assert!(matches!(
             three.apply(&Command::SetReplication {
                 keyspace: "other".into(),
@@ -702,16 +866,8 @@ mod tests {
             }),
             CommandResult::Applied { .. }
         ));
-        // Removing one of three replicas only takes copies away.
-        let epoch = three.epoch;
-        assert!(matches!(
-            three.apply(&Command::RemoveNode { node: 3 }),
-            CommandResult::Applied { .. }
-        ));
-        assert_eq!(three.epoch, epoch + 1);
-        // Removing one of four at RF 3 moves its ranges to nodes that lack them.
-        rejected_for_gain(&mut cluster(4, 3, true), &Command::RemoveNode { node: 2 });
-        // A restarted member's repeated join changes nothing and passes.
+        assert!(three.transition.is_none());
+        // A restarted member's repeated join changes nothing.
         let mut four = cluster(4, 3, true);
         assert!(matches!(
             four.apply(&add(2)),
@@ -721,5 +877,6 @@ mod tests {
             four.apply(&Command::NodeUp { node: 2 }),
             CommandResult::Unchanged { .. }
         ));
+        assert!(four.transition.is_none());
     }
 }

@@ -130,15 +130,30 @@ fn ring_of(state: &ClusterState) -> Vec<(Token, NodeIdx)> {
     ring
 }
 
-/// A node that replicates some token in `after`'s transaction topology (where Accord applies
-/// the rows) but not in `before`'s, with a token of the range it gains; `None` when every
-/// replica of every range in `after` already replicated it (or `before` placed nothing).
-/// Placement is constant on each range `(previous token, token]`, so comparing both
-/// placements at every token of either ring covers the whole ring.
-pub fn gained_replica(before: &ClusterState, after: &ClusterState) -> Option<(NodeIdx, Token)> {
+/// Whether both states place the transaction topology's ranges on the same replicas.
+pub fn same_placement(before: &ClusterState, after: &ClusterState) -> bool {
+    place(&ring_of(before), topology_replication_factor(before))
+        == place(&ring_of(after), topology_replication_factor(after))
+}
+
+/// A range some node replicates in `after`'s transaction topology (where Accord applies the
+/// rows) but not in `before`'s, with the nodes that replicated it in `before` (where to
+/// fetch its rows from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GainedRange {
+    pub node: NodeIdx,
+    pub range: TokenRange,
+    pub sources: Vec<NodeIdx>,
+}
+
+/// Every range a node gains from `before` to `after`, adjacent pieces with the same node and
+/// sources merged. Placement is constant on each range between consecutive tokens of either
+/// ring, so comparing both placements on those pieces covers the whole ring. Empty when
+/// either ring is.
+pub fn gained_ranges(before: &ClusterState, after: &ClusterState) -> Vec<GainedRange> {
     let (ring_before, ring_after) = (ring_of(before), ring_of(after));
     if ring_before.is_empty() || ring_after.is_empty() {
-        return None;
+        return Vec::new();
     }
     let placed_before = place(&ring_before, topology_replication_factor(before));
     let placed_after = place(&ring_after, topology_replication_factor(after));
@@ -149,15 +164,31 @@ pub fn gained_replica(before: &ClusterState, after: &ClusterState) -> Option<(No
         .collect();
     tokens.sort_unstable();
     tokens.dedup();
-    tokens.into_iter().find_map(|token| {
-        let had = placed_before.replicas_for(token).unwrap_or(&[]);
-        placed_after
-            .replicas_for(token)
-            .unwrap_or(&[])
-            .iter()
-            .find(|node| !had.contains(node))
-            .map(|node| (*node, token))
-    })
+    let mut gained: Vec<GainedRange> = Vec::new();
+    for (idx, end) in tokens.iter().enumerate() {
+        let start = tokens[(idx + tokens.len() - 1) % tokens.len()];
+        let had = placed_before.replicas_for(*end).unwrap_or(&[]);
+        for node in placed_after.replicas_for(*end).unwrap_or(&[]) {
+            if had.contains(node) {
+                continue;
+            }
+            let merged = gained.iter_mut().rev().find(|piece| piece.node == *node);
+            match merged {
+                Some(piece) if piece.range.end == start && piece.sources == had => {
+                    piece.range.end = *end;
+                }
+                _ => gained.push(GainedRange {
+                    node: *node,
+                    range: TokenRange {
+                        start: if tokens.len() == 1 { *end } else { start },
+                        end: *end,
+                    },
+                    sources: had.to_vec(),
+                }),
+            }
+        }
+    }
+    gained
 }
 
 /// Places every range of `ring` on `replication_factor` distinct nodes.
@@ -330,5 +361,45 @@ mod tests {
         let one = cluster(1, &[]);
         assert_eq!(one.ring.len(), VNODES_PER_NODE_DEFAULT);
         assert!(cluster(0, &[]).topology.is_none());
+    }
+
+    #[test]
+    fn gained_ranges_are_exactly_where_a_node_becomes_a_replica() {
+        let before = cluster(3, &[("ks", 3)]).state;
+        let after = cluster(4, &[("ks", 3)]).state;
+        let gained = gained_ranges(&before, &after);
+        assert!(!gained.is_empty());
+        assert!(gained.iter().all(|piece| piece.node == 4), "{gained:?}");
+        let placed_before = place(&ring_of(&before), 3);
+        let placed_after = place(&ring_of(&after), 3);
+        // Probe every ring token and its successor: 4 replicates it after (and not before)
+        // exactly when a gained piece holds it, and its sources are the replicas before.
+        for (token, _) in ring_of(&after).iter().chain(&ring_of(&before)) {
+            for probe in [*token, Token(token.0.wrapping_add(1))] {
+                let now = placed_after.replicas_for(probe).expect("placed");
+                let had = placed_before.replicas_for(probe).expect("placed");
+                let piece = gained.iter().find(|piece| piece.range.contains(probe));
+                assert_eq!(
+                    now.contains(&4) && !had.contains(&4),
+                    piece.is_some(),
+                    "{probe}"
+                );
+                if let Some(piece) = piece {
+                    assert_eq!(piece.sources, had);
+                }
+            }
+        }
+        // Pieces do not overlap.
+        for (i, a) in gained.iter().enumerate() {
+            for b in &gained[i + 1..] {
+                assert!(!a.range.contains(b.range.end) && !b.range.contains(a.range.end));
+            }
+        }
+        // Nothing is gained when nothing moves; removing a node of four gains the others.
+        assert!(gained_ranges(&after, &after).is_empty());
+        assert!(same_placement(&after, &after));
+        let gained = gained_ranges(&after, &before);
+        assert!(!gained.is_empty() && gained.iter().all(|piece| piece.node != 4));
+        assert!(gained.iter().all(|piece| piece.sources.contains(&4)));
     }
 }

@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use concord_txn::messages::Message;
-use concord_txn::timestamp::NodeId;
+use concord_txn::sync::epoch_seal_bound;
+use concord_txn::timestamp::{Epoch, NodeId, Timestamp};
 use concord_txn::wire::{MESSAGE_CODEC_VERSION, decode_message, encode_message};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -163,13 +164,30 @@ pub fn follow_views(
         loop {
             let view = Arc::clone(&views.borrow_and_update());
             apply_view(&view, &transport);
+            // A transition in progress seals this node's epoch (design/cluster.md, "Epoch
+            // transitions and bootstrap").
+            if let Some(transition) = &view.state.transition
+                && transition.from_epoch == runtime.epoch().0
+            {
+                let bound = epoch_seal_bound(Epoch(transition.next_epoch()));
+                loop {
+                    match runtime.seal(bound) {
+                        Ok(()) => break,
+                        Err(RuntimeError::Overloaded) => {
+                            tokio::time::sleep(TOPOLOGY_RETRY_INTERVAL).await;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }
             if let Some(topology) = &view.topology
                 && topology.epoch > runtime.epoch()
             {
                 transport.set_epoch(topology.epoch);
+                let floor = epoch_floor(&view.state);
                 let topology = Arc::new(topology.clone());
                 loop {
-                    match runtime.set_topology(Arc::clone(&topology)) {
+                    match runtime.set_topology_with_floor(Arc::clone(&topology), floor) {
                         Ok(()) => break,
                         Err(RuntimeError::Overloaded) => {
                             tokio::time::sleep(TOPOLOGY_RETRY_INTERVAL).await;
@@ -183,6 +201,12 @@ pub fn follow_views(
             }
         }
     })
+}
+
+/// The floor a Node opening on `state`'s topology adopts: that of the latest epoch entered
+/// through a completed transition (`None` if none was).
+pub fn epoch_floor(state: &crate::meta::state::ClusterState) -> Option<Timestamp> {
+    (state.sealed_epoch > 0).then(|| epoch_seal_bound(Epoch(state.sealed_epoch)))
 }
 
 /// Makes the transport's peers the view's members (by their cluster address).
