@@ -655,7 +655,8 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
     /// Switches a database opened as a cluster member to accord mode: its
     /// runtime runs node `node` of the cluster on `topology` (the metadata
     /// view's, `ClusterView::topology`) and sends through `peers` (the
-    /// transport). Returns the runtime, to hand it what peers send
+    /// transport), adopting `epoch_floor` (`follow_views`' `epoch_floor`
+    /// of the view). Returns the runtime, to hand it what peers send
     /// (`spawn_delivery`) and newer topologies (`follow_views`). Partition
     /// reads ([`Db::read_row`], [`Db::read_partition`]) then go through the
     /// runtime as read-only transactions. Call it before serving clients.
@@ -667,6 +668,7 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
         &mut self,
         node: NodeId,
         topology: Arc<Topology>,
+        epoch_floor: Option<concord_txn::timestamp::Timestamp>,
         peers: Box<dyn Peers>,
     ) -> Result<Arc<Runtime>> {
         let config = RuntimeConfig {
@@ -680,7 +682,7 @@ impl<E: Engine + std::fmt::Debug> Db<E> {
                 ..txn_store::node_config()
             },
             clock_offset_micros: self.clock_offset_micros,
-            epoch_floor: None,
+            epoch_floor,
         };
         let runtime = self.start_runtime(self.analytics.is_some(), config, peers, true)?;
         self.awaiting_cluster = false;

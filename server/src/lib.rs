@@ -24,6 +24,7 @@ pub mod flight;
 pub mod grpc;
 pub mod pgwire;
 pub mod sql;
+pub mod transition;
 pub mod txn_journal;
 pub mod txn_store;
 

@@ -283,7 +283,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut db = Db::open_with_config(&config).context("open the database")?;
     // A cluster member joins (or resumes) its cluster and starts its Accord
     // runtime on the cluster's topology before it serves any client.
-    let cluster = match &config.cluster_listen_address {
+    let mut cluster = match &config.cluster_listen_address {
         Some(address) => Some(start_cluster(&config, address, &mut db).await?),
         None => None,
     };
@@ -353,7 +353,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(address = %grpc.local_address(), "grpc endpoint listening");
     println!("grpc: listening on {}", grpc.local_address());
     println!("flight sql: listening on {}", grpc.local_address());
-    if let (Some(cluster_meta), Some(cluster)) = (&cluster_meta, &cluster) {
+    if let (Some(cluster_meta), Some(cluster)) = (&cluster_meta, &mut cluster) {
         // The member record learns its client endpoints (system.peers).
         let endpoints = [
             ("cql", cql.local_address()),
@@ -373,6 +373,35 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::msg)
             .context("apply the cluster's schema log")?;
+        // Epoch transitions: serve sealed ranges, fetch gained ones (design/cluster.md).
+        concord_server::transition::install_source_check(&db, cluster.runtime.clone());
+        cluster.tasks.push(concord_server::transition::spawn(
+            db.clone(),
+            cluster.meta.clone(),
+            cluster.runtime.clone(),
+        ));
+        // A node that joined a cluster holding data is up once its transition completes.
+        let me = cluster.meta.id();
+        let view = cluster
+            .meta
+            .wait_for_view(
+                concord_server::transition::TRANSITION_TIMEOUT,
+                "this node's transition to complete",
+                |view| {
+                    view.state.members.get(&me).is_none_or(|member| {
+                        member.status != concord_cluster::meta::state::NodeStatus::Joining
+                    }) || view.state.transition.is_none()
+                },
+            )
+            .await?;
+        println!(
+            "cluster: node {me} {} at epoch {}",
+            match view.state.members.get(&me).map(|member| member.status) {
+                Some(concord_cluster::meta::state::NodeStatus::Up) => "up",
+                _ => "not up (its transition was aborted)",
+            },
+            view.epoch()
+        );
     }
     println!("ready");
     shutdown.wait().await?;
@@ -398,6 +427,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 struct ClusterMember {
     meta: std::sync::Arc<concord_cluster::meta::MetaNode>,
     transport: concord_cluster::transport::Transport,
+    runtime: std::sync::Arc<concord_cluster::runtime::Runtime>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -432,7 +462,7 @@ async fn start_cluster(
     use concord_cluster::meta::{ExtraService, MetaConfig, MetaNode};
     use concord_cluster::transport::accord::{
         ACCORD_CODEC_VERSION, AccordWireStats, CLUSTER_ID_DEFAULT, TransportPeers, apply_view,
-        follow_views, spawn_delivery,
+        epoch_floor, follow_views, spawn_delivery,
     };
     use concord_cluster::transport::{Limits, Transport, TransportConfig};
     let listen: std::net::SocketAddr = address.parse().context("parse cluster_listen_address")?;
@@ -507,14 +537,16 @@ async fn start_cluster(
         .start_cluster_accord(
             node,
             std::sync::Arc::new(topology),
+            epoch_floor(&view.state),
             Box::new(TransportPeers::new(transport.clone(), stats.clone())),
         )
         .context("start the transaction runtime")?;
     let delivery = spawn_delivery(inbound, runtime.clone(), stats);
-    let follower = follow_views(meta.subscribe(), transport.clone(), runtime);
+    let follower = follow_views(meta.subscribe(), transport.clone(), runtime.clone());
     Ok(ClusterMember {
         meta: std::sync::Arc::new(meta),
         transport,
+        runtime,
         tasks: vec![delivery, follower],
     })
 }

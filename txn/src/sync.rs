@@ -510,7 +510,16 @@ impl Node {
                 *at = (*at).max(bound);
             }
         }
-        self.hlc.witness(bound);
+        // New transactions start above every fence kept (the seal's rounds may have fenced
+        // above `bound`, in the new epoch).
+        let highest = self
+            .watermarks
+            .reject_before
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(bound);
+        self.hlc.witness(highest.max(bound));
         self.journal.record_watermarks(&self.watermarks)?;
         self.release_collected_deps(now)?;
         let foreign: Vec<TxnId> = self

@@ -335,6 +335,15 @@ impl ClusterState {
         if let Err(reason) = self.validate(command) {
             return CommandResult::Rejected(reason);
         }
+        // The change the transition in progress waits to apply, asked again (a joining node
+        // re-registering its endpoints): nothing more to do.
+        if self
+            .transition
+            .as_ref()
+            .is_some_and(|transition| transition.command == *command)
+        {
+            return self.unchanged();
+        }
         match self.transition_for(command) {
             Err(reason) => return CommandResult::Rejected(reason),
             Ok(Some(transition)) => {
@@ -784,7 +793,13 @@ mod tests {
         let target = state.transition_target().expect("a target");
         assert_eq!(target.members[&4].status, NodeStatus::Up);
         assert_eq!(target.epoch, epoch + 1);
-        // Another placement change waits; a schema change does not.
+        // The same change asked again is a no-op; another placement change waits; a schema
+        // change does not.
+        assert!(matches!(state.apply(&add(4)), CommandResult::Unchanged { .. }));
+        assert!(matches!(
+            state.apply(&Command::NodeUp { node: 4 }),
+            CommandResult::Unchanged { .. }
+        ));
         let before = state.clone();
         match state.apply(&Command::RemoveNode { node: 1 }) {
             CommandResult::Rejected(reason) => assert!(reason.contains("in progress"), "{reason}"),
