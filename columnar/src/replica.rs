@@ -84,6 +84,109 @@ struct Version {
     cell: Vec<u8>,
 }
 
+/// Cell versions by row-store key, applied over a stretch of the feed.
+#[derive(Debug, Default)]
+struct Generation {
+    versions: BTreeMap<Vec<u8>, Vec<Version>>,
+    n_versions: usize,
+    /// The lowest feed position of a version held (`None` when empty).
+    position_min: Option<FeedPosition>,
+}
+
+impl Generation {
+    fn push(&mut self, key: &[u8], version: Version) {
+        self.position_min = Some(
+            self.position_min
+                .map_or(version.position, |min| min.min(version.position)),
+        );
+        match self.versions.get_mut(key) {
+            Some(versions) => versions.push(version),
+            None => {
+                self.versions.insert(key.to_vec(), vec![version]);
+            }
+        }
+        self.n_versions += 1;
+    }
+
+    fn range(
+        &self,
+        bounds: (Bound<Vec<u8>>, Bound<Vec<u8>>),
+    ) -> impl Iterator<Item = (&Vec<u8>, &Vec<Version>)> {
+        self.versions.range::<Vec<u8>, _>(bounds)
+    }
+}
+
+/// A table's delta: the generation catch-up applies into, and the sealed
+/// (immutable, shared) generations a merge took or left behind.
+///
+/// A merge seals the active generation under the state lock (O(1)), folds
+/// the sealed generations with no lock held, and installs by swapping them
+/// for one generation of the versions it kept (above its horizon), again
+/// O(1) per table under the lock. The merged generations are freed after
+/// the lock is released: dropping a million versions one by one under the
+/// lock stalled catch-up for minutes at SF 1 (design/columnar.md,
+/// "Merging without stalling catch-up").
+#[derive(Debug, Default)]
+struct Delta {
+    sealed: Vec<Arc<Generation>>,
+    active: Generation,
+}
+
+impl Delta {
+    fn generations(&self) -> impl Iterator<Item = &Generation> {
+        self.sealed
+            .iter()
+            .map(|generation| &**generation)
+            .chain(std::iter::once(&self.active))
+    }
+
+    fn n_versions(&self) -> usize {
+        self.generations().map(|g| g.n_versions).sum()
+    }
+
+    fn position_min(&self) -> Option<FeedPosition> {
+        self.generations().filter_map(|g| g.position_min).min()
+    }
+
+    /// Every version with its key, generation by generation (keys ascend
+    /// within a generation, not across them).
+    fn range(
+        &self,
+        bounds: (Bound<Vec<u8>>, Bound<Vec<u8>>),
+    ) -> impl Iterator<Item = (&Vec<u8>, &Vec<Version>)> {
+        self.generations()
+            .flat_map(move |generation| generation.range(bounds.clone()))
+    }
+
+    /// Seals the active generation (if it holds anything) and returns every
+    /// sealed generation: a merge folds them without the state lock.
+    fn seal(&mut self) -> Vec<Arc<Generation>> {
+        if self.active.n_versions > 0 {
+            let active = std::mem::take(&mut self.active);
+            self.sealed.push(Arc::new(active));
+        }
+        self.sealed.clone()
+    }
+
+    /// Replaces the sealed generations `merged` with `kept` (their versions
+    /// a merge did not fold); returns the replaced ones, to be dropped once
+    /// the state lock is released.
+    fn replace_sealed(
+        &mut self,
+        merged: &[Arc<Generation>],
+        kept: Generation,
+    ) -> Vec<Arc<Generation>> {
+        let (replaced, sealed): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sealed)
+            .into_iter()
+            .partition(|generation| merged.iter().any(|m| Arc::ptr_eq(m, generation)));
+        self.sealed = sealed;
+        if kept.n_versions > 0 {
+            self.sealed.push(Arc::new(kept));
+        }
+        replaced
+    }
+}
+
 /// Gives every [`TableState`] a distinct incarnation, so a merge that
 /// folded a table's delta outside the state lock installs its segment only
 /// into the same table state (not one a `TRUNCATE` or `DROP` + `CREATE`
@@ -97,7 +200,7 @@ struct TableState {
     /// The newest write time of any version applied to the table: a cached
     /// scan at `T` stays exact while this is at or below `T`.
     write_time_max: WriteTime,
-    delta: BTreeMap<Vec<u8>, Vec<Version>>,
+    delta: Delta,
     segments: Vec<Arc<Segment>>,
     /// The table's rows at a past horizon as typed Parquet (see
     /// [`crate::row_segment`]); `None` until a merge writes it.
@@ -113,7 +216,7 @@ impl Default for TableState {
             incarnation: NEXT_TABLE_INCARNATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             def: None,
             write_time_max: WriteTime(i64::MIN),
-            delta: BTreeMap::new(),
+            delta: Delta::default(),
             segments: Vec::new(),
             rows: None,
             dirty: BTreeSet::new(),
@@ -251,6 +354,20 @@ pub struct Replica {
     /// rebuilds, table drops), so a merge may write its segments without the
     /// state lock. Taken before `state`, never after.
     merge_lock: Mutex<()>,
+    merge_observer: MergeObserverSlot,
+}
+
+#[derive(Default)]
+struct MergeObserverSlot(Mutex<Option<MergeObserver>>);
+
+impl std::fmt::Debug for MergeObserverSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.lock().is_some() {
+            "MergeObserver(set)"
+        } else {
+            "MergeObserver(none)"
+        })
+    }
 }
 
 /// Row-segment passes asked of a row writer thread (the follower's): while
@@ -264,6 +381,52 @@ struct RowWriterRequests {
     pending: bool,
     /// The pending pass starts with a cell merge ([`Replica::merge_cells`]).
     merge: bool,
+}
+
+/// Where a merge is when it calls its observer ([`Replica::set_merge_observer`]):
+/// both run with no lock of the replica held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergePhase {
+    /// The delta is sealed; its versions at or below the horizon are about
+    /// to be folded into segments.
+    Folding,
+    /// The merge is installed; the versions it folded are about to be freed.
+    Freeing,
+}
+
+/// Called by a merge at each [`MergePhase`].
+pub type MergeObserver = Arc<dyn Fn(MergePhase) + Send + Sync>;
+
+/// A table's part of a merge, taken under the state lock when it started.
+struct Taken {
+    table: TableId,
+    incarnation: u64,
+    def: Option<Arc<TableDef>>,
+    /// Whether the table had a row segment (then the merge lists the
+    /// partitions it folds, to leave them out of it).
+    has_rows: bool,
+    generations: Vec<Arc<Generation>>,
+    segments: Vec<Arc<Segment>>,
+}
+
+/// A segment a merge wrote, and the segments it replaces (a compaction).
+type NewSegment = (Arc<Segment>, Vec<Arc<Segment>>);
+
+/// A table's part of a merge once folded (without a lock).
+struct Folded {
+    table: Taken,
+    /// The winners at or below the horizon, sorted by key.
+    cells: Vec<SegmentCell>,
+    /// The versions above the horizon: the table's sealed delta after the merge.
+    kept: Generation,
+    /// The partitions folded (`None` if not listed: the table had no row segment).
+    dirty: Option<BTreeSet<Vec<u8>>>,
+}
+
+impl Folded {
+    fn writes_segment(&self) -> bool {
+        !self.cells.is_empty() || self.table.segments.len() > SEGMENTS_PER_TABLE_MAX
+    }
 }
 
 /// Keeps a snapshot's versions from being merged away while it is held.
@@ -349,6 +512,7 @@ impl Replica {
             row_writer: Mutex::new(RowWriterRequests::default()),
             row_writer_requested: Condvar::new(),
             merge_lock: Mutex::new(()),
+            merge_observer: MergeObserverSlot::default(),
         })
     }
 
@@ -435,15 +599,19 @@ impl Replica {
         let _merging = self.merge_lock.lock();
         let mut state = self.state.write();
         self.scan_cache.lock().remove(&table);
-        if let Some(removed) = state.tables.remove(&table) {
-            state.n_delta_versions -= removed.delta.values().map(Vec::len).sum::<usize>();
-            self.store_manifest(&mut state)?;
-            removed.segments.iter().for_each(|segment| segment.retire());
-            if let Some(rows) = removed.rows {
-                rows.retire();
-            }
+        let Some(removed) = state.tables.remove(&table) else {
+            return Ok(());
+        };
+        state.n_delta_versions -= removed.delta.n_versions();
+        let stored = self.store_manifest(&mut state);
+        drop(state);
+        removed.segments.iter().for_each(|segment| segment.retire());
+        if let Some(rows) = &removed.rows {
+            rows.retire();
         }
-        Ok(())
+        // The delta is freed here, with the state lock released.
+        drop(removed);
+        stored
     }
 
     pub fn table(&self, table: TableId) -> Option<Arc<TableDef>> {
@@ -619,11 +787,14 @@ impl Replica {
                     key,
                     operand,
                 } => {
-                    table.delta.entry(key.clone()).or_default().push(Version {
-                        position: record.position,
-                        write_time: record.write_time,
-                        cell: operand.clone(),
-                    });
+                    table.delta.active.push(
+                        key,
+                        Version {
+                            position: record.position,
+                            write_time: record.write_time,
+                            cell: operand.clone(),
+                        },
+                    );
                     n_versions += 1;
                 }
                 other => {
@@ -683,10 +854,12 @@ impl Replica {
             }
         }
         let mut retired = Vec::new();
+        let mut dropped_deltas = Vec::new();
         for table in state.tables.values_mut() {
             retired.append(&mut table.segments);
             table.drop_rows();
-            table.delta.clear();
+            // Freed below, once the state lock is released.
+            dropped_deltas.push(std::mem::take(&mut table.delta));
             table.write_time_max = table.write_time_max.max(horizon);
         }
         state.next_segment_id += rebuilt.len() as u64;
@@ -708,6 +881,7 @@ impl Replica {
         retired.iter().for_each(|segment| segment.retire());
         drop(state);
         drop(merging);
+        drop(dropped_deltas);
         self.advance_watermark(frontier.watermark);
         self.write_row_segments()
     }
@@ -788,7 +962,7 @@ impl Replica {
     pub fn merge_cells(&self) -> Result<WriteTime> {
         let _merging = self.merge_lock.lock();
         let watermark = self.watermark();
-        let horizon = {
+        let (horizon, taken) = {
             let mut state = self.state.write();
             let oldest_snapshot = state.open_snapshots.keys().next().copied();
             let horizon = oldest_snapshot.map_or(watermark, |oldest| oldest.min(watermark));
@@ -797,109 +971,130 @@ impl Replica {
             }
             // From here no snapshot below `horizon` can be taken (C5).
             state.pending_horizon = horizon;
-            horizon
+            // Every version at or below the horizon is applied (the
+            // watermark passed it), so the sealed generations hold them all;
+            // catch-up applies only versions above it meanwhile, into new
+            // active generations. O(1) per table.
+            let taken: Vec<Taken> = state
+                .tables
+                .iter_mut()
+                .map(|(table_id, table)| Taken {
+                    table: *table_id,
+                    incarnation: table.incarnation,
+                    def: table.def.clone(),
+                    has_rows: table.rows.is_some(),
+                    generations: table.delta.seal(),
+                    segments: table.segments.clone(),
+                })
+                .collect();
+            (horizon, taken)
         };
-        let merged = self.merge_cells_to(horizon);
+        let merged = self.merge_cells_to(horizon, taken);
         let mut state = self.state.write();
         state.pending_horizon = WriteTime(i64::MIN);
         drop(state);
         merged
     }
 
-    /// [`Replica::merge_cells`] to `horizon`, under the merge lock: the
-    /// winners are collected per table under the read lock (catch-up applies
-    /// only versions above the watermark meanwhile, so the versions at or
-    /// below `horizon` do not change), the segments are written with no lock
-    /// held (queries and catch-up go on), and the result is installed under
-    /// the write lock; the manifest is stored after it.
-    fn merge_cells_to(&self, horizon: WriteTime) -> Result<WriteTime> {
-        let table_ids: Vec<TableId> = self.state.read().tables.keys().copied().collect();
-        // (table, incarnation, winners at or below the horizon, segments read)
-        type Work = (TableId, u64, Vec<SegmentCell>, Vec<Arc<Segment>>);
-        let mut work: Vec<Work> = Vec::new();
-        for table_id in table_ids {
-            let state = self.state.read();
-            let Some(table) = state.tables.get(&table_id) else {
-                continue;
-            };
-            let mut cells: Vec<SegmentCell> = Vec::new();
-            for (key, versions) in &table.delta {
-                let mut winner: Option<&Version> = None;
-                for version in versions.iter().filter(|v| v.write_time <= horizon) {
-                    winner = Some(match winner {
-                        Some(current) if !wins(&version.cell, &current.cell)? => current,
-                        _ => version,
-                    });
-                }
-                if let Some(winner) = winner {
-                    cells.push((key.clone(), winner.write_time, winner.cell.clone()));
-                }
-            }
-            if !cells.is_empty() || table.segments.len() > SEGMENTS_PER_TABLE_MAX {
-                work.push((table_id, table.incarnation, cells, table.segments.clone()));
-            }
+    /// Calls `observer` at the points where a merge works on the delta
+    /// without the state lock ([`MergePhase`]); `None` removes it. For tests
+    /// and instrumentation: it runs on the merging thread.
+    pub fn set_merge_observer(&self, observer: Option<MergeObserver>) {
+        *self.merge_observer.0.lock() = observer;
+    }
+
+    fn observe_merge(&self, phase: MergePhase) {
+        let observer = self.merge_observer.0.lock().clone();
+        if let Some(observer) = observer {
+            observer(phase);
         }
+    }
+
+    /// [`Replica::merge_cells`] to `horizon`, under the merge lock, over the
+    /// generations `taken` sealed: with no lock held, the winners at or below
+    /// the horizon are folded per table (and the versions above it kept, and
+    /// the partitions folded listed for tables with a row segment), and the
+    /// segments are written (queries and catch-up go on); the result is
+    /// installed under the write lock, O(1) per table (segments, the
+    /// generations swapped for the kept versions); the manifest is stored
+    /// after it, and the merged generations are freed last, with no lock.
+    fn merge_cells_to(&self, horizon: WriteTime, taken: Vec<Taken>) -> Result<WriteTime> {
+        self.observe_merge(MergePhase::Folding);
+        let mut folded: Vec<Folded> = Vec::with_capacity(taken.len());
+        for table in taken {
+            folded.push(fold_generations(table, horizon)?);
+        }
+        let n_writes = folded.iter().filter(|f| f.writes_segment()).count();
         let first_id = {
             let mut state = self.state.write();
             let first_id = state.next_segment_id;
-            state.next_segment_id += work.len() as u64;
+            state.next_segment_id += n_writes as u64;
             first_id
         };
-        // (table, incarnation, new segment, segments it replaces)
-        type Written = (TableId, u64, Arc<Segment>, Vec<Arc<Segment>>);
-        let mut written: Vec<Written> = Vec::new();
-        for (offset, (table_id, incarnation, cells, segments)) in work.into_iter().enumerate() {
-            let id = first_id + offset as u64;
-            let outcome = if segments.len() + usize::from(!cells.is_empty())
-                > SEGMENTS_PER_TABLE_MAX
-            {
-                fold_segments(&self.dir, table_id, id, &segments, cells)
-                    .map(|segment| (segment, segments))
-            } else {
-                Segment::write(&self.dir, table_id, id, &cells).map(|segment| (segment, Vec::new()))
-            };
+        // Per folded table, the new segment and the segments it replaces.
+        let mut written: Vec<Option<NewSegment>> = Vec::with_capacity(folded.len());
+        let mut id = first_id;
+        for f in &mut folded {
+            if !f.writes_segment() {
+                written.push(None);
+                continue;
+            }
+            let cells = std::mem::take(&mut f.cells);
+            let segments = &f.table.segments;
+            let outcome =
+                if segments.len() + usize::from(!cells.is_empty()) > SEGMENTS_PER_TABLE_MAX {
+                    fold_segments(&self.dir, f.table.table, id, segments, cells)
+                        .map(|segment| (segment, segments.clone()))
+                } else {
+                    Segment::write(&self.dir, f.table.table, id, &cells)
+                        .map(|segment| (segment, Vec::new()))
+                };
             match outcome {
-                Ok((segment, replaced)) => {
-                    written.push((table_id, incarnation, Arc::new(segment), replaced));
-                }
+                Ok((segment, replaced)) => written.push(Some((Arc::new(segment), replaced))),
                 Err(error) => {
                     written
                         .iter()
-                        .for_each(|(_, _, segment, _)| segment.retire());
-                    let _ = std::fs::remove_file(self.dir.join(Segment::file_name(table_id, id)));
+                        .flatten()
+                        .for_each(|(segment, _)| segment.retire());
+                    let _ =
+                        std::fs::remove_file(self.dir.join(Segment::file_name(f.table.table, id)));
                     return Err(error);
                 }
             }
+            id += 1;
         }
-        // Only now change the in-memory state: segments are written.
+        // Only now change the in-memory state: segments are written. Nothing
+        // here is proportional to the delta.
         let mut state = self.state.write();
         let mut retired = Vec::new();
-        for (table_id, incarnation, segment, replaced) in written {
-            let table = match state.tables.get_mut(&table_id) {
-                Some(table) if table.incarnation == incarnation => table,
+        let mut freed: Vec<Arc<Generation>> = Vec::new();
+        let mut n_removed = 0;
+        for (f, written) in folded.iter_mut().zip(written) {
+            let table = match state.tables.get_mut(&f.table.table) {
+                Some(table) if table.incarnation == f.table.incarnation => table,
                 // Dropped or truncated meanwhile: the rows are gone.
                 _ => {
-                    segment.retire();
+                    if let Some((segment, _)) = written {
+                        segment.retire();
+                    }
                     continue;
                 }
             };
-            table
-                .segments
-                .retain(|old| !replaced.iter().any(|r| Arc::ptr_eq(r, old)));
-            table.segments.push(segment);
-            retired.extend(replaced);
-        }
-        let mut n_removed = 0;
-        for table in state.tables.values_mut() {
-            if table.rows.is_some() {
-                mark_dirty(table, horizon)?;
+            if let Some((segment, replaced)) = written {
+                table
+                    .segments
+                    .retain(|old| !replaced.iter().any(|r| Arc::ptr_eq(r, old)));
+                table.segments.push(segment);
+                retired.extend(replaced);
             }
-            table.delta.retain(|_, versions| {
-                let before = versions.len();
-                versions.retain(|v| v.write_time > horizon);
-                n_removed += before - versions.len();
-                !versions.is_empty()
-            });
+            if table.rows.is_some() {
+                mark_dirty(table, f.dirty.take());
+            }
+            let kept = std::mem::take(&mut f.kept);
+            let n_kept = kept.n_versions;
+            let replaced = table.delta.replace_sealed(&f.table.generations, kept);
+            n_removed += replaced.iter().map(|g| g.n_versions).sum::<usize>() - n_kept;
+            freed.extend(replaced);
         }
         state.n_delta_versions -= n_removed;
         state.horizon = horizon;
@@ -912,9 +1107,17 @@ impl Replica {
         // position, which hold everything, so a restart is exact; this process
         // keeps the new in-memory state, which is complete. The merge lock
         // keeps manifests stored in the order their states were made.
-        manifest.store(&self.dir)?;
-        self.state.write().durable_position = manifest.position;
-        retired.iter().for_each(|segment| segment.retire());
+        let stored = manifest.store(&self.dir);
+        if stored.is_ok() {
+            self.state.write().durable_position = manifest.position;
+            retired.iter().for_each(|segment| segment.retire());
+        }
+        // The merged versions are freed here, with no lock held: catch-up
+        // and queries go on meanwhile.
+        self.observe_merge(MergePhase::Freeing);
+        drop(freed);
+        drop(folded);
+        stored?;
         Ok(horizon)
     }
 
@@ -1282,14 +1485,16 @@ impl Replica {
                 })?;
             }
             for prefix in &touched {
-                let range = (Bound::Included(prefix.clone()), Bound::Unbounded);
-                for (key, versions) in table_state.delta.range::<Vec<u8>, _>(range) {
-                    if !key.starts_with(prefix) {
-                        break;
-                    }
-                    for version in versions.iter().filter(|v| v.write_time <= snapshot) {
-                        charge_new(&winners, key, &version.cell, charge)?;
-                        offer(&mut winners, key, &version.cell)?;
+                for generation in table_state.delta.generations() {
+                    let range = (Bound::Included(prefix.clone()), Bound::Unbounded);
+                    for (key, versions) in generation.range(range) {
+                        if !key.starts_with(prefix) {
+                            break;
+                        }
+                        for version in versions.iter().filter(|v| v.write_time <= snapshot) {
+                            charge_new(&winners, key, &version.cell, charge)?;
+                            offer(&mut winners, key, &version.cell)?;
+                        }
                     }
                 }
             }
@@ -1330,7 +1535,7 @@ impl Replica {
             })?;
         }
         let delta_range = (range.start.clone(), range.end.clone());
-        for (key, versions) in table_state.delta.range::<Vec<u8>, _>(delta_range) {
+        for (key, versions) in table_state.delta.range(delta_range) {
             for version in versions.iter().filter(|v| v.write_time <= snapshot) {
                 charge_new(&winners, key, &version.cell, charge)?;
                 offer(&mut winners, key, &version.cell)?;
@@ -1444,8 +1649,7 @@ fn manifest_of(state: &State) -> Manifest {
     let position = state
         .tables
         .values()
-        .flat_map(|table| table.delta.values().flatten())
-        .map(|version| version.position)
+        .filter_map(|table| table.delta.position_min())
         .min()
         .unwrap_or(state.next_position);
     Manifest {
@@ -1474,35 +1678,110 @@ fn delta_partitions(
     at: WriteTime,
     out: &mut BTreeSet<Vec<u8>>,
 ) -> Result<()> {
-    let mut last: Option<Vec<u8>> = None;
-    for (key, versions) in &table.delta {
-        if last.as_ref().is_some_and(|prefix| key.starts_with(prefix)) {
-            continue;
-        }
-        if versions.iter().any(|version| version.write_time <= at) {
-            let prefix = partition_prefix(def, key)?;
-            out.insert(prefix.clone());
-            last = Some(prefix);
+    for generation in table.delta.generations() {
+        let mut last: Option<Vec<u8>> = None;
+        for (key, versions) in &generation.versions {
+            if last.as_ref().is_some_and(|prefix| key.starts_with(prefix)) {
+                continue;
+            }
+            if versions.iter().any(|version| version.write_time <= at) {
+                let prefix = partition_prefix(def, key)?;
+                out.insert(prefix.clone());
+                last = Some(prefix);
+            }
         }
     }
     Ok(())
 }
 
-/// Records in `table.dirty` the partitions a merge to `horizon` folds into
-/// cell segments; drops the row segment when they pass
-/// [`ROW_SEGMENT_DIRTY_PARTITIONS_MAX`].
-fn mark_dirty(table: &mut TableState, horizon: WriteTime) -> Result<()> {
-    let Some(def) = table.def.clone() else {
+/// Records in `table.dirty` the partitions a merge folded into cell
+/// segments (`folded`, listed without the state lock; `None` when the merge
+/// did not list them because the table had no row segment when it started:
+/// then the row segment, written meanwhile, is dropped). Drops the row
+/// segment when they pass [`ROW_SEGMENT_DIRTY_PARTITIONS_MAX`]. At most that
+/// many partitions are inserted under the lock.
+fn mark_dirty(table: &mut TableState, folded: Option<BTreeSet<Vec<u8>>>) {
+    let Some(folded) = folded.filter(|_| table.def.is_some()) else {
         table.drop_rows();
-        return Ok(());
+        return;
     };
-    let mut dirty = std::mem::take(&mut table.dirty);
-    delta_partitions(table, &def, horizon, &mut dirty)?;
-    table.dirty = dirty;
+    if folded.len() > ROW_SEGMENT_DIRTY_PARTITIONS_MAX {
+        table.drop_rows();
+        return;
+    }
+    table.dirty.extend(folded);
     if table.dirty.len() > ROW_SEGMENT_DIRTY_PARTITIONS_MAX {
         table.drop_rows();
     }
-    Ok(())
+}
+
+/// Folds a table's sealed delta generations (oldest first) to `horizon`,
+/// with no lock held: per key, the last-write-wins winner among the
+/// versions at or below it (sorted by key, as a segment is written), the
+/// versions above it (kept in the delta), and, given the table's definition,
+/// the partitions with a folded version (the row segment's new `dirty`).
+fn fold_generations(table: Taken, horizon: WriteTime) -> Result<Folded> {
+    let dirty_def = table.def.as_ref().filter(|_| table.has_rows);
+    let generations = &table.generations;
+    let mut cells: Vec<SegmentCell> = Vec::new();
+    let mut kept = Generation::default();
+    let mut dirty = dirty_def.map(|_| BTreeSet::new());
+    let mut last_prefix: Option<Vec<u8>> = None;
+    let mut sources: Vec<_> = generations
+        .iter()
+        .map(|generation| generation.versions.iter().peekable())
+        .collect();
+    loop {
+        // The least key among the generations' heads (a k-way merge; k is
+        // small: the versions a merge kept, and the generations sealed since).
+        let mut least: Option<&Vec<u8>> = None;
+        for source in &mut sources {
+            if let Some((key, _)) = source.peek()
+                && least.is_none_or(|l| *key < l)
+            {
+                least = Some(*key);
+            }
+        }
+        let Some(key) = least else {
+            break;
+        };
+        let mut winner: Option<&Version> = None;
+        for source in &mut sources {
+            let Some((_, versions)) = source.next_if(|(k, _)| *k == key) else {
+                continue;
+            };
+            for version in versions {
+                if version.write_time > horizon {
+                    kept.push(key, version.clone());
+                    continue;
+                }
+                winner = Some(match winner {
+                    Some(current) if !wins(&version.cell, &current.cell)? => current,
+                    _ => version,
+                });
+            }
+        }
+        let Some(winner) = winner else {
+            continue;
+        };
+        cells.push((key.clone(), winner.write_time, winner.cell.clone()));
+        if let (Some(def), Some(dirty)) = (dirty_def, dirty.as_mut())
+            && !last_prefix
+                .as_ref()
+                .is_some_and(|prefix| key.starts_with(prefix))
+        {
+            let prefix = partition_prefix(def, key)?;
+            dirty.insert(prefix.clone());
+            last_prefix = Some(prefix);
+        }
+    }
+    drop(sources);
+    Ok(Folded {
+        table,
+        cells,
+        kept,
+        dirty,
+    })
 }
 
 /// A full scan through a row segment: the segment's rows less the

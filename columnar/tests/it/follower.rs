@@ -3,13 +3,13 @@
 //! follower's merges move the delta into segments, and its row writer thread
 //! writes the row segment.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use concord_columnar::follower::{Follower, FollowerOptions};
-use concord_columnar::replica::CATCH_UP_RECORDS_MAX;
-use concord_columnar::{ColumnarOptions, Snapshot};
+use concord_columnar::replica::{CATCH_UP_RECORDS_MAX, MergeObserver, MergePhase};
+use concord_columnar::{ColumnarOptions, PartitionFilter, Snapshot};
 use concord_storage::cell::WriteTime;
 use concord_storage::engine::{Durability, Engine, WriteBatch};
 use concord_storage::feed::ChangeFeed;
@@ -288,5 +288,140 @@ fn queries_stay_exact_while_merges_run_concurrently_with_catch_up() {
     assert!(
         replica.n_segments() <= concord_columnar::replica::SEGMENTS_PER_TABLE_MAX,
         "merges compacted the table's segments"
+    );
+}
+
+/// What a catch-up and two reads returned while a merge was in a phase.
+#[derive(Debug)]
+struct DuringMerge {
+    phase: MergePhase,
+    n_applied: usize,
+    n_rows_read: usize,
+    sql: String,
+}
+
+/// A merge works on the delta (folds the versions at or below its horizon,
+/// frees them once installed) with no lock held: at both points the
+/// follower's work, applying feed records, and queries, through the row
+/// segment with the delta reconciled and through the cells, complete and are
+/// exact. At SF 1 the merged versions were freed one by one under the state
+/// lock, and catch-up stood still for minutes. Each phase waits at most
+/// `CATCH_UP_WAIT` for the helper thread: a merge that still held a lock
+/// there fails this test instead of hanging it (the wait only bounds a
+/// deadlock; it is no speed assertion).
+#[test]
+fn catch_up_and_queries_go_on_while_a_merge_folds_and_frees_the_delta() {
+    const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
+    let table = model::table(model::model_table_options());
+    let engine = Arc::new(MemoryEngine::new(engine_options(&table)));
+    let feed = Arc::new(ChangeFeed::open(engine.as_ref()).expect("feed"));
+    let dir = tempfile::tempdir().expect("dir");
+    let columnar = Arc::new(open_columnar(
+        dir.path(),
+        ColumnarOptions {
+            row_segment_dirty_percent_max: 100,
+            ..ColumnarOptions::default()
+        },
+    ));
+    let replica = Arc::clone(columnar.replica());
+    replica.register_table(table.clone());
+    let next_row = Arc::new(AtomicI64::new(0));
+    // Writes the next row, applies it, and reads the table at its watermark.
+    let write_and_read = {
+        let (table, engine, feed) = (table.clone(), Arc::clone(&engine), Arc::clone(&feed));
+        let (columnar, next_row) = (Arc::clone(&columnar), Arc::clone(&next_row));
+        move || -> (usize, usize, String) {
+            let idx = next_row.fetch_add(1, Ordering::SeqCst);
+            write(&table, engine.as_ref(), &feed, idx);
+            let replica = columnar.replica();
+            let frontier = feed.frontier();
+            let mut n_applied = 0;
+            loop {
+                let chunk = replica
+                    .catch_up_chunk(&engine.snapshot(), frontier.position_end)
+                    .expect("chunk");
+                if chunk.n_records_applied + chunk.n_records_skipped == 0 {
+                    break;
+                }
+                n_applied += chunk.n_records_applied;
+            }
+            replica.advance_watermark(frontier.watermark);
+            let (_, partitions) = replica
+                .read(table.id, frontier.watermark, &PartitionFilter::All)
+                .expect("read");
+            let result = columnar
+                .sql(
+                    "SELECT count(*), sum(v2) FROM ks.t",
+                    Snapshot::At(frontier.watermark),
+                )
+                .expect("query");
+            let text = arrow::util::pretty::pretty_format_batches(&result.batches)
+                .expect("format")
+                .to_string();
+            (n_applied, partitions.len(), text)
+        }
+    };
+    for _ in 0..200 {
+        write_and_read();
+    }
+    // The first merge writes the row segment: the next one lists the
+    // partitions it folds (`dirty`) without the lock.
+    replica.merge().expect("merge");
+    assert!(replica.has_row_segment(table.id));
+    for _ in 0..100 {
+        write_and_read();
+    }
+    let during: Arc<Mutex<Vec<DuringMerge>>> = Arc::default();
+    let observer: MergeObserver = {
+        let (during, write_and_read) = (Arc::clone(&during), write_and_read.clone());
+        Arc::new(move |phase| {
+            let (sender, receiver) = std::sync::mpsc::channel();
+            let write_and_read = write_and_read.clone();
+            std::thread::spawn(move || {
+                let _ = sender.send(write_and_read());
+            });
+            let (n_applied, n_rows_read, sql) = receiver
+                .recv_timeout(CATCH_UP_WAIT)
+                .unwrap_or_else(|_| (0, 0, format!("catch-up blocked while {phase:?}")));
+            during.lock().expect("lock").push(DuringMerge {
+                phase,
+                n_applied,
+                n_rows_read,
+                sql,
+            });
+        })
+    };
+    replica.set_merge_observer(Some(observer));
+    let n_delta_before = replica.n_delta_versions();
+    replica.merge_cells().expect("merge");
+    replica.set_merge_observer(None);
+    let during = std::mem::take(&mut *during.lock().expect("lock"));
+    let phases: Vec<MergePhase> = during.iter().map(|d| d.phase).collect();
+    assert_eq!(phases, [MergePhase::Folding, MergePhase::Freeing]);
+    for (expected_rows, d) in (301..).zip(&during) {
+        assert_eq!(d.n_applied, 1, "{d:?}");
+        assert_eq!(d.n_rows_read, expected_rows as usize, "{d:?}");
+        let sum = expected_rows * (expected_rows - 1) / 2;
+        assert!(
+            d.sql.contains(&format!("| {expected_rows} ")) && d.sql.contains(&format!(" {sum} ")),
+            "{d:?}"
+        );
+    }
+    // The merge folded the 100 rows applied before it; the two rows applied
+    // while it ran stay in the delta until the next one.
+    let n_delta_after = replica.n_delta_versions();
+    assert!(n_delta_before > 0);
+    assert_eq!(
+        n_delta_after * 50,
+        n_delta_before,
+        "{n_delta_after} of {n_delta_before}"
+    );
+    replica.merge().expect("merge");
+    assert_eq!(replica.n_delta_versions(), 0);
+    let (_, n_rows, text) = write_and_read();
+    assert_eq!(n_rows, 303);
+    assert!(
+        text.contains("| 303 ") && text.contains(&format!(" {} ", 303 * 302 / 2)),
+        "{text}"
     );
 }
