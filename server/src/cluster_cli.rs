@@ -495,3 +495,44 @@ mod tests {
         assert!((shares[&3].1 - 100.0 / 2f64.powi(64)).abs() < 1e-18);
     }
 }
+
+/// How long `concord cluster remove-node` tries to reach the metadata leader.
+pub const REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `concord cluster remove-node --node N --seed ADDR`: asks the metadata leader (through
+/// `seed`, any member's cluster address) to remove node `node`, alive or dead. Once the
+/// cluster holds rows this starts a sealed transition (design/cluster.md, "Epoch transitions
+/// and bootstrap"): the remaining nodes fetch the ranges they gain, then the new epoch begins
+/// without the node. Stop the removed node's process afterwards.
+pub fn remove_node(node: u32, seed: &str) -> anyhow::Result<()> {
+    use concord_cluster::meta::rpc::{AdminError, AdminRequest, MetaClient};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    let reply = runtime.block_on(async {
+        let deadline = Instant::now() + REMOVE_TIMEOUT;
+        loop {
+            let attempt = async {
+                let mut client = MetaClient::new(seed)
+                    .map_err(|error| AdminError::Unreachable(error.to_string()))?;
+                client.admin(&AdminRequest::RemoveNode { node }, true).await
+            };
+            match tokio::time::timeout(REMOVE_TIMEOUT, attempt).await {
+                Ok(Err(AdminError::NotLeader { .. } | AdminError::Unreachable(_)))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(result) => return result.map_err(anyhow::Error::from),
+                Err(_) => bail!("no answer from {seed} within {REMOVE_TIMEOUT:?}"),
+            }
+        }
+    })?;
+    println!(
+        "node {node}: removal accepted at log index {} (epoch {}); once the cluster holds rows \
+         the others fetch its ranges first",
+        reply.log_index, reply.epoch
+    );
+    Ok(())
+}

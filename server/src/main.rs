@@ -31,7 +31,7 @@ enum Command {
     /// Starts a node and runs the clickstream demo over CQL: ingest, point
     /// reads, analytics, freshness.
     Demo(DemoArgs),
-    /// A local cluster on loopback: `up`, `status`, `down`.
+    /// A local cluster on loopback: `up`, `status`, `down`; `remove-node`.
     #[command(subcommand)]
     Cluster(ClusterCommand),
 }
@@ -61,6 +61,16 @@ enum ClusterCommand {
     Down {
         #[arg(long, default_value = "concord-cluster")]
         data_dir: PathBuf,
+    },
+    /// Removes a node (alive or dead) from a cluster: asks the metadata
+    /// leader through any member's cluster address.
+    RemoveNode {
+        /// The node to remove.
+        #[arg(long)]
+        node: u32,
+        /// Any member's cluster address (`host:port`).
+        #[arg(long)]
+        seed: String,
     },
 }
 
@@ -140,6 +150,9 @@ fn main() -> ExitCode {
         }) => cluster_cli::up(nodes, base_port, &data_dir),
         Command::Cluster(ClusterCommand::Status { data_dir }) => cluster_cli::status(&data_dir),
         Command::Cluster(ClusterCommand::Down { data_dir }) => cluster_cli::down(&data_dir),
+        Command::Cluster(ClusterCommand::RemoveNode { node, seed }) => {
+            cluster_cli::remove_node(node, &seed)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

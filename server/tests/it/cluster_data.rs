@@ -513,3 +513,91 @@ async fn a_node_that_joins_a_cluster_holding_rows_fetches_them_before_it_serves(
         fetched.iter().map(|pair| i64::from(pair.1)).sum::<i64>()
     );
 }
+
+/// A dead node is removed from a cluster holding rows (`concord cluster remove-node`): the
+/// removal is a sealed transition in which the remaining nodes take over its ranges, fetching
+/// the rows of ranges they gain from the replicas that are alive. Four nodes at RF 3, so each
+/// of nodes 2–4 gains ranges; node 4 itself joined after the rows were written.
+// The turn guard is a std mutex held for the whole test on purpose: each test runs on its own
+// thread, and the other cluster tests wait on theirs.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_removed_and_the_others_take_over_its_ranges() {
+    let _turn = crate::cluster::one_cluster_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let (node1, node2, node3) = start_three(dir.path());
+    let mut c1 = client(&node1).await;
+    create_table(&mut c1).await;
+    for k in 0..100 {
+        c1.query(&format!("INSERT INTO ks.t (k, v) VALUES ({k}, {k})"))
+            .await
+            .unwrap();
+    }
+    let seed = node2.cluster.clone();
+    let n4_dir = dir.path().join("n4");
+    let node4 = tokio::task::spawn_blocking(move || start(&n4_dir, 4, "127.0.0.1:0", Some(&seed)))
+        .await
+        .unwrap();
+    drop(c1);
+    drop(node1);
+    let mut c2 = client(&node2).await;
+    for k in 100..150 {
+        c2.query(&format!("INSERT INTO ks.t (k, v) VALUES ({k}, {k})"))
+            .await
+            .unwrap();
+    }
+    let seed = node2.cluster.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(crate::binary::BINARY)
+            .args(["cluster", "remove-node", "--node", "1", "--seed", &seed])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The transition ends when node 1 is no member: node 2 lists nodes 3 and 4 only.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let peers = c2.query("SELECT peer FROM system.peers").await.unwrap();
+        if rows(&peers, &[CqlType::Inet]).unwrap().len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1 is still a member");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut c3 = client(&node3).await;
+    for k in 150..160 {
+        c3.query(&format!("INSERT INTO ks.t (k, v) VALUES ({k}, {k})"))
+            .await
+            .unwrap();
+    }
+    // Three nodes at RF 3: each holds every row in its own store.
+    let want: Vec<(i32, i32)> = (0..160).map(|k| (k, k)).collect();
+    let mut c4 = client(&node4).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (name, c) in [("2", &mut c2), ("3", &mut c3), ("4", &mut c4)] {
+        loop {
+            let got = local_rows(c).await;
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {name} holds {} rows of {}; missing {:?}",
+                got.len(),
+                want.len(),
+                want.iter()
+                    .filter(|pair| !got.contains(pair))
+                    .take(5)
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(read(&mut c4, 120).await, Some(120));
+}

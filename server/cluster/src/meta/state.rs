@@ -795,7 +795,10 @@ mod tests {
         assert_eq!(target.epoch, epoch + 1);
         // The same change asked again is a no-op; another placement change waits; a schema
         // change does not.
-        assert!(matches!(state.apply(&add(4)), CommandResult::Unchanged { .. }));
+        assert!(matches!(
+            state.apply(&add(4)),
+            CommandResult::Unchanged { .. }
+        ));
         assert!(matches!(
             state.apply(&Command::NodeUp { node: 4 }),
             CommandResult::Unchanged { .. }
