@@ -384,13 +384,15 @@ struct RowWriterRequests {
 }
 
 /// Where a merge is when it calls its observer ([`Replica::set_merge_observer`]):
-/// both run with no lock of the replica held.
+/// `Folding` runs with no state lock held (the merge lock is), `Freeing`
+/// with no lock of the replica held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MergePhase {
     /// The delta is sealed; its versions at or below the horizon are about
     /// to be folded into segments.
     Folding,
-    /// The merge is installed; the versions it folded are about to be freed.
+    /// The merge is installed and its locks released; the versions it
+    /// folded are about to be freed.
     Freeing,
 }
 
@@ -960,6 +962,21 @@ impl Replica {
     /// or storing the manifest (then memory moved on and the durable state is
     /// the previous one: both are complete).
     pub fn merge_cells(&self) -> Result<WriteTime> {
+        let mut merged_generations = Vec::new();
+        let merged = self.merge_cells_into(&mut merged_generations);
+        // The folded versions are freed with no lock held, not even the
+        // merge lock: catch-up, queries and the next merge (the follower's
+        // back-pressure one) go on meanwhile.
+        if !merged_generations.is_empty() {
+            self.observe_merge(MergePhase::Freeing);
+        }
+        drop(merged_generations);
+        merged
+    }
+
+    /// [`Replica::merge_cells`] up to freeing: the generations it folded
+    /// are left in `merged_generations`.
+    fn merge_cells_into(&self, merged_generations: &mut Vec<Arc<Generation>>) -> Result<WriteTime> {
         let _merging = self.merge_lock.lock();
         let watermark = self.watermark();
         let (horizon, taken) = {
@@ -989,7 +1006,7 @@ impl Replica {
                 .collect();
             (horizon, taken)
         };
-        let merged = self.merge_cells_to(horizon, taken);
+        let merged = self.merge_cells_to(horizon, taken, merged_generations);
         let mut state = self.state.write();
         state.pending_horizon = WriteTime(i64::MIN);
         drop(state);
@@ -1017,8 +1034,14 @@ impl Replica {
     /// segments are written (queries and catch-up go on); the result is
     /// installed under the write lock, O(1) per table (segments, the
     /// generations swapped for the kept versions); the manifest is stored
-    /// after it, and the merged generations are freed last, with no lock.
-    fn merge_cells_to(&self, horizon: WriteTime, taken: Vec<Taken>) -> Result<WriteTime> {
+    /// after it. The merged generations go to `merged_generations`, for the
+    /// caller to free once the merge lock is released.
+    fn merge_cells_to(
+        &self,
+        horizon: WriteTime,
+        taken: Vec<Taken>,
+        merged_generations: &mut Vec<Arc<Generation>>,
+    ) -> Result<WriteTime> {
         self.observe_merge(MergePhase::Folding);
         let mut folded: Vec<Folded> = Vec::with_capacity(taken.len());
         for table in taken {
@@ -1067,7 +1090,6 @@ impl Replica {
         // here is proportional to the delta.
         let mut state = self.state.write();
         let mut retired = Vec::new();
-        let mut freed: Vec<Arc<Generation>> = Vec::new();
         let mut n_removed = 0;
         for (f, written) in folded.iter_mut().zip(written) {
             let table = match state.tables.get_mut(&f.table.table) {
@@ -1094,7 +1116,7 @@ impl Replica {
             let n_kept = kept.n_versions;
             let replaced = table.delta.replace_sealed(&f.table.generations, kept);
             n_removed += replaced.iter().map(|g| g.n_versions).sum::<usize>() - n_kept;
-            freed.extend(replaced);
+            merged_generations.extend(replaced);
         }
         state.n_delta_versions -= n_removed;
         state.horizon = horizon;
@@ -1112,10 +1134,8 @@ impl Replica {
             self.state.write().durable_position = manifest.position;
             retired.iter().for_each(|segment| segment.retire());
         }
-        // The merged versions are freed here, with no lock held: catch-up
-        // and queries go on meanwhile.
-        self.observe_merge(MergePhase::Freeing);
-        drop(freed);
+        // `folded` holds only further references to the merged generations:
+        // the caller frees them, with no lock held.
         drop(folded);
         stored?;
         Ok(horizon)
