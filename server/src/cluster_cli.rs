@@ -465,37 +465,6 @@ pub fn status(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plan_spaces_ports_and_refuses_bad_counts() {
-        let nodes = plan(3, 20_000, Path::new("/tmp/c")).unwrap();
-        assert_eq!(nodes[2].cql.port(), 20_020);
-        assert_eq!(nodes[2].cluster.port(), 20_023);
-        assert_eq!(nodes[1].data_dir, Path::new("/tmp/c/node2/data"));
-        assert!(plan(0, 20_000, Path::new("/tmp/c")).is_err());
-        assert!(plan(NODES_MAX + 1, 20_000, Path::new("/tmp/c")).is_err());
-        assert!(plan(9, 65_500, Path::new("/tmp/c")).is_err());
-    }
-
-    #[test]
-    fn ring_shares_sum_to_the_whole_ring() {
-        let tokens = BTreeMap::from([
-            (1, vec![-100, 5_000]),
-            (2, vec![i64::MAX / 2]),
-            (3, vec![0]),
-        ]);
-        let shares = ring_shares(&tokens);
-        assert_eq!(shares[&1].0, 2);
-        let total: f64 = shares.values().map(|(_, share)| share).sum();
-        assert!((total - 1.0).abs() < 1e-9, "{total}");
-        // Node 3's range is (-100, 0]: 100 tokens.
-        assert!((shares[&3].1 - 100.0 / 2f64.powi(64)).abs() < 1e-18);
-    }
-}
-
 /// How long `concord cluster remove-node` tries to reach the metadata leader.
 pub const REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -535,4 +504,35 @@ pub fn remove_node(node: u32, seed: &str) -> anyhow::Result<()> {
         reply.log_index, reply.epoch
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_spaces_ports_and_refuses_bad_counts() {
+        let nodes = plan(3, 20_000, Path::new("/tmp/c")).unwrap();
+        assert_eq!(nodes[2].cql.port(), 20_020);
+        assert_eq!(nodes[2].cluster.port(), 20_023);
+        assert_eq!(nodes[1].data_dir, Path::new("/tmp/c/node2/data"));
+        assert!(plan(0, 20_000, Path::new("/tmp/c")).is_err());
+        assert!(plan(NODES_MAX + 1, 20_000, Path::new("/tmp/c")).is_err());
+        assert!(plan(9, 65_500, Path::new("/tmp/c")).is_err());
+    }
+
+    #[test]
+    fn ring_shares_sum_to_the_whole_ring() {
+        let tokens = BTreeMap::from([
+            (1, vec![-100, 5_000]),
+            (2, vec![i64::MAX / 2]),
+            (3, vec![0]),
+        ]);
+        let shares = ring_shares(&tokens);
+        assert_eq!(shares[&1].0, 2);
+        let total: f64 = shares.values().map(|(_, share)| share).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        // Node 3's range is (-100, 0]: 100 tokens.
+        assert!((shares[&3].1 - 100.0 / 2f64.powi(64)).abs() < 1e-18);
+    }
 }
