@@ -64,6 +64,28 @@ impl Net {
         net
     }
 
+    /// With durability rounds every 50 ms (margin 10 ms).
+    fn with_rounds(nodes: u32, mode: FastPathMode) -> Net {
+        let config = NodeConfig {
+            sync_interval_micros: 50_000,
+            sync_margin_micros: 10_000,
+            ..NodeConfig::default()
+        };
+        Net::with_config(nodes, mode, config)
+    }
+
+    /// A client of `node` asks (as `request`) to append `value` to the list at `key`.
+    fn append(&mut self, node: NodeId, request: u64, key: Key, value: u64) {
+        let txn = Txn::new(vec![key.clone()], Update::Append(vec![(key, value)]));
+        self.input(
+            node,
+            Input::Client {
+                request_id: ClientRequestId(request),
+                txn,
+            },
+        );
+    }
+
     /// Opens (or reopens, after a restart) `id` over its engine.
     fn open(&mut self, id: NodeId) {
         let engine = self.engines[&id].clone();
@@ -276,12 +298,7 @@ fn recovery_waits_for_later_fast_votes_that_missed_t0() {
 /// and a peer asking about a collected transaction learns it is applied everywhere.
 #[test]
 fn durability_round_fences_collects_and_survives_restart() {
-    let config = NodeConfig {
-        sync_interval_micros: 50_000,
-        sync_margin_micros: 10_000,
-        ..NodeConfig::default()
-    };
-    let mut net = Net::with_config(3, FastPathMode::Standard, config);
+    let mut net = Net::with_rounds(3, FastPathMode::Standard);
     let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
     let mut ids = Vec::new();
     let mut txns = Vec::new();
@@ -903,37 +920,16 @@ fn run_timers(net: &mut Net, steps: usize, keep: impl Fn(NodeId, NodeId, &Messag
 /// bound; and a PreAccept of the old epoch arriving afterwards is rejected.
 #[test]
 fn an_epoch_seal_applies_or_fences_off_every_transaction_of_the_old_epoch() {
-    let config = NodeConfig {
-        sync_interval_micros: 50_000,
-        sync_margin_micros: 10_000,
-        ..NodeConfig::default()
-    };
-    let mut net = Net::with_config(3, FastPathMode::CoordinatorVotes, config);
+    let mut net = Net::with_rounds(3, FastPathMode::CoordinatorVotes);
     let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
     for request in 0..6u64 {
         let node = NodeId(1 + (request % 3) as u32);
-        let key = Key::numbered(request % 2);
-        let txn = Txn::new(vec![key.clone()], Update::Append(vec![(key, request)]));
-        net.input(
-            node,
-            Input::Client {
-                request_id: ClientRequestId(request),
-                txn,
-            },
-        );
+        net.append(node, request, Key::numbered(request % 2), request);
         net.deliver(|_, _, _| true);
     }
     // n3 starts one more and its PreAccepts reach only n1: it is in flight when the seal
     // begins.
-    let key = Key::numbered(0);
-    let txn = Txn::new(vec![key.clone()], Update::Append(vec![(key, 77)]));
-    net.input(
-        n3,
-        Input::Client {
-            request_id: ClientRequestId(77),
-            txn,
-        },
-    );
+    net.append(n3, 77, Key::numbered(0), 77);
     let in_flight = net.txn_id_of(n3, ClientRequestId(77));
     net.deliver(|from, to, _| from != n3 || to == n1);
     let bound = crate::sync::epoch_seal_bound(crate::timestamp::Epoch(2));
@@ -1007,24 +1003,11 @@ fn an_epoch_seal_applies_or_fences_off_every_transaction_of_the_old_epoch() {
 /// is what removing the cut-off node needs.
 #[test]
 fn an_epoch_seal_reaches_the_applied_level_with_one_replica_cut_off() {
-    let config = NodeConfig {
-        sync_interval_micros: 50_000,
-        sync_margin_micros: 10_000,
-        ..NodeConfig::default()
-    };
-    let mut net = Net::with_config(3, FastPathMode::CoordinatorVotes, config);
+    let mut net = Net::with_rounds(3, FastPathMode::CoordinatorVotes);
     let n3 = NodeId(3);
     for request in 0..4u64 {
         let node = NodeId(1 + (request % 2) as u32);
-        let key = Key::numbered(request);
-        let txn = Txn::new(vec![key.clone()], Update::Append(vec![(key, request)]));
-        net.input(
-            node,
-            Input::Client {
-                request_id: ClientRequestId(request),
-                txn,
-            },
-        );
+        net.append(node, request, Key::numbered(request), request);
         net.deliver(|_, _, _| true);
     }
     let bound = crate::sync::epoch_seal_bound(crate::timestamp::Epoch(2));
@@ -1050,25 +1033,12 @@ fn an_epoch_seal_reaches_the_applied_level_with_one_replica_cut_off() {
 /// of the new topology and forgets the watermarks of shard ids the new topology lacks.
 #[test]
 fn adopting_an_epoch_floor_replaces_the_old_epochs_watermarks() {
-    let config = NodeConfig {
-        sync_interval_micros: 50_000,
-        sync_margin_micros: 10_000,
-        ..NodeConfig::default()
-    };
-    let mut net = Net::with_config(3, FastPathMode::CoordinatorVotes, config);
+    let mut net = Net::with_rounds(3, FastPathMode::CoordinatorVotes);
     net.topology = Arc::new(Topology::ring(3, 4, 3, FastPathMode::CoordinatorVotes));
     for id in 1..=3 {
         net.open(NodeId(id));
     }
-    let key = Key::numbered(1);
-    let txn = Txn::new(vec![key.clone()], Update::Append(vec![(key, 1)]));
-    net.input(
-        NodeId(1),
-        Input::Client {
-            request_id: ClientRequestId(1),
-            txn,
-        },
-    );
+    net.append(NodeId(1), 1, Key::numbered(1), 1);
     run_timers(&mut net, 20, |_, _, _| true);
     assert!(net.nodes[&NodeId(1)].durable_before().len() == 4);
     // The next epoch has one shard.
