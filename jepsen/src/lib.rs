@@ -2,7 +2,8 @@
 //! `concord` binary as separate processes ([`cluster`]), drives them through a real CQL
 //! driver with one of three workloads ([`workload`]: list-append transactions, bank transfers,
 //! an LWT register), hurts them while the clients run ([`nemesis`]: kill -9 and restart,
-//! SIGSTOP/SIGCONT, network partitions through nftables in [`net`]), records every client
+//! SIGSTOP/SIGCONT, network partitions through nftables in [`net`], clock steps, nodes joining
+//! and being removed while the cluster holds data), records every client
 //! operation as a Jepsen history (invoke / ok / fail / info, client-side times), and judges the
 //! history with `concord-checker` — strict serializability, the bank invariant,
 //! linearizability — plus lost acknowledged writes and availability ([`report`], with a

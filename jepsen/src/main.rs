@@ -69,7 +69,7 @@ struct RunArgs {
     common: Common,
     #[arg(long, default_value = "list-append")]
     workload: WorkloadKind,
-    /// Comma-separated: kill, pause, partition, clock, skew; `none` for no faults.
+    /// Comma-separated: kill, pause, partition, clock, skew, membership; `none` for no faults.
     #[arg(long, default_value = "kill", value_delimiter = ',', value_parser = parse_nemesis)]
     nemesis: Vec<Option<NemesisKind>>,
     #[arg(long, default_value = "60s", value_parser = parse_duration)]

@@ -17,6 +17,14 @@
 //!   either way (libfaketime preloaded into every node, reading its offset from a file the
 //!   nemesis rewrites, `Cluster::set_live_clock_offset`); healed by stepping it back to the
 //!   true clock, which is a step back for a node that ran ahead.
+//! - `membership`: changes the cluster's membership while it holds data (sealed epoch
+//!   transitions, design/cluster.md). Each step is one change, its window from the request to
+//!   its completion (nothing to heal): with the starting number of members it adds a node (a
+//!   fresh id, joining through a live member, until it prints `ready`); with one more it
+//!   removes one — alternately the node added last and one of the original nodes (at random;
+//!   any but the newest once no original is left) — through `concord cluster remove-node`,
+//!   waits until no remaining member lists it, and stops its process. So the cluster never has
+//!   fewer members than it started with. Other kinds target current members only.
 //!
 //! Must never: end with a fault in place (`heal_all` runs at the end whatever happened).
 
@@ -28,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
 use crate::cluster::Cluster;
@@ -45,6 +53,7 @@ pub enum NemesisKind {
     Partition,
     Clock,
     Skew,
+    Membership,
 }
 
 impl NemesisKind {
@@ -55,6 +64,7 @@ impl NemesisKind {
             NemesisKind::Partition => "partition",
             NemesisKind::Clock => "clock",
             NemesisKind::Skew => "skew",
+            NemesisKind::Membership => "membership",
         }
     }
 }
@@ -75,8 +85,10 @@ impl FromStr for NemesisKind {
             "partition" => Ok(NemesisKind::Partition),
             "clock" => Ok(NemesisKind::Clock),
             "skew" => Ok(NemesisKind::Skew),
+            "membership" => Ok(NemesisKind::Membership),
             other => Err(format!(
-                "unknown nemesis {other:?} (expected kill, pause, partition, clock or skew)"
+                "unknown nemesis {other:?} (expected kill, pause, partition, clock, skew or \
+                 membership)"
             )),
         }
     }
@@ -135,37 +147,116 @@ fn names(nodes: &[usize]) -> String {
         .join(",")
 }
 
+/// Which member the membership nemesis removes: `removal` counts removals so far; even ones
+/// take the newest member (the node added last), odd ones an original node (index below
+/// `originals`) at random, or any member but the newest when no original is left. `None` with
+/// fewer than two members.
+pub fn removal_victim(
+    members: &[usize],
+    originals: usize,
+    removal: usize,
+    rng: &mut StdRng,
+) -> Option<usize> {
+    let newest = *members.iter().max()?;
+    if members.len() < 2 {
+        return None;
+    }
+    if removal.is_multiple_of(2) {
+        return Some(newest);
+    }
+    let original: Vec<usize> = members
+        .iter()
+        .copied()
+        .filter(|member| *member < originals)
+        .collect();
+    let pool = if original.is_empty() {
+        members
+            .iter()
+            .copied()
+            .filter(|member| *member != newest)
+            .collect()
+    } else {
+        original
+    };
+    pool.choose(rng).copied()
+}
+
 impl Nemesis {
-    /// Runs faults until `stop` is set, then heals everything. Returns the fault windows.
-    ///
-    /// # Errors
-    /// When a fault cannot be healed (e.g. a killed node does not come back): the run is then
-    /// reported as broken, not valid.
+    /// Runs faults until `stop` is set, then heals everything. Returns the fault windows and,
+    /// when a fault could not be injected or healed (e.g. a killed node does not come back, a
+    /// membership change does not complete), the error that ended the faults: the run is
+    /// then reported as broken, not valid. The windows up to it are kept (a failed step's
+    /// window ends when it failed, its detail says `failed`).
     pub fn run(
+        &self,
+        cluster: &Arc<Mutex<Cluster>>,
+        partitioner: Option<Partitioner>,
+        start: Instant,
+        stop: &AtomicBool,
+    ) -> (Vec<FaultWindow>, Option<anyhow::Error>) {
+        let mut windows = Vec::new();
+        let error = self
+            .run_into(cluster, partitioner, start, stop, &mut windows)
+            .err();
+        (windows, error)
+    }
+
+    fn run_into(
         &self,
         cluster: &Arc<Mutex<Cluster>>,
         mut partitioner: Option<Partitioner>,
         start: Instant,
         stop: &AtomicBool,
-    ) -> anyhow::Result<Vec<FaultWindow>> {
+        windows: &mut Vec<FaultWindow>,
+    ) -> anyhow::Result<()> {
         let mut rng = StdRng::seed_from_u64(self.seed);
-        let mut windows = Vec::new();
         if self.kinds.is_empty() {
             while !sleep_unless(stop, Duration::from_millis(200)) {}
-            return Ok(windows);
+            return Ok(());
         }
         let node_count = lock(cluster)?.len();
         let mut round = 0usize;
         let mut partition_shape = 0usize;
+        let mut removals = 0usize;
         loop {
             if sleep_unless(stop, self.interval) {
                 break;
             }
             let kind = self.kinds[round % self.kinds.len()];
             round += 1;
-            let target = rng.random_range(0..node_count);
+            // Only current members are hurt (the membership nemesis removes nodes).
+            let members = lock(cluster)?.members();
+            let target = *members
+                .choose(&mut rng)
+                .context("the cluster has no member left")?;
             let start_us = micros(start);
             let detail = match kind {
+                NemesisKind::Membership => {
+                    let mut cluster = lock(cluster)?;
+                    let (detail, result) = if members.len() <= cluster.original_nodes() {
+                        let id = cluster.next_id();
+                        (format!("join n{id}"), cluster.add_node().map(|_| ()))
+                    } else {
+                        let victim =
+                            removal_victim(&members, cluster.original_nodes(), removals, &mut rng)
+                                .context("no member to remove")?;
+                        removals += 1;
+                        (
+                            format!("remove n{}", cluster.id(victim)),
+                            cluster.remove_node(victim),
+                        )
+                    };
+                    if let Err(error) = result {
+                        windows.push(FaultWindow {
+                            kind,
+                            detail: format!("{detail} failed"),
+                            start_us,
+                            end_us: micros(start),
+                        });
+                        return Err(error);
+                    }
+                    detail
+                }
                 NemesisKind::Kill => {
                     lock(cluster)?.kill(target);
                     names(&[target])
@@ -214,8 +305,14 @@ impl Nemesis {
                         .join(" | ")
                 }
             };
-            let stopped = sleep_unless(stop, self.interval);
+            // A membership change is complete when its step returns: nothing to heal.
+            let stopped = if kind == NemesisKind::Membership {
+                stop.load(Ordering::SeqCst)
+            } else {
+                sleep_unless(stop, self.interval)
+            };
             match kind {
+                NemesisKind::Membership => {}
                 NemesisKind::Kill => lock(cluster)?
                     .restart(target)
                     .with_context(|| format!("restart n{} after kill -9", target + 1))?,
@@ -245,7 +342,7 @@ impl Nemesis {
                 break;
             }
         }
-        Ok(windows)
+        Ok(())
     }
 }
 
@@ -321,13 +418,34 @@ mod tests {
             NemesisKind::Partition,
             NemesisKind::Clock,
             NemesisKind::Skew,
+            NemesisKind::Membership,
         ] {
             assert_eq!(kind.name().parse::<NemesisKind>(), Ok(kind));
         }
         let error = "disk".parse::<NemesisKind>().unwrap_err();
         assert!(
-            error.contains("expected kill, pause, partition, clock or skew"),
+            error.contains("expected kill, pause, partition, clock, skew or membership"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn removals_alternate_between_the_newest_node_and_an_original_one() {
+        let mut rng = StdRng::seed_from_u64(3);
+        // Originals 0, 1, 2; node 3 was added.
+        let members = [0, 1, 2, 3];
+        assert_eq!(removal_victim(&members, 3, 0, &mut rng), Some(3));
+        for _ in 0..20 {
+            let victim = removal_victim(&members, 3, 1, &mut rng).unwrap();
+            assert!(victim < 3, "{victim}");
+        }
+        // No original left: anything but the newest.
+        let members = [4, 6, 7];
+        for _ in 0..20 {
+            let victim = removal_victim(&members, 3, 1, &mut rng).unwrap();
+            assert!(victim == 4 || victim == 6, "{victim}");
+        }
+        assert_eq!(removal_victim(&[5], 3, 0, &mut rng), None);
+        assert_eq!(removal_victim(&[], 3, 1, &mut rng), None);
     }
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use concord_checker::Status;
 
-use crate::nemesis::FaultWindow;
+use crate::nemesis::{FaultWindow, NemesisKind};
 use crate::svg::Sample;
 
 /// Counts and latencies of a set of operations.
@@ -136,6 +136,9 @@ pub fn render(input: &ReportInput<'_>) -> String {
             stats.p99_ms
         );
     }
+    if let Some(line) = membership_summary(input.windows) {
+        let _ = writeln!(text, "{line}");
+    }
     let _ = writeln!(
         text,
         "lost acknowledged writes: {}",
@@ -157,10 +160,60 @@ pub fn render(input: &ReportInput<'_>) -> String {
     text
 }
 
+/// `membership changes: 2 joins (3.1, 4.0 s), 1 removal (2.2 s), 1 failed`: how many
+/// membership steps completed, how long each took from the harness (request to completion),
+/// and how many failed; `None` without any.
+pub fn membership_summary(windows: &[FaultWindow]) -> Option<String> {
+    let durations = |prefix: &str| -> Vec<String> {
+        windows
+            .iter()
+            .filter(|window| {
+                window.kind == NemesisKind::Membership
+                    && window.detail.starts_with(prefix)
+                    && !window.detail.ends_with("failed")
+            })
+            .map(|window| {
+                format!(
+                    "{:.1}",
+                    window.end_us.saturating_sub(window.start_us) as f64 / 1e6
+                )
+            })
+            .collect()
+    };
+    let joins = durations("join");
+    let removals = durations("remove");
+    let failed = windows
+        .iter()
+        .filter(|window| {
+            window.kind == NemesisKind::Membership && window.detail.ends_with("failed")
+        })
+        .count();
+    if joins.is_empty() && removals.is_empty() && failed == 0 {
+        return None;
+    }
+    let part = |list: &[String], one: &str, many: &str| {
+        let noun = if list.len() == 1 { one } else { many };
+        if list.is_empty() {
+            format!("0 {noun}")
+        } else {
+            format!("{} {noun} ({} s)", list.len(), list.join(", "))
+        }
+    };
+    Some(format!(
+        "membership changes: {}, {}{}",
+        part(&joins, "join", "joins"),
+        part(&removals, "removal", "removals"),
+        if failed > 0 {
+            format!(", {failed} failed")
+        } else {
+            String::new()
+        }
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nemesis::NemesisKind;
 
     fn sample(invoke_ms: u64, latency_ms: u64, status: Status) -> Sample {
         Sample {
@@ -196,5 +249,37 @@ mod tests {
         assert_eq!(healthy.availability(), 1.0);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.99), 4.0);
+    }
+
+    #[test]
+    fn membership_summary_counts_joins_and_removals_with_their_durations() {
+        let window = |kind, detail: &str, start_s: u64, end_ms: u64| FaultWindow {
+            kind,
+            detail: detail.into(),
+            start_us: start_s * 1_000_000,
+            end_us: end_ms * 1_000,
+        };
+        assert_eq!(
+            membership_summary(&[window(NemesisKind::Kill, "n1", 1, 2_000)]),
+            None
+        );
+        let windows = [
+            window(NemesisKind::Membership, "join n4", 5, 8_100),
+            window(NemesisKind::Kill, "n2", 10, 15_000),
+            window(NemesisKind::Membership, "remove n4", 20, 22_500),
+            window(NemesisKind::Membership, "join n5", 30, 31_000),
+        ];
+        assert_eq!(
+            membership_summary(&windows).unwrap(),
+            "membership changes: 2 joins (3.1, 1.0 s), 1 removal (2.5 s)"
+        );
+        let windows = [
+            window(NemesisKind::Membership, "join n4", 5, 6_000),
+            window(NemesisKind::Membership, "remove n2 failed", 10, 160_000),
+        ];
+        assert_eq!(
+            membership_summary(&windows).unwrap(),
+            "membership changes: 1 join (1.0 s), 0 removals, 1 failed"
+        );
     }
 }

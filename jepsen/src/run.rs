@@ -199,6 +199,14 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
     if partitions {
         crate::net::check_available().context("partitions requested")?;
     }
+    let membership = config.nemeses.contains(&NemesisKind::Membership);
+    if membership && config.nodes < 2 {
+        bail!("the membership nemesis needs a cluster (at least two nodes)");
+    }
+    if membership && partitions {
+        // The partitioner's rules name the starting nodes' uids and ports only.
+        bail!("the membership nemesis does not combine with partitions");
+    }
     let skew = config.nemeses.contains(&NemesisKind::Skew);
     let faketime = std::path::PathBuf::from(crate::cluster::FAKETIME_LIBRARY);
     if skew && !faketime.exists() {
@@ -229,7 +237,10 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
         None
     };
     let cluster = Arc::new(Mutex::new(cluster));
-    let nodes: Vec<_> = specs.iter().map(|spec| spec.cql).collect();
+    let nodes = match cluster.lock() {
+        Ok(cluster) => cluster.live_nodes(),
+        Err(_) => bail!("the cluster lock is poisoned"),
+    };
     let replication_factor = config.nodes.min(3);
     let clients = ClientConfig {
         nodes,
@@ -309,6 +320,7 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
     for node in unclean {
         problems.push(format!("node n{node} did not stop cleanly on SIGTERM"));
     }
+    problems.extend(panics(&config.out.join("logs")));
     let ok = checked
         .samples
         .iter()
@@ -433,7 +445,7 @@ fn execute<W: Workload>(
     // settles.
     runtime.block_on(async {
         let deadline = Instant::now() + SETUP_TIMEOUT;
-        for node in &clients.nodes {
+        for node in &clients.nodes.get() {
             loop {
                 let attempt = async {
                     let session = workload::connect(*node, clients.request_timeout).await?;
@@ -474,10 +486,10 @@ fn execute<W: Workload>(
     std::thread::sleep(config.time);
     stop.store(true, Ordering::SeqCst);
     let windows = match nemesis_thread.join() {
-        Ok(Ok(windows)) => windows,
-        Ok(Err(error)) => {
+        Ok((windows, None)) => windows,
+        Ok((windows, Some(error))) => {
             problems.push(format!("nemesis: {error:#}"));
-            Vec::new()
+            windows
         }
         Err(_) => {
             problems.push("the nemesis thread panicked".to_owned());
@@ -486,8 +498,13 @@ fn execute<W: Workload>(
     };
     let _ = runtime.block_on(driver);
     let end_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-    // Every fault is healed: the final phase reads back through node 1.
-    let first = clients.nodes[0];
+    // Every fault is healed: the final phase reads back through the first member (node 1
+    // unless the membership nemesis removed it).
+    let first = *clients
+        .nodes
+        .get()
+        .first()
+        .context("no member left for the final reads")?;
     let final_result = runtime.block_on(async {
         let deadline = Instant::now() + FINAL_READ_TIMEOUT;
         let session = loop {
@@ -509,6 +526,44 @@ fn execute<W: Workload>(
         .map_err(|_| anyhow::anyhow!("a client still holds the recorder"))?;
     Ok((recorder.finish(), windows, end_us))
 }
+
+/// The panics the nodes' logs show: `n2: thread '...' panicked at src/x.rs:1:2: message`, one
+/// per log at most [`PANICS_PER_LOG_MAX`]. A panic is a bug even where the checkers found
+/// nothing.
+fn panics(log_dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(log_dir) else {
+        return found;
+    };
+    let mut logs: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        let Ok(text) = std::fs::read_to_string(&log) else {
+            continue;
+        };
+        let name = log
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for (at, line) in lines
+            .iter()
+            .enumerate()
+            .filter(|(_, line)| line.contains("panicked at"))
+            .take(PANICS_PER_LOG_MAX)
+        {
+            let message = lines.get(at + 1).copied().unwrap_or("");
+            found.push(format!("{name} panicked: {} {message}", line.trim()));
+        }
+    }
+    found
+}
+
+/// How many panics of one node's log the report quotes.
+pub const PANICS_PER_LOG_MAX: usize = 3;
 
 /// Progress lines on stderr (the harness has no logger of its own).
 fn tracing_free_log(line: &str) {
@@ -546,4 +601,30 @@ async fn final_reads(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_a_node_log_is_a_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("n1.log"), "ready\nall fine\n").unwrap();
+        std::fs::write(
+            dir.path().join("n2.log"),
+            "ready\nthread 'concord-accord-2' (1) panicked at txn/src/topology.rs:163:21:\n\
+             index out of bounds: the len is 48 but the index is 49\nstack backtrace:\n",
+        )
+        .unwrap();
+        let found = panics(dir.path());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("n2 panicked: thread"), "{}", found[0]);
+        assert!(
+            found[0].ends_with("index out of bounds: the len is 48 but the index is 49"),
+            "{}",
+            found[0]
+        );
+        assert!(panics(&dir.path().join("missing")).is_empty());
+    }
 }

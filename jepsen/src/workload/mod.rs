@@ -2,7 +2,10 @@
 //!
 //! A [`Workload`] generates operations, sets up its tables, and executes one operation through
 //! a CQL session. The driver ([`drive`]) runs `concurrency` client processes, each pinned to one
-//! node (the scylla driver's host filter), one operation at a time at a steady total `rate`,
+//! node (the scylla driver's host filter) — client `i` uses the `i mod n`-th of the current
+//! members ([`LiveNodes`], which the membership nemesis changes), reconnecting when that is
+//! another node than its session's, so no client stays on a removed node and added nodes get
+//! clients — one operation at a time at a steady total `rate`,
 //! and records each operation in a Jepsen history: invoke, then ok / fail / info with
 //! client-side monotonic times in microseconds since the run started.
 //!
@@ -23,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use crate::cluster::LiveNodes;
 use anyhow::Context;
 use concord_checker::{History, OperationBody, Outcome, ProcessId};
 use rand::SeedableRng;
@@ -69,8 +73,9 @@ pub trait Workload: Send + Sync + 'static {
 /// What the clients do and for how long.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// The CQL address of each node; client `i` talks to node `i % nodes.len()`.
-    pub nodes: Vec<SocketAddr>,
+    /// The CQL address of each member; client `i` talks to member `i % len` of the list at
+    /// the time of each operation.
+    pub nodes: LiveNodes,
     pub concurrency: usize,
     /// Operations per second over all clients.
     pub rate: f64,
@@ -300,7 +305,6 @@ async fn client_loop<W: Workload>(
     stop: Arc<AtomicBool>,
     client: usize,
 ) {
-    let node = config.nodes[client % config.nodes.len()];
     let client_u64 = u64::try_from(client).unwrap_or(u64::MAX);
     let concurrency = u64::try_from(config.concurrency).unwrap_or(1);
     let mut rng = StdRng::seed_from_u64(
@@ -312,16 +316,24 @@ async fn client_loop<W: Workload>(
     let interval = Duration::from_secs_f64(config.concurrency as f64 / config.rate.max(0.001));
     let mut next = tokio::time::Instant::now()
         + interval.mul_f64(client as f64 / config.concurrency.max(1) as f64);
-    let mut session: Option<Session> = None;
+    let mut session: Option<(SocketAddr, Session)> = None;
     while !stop.load(Ordering::SeqCst) {
-        let Some(current) = session.as_ref() else {
+        let members = config.nodes.get();
+        let Some(node) = members.get(client % members.len().max(1)).copied() else {
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+            continue;
+        };
+        if session.as_ref().is_some_and(|(at, _)| *at != node) {
+            session = None;
+        }
+        let Some((_, current)) = session.as_ref() else {
             match tokio::time::timeout(
                 config.request_timeout,
                 connect(node, config.request_timeout),
             )
             .await
             {
-                Ok(Ok(new)) => session = Some(new),
+                Ok(Ok(new)) => session = Some((node, new)),
                 _ => tokio::time::sleep(RECONNECT_PAUSE).await,
             }
             continue;
