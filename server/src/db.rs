@@ -818,7 +818,15 @@ impl<E: Engine> Db<E> {
             )
             .into());
         }
-        let columnar = Arc::new(Columnar::open(dir, options.columnar.clone())?);
+        // DataFusion's local object store reads absolute paths without `..` only: a
+        // relative one (`--data-dir data`) would be looked up under `/`.
+        let dir = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::canonicalize(dir))
+            .map_err(|source| crate::error::Error::Io {
+                context: format!("create the columnar directory {}", dir.display()),
+                source,
+            })?;
+        let columnar = Arc::new(Columnar::open(&dir, options.columnar.clone())?);
         let replica = columnar.replica();
         for keyspace in self.schema().keyspaces() {
             for table in keyspace.tables.values() {

@@ -596,3 +596,49 @@ fn the_feed_frontier_covers_every_write_at_or_below_its_watermark() {
         );
     }
 }
+
+/// A data directory given as a relative path (`concord start --data-dir data`) still serves
+/// SQL once the replica has written Parquet row segments: DataFusion's local object store
+/// takes absolute paths only, so a relative segment path was read as one under `/` ("object
+/// not found"). The path here is relative to the working directory without changing it.
+#[test]
+fn a_relative_data_dir_serves_sql_over_its_row_segments() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cwd = std::env::current_dir().expect("cwd");
+    let mut relative = std::path::PathBuf::new();
+    for _ in cwd.components().skip(1) {
+        relative.push("..");
+    }
+    relative.push(dir.path().strip_prefix("/").expect("absolute temp dir"));
+    assert!(relative.is_relative());
+    let options = AnalyticsOptions {
+        follower: FollowerOptions {
+            poll_interval: Duration::from_millis(1),
+            merge_interval: Duration::from_millis(20),
+        },
+        ..AnalyticsOptions::default()
+    };
+    let db = Db::open_with_analytics(&config(&relative), options).expect("open");
+    let table = create_schema(&db);
+    for idx in 0..50i64 {
+        db.write(vec![order(&table, (idx % 5) as i32, idx, 2)])
+            .expect("write");
+    }
+    let has_row_segment = || {
+        std::fs::read_dir(dir.path().join("columnar"))
+            .expect("columnar dir")
+            .any(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("rows-")
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !has_row_segment() {
+        assert!(Instant::now() < deadline, "no row segment was written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(totals(&db, &SqlOptions::default(), "").1, "50 100");
+}
