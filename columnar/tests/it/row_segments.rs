@@ -234,6 +234,58 @@ fn row_segments_answer_scans_with_the_delta_expiry_and_schema_changes_on_top() {
 /// Row segments are written streaming (here one partition per chunk) and
 /// compactions fold many cell segments streaming: after every merge, across
 /// compactions, updates and partition deletes, scans read as the row store.
+/// A compaction folds the small segments and leaves the largest alone (any
+/// subset may be compacted: cells are reconciled across segments), so a
+/// large table written a little at a time is not rewritten whole every
+/// `SEGMENTS_PER_TABLE_MAX` merges; reads stay the row store's.
+#[test]
+fn compactions_leave_the_largest_segments_alone() {
+    const N_BIG: i32 = 400;
+    let table = model::table(model::model_table_options());
+    let mut node = Node::new(table.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    let columnar = open_columnar(dir.path(), ColumnarOptions::default());
+    let replica = columnar.replica();
+    replica.register_table(table.clone());
+    let mut at = T0;
+    for key in 0..N_BIG {
+        at += 1;
+        node.write(
+            upsert(&table, key, i64::from(key), Ttl::Unlimited),
+            WriteTime(at),
+        );
+    }
+    replica
+        .catch_up(&node.engine, node.feed.frontier())
+        .expect("catch up");
+    replica.merge_cells().expect("merge");
+    let rounds = 3 * concord_columnar::replica::SEGMENTS_PER_TABLE_MAX as i32;
+    for round in 0..rounds {
+        at += 1;
+        // Overwrites a row of the big segment, or adds one.
+        let key = if round % 2 == 0 { round } else { N_BIG + round };
+        node.write(
+            upsert(&table, key, i64::from(1000 + round), Ttl::Unlimited),
+            WriteTime(at),
+        );
+        replica
+            .catch_up(&node.engine, node.feed.frontier())
+            .expect("catch up");
+        replica.merge_cells().expect("merge");
+        assert!(replica.n_segments() <= concord_columnar::replica::SEGMENTS_PER_TABLE_MAX);
+    }
+    let compacted = replica.n_cells_compacted();
+    assert!(compacted > 0, "the table was compacted");
+    // Rewriting the big segment even once would count every one of its
+    // cells (at least one per row).
+    assert!(
+        compacted < N_BIG as u64,
+        "{compacted} cells rewritten by compactions"
+    );
+    replica.merge().expect("merge");
+    check(&columnar, &node, WriteTime(at));
+}
+
 #[test]
 fn streamed_row_segment_writes_and_compactions_read_as_the_row_store() {
     let table = model::table(model::model_table_options());
