@@ -22,7 +22,7 @@
 //! ```
 
 use crate::command::Status;
-use crate::timestamp::{Ballot, Timestamp, TxnId};
+use crate::timestamp::{Ballot, Epoch, Timestamp, TxnId};
 use crate::topology::ShardId;
 use crate::txn::{Deps, ReadData, Txn, Writes};
 
@@ -145,6 +145,8 @@ pub enum Message {
         /// The responder's DurableBefore of every shard: a node that missed a SyncDurable
         /// catches up through the peers it asks about the deps it waits on.
         durable_before: Vec<(ShardId, Timestamp)>,
+        /// The responder's topology epoch, whose shard ids `durable_before` uses.
+        epoch: Epoch,
     },
     /// The replica fenced t0 off (it is below the shard's RejectBefore and unknown here):
     /// the transaction can never be committed through this replica.
@@ -153,17 +155,26 @@ pub enum Message {
     },
     /// From the shard's durability driver: reject PreAccepts below `bound` from now on.
     SyncFence {
+        /// The sender's topology epoch: shard ids name ranges of one epoch only, so a
+        /// receiver on another epoch ignores the message.
+        epoch: Epoch,
         shard: ShardId,
         bound: Timestamp,
     },
     /// The fence is durable; `known` lists every transaction held here below `bound`.
     SyncFenceOk {
+        /// The sender's topology epoch: shard ids name ranges of one epoch only, so a
+        /// receiver on another epoch ignores the message.
+        epoch: Epoch,
         shard: ShardId,
         bound: Timestamp,
         known: Vec<TxnId>,
     },
     /// Are `txns` (and everything else held here below `bound`) final here? Fences too.
     SyncCheck {
+        /// The sender's topology epoch: shard ids name ranges of one epoch only, so a
+        /// receiver on another epoch ignores the message.
+        epoch: Epoch,
         shard: ShardId,
         bound: Timestamp,
         /// The driver's pass number; the reply carries it back.
@@ -173,6 +184,9 @@ pub enum Message {
     /// `pending`: listed or held transactions not yet final here; `extra`: held here below
     /// `bound` but not listed.
     SyncCheckOk {
+        /// The sender's topology epoch: shard ids name ranges of one epoch only, so a
+        /// receiver on another epoch ignores the message.
+        epoch: Epoch,
         shard: ShardId,
         bound: Timestamp,
         pass: u32,
@@ -183,18 +197,37 @@ pub enum Message {
     /// `bound` with nothing pending and nothing unlisted: every transaction below `bound`
     /// that can still commit is applied on the receiver (its applied-before floor).
     SyncApplied {
+        /// The sender's topology epoch: shard ids name ranges of one epoch only, so a
+        /// receiver on another epoch ignores the message.
+        epoch: Epoch,
         shard: ShardId,
         bound: Timestamp,
     },
     /// Every transaction below `bound` on the shard is final on every replica (or can never
     /// commit): commands below it may be erased.
     SyncDurable {
+        /// The sender's topology epoch: shard ids name ranges of one epoch only, so a
+        /// receiver on another epoch ignores the message.
+        epoch: Epoch,
         shard: ShardId,
         bound: Timestamp,
     },
 }
 
 impl Message {
+    /// The topology epoch a durability-round message was sent in (`None` for the others).
+    pub fn sync_epoch(&self) -> Option<Epoch> {
+        match self {
+            Message::SyncFence { epoch, .. }
+            | Message::SyncFenceOk { epoch, .. }
+            | Message::SyncCheck { epoch, .. }
+            | Message::SyncCheckOk { epoch, .. }
+            | Message::SyncApplied { epoch, .. }
+            | Message::SyncDurable { epoch, .. } => Some(*epoch),
+            _ => None,
+        }
+    }
+
     /// The transaction the message is about (none for the durability driver's messages).
     pub fn txn_id(&self) -> Option<TxnId> {
         Some(match self {

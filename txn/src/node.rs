@@ -183,6 +183,8 @@ pub struct NodeStats {
     pub slow_path_commits: u64,
     pub recoveries_started: u64,
     pub invalidations: u64,
+    /// Durability-round messages of another topology epoch, ignored.
+    pub stale_sync_messages: u64,
 }
 
 /// A node: replica state, coordinations, clock, storage.
@@ -493,8 +495,23 @@ impl Node {
     }
 
     fn on_message(&mut self, now: LocalTime, from: NodeId, message: Message) -> Result<()> {
-        if let Message::CheckStatusOk { durable_before, .. } = &message {
+        if let Message::CheckStatusOk {
+            durable_before,
+            epoch,
+            ..
+        } = &message
+            && *epoch == self.topology.epoch
+        {
             self.learn_durable_before(now, durable_before)?;
+        }
+        // A durability round of another epoch names shards of another topology: ignored (its
+        // driver runs the round again in its new epoch).
+        if message
+            .sync_epoch()
+            .is_some_and(|epoch| epoch != self.topology.epoch)
+        {
+            self.stats.stale_sync_messages += 1;
+            return Ok(());
         }
         if let Some(txn_id) = message.txn_id()
             && self.erased.contains(&txn_id)
@@ -550,11 +567,12 @@ impl Node {
                 txn,
                 ballot,
             } => self.on_begin_recovery(now, from, txn_id, txn, ballot),
-            Message::SyncFence { shard, bound } => self.on_sync_fence(from, shard, bound),
+            Message::SyncFence { shard, bound, .. } => self.on_sync_fence(from, shard, bound),
             Message::SyncFenceOk {
                 shard,
                 bound,
                 known,
+                ..
             } => {
                 self.on_sync_fence_ok(now, from, shard, bound, known);
                 Ok(())
@@ -564,6 +582,7 @@ impl Node {
                 bound,
                 pass,
                 txns,
+                ..
             } => self.on_sync_check(from, shard, bound, pass, txns),
             Message::SyncCheckOk {
                 shard,
@@ -571,12 +590,13 @@ impl Node {
                 pass,
                 pending,
                 extra,
+                ..
             } => {
                 self.on_sync_check_ok(now, from, shard, bound, pass, pending, extra);
                 Ok(())
             }
-            Message::SyncApplied { shard, bound } => self.on_sync_applied(now, shard, bound),
-            Message::SyncDurable { shard, bound } => self.on_sync_durable(now, shard, bound),
+            Message::SyncApplied { shard, bound, .. } => self.on_sync_applied(now, shard, bound),
+            Message::SyncDurable { shard, bound, .. } => self.on_sync_durable(now, shard, bound),
             Message::CheckStatus { txn_id } => {
                 self.on_check_status(from, txn_id);
                 Ok(())

@@ -611,6 +611,7 @@ impl Node {
         self.send(
             from,
             Message::CheckStatusOk {
+                epoch: self.topology.epoch,
                 txn_id,
                 knowledge,
                 durable_before,

@@ -395,6 +395,7 @@ fn durability_round_fences_collects_and_survives_restart() {
         Input::Message {
             from: n1,
             message: Message::CheckStatusOk {
+                epoch: crate::timestamp::Epoch(1),
                 txn_id: ids[0],
                 knowledge: Some(Box::new(crate::messages::Knowledge {
                     status: Status::Applied,
@@ -825,6 +826,7 @@ fn a_node_whose_clock_is_behind_a_fence_still_coordinates() {
             Input::Message {
                 from: n1,
                 message: Message::SyncFence {
+                    epoch: crate::timestamp::Epoch(1),
                     shard: crate::topology::ShardId(0),
                     bound,
                 },
@@ -1060,4 +1062,77 @@ fn adopting_an_epoch_floor_replaces_the_old_epochs_watermarks() {
     // The watermarks are durable: a restart keeps them.
     net.open(NodeId(1));
     assert_eq!(net.nodes[&NodeId(1)].durable_before(), durable);
+}
+
+/// Shard ids name ranges of one topology epoch only: a durability-round message or a
+/// DurableBefore list of another epoch (a late one, after the receiver moved to a new
+/// topology) is ignored, instead of raising the floor of whichever shard has that id here
+/// (or panicking on an id past this topology's shards, as every removal did).
+#[test]
+fn durability_messages_of_another_epoch_are_ignored() {
+    let mut net = Net::new(3, FastPathMode::CoordinatorVotes);
+    let (n1, n2) = (NodeId(1), NodeId(2));
+    let other = crate::timestamp::Epoch(2);
+    let bound = Timestamp::new(
+        crate::timestamp::Epoch(1),
+        net.now + 1_000_000,
+        0,
+        NodeId(0),
+    );
+    for message in [
+        Message::SyncDurable {
+            epoch: other,
+            shard: crate::topology::ShardId(7),
+            bound,
+        },
+        Message::SyncApplied {
+            epoch: other,
+            shard: crate::topology::ShardId(0),
+            bound,
+        },
+        Message::SyncFence {
+            epoch: other,
+            shard: crate::topology::ShardId(9),
+            bound,
+        },
+        Message::CheckStatusOk {
+            txn_id: TxnId::new(
+                Timestamp::new(crate::timestamp::Epoch(1), 5, 0, n2),
+                TxnKind::Write,
+                crate::timestamp::Domain::Key,
+            ),
+            knowledge: None,
+            durable_before: vec![(crate::topology::ShardId(0), bound)],
+            epoch: other,
+        },
+    ] {
+        net.input(n1, Input::Message { from: n2, message });
+    }
+    let node = &net.nodes[&n1];
+    assert_eq!(node.stats().stale_sync_messages, 3);
+    assert!(
+        node.durable_before().is_empty(),
+        "{:?}",
+        node.durable_before()
+    );
+    assert!(!node.sealed_locally(bound));
+    assert!(net.in_flight.is_empty(), "{:?}", net.in_flight);
+    // The same messages of this epoch do take effect.
+    net.input(
+        n1,
+        Input::Message {
+            from: n2,
+            message: Message::SyncDurable {
+                epoch: crate::timestamp::Epoch(1),
+                shard: crate::topology::ShardId(0),
+                bound,
+            },
+        },
+    );
+    assert_eq!(
+        net.nodes[&n1]
+            .durable_before()
+            .get(&crate::topology::ShardId(0)),
+        Some(&bound)
+    );
 }

@@ -288,6 +288,7 @@ impl Node {
         self.send(
             to,
             Message::CheckStatusOk {
+                epoch: self.topology.epoch,
                 txn_id,
                 knowledge: Some(knowledge),
                 durable_before,
@@ -394,7 +395,14 @@ impl Node {
                         },
                     );
                     for replica in replicas {
-                        self.send(replica, Message::SyncFence { shard, bound });
+                        self.send(
+                            replica,
+                            Message::SyncFence {
+                                epoch: self.topology.epoch,
+                                shard,
+                                bound,
+                            },
+                        );
                     }
                 }
                 Some(round) => {
@@ -424,10 +432,12 @@ impl Node {
                     }
                     let message = match round.phase {
                         SyncPhase::Fence => Message::SyncFence {
+                            epoch: self.topology.epoch,
                             shard,
                             bound: round.bound,
                         },
                         SyncPhase::Check => Message::SyncCheck {
+                            epoch: self.topology.epoch,
                             shard,
                             bound: round.bound,
                             pass: round.pass,
@@ -582,6 +592,7 @@ impl Node {
         self.send(
             from,
             Message::SyncFenceOk {
+                epoch: self.topology.epoch,
                 shard,
                 bound,
                 known,
@@ -634,6 +645,7 @@ impl Node {
         round.dirty = false;
         round.sent_at = now;
         let message = Message::SyncCheck {
+            epoch: self.topology.epoch,
             shard,
             bound: round.bound,
             pass: round.pass,
@@ -709,6 +721,7 @@ impl Node {
         self.send(
             from,
             Message::SyncCheckOk {
+                epoch: self.topology.epoch,
                 shard,
                 bound,
                 pass,
@@ -762,7 +775,14 @@ impl Node {
             let to: Vec<NodeId> = quorum.difference(&round.applied_to).copied().collect();
             round.applied_to.extend(to.iter().copied());
             for node in to {
-                self.send(node, Message::SyncApplied { shard, bound });
+                self.send(
+                    node,
+                    Message::SyncApplied {
+                        epoch: self.topology.epoch,
+                        shard,
+                        bound,
+                    },
+                );
             }
         }
         let Some(round) = self.sync_rounds.get_mut(&shard) else {
@@ -782,7 +802,14 @@ impl Node {
         // Every node, not only the shard's replicas: a node may erase a transaction only once
         // every shard it touches is durable past it.
         for node in self.topology.nodes() {
-            self.send(node, Message::SyncDurable { shard, bound });
+            self.send(
+                node,
+                Message::SyncDurable {
+                    epoch: self.topology.epoch,
+                    shard,
+                    bound,
+                },
+            );
         }
     }
 

@@ -11,11 +11,13 @@ use crate::codec::{Decoder, Encoder};
 use crate::command::{Status, decode_txn, encode_txn};
 use crate::error::{Error, Result};
 use crate::messages::{Knowledge, Message, RecoverOk};
-use crate::timestamp::TxnId;
+use crate::timestamp::{Epoch, TxnId};
 use crate::topology::ShardId;
 
 /// The version of this encoding; bump it on any change to the layout of a message.
-pub const MESSAGE_CODEC_VERSION: u8 = 2;
+/// Version 3 added the sender's topology epoch to the durability-round messages and to
+/// `CheckStatusOk` (shard ids name ranges of one epoch only).
+pub const MESSAGE_CODEC_VERSION: u8 = 3;
 
 /// Encodes `message` (see the module documentation for the layout).
 pub fn encode_message(message: &Message) -> Vec<u8> {
@@ -157,6 +159,7 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
             txn_id,
             knowledge,
             durable_before,
+            epoch,
         } => {
             e.u8(16);
             e.txn_id(*txn_id);
@@ -172,39 +175,50 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
                 e.u32(shard.0);
                 e.timestamp(*bound);
             }
+            e.u64(epoch.0);
         }
         Message::PreAcceptRejected { txn_id } => {
             e.u8(17);
             e.txn_id(*txn_id);
         }
-        Message::SyncFence { shard, bound } => {
+        Message::SyncFence {
+            epoch,
+            shard,
+            bound,
+        } => {
             e.u8(18);
+            e.u64(epoch.0);
             e.u32(shard.0);
             e.timestamp(*bound);
         }
         Message::SyncFenceOk {
+            epoch,
             shard,
             bound,
             known,
         } => {
             e.u8(19);
+            e.u64(epoch.0);
             e.u32(shard.0);
             e.timestamp(*bound);
             encode_txn_ids(&mut e, known);
         }
         Message::SyncCheck {
+            epoch,
             shard,
             bound,
             pass,
             txns,
         } => {
             e.u8(20);
+            e.u64(epoch.0);
             e.u32(shard.0);
             e.timestamp(*bound);
             e.u32(*pass);
             encode_txn_ids(&mut e, txns);
         }
         Message::SyncCheckOk {
+            epoch,
             shard,
             bound,
             pass,
@@ -212,19 +226,30 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
             extra,
         } => {
             e.u8(21);
+            e.u64(epoch.0);
             e.u32(shard.0);
             e.timestamp(*bound);
             e.u32(*pass);
             encode_txn_ids(&mut e, pending);
             encode_txn_ids(&mut e, extra);
         }
-        Message::SyncDurable { shard, bound } => {
+        Message::SyncDurable {
+            epoch,
+            shard,
+            bound,
+        } => {
             e.u8(22);
+            e.u64(epoch.0);
             e.u32(shard.0);
             e.timestamp(*bound);
         }
-        Message::SyncApplied { shard, bound } => {
+        Message::SyncApplied {
+            epoch,
+            shard,
+            bound,
+        } => {
             e.u8(23);
+            e.u64(epoch.0);
             e.u32(shard.0);
             e.timestamp(*bound);
         }
@@ -336,27 +361,32 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message> {
                 txn_id,
                 knowledge,
                 durable_before,
+                epoch: Epoch(d.u64()?),
             }
         }
         17 => Message::PreAcceptRejected {
             txn_id: d.txn_id()?,
         },
         18 => Message::SyncFence {
+            epoch: Epoch(d.u64()?),
             shard: ShardId(d.u32()?),
             bound: d.timestamp()?,
         },
         19 => Message::SyncFenceOk {
+            epoch: Epoch(d.u64()?),
             shard: ShardId(d.u32()?),
             bound: d.timestamp()?,
             known: decode_txn_ids(&mut d)?,
         },
         20 => Message::SyncCheck {
+            epoch: Epoch(d.u64()?),
             shard: ShardId(d.u32()?),
             bound: d.timestamp()?,
             pass: d.u32()?,
             txns: decode_txn_ids(&mut d)?,
         },
         21 => Message::SyncCheckOk {
+            epoch: Epoch(d.u64()?),
             shard: ShardId(d.u32()?),
             bound: d.timestamp()?,
             pass: d.u32()?,
@@ -364,10 +394,12 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message> {
             extra: decode_txn_ids(&mut d)?,
         },
         22 => Message::SyncDurable {
+            epoch: Epoch(d.u64()?),
             shard: ShardId(d.u32()?),
             bound: d.timestamp()?,
         },
         23 => Message::SyncApplied {
+            epoch: Epoch(d.u64()?),
             shard: ShardId(d.u32()?),
             bound: d.timestamp()?,
         },
@@ -602,6 +634,7 @@ mod tests {
             },
             Message::CheckStatus { txn_id },
             Message::CheckStatusOk {
+                epoch: Epoch(7),
                 txn_id,
                 knowledge: Some(Box::new(Knowledge {
                     status: Status::Applied,
@@ -613,27 +646,32 @@ mod tests {
                 durable_before: vec![(shard, ts(19, 1)), (ShardId(5), ts(20, 2))],
             },
             Message::CheckStatusOk {
+                epoch: Epoch(7),
                 txn_id,
                 knowledge: None,
                 durable_before: vec![],
             },
             Message::PreAcceptRejected { txn_id },
             Message::SyncFence {
+                epoch: Epoch(7),
                 shard,
                 bound: ts(21, 1),
             },
             Message::SyncFenceOk {
+                epoch: Epoch(7),
                 shard,
                 bound: ts(21, 1),
                 known: vec![txn_id, other],
             },
             Message::SyncCheck {
+                epoch: Epoch(7),
                 shard,
                 bound: ts(21, 1),
                 pass: 3,
                 txns: vec![txn_id],
             },
             Message::SyncCheckOk {
+                epoch: Epoch(7),
                 shard,
                 bound: ts(21, 1),
                 pass: 3,
@@ -641,10 +679,12 @@ mod tests {
                 extra: vec![txn_id],
             },
             Message::SyncDurable {
+                epoch: Epoch(7),
                 shard,
                 bound: ts(22, 1),
             },
             Message::SyncApplied {
+                epoch: Epoch(7),
                 shard,
                 bound: ts(23, 1),
             },
