@@ -3,7 +3,7 @@
 //! ```text
 //! concord-jepsen run --nodes 3 --workload list-append --nemesis kill,pause,partition \
 //!     --time 60s --rate 200 --out results/run1
-//! concord-jepsen smoke --out results/smoke      # CI: four short runs, one nemesis each
+//! concord-jepsen smoke --out results/smoke      # CI: five short runs, one nemesis each
 //! ```
 //!
 //! Exit status: 0 valid, 1 invalid (anomalies, lost writes, a broken cluster), 2 unknown
@@ -34,7 +34,8 @@ enum Command {
     Run(RunArgs),
     /// The short CI run: list-append under kill, bank under pause, register under partition
     /// (or kill where nftables is unavailable), list-append under live clock steps (or steps
-    /// across restarts where libfaketime is unavailable), one nemesis at a time.
+    /// across restarts where libfaketime is unavailable), list-append while a node joins and
+    /// one is removed (with 2+ nodes), one nemesis at a time.
     Smoke(SmokeArgs),
 }
 
@@ -83,7 +84,7 @@ struct RunArgs {
 struct SmokeArgs {
     #[command(flatten)]
     common: Common,
-    /// Each of the three runs' length.
+    /// Each run's length.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     time: Duration,
     /// The results folder (one subfolder per run).
@@ -185,18 +186,30 @@ fn main() -> ExitCode {
                 );
                 NemesisKind::Clock
             };
-            [
+            let mut runs = vec![
                 (WorkloadKind::ListAppend, NemesisKind::Kill, "list-append"),
                 (WorkloadKind::Bank, NemesisKind::Pause, "bank"),
                 (WorkloadKind::Register, partition, "register"),
                 (WorkloadKind::ListAppend, clock, "list-append"),
-            ]
-            .into_iter()
-            .map(|(workload, nemesis, name)| {
-                let out = args.out.join(format!("{name}-{}", nemesis.name()));
-                config(&args.common, workload, vec![nemesis], args.time, out)
-            })
-            .collect()
+            ];
+            // A join and a removal fit in a 15 s run (each takes 1.5-4.5 s here).
+            if args.common.nodes >= 2 {
+                runs.push((
+                    WorkloadKind::ListAppend,
+                    NemesisKind::Membership,
+                    "list-append",
+                ));
+            } else {
+                eprintln!(
+                    "concord-jepsen: one node has no membership to change; no membership run"
+                );
+            }
+            runs.into_iter()
+                .map(|(workload, nemesis, name)| {
+                    let out = args.out.join(format!("{name}-{}", nemesis.name()));
+                    config(&args.common, workload, vec![nemesis], args.time, out)
+                })
+                .collect()
         }
     };
     let mut worst = ExitCode::SUCCESS;
