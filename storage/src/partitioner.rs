@@ -235,6 +235,13 @@ impl TokenRange {
         }
     }
 
+    /// Returns true if the two ranges share a token. Where arcs overlap, the overlap ends at
+    /// the end of one of them, so testing both ends decides it (a full ring holds every
+    /// token); ranges that only touch (`(a, b]` and `(b, c]`) do not meet.
+    pub fn meets(&self, other: &TokenRange) -> bool {
+        self.contains(other.end) || other.contains(self.end)
+    }
+
     /// Returns true if the range crosses the end of the ring, i.e. holds tokens both at the
     /// top (`> start`) and at the bottom (`<= end`) of the ring. A range ending at
     /// [`MIN_TOKEN`] does not wrap (it stops at the ring's end; Cassandra's `unwrap` keeps it
@@ -309,6 +316,26 @@ mod tests {
     use super::*;
 
     const VECTORS: &str = include_str!("../tests/data/murmur3_vectors.txt");
+
+    proptest! {
+        /// `meets` agrees with a token-by-token test on a small ring of candidate tokens
+        /// (every start and end, and the tokens just after them).
+        #[test]
+        fn ranges_meet_exactly_when_they_share_a_token(
+            a in -8i64..8, b in -8i64..8, c in -8i64..8, d in -8i64..8,
+        ) {
+            let (x, y) = (
+                TokenRange { start: Token(a), end: Token(b) },
+                TokenRange { start: Token(c), end: Token(d) },
+            );
+            let shared = (-9i64..=9)
+                .map(Token)
+                .chain([MIN_TOKEN, Token(i64::MAX)])
+                .any(|t| x.contains(t) && y.contains(t));
+            prop_assert_eq!(x.meets(&y), shared);
+            prop_assert_eq!(y.meets(&x), shared);
+        }
+    }
 
     /// Parses the driver's vectors: `(key, token)` pairs.
     fn vectors() -> Vec<(Vec<u8>, i64)> {

@@ -67,12 +67,6 @@ pub fn epoch_seal_bound(next: crate::timestamp::Epoch) -> Timestamp {
     Timestamp::new(next, 0, 0, NodeId(0))
 }
 
-/// Whether two ring ranges share a token: where arcs overlap, the overlap ends at the end of
-/// one of them (a full ring contains every token).
-fn ranges_meet(a: &TokenRange, b: &TokenRange) -> bool {
-    a.contains(b.end) || b.contains(a.end)
-}
-
 /// Per-shard watermarks of one replica, durable in the journal.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Watermarks {
@@ -485,7 +479,7 @@ impl Node {
             .topology
             .shards
             .iter()
-            .filter(|shard| ranges_meet(&shard.range, range))
+            .filter(|shard| shard.range.meets(range))
             .collect();
         !meeting.is_empty()
             && meeting.iter().all(|shard| {

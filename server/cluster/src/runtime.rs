@@ -216,8 +216,6 @@ pub struct SealStatus {
     /// Every shard's range, and whether this node replicates it with its applied-before
     /// floor at the bound (its rows there hold every write below it).
     pub shards: Vec<(TokenRange, bool)>,
-    /// The epoch of the Node the status was read from.
-    pub epoch: u64,
 }
 
 /// Counters, readable from any thread.
@@ -512,7 +510,13 @@ impl Runtime {
         topology: Arc<Topology>,
         floor: Option<Timestamp>,
     ) -> Result<(), RuntimeError> {
-        match self.queue.try_send(Work::Topology(topology, floor)) {
+        self.send_work(Work::Topology(topology, floor))
+    }
+
+    /// Queues control work: `Overloaded` when the input queue is full (the caller retries),
+    /// `Stopped` when the runtime is gone.
+    fn send_work(&self, work: Work) -> Result<(), RuntimeError> {
+        match self.queue.try_send(work) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(RuntimeError::Overloaded),
             Err(TrySendError::Disconnected(_)) => Err(RuntimeError::Stopped(
@@ -528,13 +532,7 @@ impl Runtime {
     /// # Errors
     /// `Overloaded` when the input queue is full (retry); `Stopped` when the runtime is gone.
     pub fn seal(&self, bound: Timestamp) -> Result<(), RuntimeError> {
-        match self.queue.try_send(Work::Seal(bound)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(RuntimeError::Overloaded),
-            Err(TrySendError::Disconnected(_)) => Err(RuntimeError::Stopped(
-                "the runtime thread has exited".into(),
-            )),
-        }
+        self.send_work(Work::Seal(bound))
     }
 
     /// The current seal's progress.
@@ -553,7 +551,7 @@ impl Runtime {
         let meeting: Vec<bool> = status
             .shards
             .iter()
-            .filter(|(shard, _)| ranges_meet(shard, range))
+            .filter(|(shard, _)| shard.meets(range))
             .map(|(_, applied)| *applied)
             .collect();
         !meeting.is_empty() && meeting.iter().all(|applied| *applied)
@@ -640,12 +638,6 @@ fn open_node(
         effects.replies.extend(more.replies);
     }
     Ok((node, effects))
-}
-
-/// Whether two ring ranges share a token (where arcs overlap, the overlap ends at the end of
-/// one of them).
-fn ranges_meet(a: &TokenRange, b: &TokenRange) -> bool {
-    a.contains(b.end) || b.contains(a.end)
 }
 
 impl Driver {
@@ -915,7 +907,6 @@ impl Driver {
             bound: Some(bound),
             sealed_locally: self.node.sealed_locally(bound),
             shards,
-            epoch: topology.epoch.0,
         };
     }
 
