@@ -173,3 +173,20 @@ fn joining_an_unreachable_seed_fails_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// Creates keyspace `ks` (RF 3) and table `ks.t (columns)` through `client`.
+pub(crate) async fn create_rf3_table(
+    client: &mut concord_server::cql::client::CqlClient,
+    columns: &str,
+) {
+    client
+        .query(
+            "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
+        )
+        .await
+        .unwrap();
+    client
+        .query(&format!("CREATE TABLE ks.t ({columns})"))
+        .await
+        .unwrap();
+}

@@ -60,16 +60,7 @@ fn value(k: i64) -> i64 {
 
 /// Creates `ks` (RF 3) and `ks.t (k int PRIMARY KEY, g int, v int)` through `client`.
 async fn create_table(client: &mut CqlClient) {
-    client
-        .query(
-            "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
-        )
-        .await
-        .unwrap();
-    client
-        .query("CREATE TABLE ks.t (k int PRIMARY KEY, g int, v int)")
-        .await
-        .unwrap();
+    crate::cluster::create_rf3_table(client, "k int PRIMARY KEY, g int, v int").await;
 }
 
 /// One CQL batch inserting the row of each key: group `k % GROUPS`, value `value(k)`.

@@ -58,16 +58,7 @@ fn start_three(dir: &Path) -> (Member, Member, Member) {
 
 /// Creates `ks` (RF 3) and `ks.t (k int PRIMARY KEY, v int)` through `client`.
 async fn create_table(client: &mut CqlClient) {
-    client
-        .query(
-            "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
-        )
-        .await
-        .unwrap();
-    client
-        .query("CREATE TABLE ks.t (k int PRIMARY KEY, v int)")
-        .await
-        .unwrap();
+    crate::cluster::create_rf3_table(client, "k int PRIMARY KEY, v int").await;
 }
 
 async fn client(member: &Member) -> CqlClient {
