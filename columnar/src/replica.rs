@@ -59,6 +59,11 @@ pub const SEGMENTS_PER_TABLE_MAX: usize = 8;
 pub const SEGMENTS_KEPT_BY_COMPACTION: usize = SEGMENTS_PER_TABLE_MAX / 2;
 /// The memory the scan cache holds by default (whole-table scans as Arrow).
 pub const SCAN_CACHE_BYTES_MAX_DEFAULT: usize = 256 << 20;
+/// The memory row segments may hold decoded as Arrow by default
+/// (`RowSegment::decoded`): none, so every full scan decodes Parquet as
+/// before, until the node's own tests (server/) have run with a budget; the
+/// htap bench sets one (design/columnar.md "Row segments").
+pub const ROW_SEGMENT_DECODED_BYTES_MAX_DEFAULT: usize = 0;
 /// Cells (bytes, with per-entry overhead) a row-segment write converts at
 /// a time by default: it streams the table in chunks of whole partitions of
 /// about this size (`ColumnarOptions::row_segment_write_chunk_bytes`).
@@ -342,6 +347,8 @@ pub struct Replica {
     watermark_advanced: Condvar,
     scan_cache: Mutex<BTreeMap<TableId, CachedScan>>,
     scan_cache_bytes_max: usize,
+    /// The budget of row segments held decoded (see `RowSegment::decoded`).
+    decoded_memory: Arc<crate::row_segment::DecodedMemory>,
     row_segment_dirty_percent_max: usize,
     row_segment_write_chunk_bytes: usize,
     row_segment_backlog_records_max: u64,
@@ -510,6 +517,9 @@ impl Replica {
             watermark_advanced: Condvar::new(),
             scan_cache: Mutex::new(BTreeMap::new()),
             scan_cache_bytes_max: SCAN_CACHE_BYTES_MAX_DEFAULT,
+            decoded_memory: Arc::new(crate::row_segment::DecodedMemory::new(
+                ROW_SEGMENT_DECODED_BYTES_MAX_DEFAULT,
+            )),
             row_segment_dirty_percent_max: ROW_SEGMENT_DIRTY_PERCENT_MAX_DEFAULT,
             row_segment_write_chunk_bytes: ROW_SEGMENT_WRITE_CHUNK_BYTES,
             row_segment_backlog_records_max: ROW_SEGMENT_BACKLOG_RECORDS_MAX_DEFAULT,
@@ -1352,6 +1362,31 @@ impl Replica {
         self.scan_cache_bytes_max = bytes;
     }
 
+    /// Sets the memory row segments may hold decoded (see
+    /// [`ROW_SEGMENT_DECODED_BYTES_MAX_DEFAULT`]).
+    pub fn set_row_segment_decoded_bytes_max(&mut self, bytes: usize) {
+        self.decoded_memory = Arc::new(crate::row_segment::DecodedMemory::new(bytes));
+    }
+
+    /// Bytes of row segments held decoded now.
+    pub fn row_segment_decoded_bytes(&self) -> usize {
+        self.decoded_memory.bytes_held()
+    }
+
+    /// `segment`'s rows as Arrow batches held in memory, decoded on first
+    /// use, when they fit the budget (`None` otherwise: the scan reads the
+    /// Parquet file). Takes no replica lock: the first decode of a large
+    /// segment takes seconds and must not hold up catch-up.
+    ///
+    /// # Errors
+    /// As [`RowSegment::decoded`].
+    pub fn row_segment_batches(
+        &self,
+        segment: &RowSegment,
+    ) -> Result<Option<Arc<Vec<arrow::array::RecordBatch>>>> {
+        segment.decoded(&self.decoded_memory)
+    }
+
     /// Full scans answered from the scan cache since open (for tests and
     /// metrics).
     pub fn n_scan_cache_hits(&self) -> u64 {
@@ -1546,6 +1581,7 @@ impl Replica {
             segment,
             excluded: touched.into_iter().collect(),
             reconciled,
+            decoded: None,
         }))
     }
 
@@ -1848,6 +1884,9 @@ pub struct RowsScan {
     /// Sorted partition prefixes whose rows the segment must not supply.
     pub excluded: Vec<Vec<u8>>,
     pub reconciled: Vec<Partition>,
+    /// The segment's rows held decoded (`Replica::row_segment_batches`), to
+    /// scan instead of the file; `None`: scan the file.
+    pub decoded: Option<Arc<Vec<arrow::array::RecordBatch>>>,
 }
 
 /// Every live partition of `def` in `view`.

@@ -23,10 +23,17 @@
 //! Row segments are a cache of the cell segments: they are not named in the
 //! manifest, a replica deletes leftover ones on open and the first merge
 //! after it writes them again.
+//!
+//! A segment's rows may also be held decoded, as Arrow batches of the whole
+//! file ([`RowSegment::decoded`]), within a node-wide budget
+//! ([`DecodedMemory`]): scans then read memory instead of decoding Parquet
+//! again for every query. The batches are the file's rows, so a scan over
+//! them is the same answer; they go with the segment.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow::array::{Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -48,6 +55,71 @@ pub const EXPIRY_COLUMN: &str = "_concord_expiry";
 /// Rows per Parquet row group of a row segment: the unit of pruning and of
 /// parallel scans.
 pub const ROW_SEGMENT_ROW_GROUP_ROWS_MAX: usize = 32 * 1024;
+/// Rows per batch of a decoded row segment: DataFusion's default batch size,
+/// so the operators above see the batches a Parquet scan would give them.
+pub const DECODED_BATCH_ROWS: usize = 8192;
+
+/// The node-wide budget of decoded row segments (Arrow batches held in
+/// memory, see [`RowSegment::decoded`]): a segment is decoded and kept only
+/// while the bytes held stay within `bytes_max`; otherwise its scans decode
+/// the Parquet file as they go.
+#[derive(Debug)]
+pub struct DecodedMemory {
+    bytes_max: usize,
+    bytes_held: AtomicUsize,
+}
+
+impl DecodedMemory {
+    pub fn new(bytes_max: usize) -> DecodedMemory {
+        DecodedMemory {
+            bytes_max,
+            bytes_held: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes of decoded row segments held now.
+    pub fn bytes_held(&self) -> usize {
+        self.bytes_held.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` from the budget, or says no.
+    fn try_take(&self, bytes: usize) -> bool {
+        self.bytes_held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|sum| *sum <= self.bytes_max)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.bytes_held.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// A segment's rows decoded, holding their share of the budget until dropped.
+#[derive(Debug)]
+struct DecodedRows {
+    batches: Arc<Vec<RecordBatch>>,
+    bytes: usize,
+    memory: Arc<DecodedMemory>,
+}
+
+impl Drop for DecodedRows {
+    fn drop(&mut self) {
+        self.memory.give_back(self.bytes);
+    }
+}
+
+#[derive(Debug, Default)]
+enum Decoded {
+    /// Not decoded yet.
+    #[default]
+    NotYet,
+    Held(DecodedRows),
+    /// Does not fit the budget (or did not when it was tried): scans decode
+    /// the file as they go.
+    NotHeld,
+}
 
 /// The schema of a row segment of `def`: [`crate::sql::table_schema`], then
 /// the partition and expiry columns.
@@ -82,6 +154,8 @@ pub struct RowSegment {
     pub expiry_min: Option<i64>,
     path: PathBuf,
     obsolete: std::sync::atomic::AtomicBool,
+    /// The rows as Arrow, once a scan decoded them (see [`RowSegment::decoded`]).
+    decoded: parking_lot::Mutex<Decoded>,
 }
 
 /// Builds a row segment batch by batch.
@@ -156,6 +230,58 @@ impl RowSegment {
     pub fn retire(&self) {
         self.obsolete
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Every row of the file (all columns of [`file_schema`]) as Arrow
+    /// batches of [`DECODED_BATCH_ROWS`], decoded on the first call and held
+    /// while the segment lives, if they fit `memory`; `None` when they do not
+    /// (then they are never tried again for this segment). Concurrent first
+    /// calls decode once (the others wait for it).
+    ///
+    /// # Errors
+    /// `Io` / `Corruption` when the file cannot be read.
+    pub fn decoded(&self, memory: &Arc<DecodedMemory>) -> Result<Option<Arc<Vec<RecordBatch>>>> {
+        let mut decoded = self.decoded.lock();
+        match &*decoded {
+            Decoded::Held(rows) => return Ok(Some(Arc::clone(&rows.batches))),
+            Decoded::NotHeld => return Ok(None),
+            Decoded::NotYet => {}
+        }
+        // The file's size is a lower bound of the decoded size: no decode
+        // when even it does not fit.
+        if !memory.try_take(self.size_bytes as usize) {
+            *decoded = Decoded::NotHeld;
+            return Ok(None);
+        }
+        memory.give_back(self.size_bytes as usize);
+        let file = File::open(&self.path).map_err(|source| Error::Io {
+            context: format!("open row segment {}", self.path.display()),
+            source,
+        })?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(parquet_error("read row segment footer"))?
+            .with_batch_size(DECODED_BATCH_ROWS)
+            .build()
+            .map_err(parquet_error("open row segment reader"))?;
+        let mut batches = Vec::new();
+        let mut bytes = 0;
+        for batch in reader {
+            let batch =
+                batch.map_err(|error| Error::Corruption(format!("row segment: {error}")))?;
+            bytes += batch.get_array_memory_size();
+            batches.push(batch);
+        }
+        if !memory.try_take(bytes) {
+            *decoded = Decoded::NotHeld;
+            return Ok(None);
+        }
+        let batches = Arc::new(batches);
+        *decoded = Decoded::Held(DecodedRows {
+            batches: Arc::clone(&batches),
+            bytes,
+            memory: Arc::clone(memory),
+        });
+        Ok(Some(batches))
     }
 
     /// The partitions (prefixes) holding a cell that expires at or before
@@ -309,6 +435,7 @@ impl RowSegmentWriter {
             expiry_min: self.expiry_min,
             path: self.path,
             obsolete: false.into(),
+            decoded: parking_lot::Mutex::new(Decoded::NotYet),
         })
     }
 }

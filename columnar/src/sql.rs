@@ -42,7 +42,10 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, LogicalPlan, Operator, TableProviderFilterPushDown,
 };
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, ReplaceChildrenOptions,
+    SendableRecordBatchStream, StatisticsArgs,
+};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
@@ -96,6 +99,10 @@ pub struct ColumnarOptions {
     /// Cells a row-segment write converts at a time (whole partitions):
     /// the write streams the table in chunks of about this many bytes.
     pub row_segment_write_chunk_bytes: usize,
+    /// Memory row segments may hold decoded as Arrow, so full scans read
+    /// memory instead of decoding Parquet (see `RowSegment::decoded`); a
+    /// segment that does not fit is scanned from its file.
+    pub row_segment_decoded_bytes_max: usize,
     /// Feed records the follower may trail the feed by while the row writer
     /// still rewrites row segments; further behind, rewrites wait until it
     /// caught up (see `Replica::write_row_segments_unless_behind`).
@@ -118,6 +125,7 @@ impl Default for ColumnarOptions {
             scan_cache_bytes_max: crate::replica::SCAN_CACHE_BYTES_MAX_DEFAULT,
             row_segment_dirty_percent_max: crate::replica::ROW_SEGMENT_DIRTY_PERCENT_MAX_DEFAULT,
             row_segment_write_chunk_bytes: crate::replica::ROW_SEGMENT_WRITE_CHUNK_BYTES,
+            row_segment_decoded_bytes_max: crate::replica::ROW_SEGMENT_DECODED_BYTES_MAX_DEFAULT,
             row_segment_backlog_records_max:
                 crate::replica::ROW_SEGMENT_BACKLOG_RECORDS_MAX_DEFAULT,
             query_time_max: None,
@@ -219,7 +227,16 @@ impl PartitionSource for ReplicaSource {
         table: &Arc<TableDef>,
         charge: &mut dyn FnMut(usize) -> Result<()>,
     ) -> Result<Option<RowsScan>> {
-        self.replica.read_rows_scan(table.id, self.snapshot, charge)
+        // The decode (first scan of a segment) runs after read_rows_scan let
+        // go of the replica's state lock.
+        let Some(mut scan) = self
+            .replica
+            .read_rows_scan(table.id, self.snapshot, charge)?
+        else {
+            return Ok(None);
+        };
+        scan.decoded = self.replica.row_segment_batches(&scan.segment)?;
+        Ok(Some(scan))
     }
 
     fn read_batch(
@@ -286,6 +303,7 @@ impl Columnar {
         replica.set_scan_cache_bytes_max(options.scan_cache_bytes_max);
         replica.set_row_segment_dirty_percent_max(options.row_segment_dirty_percent_max);
         replica.set_row_segment_write_chunk_bytes(options.row_segment_write_chunk_bytes);
+        replica.set_row_segment_decoded_bytes_max(options.row_segment_decoded_bytes_max);
         replica.set_row_segment_backlog_records_max(options.row_segment_backlog_records_max);
         let replica = Arc::new(replica);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -1074,10 +1092,39 @@ impl SourceTable {
         let config =
             FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
                 .with_file_groups(groups)
-                .with_projection_indices(Some(file_projection))?
-                .with_statistics(statistics)
+                .with_projection_indices(Some(file_projection.clone()))?
+                .with_statistics(statistics.clone())
                 .build();
-        let mut plan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
+        let mut plan: Arc<dyn ExecutionPlan> = match &rows_scan.decoded {
+            // The segment's rows held decoded: the same rows from memory, no
+            // Parquet decode (exact statistics: they are the file's rows).
+            Some(batches) => {
+                let n_partitions = n_ranges as usize;
+                let per_partition = batches.len().div_ceil(n_partitions).max(1);
+                let partitions: Vec<Vec<RecordBatch>> = batches
+                    .chunks(per_partition)
+                    .map(<[RecordBatch]>::to_vec)
+                    .collect();
+                let partitions = if partitions.is_empty() {
+                    vec![Vec::new()]
+                } else {
+                    partitions
+                };
+                let schema = batches
+                    .first()
+                    .map_or_else(|| Arc::clone(&file_schema), RecordBatch::schema);
+                let memory = MemorySourceConfig::try_new_exec(
+                    &partitions,
+                    schema,
+                    Some(file_projection.clone()),
+                )?;
+                Arc::new(DecodedSegmentExec {
+                    statistics: Arc::new(statistics.clone().project(Some(&file_projection))),
+                    memory,
+                })
+            }
+            None => DataSourceExec::from_data_source(config),
+        };
         if exclude {
             let scanned = plan.schema();
             let partition = Arc::new(Column::new(row_segment::PARTITION_COLUMN, projection.len()));
@@ -1115,6 +1162,78 @@ impl SourceTable {
             .lock()
             .push(Arc::clone(&rows_scan.segment));
         Ok(plan)
+    }
+}
+
+/// A scan of a row segment held decoded: the `MemoryExec` over its batches,
+/// with the file's footer statistics (inexact, as for the Parquet scan) in
+/// place of the memory source's own, which have no minimum or maximum, so the
+/// optimizer estimates filters and join sides as it does over the file.
+#[derive(Debug)]
+struct DecodedSegmentExec {
+    memory: Arc<DataSourceExec>,
+    statistics: Arc<Statistics>,
+}
+
+impl DisplayAs for DecodedSegmentExec {
+    fn fmt_as(&self, format: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "DecodedSegmentExec: ")?;
+        self.memory.fmt_as(format, f)
+    }
+}
+
+impl ExecutionPlan for DecodedSegmentExec {
+    fn name(&self) -> &str {
+        "DecodedSegmentExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.memory.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::error::Result<TreeNodeRecursion>,
+    ) -> datafusion::error::Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<datafusion::execution::TaskContext>,
+    ) -> datafusion::error::Result<SendableRecordBatchStream> {
+        self.memory.execute(partition, context)
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> datafusion::error::Result<Arc<Statistics>> {
+        Ok(match args.partition() {
+            None => Arc::clone(&self.statistics),
+            Some(_) => Arc::new(Statistics::new_unknown(&self.schema())),
+        })
     }
 }
 

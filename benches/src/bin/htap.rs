@@ -9,7 +9,7 @@
 //! Run: `cargo run --profile bench -p concord-benches --bin htap -- [--sf 0.01]
 //! [--clicks 100000] [--runs 3] [--no-duckdb] [--memory-pool-mib 8192]
 //! [--row-scan-repeat-max-secs 30] [--row-scan-cap-secs 60] [--no-row-scan]
-//! [--explain]`. The first run creates a
+//! [--row-segment-decoded-mib 6144] [--explain]`. The first run creates a
 //! Python venv with `duckdb` (PyPI) under the target directory. A binary, not
 //! a `[[bench]]` target: bench targets build with the crate's
 //! dev-dependencies, whose features force a second release build of the
@@ -59,6 +59,11 @@ const ROW_SCAN_CAP_DEFAULT: Duration = Duration::from_secs(60);
 /// past the pool it fails with `ResourcesExhausted`; the node's default is
 /// 1 GiB. The replica's Parquet scans stream and need far less.
 const MEMORY_POOL_MIB_DEFAULT: usize = 8 << 10;
+/// The memory the measured database's row segments may hold decoded as Arrow
+/// (`--row-segment-decoded-mib`; the node keeps none by default). Enough for
+/// SF 1 (lineitem alone is estimated at over 1 GiB decoded). 0 reads every
+/// scan from Parquet.
+const ROW_SEGMENT_DECODED_MIB_DEFAULT: usize = 6 << 10;
 /// Mutations per `Db::write` while loading.
 const LOAD_BATCH_ROWS: usize = 1000;
 /// The DuckDB release the venv installs.
@@ -77,6 +82,7 @@ struct Args {
     row_scan_repeat_max: Duration,
     row_scan_cap: Duration,
     memory_pool_mib: usize,
+    row_segment_decoded_mib: usize,
     /// Print `EXPLAIN ANALYZE` of every query on the replica (profiling).
     explain: bool,
     /// Skip the row-store scans (profiling the replica against DuckDB).
@@ -92,6 +98,7 @@ fn args() -> Result<Args> {
         row_scan_repeat_max: ROW_SCAN_REPEAT_MAX_DEFAULT,
         row_scan_cap: ROW_SCAN_CAP_DEFAULT,
         memory_pool_mib: MEMORY_POOL_MIB_DEFAULT,
+        row_segment_decoded_mib: ROW_SEGMENT_DECODED_MIB_DEFAULT,
         explain: false,
         row_scan: true,
     };
@@ -104,6 +111,12 @@ fn args() -> Result<Args> {
             "--no-duckdb" => args.duckdb = false,
             "--explain" => args.explain = true,
             "--no-row-scan" => args.row_scan = false,
+            "--row-segment-decoded-mib" => {
+                args.row_segment_decoded_mib = iter
+                    .next()
+                    .context("--row-segment-decoded-mib N")?
+                    .parse()?
+            }
             "--memory-pool-mib" => {
                 args.memory_pool_mib = iter.next().context("--memory-pool-mib N")?.parse()?
             }
@@ -758,6 +771,7 @@ fn open(
     dir: &Path,
     analytics: bool,
     memory_pool_bytes: usize,
+    row_segment_decoded_bytes_max: usize,
     query_time_max: Option<Duration>,
 ) -> Result<Db> {
     let config = Config {
@@ -770,6 +784,7 @@ fn open(
         enabled: analytics,
         columnar: ColumnarOptions {
             memory_pool_bytes,
+            row_segment_decoded_bytes_max,
             query_time_max,
             ..ColumnarOptions::default()
         },
@@ -790,6 +805,7 @@ fn write_path_cost(scratch: &Path) -> Result<(f64, f64)> {
                 &dir,
                 analytics,
                 ColumnarOptions::default().memory_pool_bytes,
+                ColumnarOptions::default().row_segment_decoded_bytes_max,
                 None,
             )?;
             let table = create(
@@ -909,6 +925,7 @@ fn main() -> Result<()> {
         &scratch.path().join("db"),
         true,
         args.memory_pool_mib << 20,
+        args.row_segment_decoded_mib << 20,
         Some(args.row_scan_cap),
     )?);
     let started = Instant::now();

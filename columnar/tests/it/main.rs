@@ -26,6 +26,10 @@ use concord_storage::schema::TableDef;
 use concord_storage::testing::model;
 use concord_storage::value::CqlValue;
 
+/// The decoded row-segment budget of the tests that read segments from
+/// memory (the node's default is none).
+pub const DECODED_BYTES_MAX: usize = 1 << 30;
+
 pub fn engine_options(table: &Arc<TableDef>) -> EngineOptions {
     let registry = TableRegistry::new();
     registry.insert(table.clone());

@@ -94,14 +94,26 @@ fn schema_with_model_table() -> (Schema, std::sync::Arc<concord_storage::schema:
     (schema, created)
 }
 
+/// Scans read the row segment's Parquet file (no memory for decoded segments).
 #[test]
 fn row_segments_answer_scans_with_the_delta_expiry_and_schema_changes_on_top() {
+    row_segments_answer_scans(0);
+}
+
+/// The same reads, with the row segments held decoded in memory.
+#[test]
+fn decoded_row_segments_answer_scans_with_the_delta_expiry_and_schema_changes_on_top() {
+    row_segments_answer_scans(crate::DECODED_BYTES_MAX);
+}
+
+fn row_segments_answer_scans(row_segment_decoded_bytes_max: usize) {
     let (mut schema, table) = schema_with_model_table();
     let mut node = Node::new(table.clone());
     let dir = tempfile::tempdir().expect("dir");
     let options = ColumnarOptions {
         // Merges keep the row segment and leave merged partitions dirty.
         row_segment_dirty_percent_max: 1000,
+        row_segment_decoded_bytes_max,
         ..ColumnarOptions::default()
     };
     let columnar = open_columnar(dir.path(), options.clone());
@@ -140,8 +152,16 @@ fn row_segments_answer_scans_with_the_delta_expiry_and_schema_changes_on_top() {
     let plan = arrow::util::pretty::pretty_format_batches(&explain.batches)
         .expect("format")
         .to_string();
-    assert!(plan.contains("file_type=parquet"), "{plan}");
-    assert!(plan.contains("predicate="), "{plan}");
+    if row_segment_decoded_bytes_max == 0 {
+        assert!(plan.contains("file_type=parquet"), "{plan}");
+        assert!(plan.contains("predicate="), "{plan}");
+        assert_eq!(replica.row_segment_decoded_bytes(), 0);
+    } else {
+        // The segment's rows from memory, filtered above.
+        assert!(!plan.contains("file_type=parquet"), "{plan}");
+        assert!(plan.contains("partition_sizes="), "{plan}");
+        assert!(replica.row_segment_decoded_bytes() > 0);
+    }
 
     // Versions newer than the segment: an update, a row delete, a partition
     // delete, a range delete, a new partition.

@@ -420,12 +420,26 @@ fn a_query_past_query_time_max_is_stopped_with_resources_exhausted() {
     }
 }
 
-#[test]
-fn row_segment_statistics_put_the_smaller_join_input_on_the_build_side() {
+/// A self-join of a 400-row table with its filtered twin (`pk < 5`), planned
+/// after a merge wrote its row segment, with `row_segment_decoded_bytes_max`.
+/// Returns the replica, the physical plan's text, the whole plan and the
+/// data directory (kept while the replica lives).
+fn self_join_plan(
+    row_segment_decoded_bytes_max: usize,
+) -> (
+    concord_columnar::Columnar,
+    String,
+    String,
+    tempfile::TempDir,
+) {
     let table = model::table(model::model_table_options());
     let mut node = Node::new(table.clone());
     let dir = tempfile::tempdir().expect("dir");
-    let columnar = open_columnar(dir.path(), ColumnarOptions::default());
+    let options = ColumnarOptions {
+        row_segment_decoded_bytes_max,
+        ..ColumnarOptions::default()
+    };
+    let columnar = open_columnar(dir.path(), options);
     columnar.replica().register_table(table.clone());
     for idx in 0..400 {
         node.write(
@@ -458,6 +472,50 @@ fn row_segment_statistics_put_the_smaller_join_input_on_the_build_side() {
         .nth(1)
         .expect("a physical plan")
         .to_string();
+    (columnar, physical, plan, dir)
+}
+
+/// Through the row segment held decoded: the memory scan carries the file's
+/// footer statistics, so the filtered input still builds the hash table.
+#[test]
+fn decoded_row_segment_statistics_put_the_smaller_join_input_on_the_build_side() {
+    let (columnar, physical, plan, _dir) = self_join_plan(crate::DECODED_BYTES_MAX);
+    assert!(columnar.replica().row_segment_decoded_bytes() > 0);
+    let lines: Vec<&str> = physical.lines().collect();
+    let join = lines
+        .iter()
+        .position(|line| line.contains("HashJoinExec"))
+        .unwrap_or_else(|| panic!("a hash join: {plan}"));
+    let inputs: Vec<&&str> = lines[join..]
+        .iter()
+        .filter(|line| line.contains("DecodedSegmentExec") || line.contains("FilterExec"))
+        .collect();
+    assert_eq!(inputs.len(), 3, "{plan}");
+    // The build (left) side comes first: the filter, then its scan.
+    assert!(
+        inputs[0].contains("FilterExec") && inputs[0].contains("< 5"),
+        "build side is not the filtered input: {plan}"
+    );
+    let result = columnar
+        .sql(
+            "SELECT count(*) FROM ks.t AS a JOIN (SELECT pk FROM ks.t WHERE pk < 5) AS b \
+             ON a.pk = b.pk",
+            Snapshot::Watermark,
+        )
+        .expect("join");
+    let n = result.batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .expect("count is Int64")
+        .value(0);
+    assert_eq!(n, 5);
+}
+
+/// Through the row segment's Parquet scan (no memory for decoded segments).
+#[test]
+fn row_segment_statistics_put_the_smaller_join_input_on_the_build_side() {
+    let (columnar, physical, plan, _dir) = self_join_plan(0);
     let lines: Vec<&str> = physical.lines().collect();
     let join = lines
         .iter()
