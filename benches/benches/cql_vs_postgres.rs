@@ -50,8 +50,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use concord_benches::{median, quantile};
-use parking_lot::Mutex;
+use concord_benches::{CpuOf, OpenLoop, clock_ticks_per_second, median, open_loop};
 use scylla::client::PoolSize;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -206,16 +205,6 @@ impl Keys {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct LoadResult {
-    offered: f64,
-    achieved: f64,
-    p50: Duration,
-    p99: Duration,
-    errors: u64,
-    sustained: bool,
-}
-
 /// Closed loop: `concurrency` requests in flight for `seconds`; ops/s.
 /// Peak throughput and the CPU it cost per request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -233,7 +222,7 @@ async fn peak(
     op: Op,
     settings: Settings,
     value: &Arc<String>,
-    server: Server,
+    server: CpuOf,
 ) -> Result<Peak> {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -266,11 +255,11 @@ async fn peak(
     tokio::time::sleep(Duration::from_millis(settings.seconds * 100)).await;
     let start_count = done.load(Ordering::Relaxed);
     let started = Instant::now();
-    let (server_start, client_start) = (server.cpu_ticks(), Server::Process(0).cpu_ticks());
+    let (server_start, client_start) = (server.ticks(), CpuOf::Process(0).ticks());
     tokio::time::sleep(Duration::from_secs(settings.seconds)).await;
     let counted = done.load(Ordering::Relaxed) - start_count;
     let elapsed = started.elapsed();
-    let (server_end, client_end) = (server.cpu_ticks(), Server::Process(0).cpu_ticks());
+    let (server_end, client_end) = (server.ticks(), CpuOf::Process(0).ticks());
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await?;
@@ -287,69 +276,7 @@ async fn peak(
     })
 }
 
-/// Whose CPU time to count: one process (0: this one), or a process and its
-/// children (PostgreSQL's postmaster and its backends).
-#[derive(Debug, Clone, Copy)]
-enum Server {
-    Process(u32),
-    ProcessTree(u32),
-}
-
-impl Server {
-    /// User + system CPU time in clock ticks, from `/proc` (0 elsewhere).
-    fn cpu_ticks(self) -> u64 {
-        // (parent pid, utime + stime) from /proc/<pid>/stat; the command
-        // name may hold spaces, so fields are counted after its ')'.
-        fn stat(path: &Path) -> Option<(u32, u64)> {
-            let text = std::fs::read_to_string(path).ok()?;
-            let fields: Vec<&str> = text
-                .get(text.rfind(')')? + 1..)?
-                .split_whitespace()
-                .collect();
-            let ppid = fields.get(1)?.parse().ok()?;
-            let utime: u64 = fields.get(11)?.parse().ok()?;
-            let stime: u64 = fields.get(12)?.parse().ok()?;
-            Some((ppid, utime + stime))
-        }
-        match self {
-            Server::Process(0) => stat(Path::new("/proc/self/stat")).map_or(0, |(_, t)| t),
-            Server::Process(pid) => {
-                stat(&Path::new("/proc").join(pid.to_string()).join("stat")).map_or(0, |(_, t)| t)
-            }
-            Server::ProcessTree(root) => {
-                let mut total = stat(&Path::new("/proc").join(root.to_string()).join("stat"))
-                    .map_or(0, |(_, t)| t);
-                if let Ok(entries) = std::fs::read_dir("/proc") {
-                    for entry in entries.flatten() {
-                        if let Some((ppid, ticks)) = stat(&entry.path().join("stat"))
-                            && ppid == root
-                        {
-                            total += ticks;
-                        }
-                    }
-                }
-                total
-            }
-        }
-    }
-}
-
-/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 if unknown).
-fn clock_ticks_per_second() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|output| String::from_utf8(output.stdout).ok())
-            .and_then(|text| text.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
-/// Open loop at `rate` ops/s: a timer thread sends on schedule; latency is
-/// measured from the intended send time.
+/// Open loop at `rate` ops/s ([`open_loop`]): latency from the intended send time.
 async fn offered_load(
     target: &Arc<Target>,
     keys: &Arc<Keys>,
@@ -357,84 +284,30 @@ async fn offered_load(
     rate: f64,
     seconds: u64,
     value: &Arc<String>,
-) -> Result<LoadResult> {
-    let runtime = tokio::runtime::Handle::current();
-    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::new(Mutex::new(Vec::new()));
-    let errors = Arc::new(AtomicU64::new(0));
-    let outstanding = Arc::new(AtomicUsize::new(0));
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let total = (rate * seconds as f64) as u64;
-    let (target2, keys2, latencies2, errors2, outstanding2, value2) = (
-        target.clone(),
-        keys.clone(),
-        latencies.clone(),
-        errors.clone(),
-        outstanding.clone(),
-        value.clone(),
-    );
-    let sender = std::thread::spawn(move || {
-        let start = Instant::now();
-        let mut seed = 0xD1B5_4A32_D192_ED03_u64;
-        let mut sent = 0_u64;
-        let mut sustained = true;
-        for index in 0..total {
-            let intended = start + interval.mul_f64(index as f64);
-            let now = Instant::now();
-            if intended > now {
-                std::thread::sleep(intended - now);
-            }
-            if outstanding2.load(Ordering::Relaxed) >= OUTSTANDING_MAX {
-                sustained = false;
-                break;
-            }
+) -> Result<OpenLoop> {
+    let (target, keys, value) = (target.clone(), keys.clone(), value.clone());
+    let mut seed = 0xD1B5_4A32_D192_ED03_u64;
+    open_loop(
+        rate,
+        Duration::from_secs(seconds),
+        OUTSTANDING_MAX,
+        move |_| {
             let key = match op {
-                Op::Insert => keys2.fresh(),
-                Op::Select => keys2.existing(&mut seed),
+                Op::Insert => keys.fresh(),
+                Op::Select => keys.existing(&mut seed),
             };
-            outstanding2.fetch_add(1, Ordering::Relaxed);
-            let (target, latencies, errors, outstanding, value) = (
-                target2.clone(),
-                latencies2.clone(),
-                errors2.clone(),
-                outstanding2.clone(),
-                value2.clone(),
-            );
-            runtime.spawn(async move {
-                match target.run(op, key, &value).await {
-                    Ok(()) => latencies.lock().push(intended.elapsed()),
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                outstanding.fetch_sub(1, Ordering::Relaxed);
-            });
-            sent += 1;
-        }
-        (start, sent, sustained)
-    });
-    let (start, sent, sustained) = tokio::task::spawn_blocking(move || sender.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the open-loop sender thread panicked"))?;
-    while outstanding.load(Ordering::Relaxed) > 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let elapsed = start.elapsed();
-    let mut latencies = std::mem::take(&mut *latencies.lock());
-    latencies.sort_unstable();
-    Ok(LoadResult {
-        offered: rate,
-        achieved: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50: quantile(&latencies, 0.50),
-        p99: quantile(&latencies, 0.99),
-        errors: errors.load(Ordering::Relaxed),
-        sustained: sustained && sent == total,
-    })
+            let (target, value) = (target.clone(), value.clone());
+            async move { target.run(op, key, &value).await }
+        },
+    )
+    .await
+    .map(|(summary, _)| summary)
 }
 
 #[derive(Debug, Default, Clone)]
 struct Round {
     peak: [Peak; 2],
-    loads: [[LoadResult; LOAD_PERCENTS.len()]; 2],
+    loads: [[OpenLoop; LOAD_PERCENTS.len()]; 2],
 }
 
 async fn measure(
@@ -442,7 +315,7 @@ async fn measure(
     keys: &Arc<Keys>,
     settings: Settings,
     value: &Arc<String>,
-    server: Server,
+    server: CpuOf,
 ) -> Result<Round> {
     let mut round = Round::default();
     for (slot, op) in [Op::Insert, Op::Select].into_iter().enumerate() {
@@ -467,7 +340,7 @@ fn median_f64(mut values: Vec<f64>) -> f64 {
 #[derive(Debug, Clone)]
 struct Summary {
     peak: [Peak; 2],
-    loads: [[LoadResult; LOAD_PERCENTS.len()]; 2],
+    loads: [[OpenLoop; LOAD_PERCENTS.len()]; 2],
 }
 
 fn summarise(rounds: &[Round]) -> Summary {
@@ -484,7 +357,7 @@ fn summarise(rounds: &[Round]) -> Summary {
         };
         for index in 0..LOAD_PERCENTS.len() {
             let all = rounds.iter().map(|r| r.loads[slot][index]);
-            summary.loads[slot][index] = LoadResult {
+            summary.loads[slot][index] = OpenLoop {
                 offered: median_f64(all.clone().map(|l| l.offered).collect()),
                 achieved: median_f64(all.clone().map(|l| l.achieved).collect()),
                 p50: median(&mut all.clone().map(|l| l.p50).collect::<Vec<_>>()),
@@ -1032,7 +905,7 @@ fn main() -> Result<()> {
             let concord_first = round % 2 == 0;
             for first in [true, false] {
                 if first == concord_first {
-                    let server = Server::Process(concord.child.id());
+                    let server = CpuOf::Process(concord.child.id());
                     let measured =
                         measure(&concord_target, &concord_keys, settings, &value, server).await?;
                     println!(
@@ -1043,7 +916,7 @@ fn main() -> Result<()> {
                     );
                     concord_rounds.push(measured);
                 } else {
-                    let server = Server::ProcessTree(postgres.postmaster_pid()?);
+                    let server = CpuOf::ProcessTree(postgres.postmaster_pid()?);
                     let measured =
                         measure(&postgres_target, &postgres_keys, settings, &value, server).await?;
                     println!(

@@ -776,6 +776,7 @@ impl<E: Engine> Db<E> {
                 registry.insert(table.clone());
             }
         }
+        registry.publish_version(schema.version);
         let feed = Arc::new(ChangeFeed::open(engine.as_ref())?);
         Ok(Db {
             feed,
@@ -1182,7 +1183,9 @@ impl<E: Engine> Db<E> {
                 }
             }
         }
+        let version = schema.version;
         *self.schema.write() = Arc::new(schema);
+        self.registry.publish_version(version);
         Ok(outcome)
     }
 
@@ -1261,7 +1264,9 @@ impl<E: Engine> Db<E> {
         for table in &dropped {
             self.registry.remove(table.id);
         }
+        let version = schema.version;
         *self.schema.write() = Arc::new(schema);
+        self.registry.publish_version(version);
         for table in &dropped {
             self.drop_replica_table(table)?;
         }
@@ -1589,7 +1594,7 @@ impl<E: Engine> Db<E> {
         let read_only = transaction.writes.is_empty();
         let mut attempts = 0;
         let outcome = loop {
-            let txn = txn_store::build_txn(&transaction, tables)?;
+            let txn = txn_store::build_txn(&transaction, tables, self.registry.version())?;
             let outcome = accord.runtime.execute(txn).map_err(|error| match error {
                 RuntimeError::Overloaded => Error::Overloaded(error.to_string()),
                 RuntimeError::Timeout(_) => Error::Unavailable(error.to_string()),

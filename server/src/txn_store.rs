@@ -45,7 +45,57 @@ use crate::db::{
     Arithmetic, Check, CompareOp, Derivation, DerivedCell, Read, ReadResult, Transaction,
 };
 
-const BODY_VERSION: u8 = 1;
+/// The body format: 2 carries the schema version the coordinator built the transaction on;
+/// 1 (before it) decodes as version 0.
+const BODY_VERSION: u8 = 2;
+const BODY_VERSION_UNVERSIONED: u8 = 1;
+/// The first byte of a key's writes that carry the schema version (then a u64 and the
+/// mutations). Writes without it start with their u32 count, whose first byte is 0.
+const WRITES_VERSIONED: u8 = 0x80;
+
+/// How long a replica waits for its schema to reach the version a transaction was built on,
+/// when the transaction names a table or column this node does not know yet (its schema log
+/// trails the coordinator's), before treating the table as dropped (design/cluster.md,
+/// "Schema through the metadata log"). The Accord thread waits: a node without the schema
+/// cannot apply the transaction, and skipping it would lose an acknowledged write here.
+pub const TXN_SCHEMA_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Table `id` from `registry`; when this node does not know it and its schema is older
+/// than `schema_version` (the transaction's), waits up to [`TXN_SCHEMA_WAIT`] for the
+/// schema first. `None`: the table was dropped (or never reached this node in time).
+fn resolve_table(
+    registry: &TableRegistry,
+    id: TableId,
+    schema_version: u64,
+) -> Option<Arc<TableDef>> {
+    if let Some(table) = registry.get(id) {
+        return Some(table);
+    }
+    catch_up_schema(registry, schema_version);
+    registry.get(id)
+}
+
+/// Waits until this node's schema is at `schema_version` (bounded by
+/// [`TXN_SCHEMA_WAIT`]); returns whether it waited at all.
+fn catch_up_schema(registry: &TableRegistry, schema_version: u64) -> bool {
+    let local = registry.version();
+    if local >= schema_version {
+        return false;
+    }
+    tracing::info!(
+        local,
+        wanted = schema_version,
+        "a transaction names a table or column of a newer schema: waiting for the schema log"
+    );
+    if !registry.wait_for_version(schema_version, TXN_SCHEMA_WAIT) {
+        tracing::error!(
+            local = registry.version(),
+            wanted = schema_version,
+            "this node's schema did not reach the transaction's within TXN_SCHEMA_WAIT"
+        );
+    }
+    true
+}
 
 /// The low bits of every HLC value a node's runtime issues that carry its
 /// node id (`NodeConfig::hlc_node_bits`): two nodes never issue the same
@@ -145,7 +195,13 @@ fn operation_keys(
 ///
 /// # Errors
 /// Bad partition keys; `LimitExceeded` past [`TXN_KEYS_MAX`] partitions.
-pub fn build_txn(transaction: &Transaction, tables: &[Arc<TableDef>]) -> crate::Result<Txn> {
+/// `schema_version`: this node's schema version (at least the one `tables` come from), which
+/// replicas wait for before they resolve a table they do not know.
+pub fn build_txn(
+    transaction: &Transaction,
+    tables: &[Arc<TableDef>],
+    schema_version: u64,
+) -> crate::Result<Txn> {
     let (read_keys, write_keys) = operation_keys(transaction, tables)?;
     let mut all: Vec<&Key> = read_keys.iter().chain(&write_keys).collect();
     all.sort_unstable();
@@ -163,7 +219,7 @@ pub fn build_txn(transaction: &Transaction, tables: &[Arc<TableDef>]) -> crate::
     for (mutation, table) in resolved.writes.iter_mut().zip(tables) {
         *mutation = feed::resolve_ttl(table, mutation);
     }
-    let body = encode_body(&resolved)?;
+    let body = encode_body(&resolved, schema_version)?;
     let mut reads = read_keys;
     reads.sort_unstable();
     reads.dedup();
@@ -230,16 +286,18 @@ pub fn read_results(
         .collect()
 }
 
-/// The tables of a transaction's mutations, from the registry.
+/// The tables of a transaction's mutations, from the registry (waiting for a schema at
+/// `schema_version` for a table this node does not know yet).
 fn mutation_tables(
     transaction: &Transaction,
     registry: &TableRegistry,
+    schema_version: u64,
 ) -> concord_storage::Result<Vec<Arc<TableDef>>> {
     transaction
         .writes
         .iter()
         .map(|mutation| {
-            registry.get(mutation.table).ok_or_else(|| {
+            resolve_table(registry, mutation.table, schema_version).ok_or_else(|| {
                 concord_storage::Error::InvalidRequest(format!(
                     "table id {} no longer exists",
                     mutation.table.0
@@ -365,7 +423,7 @@ impl<E: Engine> CqlStore<E> {
         }
     }
 
-    fn decode(&self, body: &[u8]) -> concord_storage::Result<Transaction> {
+    fn decode(&self, body: &[u8]) -> concord_storage::Result<Body> {
         decode_body(body, &self.registry)
     }
 
@@ -406,8 +464,8 @@ impl<E: Engine> DataStore for CqlStore<E> {
         let outcome = self
             .decode(body)
             .map_err(crate::Error::from)
-            .and_then(|transaction| {
-                self.read_keys(&transaction, keys, write_time(execute_at).seconds())
+            .and_then(|body| {
+                self.read_keys(&body.transaction, keys, write_time(execute_at).seconds())
             });
         Ok(match outcome {
             Ok(data) => data,
@@ -424,11 +482,12 @@ impl<E: Engine> DataStore for CqlStore<E> {
 
     fn compute(&self, txn: &Txn, reads: &ReadData) -> concord_txn::Result<Writes> {
         let body = Self::body(txn)?;
-        let outcome = self
-            .decode(body)
-            .map_err(crate::Error::from)
-            .and_then(|transaction| {
-                let tables = mutation_tables(&transaction, &self.registry)?;
+        let outcome = self.decode(body).map_err(crate::Error::from).and_then(
+            |Body {
+                 transaction,
+                 schema_version,
+             }| {
+                let tables = mutation_tables(&transaction, &self.registry, schema_version)?;
                 let results = read_results(&transaction, &tables, reads)?;
                 let (_, write_keys) = operation_keys(&transaction, &tables)?;
                 let Some(mutations) = execute_body(&transaction, &tables, &results)? else {
@@ -440,9 +499,12 @@ impl<E: Engine> DataStore for CqlStore<E> {
                 }
                 per_key
                     .into_iter()
-                    .map(|(key, mutations)| Ok((key, Some(encode_mutations(&mutations)?))))
+                    .map(|(key, mutations)| {
+                        Ok((key, Some(encode_mutations(&mutations, schema_version)?)))
+                    })
                     .collect::<crate::Result<Writes>>()
-            });
+            },
+        );
         match outcome {
             Ok(writes) => Ok(writes),
             Err(error) => {
@@ -455,22 +517,36 @@ impl<E: Engine> DataStore for CqlStore<E> {
     fn write(&self, writes: &Writes, execute_at: Timestamp, batch: &mut WriteBatch) {
         let at = write_time(execute_at);
         for value in writes.values().flatten() {
-            let mutations = match decode_mutations(value) {
-                Ok(mutations) => mutations,
+            let (schema_version, mutations) = match decode_mutations(value) {
+                Ok(decoded) => decoded,
                 Err(error) => {
                     tracing::error!(%error, "undecodable transaction writes skipped");
                     continue;
                 }
             };
             for mutation in mutations {
-                let Some(table) = self.registry.get(mutation.table) else {
-                    // Dropped since the transaction computed: its data is gone with it.
+                // A table this node does not know yet (its schema log trails) is waited for;
+                // one unknown at the transaction's schema version was dropped since: its data
+                // is gone with it.
+                let Some(mut table) = resolve_table(&self.registry, mutation.table, schema_version)
+                else {
                     continue;
                 };
                 let mut staged = WriteBatch::new();
                 if let Err(error) = rows::write_mutation(&table, &mutation, at, &mut staged) {
-                    tracing::error!(%error, table = %table.qualified_name(), "transaction write skipped");
-                    continue;
+                    // A column added by a schema change this node has not applied yet.
+                    let retried = catch_up_schema(&self.registry, schema_version)
+                        .then(|| self.registry.get(mutation.table))
+                        .flatten()
+                        .map(|newer| {
+                            table = newer;
+                            staged = WriteBatch::new();
+                            rows::write_mutation(&table, &mutation, at, &mut staged)
+                        });
+                    if !matches!(retried, Some(Ok(()))) {
+                        tracing::error!(%error, table = %table.qualified_name(), "transaction write skipped");
+                        continue;
+                    }
                 }
                 // The row store is the truth: a feed record that cannot be appended never
                 // costs the row. In a cluster a write can arrive below the watermark this
@@ -595,8 +671,9 @@ fn decode_mutation(cursor: &mut Cursor<'_>) -> concord_storage::Result<Mutation>
     Ok(feed::decode_record(FeedPosition(0), cursor.bytes()?)?.mutation)
 }
 
-fn encode_mutations(mutations: &[&Mutation]) -> crate::Result<Vec<u8>> {
-    let mut out = Vec::new();
+fn encode_mutations(mutations: &[&Mutation], schema_version: u64) -> crate::Result<Vec<u8>> {
+    let mut out = vec![WRITES_VERSIONED];
+    out.extend_from_slice(&schema_version.to_be_bytes());
     push_u32(mutations.len(), &mut out)?;
     for mutation in mutations {
         encode_mutation(mutation, &mut out)?;
@@ -604,14 +681,22 @@ fn encode_mutations(mutations: &[&Mutation]) -> crate::Result<Vec<u8>> {
     Ok(out)
 }
 
-fn decode_mutations(bytes: &[u8]) -> concord_storage::Result<Vec<Mutation>> {
+/// A key's writes: the schema version they were computed on (0 for writes encoded before
+/// it was recorded) and the mutations.
+fn decode_mutations(bytes: &[u8]) -> concord_storage::Result<(u64, Vec<Mutation>)> {
     let mut cursor = Cursor { bytes, offset: 0 };
+    let schema_version = if bytes.first() == Some(&WRITES_VERSIONED) {
+        cursor.u8()?;
+        u64::from_be_bytes(cursor.array()?)
+    } else {
+        0
+    };
     let count = cursor.count()?;
     let mutations = (0..count)
         .map(|_| decode_mutation(&mut cursor))
         .collect::<concord_storage::Result<_>>()?;
     cursor.finish()?;
-    Ok(mutations)
+    Ok((schema_version, mutations))
 }
 
 fn compare_to_u8(operator: CompareOp) -> u8 {
@@ -637,12 +722,16 @@ fn compare_from_u8(tag: u8) -> concord_storage::Result<CompareOp> {
     })
 }
 
-/// Encodes a transaction (table references by id).
+/// Encodes a transaction (table references by id) built on schema `schema_version`.
 ///
 /// # Errors
 /// `LimitExceeded` for a length past `u32`.
-pub fn encode_body(transaction: &Transaction) -> concord_storage::Result<Vec<u8>> {
+pub fn encode_body(
+    transaction: &Transaction,
+    schema_version: u64,
+) -> concord_storage::Result<Vec<u8>> {
     let mut out = vec![BODY_VERSION];
+    out.extend_from_slice(&schema_version.to_be_bytes());
     push_u32(transaction.reads.len(), &mut out)?;
     for read in &transaction.reads {
         match read {
@@ -745,19 +834,31 @@ pub fn encode_body(transaction: &Transaction) -> concord_storage::Result<Vec<u8>
     Ok(out)
 }
 
-/// Decodes a transaction encoded by [`encode_body`], resolving tables in `registry`.
+/// A decoded transaction body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Body {
+    pub transaction: Transaction,
+    /// The coordinator's schema version when it built the body (0 for a body of format 1).
+    pub schema_version: u64,
+}
+
+/// Decodes a transaction encoded by [`encode_body`], resolving tables in `registry` (for a
+/// table this node does not know yet, after waiting for its schema to reach the body's
+/// version, [`TXN_SCHEMA_WAIT`] at most).
 ///
 /// # Errors
 /// `Corruption` for bytes that are not a body; `InvalidRequest` for a table that no longer
 /// exists.
-pub fn decode_body(bytes: &[u8], registry: &TableRegistry) -> concord_storage::Result<Transaction> {
+pub fn decode_body(bytes: &[u8], registry: &TableRegistry) -> concord_storage::Result<Body> {
     let mut cursor = Cursor { bytes, offset: 0 };
-    if cursor.u8()? != BODY_VERSION {
-        return Err(corrupt("unknown version"));
-    }
+    let schema_version = match cursor.u8()? {
+        BODY_VERSION => u64::from_be_bytes(cursor.array()?),
+        BODY_VERSION_UNVERSIONED => 0,
+        _ => return Err(corrupt("unknown version")),
+    };
     let table = |cursor: &mut Cursor<'_>| -> concord_storage::Result<Arc<TableDef>> {
         let id = TableId(u32::from_be_bytes(cursor.array()?));
-        registry.get(id).ok_or_else(|| {
+        resolve_table(registry, id, schema_version).ok_or_else(|| {
             concord_storage::Error::InvalidRequest(format!("table id {} no longer exists", id.0))
         })
     };
@@ -840,7 +941,10 @@ pub fn decode_body(bytes: &[u8], registry: &TableRegistry) -> concord_storage::R
         });
     }
     cursor.finish()?;
-    Ok(transaction)
+    Ok(Body {
+        transaction,
+        schema_version,
+    })
 }
 
 fn encode_row(row: &Row, out: &mut Vec<u8>) -> concord_storage::Result<()> {

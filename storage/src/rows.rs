@@ -1243,15 +1243,51 @@ pub fn delete_table(table: TableId, batch: &mut WriteBatch) {
 // Compaction
 // ---------------------------------------------------------------------------
 
-/// The tables a compaction filter knows, shared with the schema owner.
+/// The tables a compaction filter and the transaction store know, shared with the schema
+/// owner, and the version of the schema they come from ([`crate::schema::Schema::version`]).
+///
+/// The version lets a replica tell a table or column it does not know *yet* (a transaction
+/// built on a newer schema than this node applied: wait, [`TableRegistry::wait_for_version`])
+/// from one dropped since (skip its writes).
 #[derive(Debug, Clone, Default)]
 pub struct TableRegistry {
     tables: Arc<RwLock<HashMap<TableId, Arc<TableDef>>>>,
+    version: Arc<(parking_lot::Mutex<u64>, parking_lot::Condvar)>,
 }
 
 impl TableRegistry {
     pub fn new() -> TableRegistry {
         TableRegistry::default()
+    }
+
+    /// The schema version the registry's tables are at.
+    pub fn version(&self) -> u64 {
+        *self.version.0.lock()
+    }
+
+    /// Records that the registry now holds the tables of schema `version` (call after
+    /// inserting and removing them); wakes the waiters. Versions never go back.
+    pub fn publish_version(&self, version: u64) {
+        let (current, changed) = &*self.version;
+        let mut current = current.lock();
+        if version > *current {
+            *current = version;
+            changed.notify_all();
+        }
+    }
+
+    /// Waits until the registry is at schema `version` or later, at most `timeout`; returns
+    /// whether it is.
+    pub fn wait_for_version(&self, version: u64, timeout: std::time::Duration) -> bool {
+        let (current, changed) = &*self.version;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut current = current.lock();
+        while *current < version {
+            if changed.wait_until(&mut current, deadline).timed_out() {
+                return *current >= version;
+            }
+        }
+        true
     }
 
     pub fn insert(&self, table: Arc<TableDef>) {
