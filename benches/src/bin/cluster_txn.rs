@@ -69,8 +69,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a node joining a cluster that holds rows may take to print `ready` (it waits for
 /// the transition: the server gives one up after 120 s).
 const JOIN_READY_TIMEOUT: Duration = Duration::from_secs(180);
-/// Rows per `write_rows` call of the join scenario's preload.
-const PRELOAD_ROWS_PER_CALL: usize = 1_000;
+/// Rows per `write_rows` call of the join scenario's preload: distinct partitions, so at most
+/// `TXN_KEYS_MAX` (64) per transaction.
+const PRELOAD_ROWS_PER_CALL: usize = 64;
 /// How long a node may take to know the table after the DDL went through node 1.
 const SCHEMA_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopped node may take to exit.
