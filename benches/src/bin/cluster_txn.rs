@@ -474,14 +474,8 @@ async fn scenario(
     duration: Duration,
     seq: i64,
 ) -> Result<Measured> {
-    let mut clients = Vec::new();
-    for node in nodes {
-        for _ in 0..args.clients_per_node {
-            clients.push(Client::connect(&node.grpc).await?);
-        }
-    }
-    let before = total_counters(nodes).await?;
-    let cpu_before = node_cpu_ticks(nodes);
+    let clients = connect_clients(nodes, args.clients_per_node).await?;
+    let baseline = Baseline::take(nodes).await?;
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
@@ -547,13 +541,45 @@ async fn scenario(
         total.latencies.extend(measured.latencies);
     }
     total.elapsed = started.elapsed();
-    total.node_cpu_ticks = node_cpu_ticks(nodes).saturating_sub(cpu_before);
     total.latencies.sort_unstable();
-    let after = total_counters(nodes).await?;
-    for ((delta, after), before) in total.deltas.iter_mut().zip(after).zip(before) {
-        *delta = after - before;
-    }
+    baseline.finish(nodes, &mut total).await?;
     Ok(total)
+}
+
+/// `per_node` SDK connections to each of `nodes`.
+async fn connect_clients(nodes: &[&Node], per_node: usize) -> Result<Vec<Client>> {
+    let mut clients = Vec::new();
+    for node in nodes {
+        for _ in 0..per_node {
+            clients.push(Client::connect(&node.grpc).await?);
+        }
+    }
+    Ok(clients)
+}
+
+/// The live nodes' counters and CPU time when a scenario starts.
+struct Baseline {
+    counters: [i64; COUNTERS.len()],
+    cpu_ticks: u64,
+}
+
+impl Baseline {
+    async fn take(nodes: &[&Node]) -> Result<Baseline> {
+        Ok(Baseline {
+            counters: total_counters(nodes).await?,
+            cpu_ticks: node_cpu_ticks(nodes),
+        })
+    }
+
+    /// Sets `measured`'s counter deltas and CPU time since the baseline.
+    async fn finish(self, nodes: &[&Node], measured: &mut Measured) -> Result<()> {
+        measured.node_cpu_ticks = node_cpu_ticks(nodes).saturating_sub(self.cpu_ticks);
+        let after = total_counters(nodes).await?;
+        for ((delta, after), before) in measured.deltas.iter_mut().zip(after).zip(self.counters) {
+            *delta = after - before;
+        }
+        Ok(())
+    }
 }
 
 /// The CPU clock ticks the nodes' processes spent so far.
@@ -574,14 +600,8 @@ async fn offered_single(
     duration: Duration,
     seq: i64,
 ) -> Result<Measured> {
-    let mut clients = Vec::new();
-    for node in nodes {
-        for _ in 0..args.clients_per_node {
-            clients.push(Client::connect(&node.grpc).await?);
-        }
-    }
-    let before = total_counters(nodes).await?;
-    let cpu_before = node_cpu_ticks(nodes);
+    let clients = connect_clients(nodes, args.clients_per_node).await?;
+    let baseline = Baseline::take(nodes).await?;
     let started = Instant::now();
     let (summary, latencies) = open_loop(rate, duration, OUTSTANDING_MAX, move |i| {
         let client = clients[i as usize % clients.len()].clone();
@@ -598,14 +618,10 @@ async fn offered_single(
         errors: summary.errors as usize,
         elapsed: started.elapsed(),
         latencies,
-        node_cpu_ticks: node_cpu_ticks(nodes).saturating_sub(cpu_before),
         offered: Some((rate, summary.sustained)),
         ..Measured::default()
     };
-    let after = total_counters(nodes).await?;
-    for ((delta, after), before) in measured.deltas.iter_mut().zip(after).zip(before) {
-        *delta = after - before;
-    }
+    baseline.finish(nodes, &mut measured).await?;
     Ok(measured)
 }
 
@@ -737,11 +753,7 @@ async fn run_join(binary: &Path, dir: &Path, args: &Args, rate: f64) -> Result<J
         written += count;
     }
     // The writer runs 1 s before the join, through it, and 1 s after.
-    let grpcs: Vec<String> = all.iter().map(|node| node.grpc.clone()).collect();
-    let mut clients = Vec::new();
-    for grpc in &grpcs {
-        clients.push(Client::connect(grpc).await?);
-    }
+    let clients = connect_clients(&all, 1).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();
     let writer = tokio::spawn(async move {

@@ -255,6 +255,62 @@ fn keys_are_per_table_partition() {
     assert!(error.to_string().contains("TXN_KEYS_MAX"), "{error}");
 }
 
+type MemoryStore = CqlStore<concord_storage::memory::MemoryEngine>;
+
+/// A transaction store over an in-memory engine whose compaction knows `registry`'s tables,
+/// with its feed and pacer (feed records on or off).
+fn memory_store(
+    registry: &TableRegistry,
+    feed_records: bool,
+) -> (
+    Arc<concord_storage::memory::MemoryEngine>,
+    Arc<ChangeFeed>,
+    Arc<FeedPacer>,
+    MemoryStore,
+) {
+    let clock: Arc<dyn concord_storage::clock::Clock> = Arc::new(
+        concord_storage::clock::ManualClock::new(1_700_000_000_000_000),
+    );
+    let engine = Arc::new(concord_storage::memory::MemoryEngine::new(
+        concord_storage::engine::EngineOptions {
+            rows: rows::row_family_options(clock, registry.clone()),
+        },
+    ));
+    let feed = Arc::new(ChangeFeed::open(engine.as_ref()).expect("feed"));
+    let pacer = FeedPacer::new(feed.clone(), feed_records);
+    let store = CqlStore::new(engine.clone(), registry.clone(), pacer.clone());
+    (engine, feed, pacer, store)
+}
+
+/// The computed writes of one upsert of row (k = 1, c = 2) of `table` with `cells`, encoded
+/// on schema `schema_version`.
+fn upsert_writes(table: &TableDef, cells: Vec<(ColumnId, CellOp)>, schema_version: u64) -> Writes {
+    let mutation = Mutation {
+        table: table.id,
+        partition_key: vec![CqlValue::Int(1)],
+        ops: vec![RowOp::Upsert {
+            clustering: vec![CqlValue::Int(2)],
+            liveness: Liveness::RowMarker,
+            ttl: Ttl::Unlimited,
+            cells,
+        }],
+    };
+    let key = partition_key(table, &[CqlValue::Int(1)]).expect("key");
+    [(
+        key,
+        Some(encode_mutations(&[&mutation], schema_version).expect("encode")),
+    )]
+    .into_iter()
+    .collect()
+}
+
+/// Row (k = 1, c = 2) of `table` in `engine`.
+fn row_1_2(engine: &concord_storage::memory::MemoryEngine, table: &TableDef) -> Row {
+    rows::read_row(engine, table, &[CqlValue::Int(1)], &[CqlValue::Int(2)], 0)
+        .expect("read")
+        .expect("the row")
+}
+
 /// Found by the Jepsen harness (list-append, 3 nodes, one killed and restarted): a peer's
 /// transaction that the restarted node applied late had an executeAt below the feed watermark
 /// this node had already published, and `CqlStore::write` skipped its row with its feed
@@ -264,40 +320,18 @@ fn keys_are_per_table_partition() {
 /// only its feed record is dropped (and counted).
 #[test]
 fn a_write_below_the_published_feed_watermark_keeps_its_row() {
-    let clock: Arc<dyn concord_storage::clock::Clock> = Arc::new(
-        concord_storage::clock::ManualClock::new(1_700_000_000_000_000),
-    );
     let table = table();
     let registry = TableRegistry::new();
     registry.insert(table.clone());
-    let engine = Arc::new(concord_storage::memory::MemoryEngine::new(
-        concord_storage::engine::EngineOptions {
-            rows: rows::row_family_options(clock, registry.clone()),
-        },
-    ));
-    let feed = Arc::new(ChangeFeed::open(engine.as_ref()).expect("feed"));
-    let pacer = FeedPacer::new(feed.clone(), true);
-    let store = CqlStore::new(engine.clone(), registry, pacer.clone());
+    let (engine, feed, pacer, store) = memory_store(&registry, true);
     let mut observer = PacerObserver(pacer.clone());
     let l = table.column("l").expect("l").id;
-    let key = partition_key(&table, &[CqlValue::Int(1)]).expect("key");
     let append = |element: i32| -> Writes {
-        let mutation = Mutation {
-            table: table.id,
-            partition_key: vec![CqlValue::Int(1)],
-            ops: vec![RowOp::Upsert {
-                clustering: vec![CqlValue::Int(2)],
-                liveness: Liveness::RowMarker,
-                ttl: Ttl::Unlimited,
-                cells: vec![(l, CellOp::ListAppend(vec![CqlValue::Int(element)]))],
-            }],
-        };
-        [(
-            key.clone(),
-            Some(encode_mutations(&[&mutation], 0).expect("encode")),
-        )]
-        .into_iter()
-        .collect()
+        upsert_writes(
+            &table,
+            vec![(l, CellOp::ListAppend(vec![CqlValue::Int(element)]))],
+            0,
+        )
     };
     let at = |hlc: u64| {
         Timestamp::new(
@@ -322,15 +356,7 @@ fn a_write_below_the_published_feed_watermark_keeps_its_row() {
     assert_eq!(feed.frontier().watermark, WriteTime(2_999));
     // A peer's transaction fetched late: element 1 at executeAt 1_000, below the watermark.
     step(&mut observer, (3_000, 3_000), &append(1), 1_000);
-    let row = rows::read_row(
-        engine.as_ref(),
-        &table,
-        &[CqlValue::Int(1)],
-        &[CqlValue::Int(2)],
-        0,
-    )
-    .expect("read")
-    .expect("the row");
+    let row = row_1_2(&engine, &table);
     assert_eq!(
         row.columns.get(&l).map(|cell| cell.value.clone()),
         Some(CqlValue::List(vec![CqlValue::Int(1), CqlValue::Int(2)])),
@@ -362,42 +388,17 @@ fn a_write_below_the_published_feed_watermark_keeps_its_row() {
 /// as dropped.
 #[test]
 fn a_write_on_a_table_this_node_does_not_know_yet_waits_for_the_schema() {
-    let clock: Arc<dyn concord_storage::clock::Clock> = Arc::new(
-        concord_storage::clock::ManualClock::new(1_700_000_000_000_000),
-    );
     let table = table();
     let registry = TableRegistry::new();
     registry.publish_version(4);
-    let engine = Arc::new(concord_storage::memory::MemoryEngine::new(
-        concord_storage::engine::EngineOptions {
-            rows: rows::row_family_options(clock, registry.clone()),
-        },
-    ));
-    let feed = Arc::new(ChangeFeed::open(engine.as_ref()).expect("feed"));
-    let store = CqlStore::new(
-        engine.clone(),
-        registry.clone(),
-        FeedPacer::new(feed, false),
-    );
+    let (engine, _, _, store) = memory_store(&registry, false);
     let v = table.column("v").expect("v").id;
-    let key = partition_key(&table, &[CqlValue::Int(1)]).expect("key");
     let writes = |schema_version: u64| -> Writes {
-        let mutation = Mutation {
-            table: table.id,
-            partition_key: vec![CqlValue::Int(1)],
-            ops: vec![RowOp::Upsert {
-                clustering: vec![CqlValue::Int(2)],
-                liveness: Liveness::RowMarker,
-                ttl: Ttl::Unlimited,
-                cells: vec![(v, CellOp::Set(Some(CqlValue::Bigint(9))))],
-            }],
-        };
-        [(
-            key.clone(),
-            Some(encode_mutations(&[&mutation], schema_version).expect("encode")),
-        )]
-        .into_iter()
-        .collect()
+        upsert_writes(
+            &table,
+            vec![(v, CellOp::Set(Some(CqlValue::Bigint(9))))],
+            schema_version,
+        )
     };
     let at = Timestamp::new(
         concord_txn::timestamp::Epoch(1),
@@ -433,15 +434,7 @@ fn a_write_on_a_table_this_node_does_not_know_yet_waits_for_the_schema() {
     engine
         .write(batch, concord_storage::engine::Durability::Sync)
         .expect("write");
-    let row = rows::read_row(
-        engine.as_ref(),
-        &table,
-        &[CqlValue::Int(1)],
-        &[CqlValue::Int(2)],
-        0,
-    )
-    .expect("read")
-    .expect("the row is on this replica");
+    let row = row_1_2(&engine, &table);
     assert_eq!(
         row.columns.get(&v).map(|cell| cell.value.clone()),
         Some(CqlValue::Bigint(9))
