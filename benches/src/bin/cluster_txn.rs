@@ -660,20 +660,45 @@ async fn create_table(nodes: &[&Node], rf: usize) -> Result<()> {
     Ok(())
 }
 
+/// Starts a 3-node cluster (node 1 bootstraps, 2 and 3 join; data under `dir/{prefix}N`)
+/// and creates the RF 3 table.
+async fn start_three(binary: &Path, dir: &Path, prefix: &str, journal: &str) -> Result<[Node; 3]> {
+    let node1 = Node::start(
+        binary,
+        &dir.join(format!("{prefix}1")),
+        1,
+        journal,
+        Some(None),
+    )?;
+    let seed = node1
+        .cluster
+        .clone()
+        .context("node 1 has no cluster address")?;
+    let node2 = Node::start(
+        binary,
+        &dir.join(format!("{prefix}2")),
+        2,
+        journal,
+        Some(Some(&seed)),
+    )?;
+    let node3 = Node::start(
+        binary,
+        &dir.join(format!("{prefix}3")),
+        3,
+        journal,
+        Some(Some(&seed)),
+    )?;
+    create_table(&[&node1, &node2, &node3], 3).await?;
+    Ok([node1, node2, node3])
+}
+
 /// Every scenario's results of one run, by row label.
 type RunResults = Vec<(String, Measured)>;
 
 async fn run_cluster(binary: &Path, dir: &Path, args: &Args, run: usize) -> Result<RunResults> {
     let duration = Duration::from_secs_f64(args.seconds);
-    let node1 = Node::start(binary, &dir.join("n1"), 1, &args.journal, Some(None))?;
-    let seed = node1
-        .cluster
-        .clone()
-        .context("node 1 has no cluster address")?;
-    let node2 = Node::start(binary, &dir.join("n2"), 2, &args.journal, Some(Some(&seed)))?;
-    let node3 = Node::start(binary, &dir.join("n3"), 3, &args.journal, Some(Some(&seed)))?;
+    let [node1, node2, node3] = start_three(binary, dir, "n", &args.journal).await?;
     let all = [&node1, &node2, &node3];
-    create_table(&all, 3).await?;
     let seq = |n: i64| (run as i64) * 16 + n;
     // Warm-up: connections, the table's first ranges; not reported.
     scenario(&all, Kind::Single, args, duration / 3, seq(0)).await?;
@@ -733,15 +758,12 @@ struct Joined {
 /// what the writer sees (a sealed transition holds transactions until the new node fetched
 /// the ranges it gains: the writer's worst latency is the pause).
 async fn run_join(binary: &Path, dir: &Path, args: &Args, rate: f64) -> Result<Joined> {
-    let node1 = Node::start(binary, &dir.join("j1"), 1, &args.journal, Some(None))?;
+    let [node1, node2, node3] = start_three(binary, dir, "j", &args.journal).await?;
     let seed = node1
         .cluster
         .clone()
         .context("node 1 has no cluster address")?;
-    let node2 = Node::start(binary, &dir.join("j2"), 2, &args.journal, Some(Some(&seed)))?;
-    let node3 = Node::start(binary, &dir.join("j3"), 3, &args.journal, Some(Some(&seed)))?;
     let all = [&node1, &node2, &node3];
-    create_table(&all, 3).await?;
     let client = Client::connect(&node1.grpc).await?;
     let mut written = 0;
     while written < args.join_rows {
