@@ -1175,6 +1175,14 @@ impl<E: Engine> Db<E> {
         batch.put(Family::Meta, SCHEMA_KEY.to_vec(), schema.to_bytes()?);
         extra(&outcome, &mut batch);
         self.engine.write(batch, Durability::Sync)?;
+        self.install_schema(schema, &[]);
+        Ok(outcome)
+    }
+
+    /// Makes a persisted `schema` the one in force: its tables in the registry (and the
+    /// replica), `dropped` out of the registry, then the schema and its version published (a
+    /// replica waiting for that version finds the tables in the registry).
+    fn install_schema(&self, schema: Schema, dropped: &[Arc<TableDef>]) {
         for keyspace in schema.keyspaces() {
             for table in keyspace.tables.values() {
                 self.registry.insert(table.clone());
@@ -1183,10 +1191,12 @@ impl<E: Engine> Db<E> {
                 }
             }
         }
+        for table in dropped {
+            self.registry.remove(table.id);
+        }
         let version = schema.version;
         *self.schema.write() = Arc::new(schema);
         self.registry.publish_version(version);
-        Ok(outcome)
     }
 
     /// Makes this database a cluster member's: from now on the CQL DDL path
@@ -1253,20 +1263,7 @@ impl<E: Engine> Db<E> {
         self.engine
             .write(batch, Durability::Sync)
             .map_err(Error::from)?;
-        for keyspace in schema.keyspaces() {
-            for table in keyspace.tables.values() {
-                self.registry.insert(table.clone());
-                if let Some(columnar) = self.columnar() {
-                    columnar.replica().register_table(table.clone());
-                }
-            }
-        }
-        for table in &dropped {
-            self.registry.remove(table.id);
-        }
-        let version = schema.version;
-        *self.schema.write() = Arc::new(schema);
-        self.registry.publish_version(version);
+        self.install_schema(schema, &dropped);
         for table in &dropped {
             self.drop_replica_table(table)?;
         }

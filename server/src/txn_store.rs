@@ -533,20 +533,20 @@ impl<E: Engine> DataStore for CqlStore<E> {
                     continue;
                 };
                 let mut staged = WriteBatch::new();
-                if let Err(error) = rows::write_mutation(&table, &mutation, at, &mut staged) {
-                    // A column added by a schema change this node has not applied yet.
-                    let retried = catch_up_schema(&self.registry, schema_version)
-                        .then(|| self.registry.get(mutation.table))
-                        .flatten()
-                        .map(|newer| {
-                            table = newer;
-                            staged = WriteBatch::new();
-                            rows::write_mutation(&table, &mutation, at, &mut staged)
-                        });
-                    if !matches!(retried, Some(Ok(()))) {
-                        tracing::error!(%error, table = %table.qualified_name(), "transaction write skipped");
-                        continue;
-                    }
+                let mut written = rows::write_mutation(&table, &mutation, at, &mut staged);
+                // A column added by a schema change this node has not applied yet: retry on
+                // the table as the transaction's schema has it.
+                if written.is_err()
+                    && catch_up_schema(&self.registry, schema_version)
+                    && let Some(newer) = self.registry.get(mutation.table)
+                {
+                    table = newer;
+                    staged = WriteBatch::new();
+                    written = rows::write_mutation(&table, &mutation, at, &mut staged);
+                }
+                if let Err(error) = written {
+                    tracing::error!(%error, table = %table.qualified_name(), "transaction write skipped");
+                    continue;
                 }
                 // The row store is the truth: a feed record that cannot be appended never
                 // costs the row. In a cluster a write can arrive below the watermark this
