@@ -674,20 +674,16 @@ async fn start_three(binary: &Path, dir: &Path, prefix: &str, journal: &str) -> 
         .cluster
         .clone()
         .context("node 1 has no cluster address")?;
-    let node2 = Node::start(
-        binary,
-        &dir.join(format!("{prefix}2")),
-        2,
-        journal,
-        Some(Some(&seed)),
-    )?;
-    let node3 = Node::start(
-        binary,
-        &dir.join(format!("{prefix}3")),
-        3,
-        journal,
-        Some(Some(&seed)),
-    )?;
+    let join = |id: u32| {
+        Node::start(
+            binary,
+            &dir.join(format!("{prefix}{id}")),
+            id,
+            journal,
+            Some(Some(&seed)),
+        )
+    };
+    let (node2, node3) = (join(2)?, join(3)?);
     create_table(&[&node1, &node2, &node3], 3).await?;
     Ok([node1, node2, node3])
 }

@@ -34,7 +34,16 @@ pub(crate) fn row(table: &concord_storage::schema::TableDef, key: i32, v2: i64) 
 }
 
 fn count(columnar: &concord_columnar::Columnar, snapshot: Snapshot) -> Result<i64, Error> {
-    let result = columnar.sql("SELECT count(*) AS n FROM ks.t", snapshot)?;
+    query_count(columnar, "SELECT count(*) AS n FROM ks.t", snapshot)
+}
+
+/// The single `count(*)` value `query` answers.
+fn query_count(
+    columnar: &concord_columnar::Columnar,
+    query: &str,
+    snapshot: Snapshot,
+) -> Result<i64, Error> {
+    let result = columnar.sql(query, snapshot)?;
     let batch = &result.batches[0];
     let column = batch
         .column(0)
@@ -496,20 +505,19 @@ fn decoded_row_segment_statistics_put_the_smaller_join_input_on_the_build_side()
         inputs[0].contains("FilterExec") && inputs[0].contains("< 5"),
         "build side is not the filtered input: {plan}"
     );
-    let result = columnar
-        .sql(
-            "SELECT count(*) FROM ks.t AS a JOIN (SELECT pk FROM ks.t WHERE pk < 5) AS b \
-             ON a.pk = b.pk",
-            Snapshot::Watermark,
-        )
-        .expect("join");
-    let n = result.batches[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .expect("count is Int64")
-        .value(0);
-    assert_eq!(n, 5);
+    assert_eq!(self_join_count(&columnar), 5);
+}
+
+/// The row count of `self_join_plan`'s join, run (the answer is the join's, whichever side
+/// builds).
+fn self_join_count(columnar: &concord_columnar::Columnar) -> i64 {
+    query_count(
+        columnar,
+        "SELECT count(*) FROM ks.t AS a JOIN (SELECT pk FROM ks.t WHERE pk < 5) AS b \
+         ON a.pk = b.pk",
+        Snapshot::Watermark,
+    )
+    .expect("join")
 }
 
 /// Through the row segment's Parquet scan (no memory for decoded segments).
@@ -532,18 +540,5 @@ fn row_segment_statistics_put_the_smaller_join_input_on_the_build_side() {
     );
     assert!(!scans[1].contains("< 5"), "{plan}");
     // The answer is the join's, whichever side builds.
-    let result = columnar
-        .sql(
-            "SELECT count(*) FROM ks.t AS a JOIN (SELECT pk FROM ks.t WHERE pk < 5) AS b \
-             ON a.pk = b.pk",
-            Snapshot::Watermark,
-        )
-        .expect("join");
-    let n = result.batches[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .expect("count is Int64")
-        .value(0);
-    assert_eq!(n, 5);
+    assert_eq!(self_join_count(&columnar), 5);
 }
